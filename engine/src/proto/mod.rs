@@ -1,0 +1,20 @@
+//! The sans-IO protocol core: bytes in, events and bytes out.
+//!
+//! Nothing in here touches a socket, a thread or a clock. Time enters as an argument
+//! ([`std::time::Instant`] values passed by the caller), bytes enter as slices the caller owns,
+//! and output is written into buffers the caller owns. Everything is tested with byte vectors.
+//!
+//! Architecture invariant: `proto` never imports `io` or `server`.
+
+pub mod close;
+// pub mod conn; (being written)
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod mask;
+pub mod utf8;
+
+pub use close::CloseCode;
+
+pub use error::ProtocolError;
+pub use frame::{FrameHeader, OpCode};
