@@ -7,7 +7,7 @@
 //! Architecture invariant: `proto` never imports `io` or `server`.
 
 pub mod close;
-// pub mod conn; (being written)
+pub mod conn;
 pub mod error;
 pub mod frame;
 pub mod handshake;
@@ -18,3 +18,5 @@ pub use close::CloseCode;
 
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, OpCode};
+
+pub use conn::{BufPool, Connection, Decision, Env, Event, Limits, Role, State};

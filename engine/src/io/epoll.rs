@@ -1,0 +1,314 @@
+//! The epoll backend, through mio: edge-triggered readiness, then read/write system calls.
+//!
+//! One loop per worker. Each connection is registered once, readable and writable, edge
+//! triggered, so steady traffic costs no epoll_ctl calls. Reads go into the worker's one read
+//! buffer and are handed to the core in place; writes happen at the end of the loop turn, one
+//! write per connection with bytes queued (corking).
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::server::core::{After, Core};
+use crate::server::{drain_commands, Command, Config, Counters, Handler, Wake};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// How long accepting pauses after EMFILE/ENFILE before it is tried again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Debug)]
+struct MioWake(Waker);
+
+impl Wake for MioWake {
+    fn wake(&self) -> io::Result<()> {
+        self.0.wake()
+    }
+}
+
+/// A worker's poll, waker and listener, made on the building thread.
+#[derive(Debug)]
+pub(crate) struct Prep {
+    poll: Poll,
+    waker: Arc<MioWake>,
+    listener: std::net::TcpListener,
+    rx: Receiver<Command>,
+}
+
+impl Prep {
+    pub(crate) fn new(listener: std::net::TcpListener, rx: Receiver<Command>) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(MioWake(Waker::new(poll.registry(), WAKER)?));
+        Ok(Self { poll, waker, listener, rx })
+    }
+
+    pub(crate) fn waker(&self) -> Arc<dyn Wake> {
+        self.waker.clone()
+    }
+
+    pub(crate) fn run<H: Handler>(
+        self,
+        core: Core<H>,
+        cfg: &Config,
+        stats: Arc<Counters>,
+    ) -> io::Result<()> {
+        let mut listener = TcpListener::from_std(self.listener);
+        self.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut w = Loop {
+            poll: self.poll,
+            listener: Some(listener),
+            listening: true,
+            accept_retry: None,
+            socks: Vec::new(),
+            rbuf: vec![0u8; cfg.read_buffer_size.max(4096)],
+            core,
+            scratch: Vec::new(),
+            stats,
+        };
+        w.run(&self.rx, cfg)
+    }
+}
+
+struct Loop<H: Handler> {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    /// Whether the listener is registered (it is not while full or backing off).
+    listening: bool,
+    accept_retry: Option<Instant>,
+    socks: Vec<Option<TcpStream>>,
+    rbuf: Vec<u8>,
+    core: Core<H>,
+    scratch: Vec<u32>,
+    stats: Arc<Counters>,
+}
+
+impl<H: Handler> Loop<H> {
+    fn run(&mut self, rx: &Receiver<Command>, cfg: &Config) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut stopping = false;
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let mut wake_at = self.core.next_timer();
+            for t in [self.accept_retry, stop_deadline].into_iter().flatten() {
+                wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
+            }
+            let timeout = wake_at.map(|t| t.saturating_duration_since(now));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.core.set_now(Instant::now());
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    Token(t) => {
+                        let key = t - FIRST_CONN;
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read_conn(key);
+                        }
+                        if ev.is_writable() {
+                            self.flush(key);
+                        }
+                    }
+                }
+            }
+            // Commands are drained every turn: a wake-up may coalesce with other events.
+            let was_stopping = stopping;
+            drain_commands(rx, &mut self.core, &mut stopping);
+            if stopping && !was_stopping {
+                self.stop_listening();
+                self.listener = None;
+                stop_deadline = Some(self.core_now() + cfg.shutdown_timeout);
+            }
+            if let Some(t) = self.accept_retry {
+                if self.core_now() >= t {
+                    self.accept_retry = None;
+                    self.resume_listening();
+                }
+            }
+            self.core.expire_timers();
+            if stop_deadline.is_some_and(|d| self.core_now() >= d) {
+                self.core.kill_all();
+            }
+            self.settle();
+            self.publish_stats();
+            if stopping && self.core.len() == 0 {
+                return Ok(());
+            }
+            if !self.listening && self.accept_retry.is_none() && self.core.has_room() {
+                self.resume_listening();
+            }
+        }
+    }
+
+    fn publish_stats(&self) {
+        self.stats.connections.store(self.core.len(), Ordering::Relaxed);
+    }
+
+    fn core_now(&self) -> Instant {
+        self.core.state.now
+    }
+
+    /// Writes what handlers queued, shuts closed connections, drops dead ones; repeats until
+    /// nothing is left to do (a write can resume reading, which can queue more).
+    fn settle(&mut self) {
+        loop {
+            let mut work = std::mem::take(&mut self.scratch);
+            self.core.take_dirty(&mut work);
+            let had_dirty = !work.is_empty();
+            for &k in &work {
+                self.flush(k as usize);
+            }
+            work.clear();
+            self.core.take_shut(&mut work);
+            let had_shut = !work.is_empty();
+            for &k in &work {
+                let k = k as usize;
+                if let Some(Some(s)) = self.socks.get(k) {
+                    let _ = s.shutdown(Shutdown::Write);
+                }
+                self.read_conn(k);
+            }
+            work.clear();
+            self.core.take_dead(&mut work);
+            let had_dead = !work.is_empty();
+            for &k in &work {
+                let k = k as usize;
+                if let Some(mut s) = self.socks.get_mut(k).and_then(Option::take) {
+                    let _ = self.poll.registry().deregister(&mut s);
+                }
+                self.core.remove(k);
+            }
+            work.clear();
+            self.scratch = work;
+            if !had_dirty && !had_shut && !had_dead {
+                break;
+            }
+        }
+    }
+
+    fn stop_listening(&mut self) {
+        if self.listening {
+            if let Some(l) = self.listener.as_mut() {
+                let _ = self.poll.registry().deregister(l);
+            }
+            self.listening = false;
+        }
+    }
+
+    fn resume_listening(&mut self) {
+        if self.listening {
+            return;
+        }
+        if let Some(l) = self.listener.as_mut() {
+            if self.poll.registry().register(l, LISTENER, Interest::READABLE).is_ok() {
+                self.listening = true;
+                // Edge triggered: connections may already wait in the backlog.
+                self.accept_all();
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            if !self.core.has_room() {
+                self.stop_listening();
+                return;
+            }
+            let Some(listener) = self.listener.as_ref() else { return };
+            match listener.accept() {
+                Ok((mut sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    let key = self.core.accept(peer);
+                    let token = Token(key + FIRST_CONN);
+                    if let Err(e) =
+                        self.poll.registry().register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+                    {
+                        log::warn!("registering a connection: {e}");
+                        self.core.remove(key);
+                        continue;
+                    }
+                    if self.socks.len() <= key {
+                        self.socks.resize_with(key + 1, || None);
+                    }
+                    self.socks[key] = Some(sock);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: stop polling the listener for a moment
+                    // instead of spinning on an accept that keeps failing.
+                    log::warn!("accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.stop_listening();
+                    self.accept_retry = Some(self.core_now() + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_conn(&mut self, key: usize) {
+        loop {
+            if !self.core.wants_read(key) {
+                return;
+            }
+            let Some(Some(sock)) = self.socks.get_mut(key) else { return };
+            match sock.read(&mut self.rbuf) {
+                Ok(0) => {
+                    self.core.on_hangup(key);
+                    return;
+                }
+                Ok(n) => {
+                    let full = n == self.rbuf.len();
+                    if self.core.on_data(key, &mut self.rbuf[..n]) == After::StopReading || !full {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.core.on_hangup(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, key: usize) {
+        loop {
+            let Some(Some(sock)) = self.socks.get_mut(key) else { return };
+            let pending = self.core.pending(key);
+            if pending.is_empty() {
+                return;
+            }
+            match sock.write(pending) {
+                Ok(n) => {
+                    if self.core.on_written(key, n, false) {
+                        self.read_conn(key);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.core.on_written(key, 0, true);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.core.on_write_error(key);
+                    return;
+                }
+            }
+        }
+    }
+}

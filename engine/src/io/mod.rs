@@ -1,0 +1,96 @@
+//! I/O backends: they move bytes between sockets and the worker core, nothing else.
+//!
+//! The boundary is socket events — a connection arrived, bytes arrived, the peer hung up, bytes
+//! were taken — not fd readiness, so a completion-based backend fits it as well as a
+//! readiness-based one. Every backend provides the same four things: bind a listener, build a
+//! worker (its loop, its waker), run it, and report whether it is available here.
+
+pub(crate) mod epoll;
+pub(crate) mod uring;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::server::core::Core;
+use crate::server::{Backend, Command, Config, Counters, Handler, ServerHandle, Wake};
+
+/// Applies `SOCKEYE_BACKEND` and resolves `Auto` to a backend this kernel supports.
+pub(crate) fn resolve(asked: Backend) -> io::Result<Backend> {
+    let asked = match std::env::var("SOCKEYE_BACKEND") {
+        Ok(v) if !v.is_empty() => v.parse().map_err(|e: String| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        _ => asked,
+    };
+    match asked {
+        Backend::Epoll => Ok(Backend::Epoll),
+        Backend::Auto => match uring::probe() {
+            Ok(()) => Ok(Backend::IoUring),
+            Err(why) => {
+                log::info!("io_uring unavailable ({why}); using epoll");
+                Ok(Backend::Epoll)
+            }
+        },
+        Backend::IoUring => uring::probe().map(|()| Backend::IoUring).map_err(|why| {
+            io::Error::new(io::ErrorKind::Unsupported, format!("io_uring backend unavailable: {why}"))
+        }),
+    }
+}
+
+/// A non-blocking listener with SO_REUSEPORT, so every worker can bind the same address.
+pub(crate) fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog)?;
+    Ok(sock.into())
+}
+
+/// A worker made on the building thread, run on its own.
+#[derive(Debug)]
+pub(crate) enum WorkerPrep {
+    Epoll(epoll::Prep),
+    IoUring(uring::Prep),
+}
+
+impl WorkerPrep {
+    pub(crate) fn new(
+        backend: Backend,
+        listener: std::net::TcpListener,
+        rx: Receiver<Command>,
+    ) -> io::Result<Self> {
+        match backend {
+            Backend::Epoll | Backend::Auto => Ok(WorkerPrep::Epoll(epoll::Prep::new(listener, rx)?)),
+            Backend::IoUring => Ok(WorkerPrep::IoUring(uring::Prep::new(listener, rx)?)),
+        }
+    }
+
+    pub(crate) fn waker(&self) -> Arc<dyn Wake> {
+        match self {
+            WorkerPrep::Epoll(p) => p.waker(),
+            WorkerPrep::IoUring(p) => p.waker(),
+        }
+    }
+
+    pub(crate) fn run<H: Handler>(
+        self,
+        index: usize,
+        cfg: Arc<Config>,
+        handle: ServerHandle,
+        handler: H,
+        stats: Arc<Counters>,
+    ) -> io::Result<()> {
+        let core = Core::new(index, Arc::clone(&cfg), handle, handler);
+        match self {
+            WorkerPrep::Epoll(p) => p.run(core, &cfg, stats),
+            WorkerPrep::IoUring(p) => p.run(core, &cfg, stats),
+        }
+    }
+}

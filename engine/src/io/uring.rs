@@ -1,0 +1,789 @@
+//! The io_uring backend: completions instead of readiness.
+//!
+//! One ring per worker, created on the worker's thread (`SINGLE_ISSUER`, `DEFER_TASKRUN` where
+//! the kernel has them). A multishot accept feeds new sockets; a multishot receive per
+//! connection fills buffers the kernel takes from a provided-buffer ring; each buffer is handed
+//! to the core in place and goes back to the ring as soon as the core returns (a drop guard, so
+//! no path forgets it). Sends are batched: at the end of a loop turn every connection with
+//! queued bytes gets one send, and its buffer stays owned here until the completion arrives,
+//! also when the connection dies first. One `io_uring_enter` per loop turn submits everything
+//! and waits.
+//!
+//! `unsafe` lives here because the kernel writes into memory we lend it: every block says why
+//! the memory outlives the operation.
+
+use std::alloc::{self, Layout};
+use std::io;
+use std::mem::ManuallyDrop;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+
+use crate::server::core::{After, Core};
+use crate::server::{drain_commands, Command, Config, Counters, Handler, Wake};
+
+// user_data: kind in the top byte, connection key in the low 32 bits.
+const ACCEPT: u64 = 1 << 56;
+const WAKE: u64 = 2 << 56;
+const RECV: u64 = 3 << 56;
+const SEND: u64 = 4 << 56;
+const CANCEL: u64 = 5 << 56;
+const CANCEL_PAUSE: u64 = 6 << 56;
+const SEND_ZC: u64 = 7 << 56;
+const KIND: u64 = 0xff << 56;
+
+const BGID: u16 = 7;
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Whether this kernel offers everything the backend uses: the opcodes (probed), provided
+/// buffer rings (registered for real on a scratch ring) and the extended wait argument.
+///
+/// Runs on a throwaway thread: tearing down a ring queues task work on the thread that made
+/// it, which interrupts that thread's next blocking system call with EINTR. The host's thread
+/// that calls `build()` must not inherit that surprise.
+pub(crate) fn probe() -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("sockeye-probe".into())
+        .spawn(probe_here)
+        .map_err(|e| format!("spawning the probe thread: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
+}
+
+fn probe_here() -> Result<(), String> {
+    let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup: {e}"))?;
+    if !ring.params().is_feature_ext_arg() {
+        return Err("kernel lacks IORING_FEAT_EXT_ARG".into());
+    }
+    let mut p = Probe::new();
+    ring.submitter().register_probe(&mut p).map_err(|e| format!("register_probe: {e}"))?;
+    for (name, code) in [
+        ("ACCEPT", opcode::AcceptMulti::CODE),
+        ("RECV", opcode::RecvMulti::CODE),
+        ("SEND", opcode::Send::CODE),
+        ("ASYNC_CANCEL", opcode::AsyncCancel2::CODE),
+        ("READ", opcode::Read::CODE),
+    ] {
+        if !p.is_supported(code) {
+            return Err(format!("kernel lacks IORING_OP_{name}"));
+        }
+    }
+    // Multishot receive arrived in 6.0; the opcode probe cannot see the flag.
+    let (major, minor) = kernel_version().unwrap_or((0, 0));
+    if (major, minor) < (6, 0) {
+        return Err(format!("kernel {major}.{minor} lacks multishot receive (needs 6.0)"));
+    }
+    let br = BufRing::new(&ring, 2, 64).map_err(|e| format!("register_buf_ring: {e}"))?;
+    br.unregister(&ring);
+    Ok(())
+}
+
+fn zc_supported(ring: &IoUring) -> bool {
+    let mut p = Probe::new();
+    ring.submitter().register_probe(&mut p).is_ok() && p.is_supported(opcode::SendZc::CODE)
+}
+
+fn kernel_version() -> Option<(u32, u32)> {
+    let s = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut it = s.trim().split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// A provided-buffer ring: `entries` buffers of `size` bytes the kernel picks from for receives.
+struct BufRing {
+    ring: *mut types::BufRingEntry,
+    ring_layout: Layout,
+    bufs: Vec<u8>,
+    entries: u16,
+    size: usize,
+    tail: u16,
+    /// Buffers the kernel holds (lent and not yet returned to us); for leak accounting.
+    lent: usize,
+}
+
+impl BufRing {
+    fn new(ring: &IoUring, entries: u16, size: usize) -> io::Result<Self> {
+        let entries = entries.clamp(2, 1 << 15).next_power_of_two();
+        let ring_layout = Layout::from_size_align(
+            entries as usize * std::mem::size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size (at least 2 entries of 16 bytes).
+        let mem = unsafe { alloc::alloc_zeroed(ring_layout) }.cast::<types::BufRingEntry>();
+        if mem.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let mut br = BufRing {
+            ring: mem,
+            ring_layout,
+            bufs: vec![0u8; entries as usize * size],
+            entries,
+            size,
+            tail: 0,
+            lent: 0,
+        };
+        // SAFETY: `mem` is page aligned, zeroed and `entries` long; it lives until `Drop`, which
+        // runs only after the ring is unregistered or the io_uring instance is gone.
+        let r = unsafe { ring.submitter().register_buf_ring_with_flags(mem as u64, entries, BGID, 0) };
+        if let Err(e) = r {
+            // SAFETY: allocated above with this layout, never registered.
+            unsafe { alloc::dealloc(mem.cast(), br.ring_layout) };
+            br.ring = std::ptr::null_mut();
+            return Err(e);
+        }
+        for bid in 0..entries {
+            br.push(bid);
+        }
+        br.lent = entries as usize;
+        br.publish();
+        Ok(br)
+    }
+
+    /// Puts buffer `bid` at the ring's tail (visible to the kernel after `publish`).
+    fn push(&mut self, bid: u16) {
+        let mask = self.entries - 1;
+        let idx = (self.tail & mask) as usize;
+        // SAFETY: `idx < entries`, inside the allocation; the kernel reads only entries between
+        // its head and the published tail, and this one is past the published tail.
+        let e = unsafe { &mut *self.ring.add(idx) };
+        e.set_addr(self.bufs.as_ptr() as u64 + u64::from(bid) * self.size as u64);
+        e.set_len(self.size as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field overlays the first entry's `resv`, inside the allocation; the
+        // kernel reads it with acquire semantics, so a release store orders the entries first.
+        let tail = unsafe { &*(types::BufRingEntry::tail(self.ring).cast::<AtomicU16>()) };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// The bytes the kernel wrote into buffer `bid`.
+    fn buf_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        let start = bid as usize * self.size;
+        &mut self.bufs[start..start + len.min(self.size)]
+    }
+
+    fn unregister(mut self, ring: &IoUring) {
+        if ring.submitter().unregister_buf_ring(BGID).is_ok() {
+            self.free();
+        } else {
+            // The kernel may still read the ring: leak it rather than free memory it uses.
+            self.ring = std::ptr::null_mut();
+        }
+    }
+
+    fn free(&mut self) {
+        if !self.ring.is_null() {
+            // SAFETY: allocated in `new` with `ring_layout`; the kernel no longer uses it.
+            unsafe { alloc::dealloc(self.ring.cast(), self.ring_layout) };
+            self.ring = std::ptr::null_mut();
+        }
+    }
+}
+
+/// Returns a received buffer to the ring when dropped, whatever path the handling takes.
+struct Lend<'a> {
+    ring: &'a mut BufRing,
+    bid: u16,
+}
+
+impl Drop for Lend<'_> {
+    fn drop(&mut self) {
+        self.ring.push(self.bid);
+        self.ring.publish();
+        self.ring.lent += 1;
+    }
+}
+
+#[derive(Debug)]
+struct EventFd(OwnedFd);
+
+impl Wake for EventFd {
+    fn wake(&self) -> io::Result<()> {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own.
+        let r = unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if r == 8 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// A worker's listener and waker, made on the building thread; the ring is made on the worker.
+#[derive(Debug)]
+pub(crate) struct Prep {
+    listener: std::net::TcpListener,
+    rx: Receiver<Command>,
+    efd: Arc<EventFd>,
+}
+
+impl Prep {
+    pub(crate) fn new(listener: std::net::TcpListener, rx: Receiver<Command>) -> io::Result<Self> {
+        // SAFETY: eventfd has no memory arguments; the result is checked.
+        // Blocking on purpose: io_uring answers a read on a non-blocking eventfd with EAGAIN
+        // instead of waiting. A write blocks only if the counter would overflow, never here.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let efd = Arc::new(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }));
+        Ok(Self { listener, rx, efd })
+    }
+
+    pub(crate) fn waker(&self) -> Arc<dyn Wake> {
+        self.efd.clone()
+    }
+
+    pub(crate) fn run<H: Handler>(
+        self,
+        core: Core<H>,
+        cfg: &Config,
+        stats: Arc<Counters>,
+    ) -> io::Result<()> {
+        let entries = 4096u32;
+        // Best first: one issuer with deferred task work (completions run only when this
+        // thread waits); then cooperative task work; then plain.
+        let ring = IoUring::<squeue::Entry, cqueue::Entry>::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(entries * 4)
+            .build(entries)
+            .or_else(|_| IoUring::builder().setup_coop_taskrun().setup_cqsize(entries * 4).build(entries))
+            .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))?;
+        let bufs = BufRing::new(&ring, cfg.uring_buffers, cfg.uring_buffer_size)?;
+        let zc_threshold = if zc_supported(&ring) { cfg.uring_send_zc_threshold } else { usize::MAX };
+        let mut w = Loop {
+            ring: ManuallyDrop::new(ring),
+            bufs: ManuallyDrop::new(bufs),
+            listener: Some(self.listener),
+            accepting: false,
+            accept_retry: None,
+            efd: self.efd,
+            wake_armed: false,
+            zc_threshold,
+            conns: Vec::new(),
+            core,
+            stats,
+            cqes: Vec::with_capacity(1024),
+            work: Vec::new(),
+            rearm: Vec::new(),
+            outstanding: 0,
+        };
+        let r = w.run(&self.rx, cfg);
+        w.teardown();
+        r
+    }
+}
+
+/// What the backend tracks per connection, beside the core's slot (same key).
+#[derive(Default)]
+struct ConnIo {
+    fd: Option<OwnedFd>,
+    recv_armed: bool,
+    /// The send in flight: its buffer (owned here until the completion) and offset.
+    send: Option<(Vec<u8>, usize)>,
+    /// A cancel was requested for the receive (pause) and has not completed.
+    cancelling: bool,
+    /// The core declared it dead; close and free once no operation is in flight.
+    dying: bool,
+    /// A zero-copy send reported its result; the buffer stays lent until the notification.
+    zc_result: Option<i32>,
+}
+
+impl ConnIo {
+    fn busy(&self) -> bool {
+        self.recv_armed || self.send.is_some() || self.cancelling
+    }
+}
+
+struct Loop<H: Handler> {
+    // Dropped by hand in `teardown`, ring before the memory it points into.
+    ring: ManuallyDrop<IoUring>,
+    bufs: ManuallyDrop<BufRing>,
+    listener: Option<std::net::TcpListener>,
+    accepting: bool,
+    accept_retry: Option<Instant>,
+    efd: Arc<EventFd>,
+    wake_armed: bool,
+    /// Sends of at least this many bytes use SEND_ZC.
+    zc_threshold: usize,
+    conns: Vec<ConnIo>,
+    core: Core<H>,
+    stats: Arc<Counters>,
+    cqes: Vec<(u64, i32, u32)>,
+    work: Vec<u32>,
+    rearm: Vec<u32>,
+    /// Operations submitted and not completed (teardown waits for them).
+    outstanding: usize,
+}
+
+impl<H: Handler> Loop<H> {
+    fn push(&mut self, sqe: squeue::Entry) {
+        // SAFETY (of every push): each operation's memory — a receive's provided buffers, a
+        // send's Vec held in `ConnIo::send`, the eventfd polled for wake-ups — lives until its
+        // completion is reaped; `teardown` waits for all of them before freeing anything.
+        loop {
+            // SAFETY: see above.
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                self.outstanding += 1;
+                return;
+            }
+            // Submission queue full: hand what is there to the kernel and retry.
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) {
+                    log::error!("io_uring submit: {e}");
+                }
+                self.reap();
+            }
+        }
+    }
+
+    /// Copies ready completions out of the CQ (so handlers can push new entries).
+    fn reap(&mut self) {
+        let mut cq = self.ring.completion();
+        cq.sync();
+        for c in &mut cq {
+            self.cqes.push((c.user_data(), c.result(), c.flags()));
+        }
+    }
+
+    fn publish_stats(&self) {
+        self.stats.connections.store(self.core.len(), Ordering::Relaxed);
+        self.stats.buffers_total.store(self.bufs.entries as usize, Ordering::Relaxed);
+        self.stats.buffers_in_kernel.store(self.bufs.lent, Ordering::Relaxed);
+    }
+
+    fn arm_accept(&mut self) {
+        let Some(l) = self.listener.as_ref() else { return };
+        if self.accepting || self.accept_retry.is_some() {
+            return;
+        }
+        let fd = l.as_raw_fd();
+        let sqe = opcode::AcceptMulti::new(types::Fd(fd)).flags(libc::SOCK_CLOEXEC).build().user_data(ACCEPT);
+        self.push(sqe);
+        self.accepting = true;
+    }
+
+    fn cancel_accept(&mut self) {
+        if self.accepting {
+            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(ACCEPT)).build().user_data(CANCEL);
+            self.push(sqe);
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        if self.wake_armed {
+            return;
+        }
+        // A multishot poll, not a read: a read on an eventfd would park in an io-wq thread.
+        let fd = self.efd.0.as_raw_fd();
+        let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).multi(true).build().user_data(WAKE);
+        self.push(sqe);
+        self.wake_armed = true;
+    }
+
+    /// Resets the eventfd counter after a wake-up (it is readable, so this does not block).
+    fn clear_wake(&mut self) {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a valid u64 from an eventfd we own; POLLIN said it is
+        // readable, so the read returns at once.
+        unsafe { libc::read(self.efd.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    fn arm_recv(&mut self, key: usize) {
+        let Some(c) = self.conns.get(key) else { return };
+        let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) else { return };
+        if c.recv_armed || c.dying || c.cancelling {
+            return;
+        }
+        let sqe = opcode::RecvMulti::new(types::Fd(fd), BGID).build().user_data(RECV | key as u64);
+        self.push(sqe);
+        self.conns[key].recv_armed = true;
+    }
+
+    fn run(&mut self, rx: &Receiver<Command>, cfg: &Config) -> io::Result<()> {
+        self.arm_accept();
+        self.arm_wake();
+        let mut stopping = false;
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let mut wake_at = self.core.next_timer();
+            for t in [self.accept_retry, stop_deadline].into_iter().flatten() {
+                wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
+            }
+            let res = match wake_at {
+                Some(t) => {
+                    let d = t.saturating_duration_since(now);
+                    let ts = types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(1, &args)
+                }
+                None => self.ring.submitter().submit_and_wait(1),
+            };
+            if let Err(e) = res {
+                match e.raw_os_error() {
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
+                    _ => return Err(e),
+                }
+            }
+            self.core.set_now(Instant::now());
+            self.reap();
+            let mut cqes = std::mem::take(&mut self.cqes);
+            for &(ud, res, flags) in &cqes {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                // A multishot operation that continues keeps its slot in `outstanding`.
+                if cqueue::more(flags) {
+                    self.outstanding += 1;
+                }
+                self.complete(ud, res, flags);
+            }
+            cqes.clear();
+            self.cqes = cqes;
+            let was_stopping = stopping;
+            drain_commands(rx, &mut self.core, &mut stopping);
+            if stopping && !was_stopping {
+                self.cancel_accept();
+                stop_deadline = Some(self.core.state.now + cfg.shutdown_timeout);
+            }
+            if let Some(t) = self.accept_retry {
+                if self.core.state.now >= t {
+                    self.accept_retry = None;
+                    if !stopping {
+                        self.arm_accept();
+                    }
+                }
+            }
+            self.core.expire_timers();
+            if stop_deadline.is_some_and(|d| self.core.state.now >= d) {
+                self.core.kill_all();
+            }
+            self.settle();
+            if !stopping && !self.accepting && self.core.has_room() {
+                self.arm_accept();
+            }
+            self.publish_stats();
+            if stopping && self.core.len() == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn complete(&mut self, ud: u64, res: i32, flags: u32) {
+        let key = (ud & 0xffff_ffff) as usize;
+        match ud & KIND {
+            ACCEPT => self.on_accept(res, flags),
+            WAKE => {
+                if res > 0 {
+                    self.clear_wake();
+                }
+                if !cqueue::more(flags) {
+                    self.wake_armed = false;
+                    self.arm_wake();
+                }
+            }
+            RECV => self.on_recv(key, res, flags),
+            SEND => self.on_send(key, res),
+            SEND_ZC => {
+                // First the result (with MORE when a notification follows), then the
+                // notification that the kernel no longer reads the buffer.
+                if cqueue::notif(flags) {
+                    let r = self.conns.get_mut(key).and_then(|c| c.zc_result.take()).unwrap_or(0);
+                    self.on_send(key, r);
+                } else if cqueue::more(flags) {
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.zc_result = Some(res);
+                    }
+                } else {
+                    self.on_send(key, res);
+                }
+            }
+            CANCEL_PAUSE => {
+                // The paused receive reports its own end; if the connection drained meanwhile,
+                // it reads again at the end of this turn.
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.cancelling = false;
+                    self.rearm.push(key as u32);
+                    self.maybe_close(key);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.accepting = false;
+        }
+        if res < 0 {
+            match -res {
+                libc::ECANCELED | libc::EINTR | libc::ECONNABORTED | libc::EAGAIN => {}
+                e => {
+                    log::warn!(
+                        "accept: {}; pausing accepts for {ACCEPT_BACKOFF:?}",
+                        io::Error::from_raw_os_error(e)
+                    );
+                    self.cancel_accept();
+                    self.accept_retry = Some(self.core.state.now + ACCEPT_BACKOFF);
+                }
+            }
+            return;
+        }
+        // SAFETY: a successful accept completion hands us a new descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(res) };
+        if !self.core.has_room() {
+            drop(fd);
+            self.cancel_accept();
+            return;
+        }
+        let peer = peer_addr(fd.as_raw_fd()).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        set_nodelay(fd.as_raw_fd());
+        let key = self.core.accept(peer);
+        if self.conns.len() <= key {
+            self.conns.resize_with(key + 1, ConnIo::default);
+        }
+        self.conns[key] = ConnIo { fd: Some(fd), ..ConnIo::default() };
+        self.arm_recv(key);
+    }
+
+    fn on_recv(&mut self, key: usize, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        if !more {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.recv_armed = false;
+            }
+        }
+        if res > 0 {
+            let Some(bid) = cqueue::buffer_select(flags) else { return };
+            self.bufs.lent -= 1;
+            let dying = self.conns.get(key).is_none_or(|c| c.dying);
+            let lend = Lend { ring: &mut self.bufs, bid };
+            let mut after = After::Continue;
+            if !dying {
+                let data = lend.ring.buf_mut(bid, res as usize);
+                after = self.core.on_data(key, data);
+            }
+            drop(lend);
+            if after == After::StopReading && !self.core.wants_read(key) {
+                self.pause_recv(key);
+            }
+            if !more {
+                self.rearm.push(key as u32);
+            }
+            self.maybe_close(key);
+            return;
+        }
+        if res == 0 {
+            if !self.conns.get(key).is_none_or(|c| c.dying) {
+                self.core.on_hangup(key);
+            }
+        } else {
+            match -res {
+                libc::ENOBUFS => {
+                    self.stats.buffer_shortages.fetch_add(1, Ordering::Relaxed);
+                    // The ring ran dry; every buffer goes back as its completion is handled,
+                    // so re-arm at the end of this turn.
+                    self.rearm.push(key as u32);
+                }
+                libc::ECANCELED => {}
+                _ => {
+                    if !self.conns.get(key).is_none_or(|c| c.dying) {
+                        self.core.on_hangup(key);
+                    }
+                }
+            }
+        }
+        self.maybe_close(key);
+    }
+
+    fn pause_recv(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if c.recv_armed && !c.cancelling && !c.dying {
+            c.cancelling = true;
+            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(RECV | key as u64))
+                .build()
+                .user_data(CANCEL_PAUSE | key as u64);
+            self.push(sqe);
+        }
+    }
+
+    fn on_send(&mut self, key: usize, res: i32) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        let Some((buf, pos)) = c.send.take() else { return };
+        if c.dying {
+            self.maybe_close(key);
+            return;
+        }
+        if res < 0 {
+            self.core.on_write_error(key);
+            self.maybe_close(key);
+            return;
+        }
+        let mut resume = false;
+        if let Some((buf, pos)) = self.core.on_send_done(key, buf, pos, res as usize, &mut resume) {
+            self.submit_send(key, buf, pos);
+        }
+        if resume {
+            self.arm_recv(key);
+        }
+    }
+
+    fn submit_send(&mut self, key: usize, buf: Vec<u8>, pos: usize) {
+        let Some(fd) = self.conns.get(key).and_then(|c| c.fd.as_ref()).map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        let ptr = buf[pos..].as_ptr();
+        let len = (buf.len() - pos) as u32;
+        let sqe = if len as usize >= self.zc_threshold {
+            opcode::SendZc::new(types::Fd(fd), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(SEND_ZC | key as u64)
+        } else {
+            opcode::Send::new(types::Fd(fd), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(SEND | key as u64)
+        };
+        // The Vec moves into the table; its heap buffer, which the kernel reads, does not move.
+        self.conns[key].send = Some((buf, pos));
+        self.push(sqe);
+    }
+
+    /// Closes and frees a dying connection once nothing of it is in flight.
+    fn maybe_close(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if c.dying && !c.busy() && c.fd.is_some() {
+            c.fd = None;
+            self.core.remove(key);
+        }
+    }
+
+    fn settle(&mut self) {
+        loop {
+            let mut work = std::mem::take(&mut self.work);
+            let mut progress = false;
+            self.core.take_dirty(&mut work);
+            for &k in &work {
+                let k = k as usize;
+                if self.conns.get(k).is_some_and(|c| c.send.is_none() && !c.dying) {
+                    if let Some((buf, pos)) = self.core.take_out(k) {
+                        self.submit_send(k, buf, pos);
+                    }
+                }
+            }
+            progress |= !work.is_empty();
+            work.clear();
+            self.core.take_shut(&mut work);
+            for &k in &work {
+                if let Some(fd) = self.conns.get(k as usize).and_then(|c| c.fd.as_ref()) {
+                    // SAFETY: shutdown on a descriptor we own; no memory is passed.
+                    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) };
+                }
+                self.arm_recv(k as usize);
+            }
+            progress |= !work.is_empty();
+            work.clear();
+            self.core.take_dead(&mut work);
+            for &k in &work {
+                let k = k as usize;
+                let Some(c) = self.conns.get_mut(k) else {
+                    self.core.remove(k);
+                    continue;
+                };
+                c.dying = true;
+                if let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) {
+                    if c.recv_armed || c.send.is_some() {
+                        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+                            .build()
+                            .user_data(CANCEL);
+                        self.push(sqe);
+                    }
+                }
+                self.maybe_close(k);
+            }
+            progress |= !work.is_empty();
+            work.clear();
+            let mut rearm = std::mem::take(&mut self.rearm);
+            for &k in &rearm {
+                if self.core.wants_read(k as usize) {
+                    self.arm_recv(k as usize);
+                }
+            }
+            rearm.clear();
+            self.rearm = rearm;
+            self.work = work;
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    /// Cancels everything, waits for every completion, then frees the ring before the memory
+    /// it points into.
+    fn teardown(&mut self) {
+        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(CANCEL);
+        self.push(sqe);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.outstanding > 0 && Instant::now() < deadline {
+            let ts = types::Timespec::new().nsec(50_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.reap();
+            for (_, _, flags) in self.cqes.drain(..) {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                if cqueue::more(flags) {
+                    self.outstanding += 1;
+                }
+            }
+        }
+        for c in &mut self.conns {
+            c.fd = None;
+        }
+        let leaked = self.outstanding > 0;
+        // SAFETY: dropped exactly once, here; nothing uses the ring afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
+        if leaked {
+            // Operations that never completed may still reference the buffers: leak them.
+            log::warn!("io_uring teardown: {} operations did not complete", self.outstanding);
+            for c in &mut self.conns {
+                if let Some((b, _)) = c.send.take() {
+                    std::mem::forget(b);
+                }
+            }
+            return;
+        }
+        self.bufs.free();
+        // SAFETY: dropped exactly once; the ring that used it is gone.
+        unsafe { ManuallyDrop::drop(&mut self.bufs) };
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        self.free();
+    }
+}
+
+fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
+    // SAFETY: the descriptor is borrowed for the call only; ManuallyDrop keeps it open.
+    let s = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    s.peer_addr().ok()
+}
+
+fn set_nodelay(fd: RawFd) {
+    // SAFETY: the descriptor is borrowed for the call only; ManuallyDrop keeps it open.
+    let s = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    let _ = s.set_nodelay(true);
+}

@@ -1,0 +1,828 @@
+//! The per-connection protocol state machine: Handshake → Open → Closing → Closed.
+//!
+//! A [`Connection`] is fed the bytes that arrived and answers with events (a message, a ping, a
+//! close) and with bytes to send, which it appends to a buffer the caller owns (the handshake
+//! response, auto-pongs, the close echo, frames the application sends). It never performs I/O and
+//! never reads a clock: time enters as an argument. The caller (the engine, a test, a fuzz
+//! target) decides when bytes move.
+//!
+//! Zero copy: [`Connection::read`] unmasks payload in place in the caller's buffer. A message
+//! that lies whole in that buffer comes back borrowed from it; only a message spread over several
+//! reads or fragments is copied, into an assembly buffer taken from a [`BufPool`] and handed over
+//! as an owned value the caller may give back to the pool.
+//!
+//! What this module never does: allocate per message on the fast path, grow a buffer past the
+//! configured limits, or decide on its own which close code an error gets (see [`super::error`]).
+
+use std::borrow::Cow;
+use std::time::{Duration, Instant};
+
+use super::close::{self, CloseCode};
+use super::error::ProtocolError;
+use super::frame::{self, FrameHeader, OpCode, MAX_HEADER_LEN};
+use super::handshake::{self, HandshakeError, Parsed, Request};
+use super::mask::unmask;
+use super::utf8::{self, Utf8Validator};
+
+/// Which end of the connection this state machine plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Accepts handshakes, expects masked frames, sends unmasked ones.
+    Server,
+    /// Expects unmasked frames, masks what it sends. The handshake is the caller's business.
+    Client,
+}
+
+/// Limits a connection enforces. Every one is configurable; the defaults are sane for a server
+/// on the open internet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest single frame payload accepted (close 1009 above it).
+    pub max_frame_size: u64,
+    /// Largest message accepted, summed over its fragments (close 1009 above it).
+    pub max_message_size: u64,
+    /// Most fragments one message may have (close 1009 above it).
+    pub max_fragments: u32,
+    /// Largest handshake request head, in bytes (HTTP 431 above it).
+    pub max_handshake_bytes: usize,
+    /// Time a client has to complete its handshake request.
+    pub handshake_timeout: Duration,
+    /// Time the peer has to answer our close frame before the connection is dropped.
+    pub close_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_size: 16 << 20,
+            max_message_size: 16 << 20,
+            max_fragments: 1 << 17,
+            max_handshake_bytes: handshake::DEFAULT_MAX_HEAD,
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where the connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for (the rest of) the HTTP Upgrade request.
+    Handshake,
+    /// Messages flow both ways.
+    Open,
+    /// We sent a close frame and wait for the peer's.
+    Closing,
+    /// Done: the caller flushes what was written and closes the socket.
+    Closed,
+}
+
+/// What the application decided about an upgrade request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Accept, optionally naming one of the offered subprotocols and adding response headers.
+    Accept {
+        /// The chosen subprotocol; it must be one the client offered.
+        protocol: Option<String>,
+        /// Extra response headers (names and values must not contain CR or LF).
+        headers: Vec<(String, String)>,
+    },
+    /// Refuse with this HTTP status (403 unless there is a better one).
+    Reject {
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// Answer a plain HTTP request (not an upgrade) with this response, then close.
+    Respond {
+        /// The HTTP status code.
+        status: u16,
+        /// The Content-Type header.
+        content_type: String,
+        /// The body.
+        body: Vec<u8>,
+    },
+}
+
+impl Decision {
+    /// Accept with no subprotocol and no extra headers.
+    pub fn accept() -> Self {
+        Decision::Accept { protocol: None, headers: Vec::new() }
+    }
+}
+
+/// Progress of the handshake after [`Connection::handshake`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeStatus {
+    /// The request is not complete: every input byte was kept, call again with more.
+    Partial,
+    /// The request was accepted and the 101 response written; the connection is Open.
+    /// `consumed` input bytes were the request; what follows them is frame data.
+    Accepted {
+        /// Bytes of the input that belonged to the request.
+        consumed: usize,
+    },
+    /// The decision hook refused; the response was written and the connection is Closed.
+    Rejected {
+        /// The HTTP status sent.
+        status: u16,
+    },
+    /// A plain HTTP request was answered; the connection is Closed.
+    Responded,
+}
+
+/// A control frame's payload, at most 125 bytes, held by value.
+#[derive(Clone, Copy)]
+pub struct ControlPayload {
+    len: u8,
+    bytes: [u8; 125],
+}
+
+impl ControlPayload {
+    fn new(data: &[u8]) -> Self {
+        let mut bytes = [0u8; 125];
+        let len = data.len().min(125);
+        bytes[..len].copy_from_slice(&data[..len]);
+        Self { len: len as u8, bytes }
+    }
+    /// The payload bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl std::fmt::Debug for ControlPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ControlPayload({:?})", self.as_bytes())
+    }
+}
+
+/// Something the peer did.
+#[derive(Debug)]
+pub enum Event<'b> {
+    /// A whole text message, valid UTF-8.
+    Text(Cow<'b, str>),
+    /// A whole binary message.
+    Binary(Cow<'b, [u8]>),
+    /// A ping; the pong is already written (unless we are closing).
+    Ping(ControlPayload),
+    /// A pong.
+    Pong(ControlPayload),
+    /// The peer's close frame. `code` is `None` when the frame had no status (1005). If the peer
+    /// started the close, the echo is already written. The connection is now Closed.
+    Close {
+        /// The status code the peer sent, if any.
+        code: Option<CloseCode>,
+        /// The reason text (at most 123 bytes).
+        reason: ControlPayload,
+    },
+}
+
+/// Result of one [`Connection::read`] call.
+#[derive(Debug)]
+pub struct Read<'b> {
+    /// Input bytes used up. When `event` is `None` this is the whole input.
+    pub consumed: usize,
+    /// The event the consumed bytes completed, if any.
+    pub event: Option<Event<'b>>,
+}
+
+/// A send was refused because the connection no longer sends data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendAfterClose;
+
+/// A small pool of assembly buffers, owned by whoever drives many connections (a worker), so a
+/// connection with no message in flight owns no buffer.
+#[derive(Debug)]
+pub struct BufPool {
+    bufs: Vec<Vec<u8>>,
+    max_bufs: usize,
+    max_keep: usize,
+}
+
+impl BufPool {
+    /// A pool keeping at most `max_bufs` buffers of at most `max_keep` bytes capacity each.
+    pub fn new(max_bufs: usize, max_keep: usize) -> Self {
+        Self { bufs: Vec::new(), max_bufs, max_keep }
+    }
+    /// An empty buffer, reused when one is pooled.
+    pub fn get(&mut self) -> Vec<u8> {
+        self.bufs.pop().unwrap_or_default()
+    }
+    /// Gives a buffer back; oversized ones and those over the count are freed.
+    pub fn put(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > self.max_keep || self.bufs.len() >= self.max_bufs {
+            return;
+        }
+        buf.clear();
+        self.bufs.push(buf);
+    }
+    /// Buffers currently pooled.
+    pub fn len(&self) -> usize {
+        self.bufs.len()
+    }
+    /// Whether the pool holds no buffer.
+    pub fn is_empty(&self) -> bool {
+        self.bufs.is_empty()
+    }
+}
+
+impl Default for BufPool {
+    fn default() -> Self {
+        Self::new(64, 1 << 20)
+    }
+}
+
+/// What many connections driven by one owner share: the limits and the buffer pool. Keeping
+/// them out of [`Connection`] keeps an idle connection small.
+#[derive(Debug, Default)]
+pub struct Env {
+    /// The limits every connection enforces.
+    pub limits: Limits,
+    /// Assembly buffers lent to connections with a message in flight.
+    pub pool: BufPool,
+}
+
+impl Env {
+    /// An environment with these limits and a default pool.
+    pub fn new(limits: Limits) -> Self {
+        Self { limits, pool: BufPool::default() }
+    }
+}
+
+/// The frame whose payload is being read.
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    header: FrameHeader,
+    remaining: u64,
+    /// Mask phase: payload bytes of this frame already unmasked, mod 4.
+    phase: u8,
+}
+
+/// The data message being assembled.
+#[derive(Debug, Clone, Copy)]
+struct Message {
+    text: bool,
+    len: u64,
+    fragments: u32,
+}
+
+/// One WebSocket connection's protocol state. See the module docs.
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    state: State,
+    /// Set when we sent a close frame.
+    sent_close: bool,
+    /// RSV bits an extension allows (none until permessage-deflate exists).
+    allowed_rsv: u8,
+    /// Partial frame header carried between reads.
+    hdr: [u8; MAX_HEADER_LEN],
+    hdr_len: u8,
+    cur: Option<Current>,
+    msg: Option<Message>,
+    utf8: Utf8Validator,
+    /// Message bytes carried between reads or fragments, or, during the handshake, the
+    /// request head carried between reads; empty (no allocation) otherwise.
+    assembly: Vec<u8>,
+    /// A control frame's payload carried between reads (rare; boxed so it costs 8 bytes).
+    ctrl: Option<Box<Vec<u8>>>,
+    /// Handshake deadline, close-handshake deadline.
+    deadline: Option<Instant>,
+    /// Client role: state of the masking-key generator.
+    rng: u32,
+}
+
+impl Connection {
+    /// A server connection waiting for its handshake, which must complete before
+    /// `now + limits.handshake_timeout`.
+    pub fn new_server(now: Instant, limits: &Limits) -> Self {
+        let mut c = Self::new(Role::Server, State::Handshake, 0);
+        c.deadline = Some(now + limits.handshake_timeout);
+        c
+    }
+
+    /// A connection already past its handshake (for a client, or a server whose handshake was
+    /// done elsewhere). `seed` feeds the client's masking keys; a server ignores it.
+    pub fn new_open(role: Role, seed: u64) -> Self {
+        Self::new(role, State::Open, seed)
+    }
+
+    fn new(role: Role, state: State, seed: u64) -> Self {
+        Self {
+            role,
+            state,
+            sent_close: false,
+            allowed_rsv: 0,
+            hdr: [0; MAX_HEADER_LEN],
+            hdr_len: 0,
+            cur: None,
+            msg: None,
+            utf8: Utf8Validator::new(),
+            assembly: Vec::new(),
+            ctrl: None,
+            deadline: None,
+            rng: (seed as u32) | 1,
+        }
+    }
+
+    /// Where the connection is in its life.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// This side's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether data may still be sent (Open; not after our close frame).
+    pub fn can_send(&self) -> bool {
+        self.state == State::Open && !self.sent_close
+    }
+
+    /// The next instant [`Connection::handle_timeout`] wants to be called at, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Checks the handshake and close-handshake deadlines. Returns `true` when one has passed:
+    /// the connection is then Closed and the caller drops the socket.
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        match self.deadline {
+            Some(d) if now >= d && self.state != State::Closed => {
+                self.state = State::Closed;
+                self.deadline = None;
+                self.assembly = Vec::new();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Feeds handshake bytes. While `Partial`, every byte is kept inside the connection (up to
+    /// the head limit). On a complete request, `decide` is called once with it and whether it is
+    /// a valid WebSocket upgrade (`false`: a well-formed plain HTTP GET, which `decide` may answer
+    /// with [`Decision::Respond`]); the response is appended to `out`. On a bad request, the HTTP
+    /// error response is appended to `out`, the connection becomes Closed and the error is
+    /// returned.
+    pub fn handshake(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        env: &Env,
+        decide: impl FnOnce(&Request<'_>, bool) -> Decision,
+    ) -> Result<HandshakeStatus, HandshakeError> {
+        if self.state != State::Handshake {
+            return Ok(HandshakeStatus::Accepted { consumed: 0 });
+        }
+        let max = env.limits.max_handshake_bytes;
+        // Fast path: nothing carried, the whole head sits in `input`.
+        let carried = self.assembly.len();
+        let head = std::mem::take(&mut self.assembly);
+        let (source, from_head): (&[u8], bool) = if carried == 0 {
+            (input, false)
+        } else {
+            (&[][..], true)
+        };
+        let mut joined = head;
+        let source: &[u8] = if from_head {
+            // Append at most what the limit still allows (plus one byte to detect overflow).
+            let room = (max + 1).saturating_sub(joined.len());
+            joined.extend_from_slice(&input[..input.len().min(room)]);
+            &joined
+        } else {
+            source
+        };
+        let result = match handshake::parse_request(source, max) {
+            Ok(Parsed::Partial) => {
+                if !from_head {
+                    joined.extend_from_slice(&input[..input.len().min(max + 1)]);
+                }
+                self.assembly = joined;
+                return Ok(HandshakeStatus::Partial);
+            }
+            Ok(Parsed::Complete(req, consumed)) => {
+                let accept = handshake::accept_key(req.key().as_bytes());
+                match decide(&req, true) {
+                    Decision::Accept { protocol, headers } => {
+                        let extra: Vec<(&str, &str)> =
+                            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                        handshake::write_accept(&accept, protocol.as_deref(), &extra, out);
+                        self.state = State::Open;
+                        self.deadline = None;
+                        Ok(HandshakeStatus::Accepted { consumed: consumed - carried })
+                    }
+                    Decision::Reject { status } | Decision::Respond { status, .. } => {
+                        handshake::write_reject(status, &[], out);
+                        self.state = State::Closed;
+                        self.deadline = None;
+                        Ok(HandshakeStatus::Rejected { status })
+                    }
+                }
+            }
+            Err(e) => {
+                // A well-formed GET that is not an upgrade may be answered as plain HTTP.
+                let plain = if e.is_plain_http() {
+                    match handshake::parse_http(source, max) {
+                        Ok(Parsed::Complete(req, _)) => match decide(&req, false) {
+                            Decision::Respond { status, content_type, body } => {
+                                Some(handshake::write_response(status, &content_type, &body, out))
+                            }
+                            _ => None,
+                        },
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                self.state = State::Closed;
+                self.deadline = None;
+                match plain {
+                    Some(()) => Ok(HandshakeStatus::Responded),
+                    None => {
+                        handshake::write_error(&e, out);
+                        Err(e)
+                    }
+                }
+            }
+        };
+        // `joined` is dropped here: a connection past its handshake holds no head buffer.
+        result
+    }
+
+    /// Feeds frame bytes, unmasking them in place.
+    ///
+    /// Returns after the first event, or when all input is used up (`event: None`). Call again
+    /// with `&mut input[consumed..]` until the input is used up. Anything the protocol answers by
+    /// itself (pong, close echo) is appended to `out`. On a protocol error the close frame with
+    /// the RFC's code is appended to `out`, the connection becomes Closed and the error is
+    /// returned; the caller flushes `out` and closes the socket.
+    pub fn read<'b>(
+        &mut self,
+        input: &'b mut [u8],
+        out: &mut Vec<u8>,
+        env: &mut Env,
+    ) -> Result<Read<'b>, ProtocolError> {
+        if matches!(self.state, State::Handshake | State::Closed) {
+            return Ok(Read { consumed: input.len(), event: None });
+        }
+        match self.read_inner(input, out, env) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.fail(&e, out, env);
+                Err(e)
+            }
+        }
+    }
+
+    fn fail(&mut self, e: &ProtocolError, out: &mut Vec<u8>, env: &mut Env) {
+        if !self.sent_close {
+            let mut payload = Vec::with_capacity(2);
+            close::encode_close_payload(e.close_code(), "", &mut payload);
+            self.write_frame(OpCode::Close, true, &payload, out);
+            self.sent_close = true;
+        }
+        self.state = State::Closed;
+        self.deadline = None;
+        env.pool.put(std::mem::take(&mut self.assembly));
+        self.cur = None;
+        self.msg = None;
+    }
+
+    fn read_inner<'b>(
+        &mut self,
+        input: &'b mut [u8],
+        out: &mut Vec<u8>,
+        env: &mut Env,
+    ) -> Result<Read<'b>, ProtocolError> {
+        let total = input.len();
+        // `rest` is the unread part of the input; consumed bytes = total - rest.len().
+        let mut rest: &'b mut [u8] = input;
+        loop {
+            if self.state == State::Closed {
+                return Ok(Read { consumed: total, event: None });
+            }
+            let cur = match self.cur {
+                Some(c) => c,
+                None => {
+                    // Decode the next header, from the carried bytes or straight from input.
+                    let (header, used) = if self.hdr_len == 0 {
+                        match frame::decode(rest)? {
+                            Some((h, n)) => (h, n),
+                            None => {
+                                self.hdr[..rest.len()].copy_from_slice(rest);
+                                self.hdr_len = rest.len() as u8;
+                                return Ok(Read { consumed: total, event: None });
+                            }
+                        }
+                    } else {
+                        let old = self.hdr_len as usize;
+                        let take = (MAX_HEADER_LEN - old).min(rest.len());
+                        self.hdr[old..old + take].copy_from_slice(&rest[..take]);
+                        match frame::decode(&self.hdr[..old + take])? {
+                            Some((h, n)) => {
+                                self.hdr_len = 0;
+                                (h, n - old)
+                            }
+                            None => {
+                                self.hdr_len = (old + take) as u8;
+                                return Ok(Read { consumed: total, event: None });
+                            }
+                        }
+                    };
+                    rest = &mut std::mem::take(&mut rest)[used..];
+                    self.check_header(&header, &env.limits)?;
+                    // Zero-copy fast path: a whole single-frame message in this input.
+                    if header.fin
+                        && !header.opcode.is_control()
+                        && header.opcode != OpCode::Continuation
+                        && rest.len() as u64 >= header.payload_len
+                    {
+                        let (payload, tail) =
+                            std::mem::take(&mut rest).split_at_mut(header.payload_len as usize);
+                        rest = tail;
+                        if let Some(key) = header.mask {
+                            unmask(payload, key, 0);
+                        }
+                        let payload: &'b [u8] = payload;
+                        if self.sent_close {
+                            continue;
+                        }
+                        let event = if header.opcode == OpCode::Text {
+                            let s =
+                                utf8::validate(payload).map_err(|_| ProtocolError::InvalidUtf8)?;
+                            Event::Text(Cow::Borrowed(s))
+                        } else {
+                            Event::Binary(Cow::Borrowed(payload))
+                        };
+                        return Ok(Read { consumed: total - rest.len(), event: Some(event) });
+                    }
+                    if !header.opcode.is_control() {
+                        self.start_fragment(&header, env);
+                    }
+                    let c = Current { header, remaining: header.payload_len, phase: 0 };
+                    self.cur = Some(c);
+                    c
+                }
+            };
+            // Payload bytes of the current frame available now.
+            let avail = (rest.len() as u64).min(cur.remaining) as usize;
+            let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(avail);
+            rest = tail;
+            if let Some(key) = cur.header.mask {
+                unmask(chunk, key, cur.phase as usize);
+            }
+            let remaining = cur.remaining - avail as u64;
+            let phase = ((cur.phase as usize + avail) & 3) as u8;
+            if cur.header.opcode.is_control() {
+                if remaining > 0 || self.ctrl.is_some() {
+                    self.ctrl.get_or_insert_with(Default::default).extend_from_slice(chunk);
+                }
+            } else {
+                if self.msg.is_some_and(|m| m.text) {
+                    self.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
+                }
+                if !self.sent_close {
+                    self.assembly.extend_from_slice(chunk);
+                }
+            }
+            if remaining > 0 {
+                self.cur = Some(Current { remaining, phase, ..cur });
+                return Ok(Read { consumed: total, event: None });
+            }
+            // The frame is complete.
+            self.cur = None;
+            let h = cur.header;
+            if h.opcode.is_control() {
+                // Whole in this input: straight from it; else from the carried bytes.
+                let payload = match self.ctrl.take() {
+                    None => ControlPayload::new(chunk),
+                    Some(carried) => ControlPayload::new(&carried),
+                };
+                if let Some(ev) = self.control(h.opcode, payload, out)? {
+                    return Ok(Read { consumed: total - rest.len(), event: Some(ev) });
+                }
+                continue;
+            }
+            if !h.fin {
+                continue;
+            }
+            // The message is complete.
+            let msg = self.msg.take();
+            let data = std::mem::take(&mut self.assembly);
+            if self.sent_close {
+                env.pool.put(data);
+                continue;
+            }
+            let event = if msg.is_some_and(|m| m.text) {
+                self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+                match String::from_utf8(data) {
+                    Ok(s) => Event::Text(Cow::Owned(s)),
+                    Err(_) => return Err(ProtocolError::InvalidUtf8),
+                }
+            } else {
+                Event::Binary(Cow::Owned(data))
+            };
+            return Ok(Read { consumed: total - rest.len(), event: Some(event) });
+        }
+    }
+
+    /// Checks what depends on role, negotiation and message state, and the size limits.
+    fn check_header(&self, h: &FrameHeader, limits: &Limits) -> Result<(), ProtocolError> {
+        match (self.role, h.mask.is_some()) {
+            (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
+            (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
+            _ => {}
+        }
+        if h.rsv & !self.allowed_rsv != 0 {
+            return Err(ProtocolError::ReservedBitsSet);
+        }
+        if h.opcode.is_control() {
+            return Ok(());
+        }
+        match (h.opcode, self.msg) {
+            (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
+            (OpCode::Text | OpCode::Binary, Some(_)) => {
+                return Err(ProtocolError::ExpectedContinuation)
+            }
+            _ => {}
+        }
+        if h.payload_len > limits.max_frame_size {
+            return Err(ProtocolError::FrameTooLarge);
+        }
+        let (len, frags) = self.msg.map_or((0, 0), |m| (m.len, m.fragments));
+        if len.saturating_add(h.payload_len) > limits.max_message_size {
+            return Err(ProtocolError::MessageTooLarge);
+        }
+        if frags >= limits.max_fragments {
+            return Err(ProtocolError::TooManyFragments);
+        }
+        Ok(())
+    }
+
+    /// Book-keeping for a data frame that goes through the assembly buffer.
+    fn start_fragment(&mut self, h: &FrameHeader, env: &mut Env) {
+        match &mut self.msg {
+            Some(m) => {
+                m.len += h.payload_len;
+                m.fragments += 1;
+            }
+            None => {
+                self.msg = Some(Message {
+                    text: h.opcode == OpCode::Text,
+                    len: h.payload_len,
+                    fragments: 1,
+                });
+                self.utf8.reset();
+                if self.assembly.capacity() == 0 && !self.sent_close {
+                    self.assembly = env.pool.get();
+                }
+            }
+        }
+        if !self.sent_close {
+            // Reserve what the header announces, but never more than 64 KiB ahead of the data:
+            // a peer's claimed length is not a reason to allocate.
+            self.assembly.reserve(h.payload_len.min(64 << 10) as usize);
+        }
+    }
+
+    fn control(
+        &mut self,
+        op: OpCode,
+        payload: ControlPayload,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Event<'static>>, ProtocolError> {
+        match op {
+            OpCode::Ping => {
+                if !self.sent_close {
+                    self.write_frame(OpCode::Pong, true, payload.as_bytes(), out);
+                }
+                Ok(Some(Event::Ping(payload)))
+            }
+            OpCode::Pong => Ok(Some(Event::Pong(payload))),
+            OpCode::Close => {
+                let parsed = close::parse_close_payload(payload.as_bytes())?;
+                let (code, reason) = match parsed {
+                    Some((c, r)) => (Some(c), ControlPayload::new(r.as_bytes())),
+                    None => (None, ControlPayload::new(&[])),
+                };
+                if !self.sent_close {
+                    // Echo the peer's code (RFC 6455 §5.5.1), without the reason.
+                    let mut p = Vec::with_capacity(2);
+                    if let Some(c) = code {
+                        close::encode_close_payload(c, "", &mut p);
+                    }
+                    self.write_frame(OpCode::Close, true, &p, out);
+                    self.sent_close = true;
+                }
+                self.state = State::Closed;
+                self.deadline = None;
+                Ok(Some(Event::Close { code, reason }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn next_mask(&mut self) -> [u8; 4] {
+        // xorshift32: masking keys for the client role (tests, load generator).
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.rng = x;
+        x.to_le_bytes()
+    }
+
+    fn write_frame(&mut self, op: OpCode, fin: bool, payload: &[u8], out: &mut Vec<u8>) {
+        match self.role {
+            Role::Server => frame::write_frame(out, op, fin, payload),
+            Role::Client => {
+                let key = self.next_mask();
+                let mut h = [0u8; MAX_HEADER_LEN];
+                let n = frame::encode(fin, 0, op, payload.len() as u64, Some(key), &mut h);
+                out.extend_from_slice(&h[..n]);
+                let start = out.len();
+                out.extend_from_slice(payload);
+                unmask(&mut out[start..], key, 0);
+            }
+        }
+    }
+
+    /// Appends one data or control frame. `fin: false` starts or continues a fragmented message
+    /// (the caller keeps the opcode sequence legal: Text/Binary first, then Continuation).
+    pub fn send_frame(
+        &mut self,
+        op: OpCode,
+        fin: bool,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SendAfterClose> {
+        if !self.can_send() {
+            return Err(SendAfterClose);
+        }
+        self.write_frame(op, fin, payload, out);
+        Ok(())
+    }
+
+    /// Appends a whole text message.
+    pub fn send_text(&mut self, text: &str, out: &mut Vec<u8>) -> Result<(), SendAfterClose> {
+        self.send_frame(OpCode::Text, true, text.as_bytes(), out)
+    }
+
+    /// Appends a whole binary message.
+    pub fn send_binary(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), SendAfterClose> {
+        self.send_frame(OpCode::Binary, true, data, out)
+    }
+
+    /// Appends a ping (payload cut to 125 bytes).
+    pub fn send_ping(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), SendAfterClose> {
+        self.send_frame(OpCode::Ping, true, &data[..data.len().min(125)], out)
+    }
+
+    /// Starts the close handshake: appends a close frame and waits up to the close timeout for
+    /// the peer's. A code that may not go on the wire (1005, 1006, 1015, ...) is sent as 1000.
+    /// Does nothing if we already sent a close.
+    pub fn close(
+        &mut self,
+        now: Instant,
+        code: CloseCode,
+        reason: &str,
+        out: &mut Vec<u8>,
+        limits: &Limits,
+    ) {
+        if self.sent_close || matches!(self.state, State::Closed) {
+            return;
+        }
+        if self.state == State::Handshake {
+            self.state = State::Closed;
+            return;
+        }
+        let code = if code.is_valid_on_wire() { code } else { CloseCode::NORMAL };
+        let mut p = Vec::with_capacity(2 + reason.len().min(close::MAX_REASON_LEN));
+        close::encode_close_payload(code, reason, &mut p);
+        self.write_frame(OpCode::Close, true, &p, out);
+        self.sent_close = true;
+        self.state = State::Closing;
+        self.deadline = Some(now + limits.close_timeout);
+    }
+
+    /// Gives any held buffers back to `pool` (call when dropping the connection).
+    pub fn release(&mut self, env: &mut Env) {
+        if self.state == State::Handshake {
+            self.assembly = Vec::new();
+        } else {
+            env.pool.put(std::mem::take(&mut self.assembly));
+        }
+        self.ctrl = None;
+    }
+
+    /// Bytes this connection holds in its own buffers (assembly + handshake head), for
+    /// accounting and leak tests.
+    pub fn buffered(&self) -> usize {
+        self.assembly.capacity() + self.ctrl.as_ref().map_or(0, |c| c.capacity())
+    }
+}
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;

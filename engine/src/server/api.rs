@@ -1,0 +1,286 @@
+//! The application-facing types: the [`Handler`] trait, the [`Conn`] view a handler acts
+//! through, messages, send results and connection ids.
+
+use std::any::Any;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::proto::handshake::Request;
+use crate::proto::CloseCode;
+
+use super::core::CoreState;
+use super::ServerHandle;
+
+/// A message, borrowed for the duration of the callback. When the whole message arrived in one
+/// read it points straight into the worker's read buffer (no copy was made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A text message (valid UTF-8, checked).
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+}
+
+impl<'a> Message<'a> {
+    /// The payload bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match *self {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b,
+        }
+    }
+}
+
+/// What became of a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendStatus {
+    /// Queued behind nothing: it leaves in this loop turn's write.
+    Sent,
+    /// Queued behind data the socket has not taken yet (backpressure); `on_drain` follows.
+    Backpressure,
+    /// Not queued: the connection already has more than `max_backpressure` bytes waiting.
+    Dropped,
+    /// Not queued: the connection is closing or closed.
+    Closed,
+}
+
+/// Identifies a connection across threads. Stale ids (the connection closed, its slot reused)
+/// are detected by a generation number and ignored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub(crate) worker: u32,
+    pub(crate) key: u32,
+    pub(crate) gen: u32,
+}
+
+impl ConnId {
+    /// The worker that holds the connection.
+    pub fn worker(&self) -> usize {
+        self.worker as usize
+    }
+    /// Packs the id into a u64 (worker:16, key:24, gen:24 bits), for hosts that want a number.
+    pub fn to_u64(&self) -> u64 {
+        (u64::from(self.worker) << 48) | (u64::from(self.key) << 24) | u64::from(self.gen & 0xff_ffff)
+    }
+}
+
+impl fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnId({}:{}:{})", self.worker, self.key, self.gen)
+    }
+}
+
+/// The answer to an upgrade request.
+#[derive(Debug)]
+pub enum Upgrade<D> {
+    /// Accept the connection.
+    Accept {
+        /// A subprotocol the client offered, to confirm.
+        protocol: Option<String>,
+        /// Extra response headers.
+        headers: Vec<(String, String)>,
+        /// The connection's user data.
+        data: D,
+    },
+    /// Refuse with this HTTP status.
+    Reject(u16),
+}
+
+impl<D> Upgrade<D> {
+    /// Accept with this user data, no subprotocol, no extra headers.
+    pub fn accept(data: D) -> Self {
+        Upgrade::Accept { protocol: None, headers: Vec::new(), data }
+    }
+    /// Refuse with this HTTP status (403 Forbidden is the usual one).
+    pub fn reject(status: u16) -> Self {
+        Upgrade::Reject(status)
+    }
+    /// Confirms a subprotocol (it must be one the client offered).
+    pub fn with_protocol(mut self, p: impl Into<String>) -> Self {
+        if let Upgrade::Accept { protocol, .. } = &mut self {
+            *protocol = Some(p.into());
+        }
+        self
+    }
+}
+
+/// A plain HTTP response to a request that is not a WebSocket upgrade (see
+/// [`Handler::on_http`]). The connection closes after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The Content-Type header.
+    pub content_type: String,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A response with this status, content type and body.
+    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        Self { status, content_type: content_type.to_owned(), body: body.into() }
+    }
+}
+
+/// A value posted to every worker with [`ServerHandle::post_all`].
+pub type Post = Arc<dyn Any + Send + Sync>;
+
+/// The application: one instance per worker thread, created on that thread by the factory given
+/// to [`crate::ServerBuilder::handler`]. Callbacks run on the worker's thread and must not
+/// block.
+pub trait Handler: 'static {
+    /// Per-connection user data, set by [`Handler::on_upgrade`].
+    type Data: Default + 'static;
+
+    /// Decides about an upgrade request. The default accepts every request.
+    fn on_upgrade(&mut self, req: &Request<'_>, peer: SocketAddr) -> Upgrade<Self::Data> {
+        let _ = (req, peer);
+        Upgrade::accept(Self::Data::default())
+    }
+
+    /// A well-formed HTTP GET that is not a WebSocket upgrade. Return a response to serve it
+    /// (a status page, a client page), or `None` for the default 400 Bad Request.
+    fn on_http(&mut self, req: &Request<'_>) -> Option<HttpResponse> {
+        let _ = req;
+        None
+    }
+
+    /// The connection is open (the 101 response is queued).
+    fn on_open(&mut self, conn: &mut Conn<'_, Self::Data>) {
+        let _ = conn;
+    }
+
+    /// A whole message arrived.
+    fn on_message(&mut self, conn: &mut Conn<'_, Self::Data>, msg: Message<'_>);
+
+    /// A ping arrived; the pong is already queued.
+    fn on_ping(&mut self, conn: &mut Conn<'_, Self::Data>, payload: &[u8]) {
+        let _ = (conn, payload);
+    }
+
+    /// A pong arrived.
+    fn on_pong(&mut self, conn: &mut Conn<'_, Self::Data>, payload: &[u8]) {
+        let _ = (conn, payload);
+    }
+
+    /// The connection's send queue, which had backpressure, is empty again.
+    fn on_drain(&mut self, conn: &mut Conn<'_, Self::Data>) {
+        let _ = conn;
+    }
+
+    /// The connection is closed: by a close frame (its code, or 1005 when it had none), a
+    /// protocol error (the code we sent), or the socket dying (1006). Sends fail from here on.
+    /// Called once per opened connection.
+    fn on_close(&mut self, conn: &mut Conn<'_, Self::Data>, code: CloseCode, reason: &str) {
+        let _ = (conn, code, reason);
+    }
+
+    /// A value posted from any thread with [`ServerHandle::post_all`] or
+    /// [`ServerHandle::post`].
+    fn on_post(&mut self, ctx: &mut Ctx<'_, Self::Data>, post: &Post) {
+        let _ = (ctx, post);
+    }
+}
+
+/// A handler's view of one connection during a callback.
+pub struct Conn<'a, D> {
+    pub(crate) core: &'a mut CoreState<D>,
+    pub(crate) key: usize,
+}
+
+impl<D> fmt::Debug for Conn<'_, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn").field("id", &self.id()).finish()
+    }
+}
+
+impl<D> Conn<'_, D> {
+    /// This connection's id, valid from any thread through [`ServerHandle`].
+    pub fn id(&self) -> ConnId {
+        self.core.id_of(self.key)
+    }
+    /// Sends a text message (corked: it leaves with this loop turn's write).
+    pub fn send_text(&mut self, text: &str) -> SendStatus {
+        self.core.send(self.key, crate::proto::OpCode::Text, text.as_bytes())
+    }
+    /// Sends a binary message.
+    pub fn send_binary(&mut self, data: &[u8]) -> SendStatus {
+        self.core.send(self.key, crate::proto::OpCode::Binary, data)
+    }
+    /// Sends a message of the same kind.
+    pub fn send(&mut self, msg: Message<'_>) -> SendStatus {
+        match msg {
+            Message::Text(t) => self.send_text(t),
+            Message::Binary(b) => self.send_binary(b),
+        }
+    }
+    /// Sends a ping (payload cut to 125 bytes). Control frames are never dropped.
+    pub fn ping(&mut self, payload: &[u8]) -> SendStatus {
+        self.core.send(self.key, crate::proto::OpCode::Ping, payload)
+    }
+    /// Starts the close handshake with this code and reason.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        self.core.close(self.key, code, reason);
+    }
+    /// Bytes queued for this connection and not yet taken by the socket.
+    pub fn buffered_amount(&self) -> usize {
+        self.core.buffered_amount(self.key)
+    }
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.core.peer_addr(self.key)
+    }
+    /// The user data set at upgrade.
+    pub fn data(&mut self) -> &mut D {
+        self.core.data_mut(self.key)
+    }
+    /// A handle to the server, for cross-thread work.
+    pub fn handle(&self) -> &ServerHandle {
+        &self.core.handle
+    }
+    /// The whole worker, to reach other connections it holds.
+    pub fn ctx(&mut self) -> Ctx<'_, D> {
+        Ctx { core: self.core }
+    }
+}
+
+/// A handler's view of its worker: its connections by id, and the server handle.
+pub struct Ctx<'a, D> {
+    pub(crate) core: &'a mut CoreState<D>,
+}
+
+impl<D> fmt::Debug for Ctx<'_, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctx").field("worker", &self.core.worker).finish()
+    }
+}
+
+impl<D> Ctx<'_, D> {
+    /// This worker's index.
+    pub fn worker(&self) -> usize {
+        self.core.worker as usize
+    }
+    /// A connection of this worker, if `id` is one and it is still open.
+    pub fn conn(&mut self, id: ConnId) -> Option<Conn<'_, D>> {
+        let key = self.core.key_of(id)?;
+        Some(Conn { core: self.core, key })
+    }
+    /// Sends a text message to a connection of this worker.
+    pub fn send_text(&mut self, id: ConnId, text: &str) -> SendStatus {
+        self.conn(id).map_or(SendStatus::Closed, |mut c| c.send_text(text))
+    }
+    /// Sends a binary message to a connection of this worker.
+    pub fn send_binary(&mut self, id: ConnId, data: &[u8]) -> SendStatus {
+        self.conn(id).map_or(SendStatus::Closed, |mut c| c.send_binary(data))
+    }
+    /// A handle to the server.
+    pub fn handle(&self) -> &ServerHandle {
+        &self.core.handle
+    }
+    /// Open connections on this worker.
+    pub fn connection_count(&self) -> usize {
+        self.core.open_count()
+    }
+}

@@ -1,0 +1,105 @@
+//! Server configuration: every limit and timeout, with defaults sane for the open internet.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::proto::Limits;
+
+/// Which I/O backend the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// io_uring when the kernel offers every operation the engine needs, else epoll. The
+    /// environment variable `SOCKEYE_BACKEND=epoll|io_uring` overrides it.
+    #[default]
+    Auto,
+    /// epoll through mio: readiness, then read/write system calls.
+    Epoll,
+    /// io_uring: completions, provided buffers, batched submissions.
+    IoUring,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Backend::Auto),
+            "epoll" => Ok(Backend::Epoll),
+            "io_uring" | "iouring" | "uring" => Ok(Backend::IoUring),
+            other => Err(format!("unknown backend {other:?} (expected auto, epoll or io_uring)")),
+        }
+    }
+}
+
+/// Everything a server can be told. Build one with [`crate::Server::builder`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address every worker listens on (SO_REUSEPORT).
+    pub addr: SocketAddr,
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// The I/O backend.
+    pub backend: Backend,
+    /// Protocol limits: frame, message and fragment counts, handshake size and timeout, close
+    /// timeout.
+    pub limits: Limits,
+    /// Close (1001) a connection that received nothing for this long. `None` disables it.
+    pub idle_timeout: Option<Duration>,
+    /// Send a ping after this long without receiving anything; if nothing arrives within
+    /// another such interval, close the connection. `None` disables it.
+    pub auto_ping: Option<Duration>,
+    /// Bytes a connection may have queued for sending before further data sends are dropped.
+    pub max_backpressure: usize,
+    /// Close the connection (1008) when a send is dropped over `max_backpressure`.
+    pub close_on_backpressure_limit: bool,
+    /// Connections per worker; over it the worker stops accepting until one closes.
+    pub max_connections: usize,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// Size of each worker's read buffer.
+    pub read_buffer_size: usize,
+    /// How long a graceful shutdown waits for close handshakes before dropping connections.
+    pub shutdown_timeout: Duration,
+    /// Granularity of the timer wheel.
+    pub timer_tick: Duration,
+    /// io_uring: buffers in each worker's provided-buffer ring (a power of two).
+    pub uring_buffers: u16,
+    /// io_uring: size of each provided buffer.
+    pub uring_buffer_size: usize,
+    /// io_uring: sends of at least this many bytes use SEND_ZC (zero copy). `usize::MAX`
+    /// turns it off.
+    pub uring_send_zc_threshold: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            workers: 0,
+            backend: Backend::Auto,
+            limits: Limits::default(),
+            idle_timeout: Some(Duration::from_secs(120)),
+            auto_ping: None,
+            max_backpressure: 1 << 20,
+            close_on_backpressure_limit: false,
+            max_connections: 1 << 20,
+            backlog: 4096,
+            read_buffer_size: 256 << 10,
+            shutdown_timeout: Duration::from_secs(5),
+            timer_tick: Duration::from_millis(250),
+            uring_buffers: 512,
+            uring_buffer_size: 16 << 10,
+            uring_send_zc_threshold: usize::MAX,
+        }
+    }
+}
+
+impl Config {
+    /// The worker count with 0 resolved to the number of available cores.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}

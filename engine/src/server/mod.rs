@@ -1,0 +1,386 @@
+//! The engine: configuration, workers, the handle to control them from any thread.
+//!
+//! A [`Server`] owns N workers. Each worker is a thread with its own event loop, its own
+//! SO_REUSEPORT listener and its own slab of connections; workers share nothing on the hot path
+//! and hear from other threads only through a channel plus a waker (shutdown, cross-thread
+//! sends, posts).
+
+pub(crate) mod api;
+pub(crate) mod config;
+pub(crate) mod core;
+pub(crate) mod timer;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::io as backend;
+use crate::proto::{CloseCode, Limits, OpCode};
+
+pub use api::{Conn, ConnId, Ctx, Handler, HttpResponse, Message, Post, SendStatus, Upgrade};
+pub use config::{Backend, Config};
+pub(crate) use WorkerStats as Counters;
+
+/// Something another thread asks a worker to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Shutdown,
+    Post(Post),
+    Send(ConnId, OpCode, Vec<u8>),
+    Close(ConnId, CloseCode, String),
+}
+
+/// Wakes a worker's event loop from another thread.
+pub(crate) trait Wake: Send + Sync + std::fmt::Debug {
+    fn wake(&self) -> io::Result<()>;
+}
+
+#[derive(Debug)]
+struct WorkerLink {
+    tx: Sender<Command>,
+    waker: Arc<dyn Wake>,
+    stats: Arc<WorkerStats>,
+}
+
+/// Counters a worker publishes at the end of every loop turn (relaxed atomics: cheap to write,
+/// good enough to read from a monitoring thread or a test).
+#[derive(Debug, Default)]
+pub(crate) struct WorkerStats {
+    pub(crate) connections: AtomicUsize,
+    pub(crate) buffers_total: AtomicUsize,
+    pub(crate) buffers_in_kernel: AtomicUsize,
+    pub(crate) buffer_shortages: AtomicUsize,
+}
+
+/// A snapshot of one worker's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Connections the worker holds (handshaking, open or closing).
+    pub connections: usize,
+    /// io_uring: buffers in the provided-buffer ring (0 on epoll).
+    pub buffers_total: usize,
+    /// io_uring: buffers lent to the kernel; at rest it equals `buffers_total` (none held by
+    /// the engine, none leaked).
+    pub buffers_in_kernel: usize,
+    /// io_uring: times a receive found the ring empty (ENOBUFS) and was re-armed.
+    pub buffer_shortages: usize,
+}
+
+#[derive(Debug)]
+struct HandleInner {
+    workers: Vec<WorkerLink>,
+    local_addr: SocketAddr,
+    stopping: AtomicBool,
+}
+
+/// Controls a running server from any thread: shutdown, sends to a connection, posts to every
+/// worker. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    inner: Arc<HandleInner>,
+}
+
+impl ServerHandle {
+    fn command(&self, worker: usize, cmd: Command) -> bool {
+        let Some(w) = self.inner.workers.get(worker) else { return false };
+        if w.tx.send(cmd).is_err() {
+            return false;
+        }
+        if let Err(e) = w.waker.wake() {
+            log::warn!("waking worker {worker}: {e}");
+        }
+        true
+    }
+
+    /// Starts a graceful shutdown: workers stop accepting, send close 1001 to every connection,
+    /// wait for the close handshakes up to the shutdown timeout, and return from
+    /// [`Server::run`].
+    pub fn shutdown(&self) {
+        if self.inner.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for i in 0..self.inner.workers.len() {
+            self.command(i, Command::Shutdown);
+        }
+    }
+
+    /// Whether a shutdown was asked for.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.stopping.load(Ordering::Acquire)
+    }
+
+    /// The address the server listens on (with the port resolved when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.inner.workers.len()
+    }
+
+    /// Each worker's counters, as of its last loop turn.
+    pub fn stats(&self) -> Vec<Stats> {
+        self.inner
+            .workers
+            .iter()
+            .map(|w| Stats {
+                connections: w.stats.connections.load(Ordering::Relaxed),
+                buffers_total: w.stats.buffers_total.load(Ordering::Relaxed),
+                buffers_in_kernel: w.stats.buffers_in_kernel.load(Ordering::Relaxed),
+                buffer_shortages: w.stats.buffer_shortages.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Hands `post` to every worker's [`Handler::on_post`]. Returns how many workers took it.
+    pub fn post_all(&self, post: Post) -> usize {
+        (0..self.inner.workers.len()).filter(|&i| self.command(i, Command::Post(post.clone()))).count()
+    }
+
+    /// Hands `post` to one worker's [`Handler::on_post`].
+    pub fn post(&self, worker: usize, post: Post) -> bool {
+        self.command(worker, Command::Post(post))
+    }
+
+    /// Sends a text message to a connection on any worker. Returns false if its worker is gone;
+    /// a connection that closed meanwhile is skipped silently.
+    pub fn send_text(&self, id: ConnId, text: &str) -> bool {
+        self.command(id.worker(), Command::Send(id, OpCode::Text, text.as_bytes().to_vec()))
+    }
+
+    /// Sends a binary message to a connection on any worker.
+    pub fn send_binary(&self, id: ConnId, data: &[u8]) -> bool {
+        self.command(id.worker(), Command::Send(id, OpCode::Binary, data.to_vec()))
+    }
+
+    /// Starts the close handshake of a connection on any worker.
+    pub fn close(&self, id: ConnId, code: CloseCode, reason: &str) -> bool {
+        self.command(id.worker(), Command::Close(id, code, reason.to_owned()))
+    }
+}
+
+/// Builds a [`Server`]. Every limit and timeout has a setter; see [`Config`] for the defaults.
+#[derive(Debug)]
+pub struct ServerBuilder<F = ()> {
+    config: Config,
+    factory: F,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty => $($field:ident).+) => {
+        $(#[$doc])*
+        pub fn $name(mut self, v: $ty) -> Self {
+            self.config.$($field).+ = v;
+            self
+        }
+    };
+}
+
+impl<F> ServerBuilder<F> {
+    /// Sets the listen address (e.g. `"127.0.0.1:9001"`; port 0 picks a free one).
+    ///
+    /// # Panics
+    /// Never; an unparsable address is reported by [`ServerBuilder::build`].
+    pub fn listen(mut self, addr: impl std::net::ToSocketAddrs) -> Self {
+        if let Some(a) = addr.to_socket_addrs().ok().and_then(|mut i| i.next()) {
+            self.config.addr = a;
+        }
+        self
+    }
+    setter!(/// Worker threads (0: one per core).
+        workers: usize => workers);
+    setter!(/// The I/O backend.
+        backend: Backend => backend);
+    setter!(/// Largest message accepted (close 1009 above it).
+        max_message_size: u64 => limits.max_message_size);
+    setter!(/// Largest frame accepted (close 1009 above it).
+        max_frame_size: u64 => limits.max_frame_size);
+    setter!(/// Most fragments per message (close 1009 above it).
+        max_fragments: u32 => limits.max_fragments);
+    setter!(/// Largest handshake request head (HTTP 431 above it).
+        max_handshake_bytes: usize => limits.max_handshake_bytes);
+    setter!(/// Time a client has to send its whole handshake request.
+        handshake_timeout: std::time::Duration => limits.handshake_timeout);
+    setter!(/// Time the peer has to answer our close frame.
+        close_timeout: std::time::Duration => limits.close_timeout);
+    setter!(/// Close connections silent for this long (`None`: never).
+        idle_timeout: Option<std::time::Duration> => idle_timeout);
+    setter!(/// Ping connections silent for this long; close them if still silent after as long again.
+        auto_ping: Option<std::time::Duration> => auto_ping);
+    setter!(/// Bytes a connection may have queued before data sends are dropped.
+        max_backpressure: usize => max_backpressure);
+    setter!(/// Close a connection (1008) when one of its sends is dropped.
+        close_on_backpressure_limit: bool => close_on_backpressure_limit);
+    setter!(/// Connections per worker.
+        max_connections: usize => max_connections);
+    setter!(/// How long a graceful shutdown waits for close handshakes.
+        shutdown_timeout: std::time::Duration => shutdown_timeout);
+    setter!(/// Granularity of the timer wheel.
+        timer_tick: std::time::Duration => timer_tick);
+    setter!(/// Size of each worker's read buffer (epoll).
+        read_buffer_size: usize => read_buffer_size);
+    setter!(/// Buffers in each worker's provided-buffer ring (io_uring).
+        uring_buffers: u16 => uring_buffers);
+    setter!(/// Size of each provided buffer (io_uring).
+        uring_buffer_size: usize => uring_buffer_size);
+    setter!(/// Sends of at least this many bytes use SEND_ZC (io_uring; `usize::MAX`: never).
+        uring_send_zc_threshold: usize => uring_send_zc_threshold);
+
+    /// Replaces all protocol limits at once.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the handler factory, called once on each worker thread.
+    pub fn handler<G, H>(self, factory: G) -> ServerBuilder<G>
+    where
+        G: Fn() -> H + Send + Sync + 'static,
+        H: Handler,
+    {
+        ServerBuilder { config: self.config, factory }
+    }
+}
+
+impl<G, H> ServerBuilder<G>
+where
+    G: Fn() -> H + Send + Sync + 'static,
+    H: Handler,
+{
+    /// Binds the listeners and prepares the workers. Errors: the address cannot be bound, or
+    /// the backend asked for is not available on this kernel.
+    pub fn build(self) -> io::Result<Server<H>> {
+        let mut config = self.config;
+        config.backend = backend::resolve(config.backend)?;
+        let n = config.worker_count();
+        let mut preps = Vec::with_capacity(n);
+        let mut links = Vec::with_capacity(n);
+        let mut addr = config.addr;
+        for i in 0..n {
+            let listener = backend::bind_listener(addr, config.backlog)?;
+            if i == 0 {
+                addr = listener.local_addr()?;
+            }
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let prep = backend::WorkerPrep::new(config.backend, listener, rx)?;
+            let stats = Arc::new(WorkerStats::default());
+            links.push(WorkerLink { tx, waker: prep.waker(), stats: Arc::clone(&stats) });
+            preps.push((prep, stats));
+        }
+        config.addr = addr;
+        let handle = ServerHandle {
+            inner: Arc::new(HandleInner { workers: links, local_addr: addr, stopping: AtomicBool::new(false) }),
+        };
+        Ok(Server { config: Arc::new(config), preps, factory: Arc::new(self.factory), handle })
+    }
+}
+
+/// A built server, ready to [`Server::run`].
+pub struct Server<H: Handler> {
+    config: Arc<Config>,
+    preps: Vec<(backend::WorkerPrep, Arc<WorkerStats>)>,
+    factory: Arc<dyn Fn() -> H + Send + Sync>,
+    handle: ServerHandle,
+}
+
+impl<H: Handler> std::fmt::Debug for Server<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("config", &self.config).finish()
+    }
+}
+
+impl Server<NoHandler> {
+    /// Starts building a server.
+    pub fn builder() -> ServerBuilder<()> {
+        ServerBuilder { config: Config::default(), factory: () }
+    }
+}
+
+/// Placeholder handler type naming [`Server::builder`]; never instantiated.
+#[derive(Debug)]
+pub struct NoHandler;
+
+impl Handler for NoHandler {
+    type Data = ();
+    fn on_message(&mut self, _: &mut Conn<'_, ()>, _: Message<'_>) {}
+}
+
+impl<H: Handler> Server<H> {
+    /// A handle for other threads.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.config.addr
+    }
+
+    /// The configuration in force (worker count and backend resolved).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Runs the workers until a graceful shutdown completes. Blocks the calling thread.
+    pub fn run(self) -> io::Result<()> {
+        let mut threads = Vec::with_capacity(self.preps.len());
+        for (i, (prep, stats)) in self.preps.into_iter().enumerate() {
+            let cfg = Arc::clone(&self.config);
+            let factory = Arc::clone(&self.factory);
+            let handle = self.handle.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("sockeye-{i}"))
+                .spawn(move || {
+                    let handler = factory();
+                    prep.run(i, cfg, handle, handler, stats)
+                })?;
+            threads.push(t);
+        }
+        let mut result = Ok(());
+        for t in threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    log::error!("worker failed: {e}");
+                    self.handle.shutdown();
+                    result = result.and(Err(e));
+                }
+                Err(_) => {
+                    self.handle.shutdown();
+                    result = result.and(Err(io::Error::other("a worker thread panicked")));
+                }
+            }
+        }
+        result
+    }
+}
+
+pub(crate) fn drain_commands<H: Handler>(
+    rx: &Receiver<Command>,
+    core: &mut core::Core<H>,
+    stopping: &mut bool,
+) {
+    while let Ok(cmd) = rx.try_recv() {
+        match cmd {
+            Command::Shutdown => {
+                if !*stopping {
+                    *stopping = true;
+                    core.begin_shutdown();
+                }
+            }
+            Command::Post(p) => core.on_post(&p),
+            Command::Send(id, op, data) => core.send_to(id, op, &data),
+            Command::Close(id, code, reason) => core.close_id(id, code, &reason),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Runs every check Sockeye has, on a fresh machine or a used one: installs what is missing, then
+# formatting, lints, unit and integration tests on BOTH backends, a short fuzz run of every
+# target, the Autobahn conformance suite against the demo on both backends, the end-to-end
+# tests (Python, Node, nginx, headless Chromium) and the C ABI tests (ASan/UBSan, valgrind).
+#
+#   tests/run-all.sh            # everything (about 15 minutes on 2 cores, first run longer)
+#   STAGES="unit autobahn" tests/run-all.sh   # a subset
+#
+# The last line reads `ci: N passed, N failed` (stages).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TERM_COLOR=never
+STAGES=${STAGES:-"setup fmt clippy unit header fuzz autobahn e2e cabi"}
+passed=0; failed=0; failures=()
+
+log() { printf '\n=== %s ===\n' "$*"; }
+
+stage() {
+  local name=$1; shift
+  case " $STAGES " in *" $name "*) ;; *) return 0 ;; esac
+  log "$name"
+  local t0=$SECONDS
+  if "$@"; then
+    passed=$((passed + 1)); echo "--- $name: ok ($((SECONDS - t0)) s)"
+  else
+    failed=$((failed + 1)); failures+=("$name"); echo "--- $name: FAILED ($((SECONDS - t0)) s)"
+  fi
+}
+
+setup() {
+  local need=()
+  command -v pkg-config >/dev/null || need+=(pkg-config)
+  command -v valgrind >/dev/null || need+=(valgrind)
+  command -v nginx >/dev/null || need+=(nginx-light)
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v curl >/dev/null || need+=(curl)
+  if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+  rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+  cargo build --release --example demo
+}
+
+fmt() { cargo fmt --all --check; }
+clippy() { cargo clippy --workspace --all-targets -- -D warnings; }
+
+unit() {
+  # The same suite on both backends: unit tests once, integration tests per backend.
+  SOCKEYE_BACKEND=epoll cargo test --workspace --all-targets &&
+    SOCKEYE_BACKEND=io_uring cargo test -p sockeye --tests &&
+    cargo test --workspace --doc
+}
+
+header() { bash ffi/check-header.sh; }
+
+fuzz() { FUZZ_SECONDS=${FUZZ_SECONDS:-20} bash fuzz/run.sh; }
+
+# Starts the demo on $1 with backend $2, runs Autobahn strict (1-7, 10, then 9.*), stops it.
+autobahn_on() {
+  local port=$1 backend=$2 pid rc=0
+  SOCKEYE_BACKEND=$backend "$ROOT/target/release/examples/demo" --addr "127.0.0.1:$port" --workers 2 \
+    >"/tmp/sockeye-demo-$backend.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  echo "autobahn on $backend (port $port):"
+  bash ../shared/conformance/autobahn.sh --strict "ws://127.0.0.1:$port/echo" || rc=1
+  bash ../shared/conformance/autobahn.sh --strict --cases '9.*' "ws://127.0.0.1:$port/echo" || rc=1
+  kill -INT "$pid"; wait "$pid" || rc=1
+  return $rc
+}
+autobahn() { autobahn_on 9301 epoll && autobahn_on 9302 io_uring; }
+
+e2e() { bash tests/e2e/run.sh; }
+cabi() { bash tests/c/run.sh; }
+
+stage setup setup
+stage fmt fmt
+stage clippy clippy
+stage unit unit
+stage header header
+stage fuzz fuzz
+stage autobahn autobahn
+stage e2e e2e
+stage cabi cabi
+
+echo
+[ $failed -eq 0 ] || echo "failed stages: ${failures[*]}"
+echo "ci: $passed passed, $failed failed"
+[ $failed -eq 0 ]
