@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sockeye::{Backend, CloseCode, Conn, ConnId, Ctx, Handler, Message, Post, Request, Server, Upgrade};
+use sockeye::{
+    Backend, CloseCode, Conn, ConnId, Ctx, Handler, Message, Post, Request, Server, Upgrade,
+};
 
 const PAGE: &str = include_str!("demo.html");
 
@@ -43,7 +45,9 @@ impl Handler for Demo {
 
     fn on_http(&mut self, req: &Request<'_>) -> Option<sockeye::HttpResponse> {
         match req.path() {
-            "/" | "/index.html" => Some(sockeye::HttpResponse::new(200, "text/html; charset=utf-8", PAGE)),
+            "/" | "/index.html" => {
+                Some(sockeye::HttpResponse::new(200, "text/html; charset=utf-8", PAGE))
+            }
             _ => None,
         }
     }

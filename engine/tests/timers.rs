@@ -39,18 +39,17 @@ impl Drop for Running {
 
 fn start(f: impl FnOnce(sockeye::ServerBuilder<()>) -> sockeye::ServerBuilder<()>) -> Running {
     let (tx, rx) = mpsc::channel();
-    let b = f(Server::builder().listen("127.0.0.1:0").workers(1).timer_tick(Duration::from_millis(20)));
-    let server = b
-        .handler(move || Echo(tx.clone()))
-        .build()
-        .expect("server");
+    let b =
+        f(Server::builder().listen("127.0.0.1:0").workers(1).timer_tick(Duration::from_millis(20)));
+    let server = b.handler(move || Echo(tx.clone())).build().expect("server");
     let addr = server.local_addr();
     let handle = server.handle();
     let thread = Some(thread::spawn(move || server.run()));
     Running { addr, handle, opened: rx, thread }
 }
 
-const REQUEST: &[u8] = b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+const REQUEST: &[u8] =
+    b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 /// Connects and completes the handshake by hand; returns the socket past the 101.
@@ -99,7 +98,12 @@ fn wait_eof(s: &mut TcpStream, limit: Duration) -> Duration {
         match s.read(&mut buf) {
             Ok(0) => return t0.elapsed(),
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 panic!("no EOF within {limit:?}")
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -106,7 +106,8 @@ fn tiny_ring_big_messages_and_abrupt_closes() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let stats = loop {
         let stats = handle.stats();
-        let settled = stats.iter().all(|s| s.connections == 0 && s.buffers_in_kernel == s.buffers_total);
+        let settled =
+            stats.iter().all(|s| s.connections == 0 && s.buffers_in_kernel == s.buffers_total);
         if settled || Instant::now() > deadline {
             break stats;
         }
@@ -145,7 +146,8 @@ fn zero_copy_sends_echo_intact() {
     let clients: Vec<_> = (0..8)
         .map(|c| {
             thread::spawn(move || {
-                let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/echo")).expect("handshake");
+                let (mut ws, _) =
+                    tungstenite::connect(format!("ws://{addr}/echo")).expect("handshake");
                 for m in 0..30 {
                     let len = [10, 5000, 70_000, 1 << 20][m % 4];
                     let data = pattern(c, m, len);

@@ -1,10 +1,161 @@
-//! C ABI over the Sockeye engine.
+//! C ABI over the Sockeye engine: `libsockeye.so` / `libsockeye.a`, described by
+//! `include/sockeye.h`, which cbindgen generates from the doc comments in this crate
+//! (`ffi/gen-header.sh`; CI runs `ffi/check-header.sh`). Never edit the header by hand.
 //!
-//! This crate is a skeleton until the C ABI issue lands: it exposes only the version, so that
-//! the library, its header and the packaging can be built and checked end to end.
+//! What this crate owns: the translation between C and the Rust API — opaque handles, a
+//! callback table turned into a [`sockeye::Handler`], error codes. What it must never do:
+//! let a panic unwind into C (every `extern "C"` body runs inside [`guard`]), read a pointer it
+//! did not NULL-check, or keep a borrowed pointer past the call that lent it.
+//!
+//! The functions take raw pointers and are declared safe, as in rustls-ffi: they are called
+//! from C, where Rust's `unsafe` means nothing, and every doc comment (hence the header) states
+//! what each pointer must be and who owns it.
+#![allow(non_camel_case_types)]
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
-/// Returns the library version as a NUL-terminated static string (never freed by the caller).
+use std::ffi::{c_char, c_int};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+pub mod config;
+pub mod conn;
+pub mod handler;
+pub mod server;
+
+#[cfg(test)]
+mod tests;
+
+/// What a call returned. `SOCKEYE_OK` is 0; every other value is an error that
+/// `sockeye_strerror` describes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum sockeye_result {
+    /// Success.
+    SOCKEYE_OK = 0,
+    /// A pointer that must not be NULL was NULL.
+    SOCKEYE_ERR_NULL = 1,
+    /// An argument is out of range: unknown opcode or backend, a close code that may not be
+    /// sent, a zero timeout or limit where one is required, a subprotocol the client did not
+    /// offer, an id that names no worker.
+    SOCKEYE_ERR_INVALID_ARGUMENT = 2,
+    /// The listen address could not be parsed or resolved.
+    SOCKEYE_ERR_ADDRESS = 3,
+    /// Text (a text message, a close reason, an address) is not valid UTF-8.
+    SOCKEYE_ERR_UTF8 = 4,
+    /// An I/O error: the address could not be bound, or a worker failed.
+    SOCKEYE_ERR_IO = 5,
+    /// The backend asked for (io_uring) is not available on this kernel.
+    SOCKEYE_ERR_BACKEND_UNAVAILABLE = 6,
+    /// `sockeye_server_run` was already called on this server.
+    SOCKEYE_ERR_ALREADY_RUN = 7,
+    /// The server has stopped: its workers no longer take commands.
+    SOCKEYE_ERR_STOPPED = 8,
+    /// A panic inside the library was caught at the C boundary (a bug: please report it).
+    SOCKEYE_ERR_PANIC = 9,
+}
+
+pub use sockeye_result::*;
+
+/// Returns a NUL-terminated, static, English description of a `sockeye_result` value (any
+/// other value gives "unknown error"). The string is never freed and never changes.
 #[no_mangle]
-pub extern "C" fn sockeye_version() -> *const std::ffi::c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+pub extern "C" fn sockeye_strerror(code: c_int) -> *const c_char {
+    guard(|| strerror(code).as_ptr())
+}
+
+fn strerror(code: c_int) -> &'static std::ffi::CStr {
+    match code {
+        0 => c"success",
+        1 => c"a required pointer was NULL",
+        2 => c"invalid argument",
+        3 => c"the address could not be parsed or resolved",
+        4 => c"text is not valid UTF-8",
+        5 => c"I/O error (bind failed or a worker failed)",
+        6 => c"the requested I/O backend is not available on this kernel",
+        7 => c"the server was already run",
+        8 => c"the server has stopped",
+        9 => c"a panic was caught at the C boundary (library bug)",
+        _ => c"unknown error",
+    }
+}
+
+/// Returns the library version ("MAJOR.MINOR.PATCH") as a NUL-terminated static string, never
+/// freed by the caller.
+#[no_mangle]
+pub extern "C" fn sockeye_version() -> *const c_char {
+    guard(|| concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast())
+}
+
+/// The value an `extern "C"` function returns when its body panicked.
+pub(crate) trait OnPanic {
+    fn on_panic() -> Self;
+}
+
+impl OnPanic for sockeye_result {
+    fn on_panic() -> Self {
+        SOCKEYE_ERR_PANIC
+    }
+}
+
+impl OnPanic for () {
+    fn on_panic() -> Self {}
+}
+
+macro_rules! on_panic_zero {
+    ($($t:ty),*) => {$(
+        impl OnPanic for $t {
+            fn on_panic() -> Self {
+                0
+            }
+        }
+    )*};
+}
+on_panic_zero!(u16, u64, usize);
+
+impl<T> OnPanic for *mut T {
+    fn on_panic() -> Self {
+        std::ptr::null_mut()
+    }
+}
+
+impl<T> OnPanic for *const T {
+    fn on_panic() -> Self {
+        std::ptr::null()
+    }
+}
+
+/// The panic boundary: runs `f`, and turns a panic into the return type's error value instead
+/// of unwinding into C.
+pub(crate) fn guard<R: OnPanic>(f: impl FnOnce() -> R) -> R {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| R::on_panic())
+}
+
+/// Borrows `len` bytes at `data` for the duration of one call. `len == 0` allows a NULL
+/// `data`; otherwise NULL gives `None`.
+///
+/// # Safety
+/// A non-NULL `data` must point to `len` readable bytes that stay unchanged while the returned
+/// slice is used.
+pub(crate) unsafe fn bytes<'a>(data: *const u8, len: usize) -> Option<&'a [u8]> {
+    if len == 0 {
+        return Some(&[]);
+    }
+    if data.is_null() || len > isize::MAX as usize {
+        return None;
+    }
+    // SAFETY: non-NULL and `len` readable bytes, as the caller promises.
+    Some(unsafe { std::slice::from_raw_parts(data, len) })
+}
+
+/// Reads an optional NUL-terminated UTF-8 string: NULL gives `Ok("")`.
+///
+/// # Safety
+/// A non-NULL `s` must point to a NUL-terminated string that stays unchanged while the returned
+/// `&str` is used.
+pub(crate) unsafe fn opt_str<'a>(s: *const c_char) -> Result<&'a str, sockeye_result> {
+    if s.is_null() {
+        return Ok("");
+    }
+    // SAFETY: non-NULL and NUL-terminated, as the caller promises.
+    let c = unsafe { std::ffi::CStr::from_ptr(s) };
+    c.to_str().map_err(|_| SOCKEYE_ERR_UTF8)
 }

@@ -232,9 +232,11 @@ impl<H: Handler> Loop<H> {
                     let _ = sock.set_nodelay(true);
                     let key = self.core.accept(peer);
                     let token = Token(key + FIRST_CONN);
-                    if let Err(e) =
-                        self.poll.registry().register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
-                    {
+                    if let Err(e) = self.poll.registry().register(
+                        &mut sock,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
                         log::warn!("registering a connection: {e}");
                         self.core.remove(key);
                         continue;

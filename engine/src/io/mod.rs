@@ -21,7 +21,9 @@ use crate::server::{Backend, Command, Config, Counters, Handler, ServerHandle, W
 /// Applies `SOCKEYE_BACKEND` and resolves `Auto` to a backend this kernel supports.
 pub(crate) fn resolve(asked: Backend) -> io::Result<Backend> {
     let asked = match std::env::var("SOCKEYE_BACKEND") {
-        Ok(v) if !v.is_empty() => v.parse().map_err(|e: String| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        Ok(v) if !v.is_empty() => {
+            v.parse().map_err(|e: String| io::Error::new(io::ErrorKind::InvalidInput, e))?
+        }
         _ => asked,
     };
     match asked {
@@ -34,7 +36,10 @@ pub(crate) fn resolve(asked: Backend) -> io::Result<Backend> {
             }
         },
         Backend::IoUring => uring::probe().map(|()| Backend::IoUring).map_err(|why| {
-            io::Error::new(io::ErrorKind::Unsupported, format!("io_uring backend unavailable: {why}"))
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io_uring backend unavailable: {why}"),
+            )
         }),
     }
 }
@@ -67,7 +72,9 @@ impl WorkerPrep {
         rx: Receiver<Command>,
     ) -> io::Result<Self> {
         match backend {
-            Backend::Epoll | Backend::Auto => Ok(WorkerPrep::Epoll(epoll::Prep::new(listener, rx)?)),
+            Backend::Epoll | Backend::Auto => {
+                Ok(WorkerPrep::Epoll(epoll::Prep::new(listener, rx)?))
+            }
             Backend::IoUring => Ok(WorkerPrep::IoUring(uring::Prep::new(listener, rx)?)),
         }
     }

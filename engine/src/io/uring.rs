@@ -130,7 +130,8 @@ impl BufRing {
         };
         // SAFETY: `mem` is page aligned, zeroed and `entries` long; it lives until `Drop`, which
         // runs only after the ring is unregistered or the io_uring instance is gone.
-        let r = unsafe { ring.submitter().register_buf_ring_with_flags(mem as u64, entries, BGID, 0) };
+        let r =
+            unsafe { ring.submitter().register_buf_ring_with_flags(mem as u64, entries, BGID, 0) };
         if let Err(e) = r {
             // SAFETY: allocated above with this layout, never registered.
             unsafe { alloc::dealloc(mem.cast(), br.ring_layout) };
@@ -230,9 +231,10 @@ pub(crate) struct Prep {
 impl Prep {
     pub(crate) fn new(listener: std::net::TcpListener, rx: Receiver<Command>) -> io::Result<Self> {
         // SAFETY: eventfd has no memory arguments; the result is checked.
-        // Blocking on purpose: io_uring answers a read on a non-blocking eventfd with EAGAIN
-        // instead of waiting. A write blocks only if the counter would overflow, never here.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        // Non-blocking: the ring polls it (multishot), and several POLLIN completions can
+        // arrive for one counter, so `clear_wake` may find it already cleared (EAGAIN, not a
+        // hang). A write fails only if the counter would overflow, never here.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -259,10 +261,13 @@ impl Prep {
             .setup_defer_taskrun()
             .setup_cqsize(entries * 4)
             .build(entries)
-            .or_else(|_| IoUring::builder().setup_coop_taskrun().setup_cqsize(entries * 4).build(entries))
+            .or_else(|_| {
+                IoUring::builder().setup_coop_taskrun().setup_cqsize(entries * 4).build(entries)
+            })
             .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))?;
         let bufs = BufRing::new(&ring, cfg.uring_buffers, cfg.uring_buffer_size)?;
-        let zc_threshold = if zc_supported(&ring) { cfg.uring_send_zc_threshold } else { usize::MAX };
+        let zc_threshold =
+            if zc_supported(&ring) { cfg.uring_send_zc_threshold } else { usize::MAX };
         let mut w = Loop {
             ring: ManuallyDrop::new(ring),
             bufs: ManuallyDrop::new(bufs),
@@ -370,14 +375,19 @@ impl<H: Handler> Loop<H> {
             return;
         }
         let fd = l.as_raw_fd();
-        let sqe = opcode::AcceptMulti::new(types::Fd(fd)).flags(libc::SOCK_CLOEXEC).build().user_data(ACCEPT);
+        let sqe = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(ACCEPT);
         self.push(sqe);
         self.accepting = true;
     }
 
     fn cancel_accept(&mut self) {
         if self.accepting {
-            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(ACCEPT)).build().user_data(CANCEL);
+            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(ACCEPT))
+                .build()
+                .user_data(CANCEL);
             self.push(sqe);
         }
     }
@@ -388,16 +398,19 @@ impl<H: Handler> Loop<H> {
         }
         // A multishot poll, not a read: a read on an eventfd would park in an io-wq thread.
         let fd = self.efd.0.as_raw_fd();
-        let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).multi(true).build().user_data(WAKE);
+        let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(WAKE);
         self.push(sqe);
         self.wake_armed = true;
     }
 
-    /// Resets the eventfd counter after a wake-up (it is readable, so this does not block).
+    /// Resets the eventfd counter after a wake-up (non-blocking: an earlier completion of the
+    /// same batch may have cleared it already).
     fn clear_wake(&mut self) {
         let mut v = 0u64;
-        // SAFETY: reads 8 bytes into a valid u64 from an eventfd we own; POLLIN said it is
-        // readable, so the read returns at once.
+        // SAFETY: reads 8 bytes into a valid u64 from a non-blocking eventfd we own.
         unsafe { libc::read(self.efd.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
     }
 
@@ -640,7 +653,8 @@ impl<H: Handler> Loop<H> {
     }
 
     fn submit_send(&mut self, key: usize, buf: Vec<u8>, pos: usize) {
-        let Some(fd) = self.conns.get(key).and_then(|c| c.fd.as_ref()).map(|f| f.as_raw_fd()) else {
+        let Some(fd) = self.conns.get(key).and_then(|c| c.fd.as_ref()).map(|f| f.as_raw_fd())
+        else {
             return;
         };
         let ptr = buf[pos..].as_ptr();
@@ -705,9 +719,11 @@ impl<H: Handler> Loop<H> {
                 c.dying = true;
                 if let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) {
                     if c.recv_armed || c.send.is_some() {
-                        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
-                            .build()
-                            .user_data(CANCEL);
+                        let sqe = opcode::AsyncCancel2::new(
+                            types::CancelBuilder::fd(types::Fd(fd)).all(),
+                        )
+                        .build()
+                        .user_data(CANCEL);
                         self.push(sqe);
                     }
                 }

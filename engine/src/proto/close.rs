@@ -76,8 +76,8 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, 
             if !code.is_valid_on_wire() {
                 return Err(ProtocolError::InvalidCloseCode(code.0));
             }
-            let reason =
-                simdutf8::basic::from_utf8(&payload[2..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+            let reason = simdutf8::basic::from_utf8(&payload[2..])
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
             Ok(Some((code, reason)))
         }
     }
@@ -130,18 +130,9 @@ mod tests {
         assert_eq!(parse_close_payload(&[]), Ok(None));
         assert_eq!(parse_close_payload(&[3]), Err(ProtocolError::CloseLength));
         assert_eq!(parse_close_payload(&[0x03, 0xe8]), Ok(Some((CloseCode::NORMAL, ""))));
-        assert_eq!(
-            parse_close_payload(b"\x0f\xa0bye"),
-            Ok(Some((CloseCode(4000), "bye")))
-        );
-        assert_eq!(
-            parse_close_payload(&[0x03, 0xed]),
-            Err(ProtocolError::InvalidCloseCode(1005))
-        );
-        assert_eq!(
-            parse_close_payload(&[0x03, 0xe8, 0xff]),
-            Err(ProtocolError::InvalidUtf8)
-        );
+        assert_eq!(parse_close_payload(b"\x0f\xa0bye"), Ok(Some((CloseCode(4000), "bye"))));
+        assert_eq!(parse_close_payload(&[0x03, 0xed]), Err(ProtocolError::InvalidCloseCode(1005)));
+        assert_eq!(parse_close_payload(&[0x03, 0xe8, 0xff]), Err(ProtocolError::InvalidUtf8));
         assert_eq!(
             parse_close_payload(&[0x03, 0xe8, 0xce, 0xba]),
             Ok(Some((CloseCode::NORMAL, "κ")))

@@ -20,10 +20,9 @@ fn own(e: Event<'_>) -> Ev {
         Event::Binary(b) => Ev::Binary(b.into_owned()),
         Event::Ping(p) => Ev::Ping(p.as_bytes().to_vec()),
         Event::Pong(p) => Ev::Pong(p.as_bytes().to_vec()),
-        Event::Close { code, reason } => Ev::Close(
-            code.map(|c| c.0),
-            String::from_utf8(reason.as_bytes().to_vec()).unwrap(),
-        ),
+        Event::Close { code, reason } => {
+            Ev::Close(code.map(|c| c.0), String::from_utf8(reason.as_bytes().to_vec()).unwrap())
+        }
     }
 }
 
@@ -295,7 +294,8 @@ fn invalid_utf8_fails_fast_inside_one_frame_split_across_reads() {
 
 #[test]
 fn size_limits_give_1009() {
-    let limits = Limits { max_frame_size: 10, max_message_size: 15, max_fragments: 3, ..Limits::default() };
+    let limits =
+        Limits { max_frame_size: 10, max_message_size: 15, max_fragments: 3, ..Limits::default() };
     let run = |bytes: Vec<u8>| {
         let mut c = Connection::new_open(Role::Server, 0);
         feed_with(&mut c, &limits, &[&bytes])
@@ -479,7 +479,10 @@ fn handshake_timeout() {
     let t0 = Instant::now();
     let mut c = Connection::new_server(t0, &Limits::default());
     let mut out = Vec::new();
-    assert_eq!(c.handshake(b"GET / HT", &mut out, &ENV, |_, _| Decision::accept()), Ok(HandshakeStatus::Partial));
+    assert_eq!(
+        c.handshake(b"GET / HT", &mut out, &ENV, |_, _| Decision::accept()),
+        Ok(HandshakeStatus::Partial)
+    );
     assert!(!c.handle_timeout(t0 + Duration::from_secs(9)));
     assert!(c.handle_timeout(t0 + Duration::from_secs(10)));
     assert_eq!(c.state(), State::Closed);

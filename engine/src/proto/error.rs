@@ -61,9 +61,18 @@ impl From<&ProtocolError> for CloseCode {
         match e {
             InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
             FrameTooLarge | MessageTooLarge | TooManyFragments => CloseCode::TOO_BIG,
-            UnmaskedFrame | MaskedFrame | ReservedBitsSet | ReservedOpcode(_)
-            | FragmentedControl | ControlTooLong | InvalidLength | NonMinimalLength
-            | UnexpectedContinuation | ExpectedContinuation | CloseLength | InvalidCloseCode(_)
+            UnmaskedFrame
+            | MaskedFrame
+            | ReservedBitsSet
+            | ReservedOpcode(_)
+            | FragmentedControl
+            | ControlTooLong
+            | InvalidLength
+            | NonMinimalLength
+            | UnexpectedContinuation
+            | ExpectedContinuation
+            | CloseLength
+            | InvalidCloseCode(_)
             | DataAfterClose => CloseCode::PROTOCOL_ERROR,
         }
     }

@@ -102,16 +102,12 @@ impl<'a> Request<'a> {
 
     /// The value of the first header called `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     /// Every header, in the order sent.
     pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + '_ {
-        self.headers[..self.num_headers]
-            .iter()
-            .map(|h| (h.name, h.value))
+        self.headers[..self.num_headers].iter().map(|h| (h.name, h.value))
     }
 
     /// The `Host` header. [`parse_request`] refuses a request without exactly one, so this is
@@ -160,9 +156,7 @@ impl fmt::Debug for Request<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_list()
                     .entries(
-                        self.0
-                            .headers()
-                            .map(|(n, v)| (n, String::from_utf8_lossy(v).into_owned())),
+                        self.0.headers().map(|(n, v)| (n, String::from_utf8_lossy(v).into_owned())),
                     )
                     .finish()
             }
@@ -382,14 +376,7 @@ fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head<'_>>, Handshake
     let (Some(method), Some(target), Some(version)) = (method, target, version) else {
         return Err(HandshakeError::Malformed("incomplete request line"));
     };
-    Ok(Some(Head {
-        method,
-        target,
-        version,
-        headers,
-        num_headers,
-        consumed,
-    }))
+    Ok(Some(Head { method, target, version, headers, num_headers, consumed }))
 }
 
 fn from_httparse(e: httparse::Error) -> HandshakeError {
@@ -470,9 +457,7 @@ fn scan_headers<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, Hand
             }
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
             if !value.iter().all(|&b| is_field_char(b)) {
-                return Err(HandshakeError::Malformed(
-                    "invalid Sec-WebSocket-Extensions",
-                ));
+                return Err(HandshakeError::Malformed("invalid Sec-WebSocket-Extensions"));
             }
         } else if name.eq_ignore_ascii_case("origin") {
             if origin.is_some() {
@@ -516,11 +501,7 @@ fn scan_headers<'a>(headers: &[httparse::Header<'a>]) -> Result<Fields<'a>, Hand
         (Some(k), 1) if is_valid_key(k) => ascii(k),
         _ => return Err(HandshakeError::BadKey),
     };
-    Ok(Fields {
-        host,
-        origin: origin.map(ascii),
-        key,
-    })
+    Ok(Fields { host, origin: origin.map(ascii), key })
 }
 
 /// A `Sec-WebSocket-Key` must be canonical padded base64 of exactly 16 bytes (24 characters).
@@ -605,9 +586,7 @@ impl<'a> Iterator for ListItems<'a> {
 /// Whether the comma-separated header `value` contains `token` (trimmed, ASCII
 /// case-insensitive), as in `Connection: keep-alive, Upgrade`.
 pub fn header_has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|item| trim(item).eq_ignore_ascii_case(token.as_bytes()))
+    value.split(|&b| b == b',').any(|item| trim(item).eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// `Sec-WebSocket-Accept` for a client key: base64(SHA-1(key + GUID)) (RFC 6455 §4.2.2).
@@ -659,12 +638,8 @@ pub fn write_accept(
 }
 
 /// Headers every rejection carries; extra headers with these names are skipped.
-const REJECT_OWNED: &[&str] = &[
-    "connection",
-    "content-type",
-    "content-length",
-    "transfer-encoding",
-];
+const REJECT_OWNED: &[&str] =
+    &["connection", "content-type", "content-length", "transfer-encoding"];
 
 /// Appends a complete HTTP/1.1 error response with the given status to `out`.
 ///
@@ -715,11 +690,7 @@ pub fn write_response(status: u16, content_type: &str, body: &[u8], out: &mut Ve
 /// Writes the status line and `Connection: close`; returns the status actually written
 /// (anything outside 200..=599 becomes 500).
 fn push_status_line(status: u16, out: &mut Vec<u8>) -> u16 {
-    let status = if (200..=599).contains(&status) {
-        status
-    } else {
-        500
-    };
+    let status = if (200..=599).contains(&status) { status } else { 500 };
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, usize::from(status));
     out.push(b' ');
@@ -775,10 +746,7 @@ fn is_safe_value(value: &str) -> bool {
 
 fn push_extra(out: &mut Vec<u8>, extra: &[(&str, &str)], owned: &[&str], auto: &[&str]) {
     for &(name, value) in extra {
-        let taken = owned
-            .iter()
-            .chain(auto)
-            .any(|o| o.eq_ignore_ascii_case(name));
+        let taken = owned.iter().chain(auto).any(|o| o.eq_ignore_ascii_case(name));
         if is_token(name.as_bytes()) && is_safe_value(value) && !taken {
             push_header(out, name, value);
         }
@@ -889,10 +857,7 @@ mod tests {
         assert_eq!(r.extensions().count(), 0);
         assert_eq!(r.headers().count(), 7);
         assert_eq!(r.header("upgrade"), Some(&b"websocket"[..]));
-        assert_eq!(
-            &accept_key(r.key().as_bytes()),
-            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(&accept_key(r.key().as_bytes()), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert!(format!("{r:?}").contains("server.example.com"));
     }
 
@@ -900,10 +865,7 @@ mod tests {
     fn every_prefix_is_partial() {
         for k in 0..RFC_REQUEST.len() {
             assert!(
-                matches!(
-                    parse_request(&RFC_REQUEST[..k], DEFAULT_MAX_HEAD),
-                    Ok(Parsed::Partial)
-                ),
+                matches!(parse_request(&RFC_REQUEST[..k], DEFAULT_MAX_HEAD), Ok(Parsed::Partial)),
                 "prefix {k}"
             );
         }
@@ -912,9 +874,7 @@ mod tests {
     #[test]
     fn pipelined_bytes_are_not_consumed() {
         let mut buf = RFC_REQUEST.to_vec();
-        buf.extend_from_slice(&[
-            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-        ]);
+        buf.extend_from_slice(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
         let (_, n) = complete(&buf);
         assert_eq!(n, RFC_REQUEST.len());
         // Even when the trailing bytes look like another request.
@@ -937,10 +897,7 @@ mod tests {
             ],
         );
         let (r, _) = complete(&buf);
-        assert_eq!(
-            r.header("Sec-WebSocket-Key"),
-            Some(&b"dGhlIHNhbXBsZSBub25jZQ=="[..])
-        );
+        assert_eq!(r.header("Sec-WebSocket-Key"), Some(&b"dGhlIHNhbXBsZSBub25jZQ=="[..]));
         assert_eq!(r.protocols().collect::<Vec<_>>(), ["a"]);
     }
 
@@ -967,10 +924,7 @@ mod tests {
             err(&good_but(2, "Connection: Upgraded")),
             HandshakeError::MissingConnectionUpgrade
         );
-        assert_eq!(
-            err(&good_but(1, "Upgrade: websockets")),
-            HandshakeError::NotUpgrade
-        );
+        assert_eq!(err(&good_but(1, "Upgrade: websockets")), HandshakeError::NotUpgrade);
     }
 
     #[test]
@@ -982,17 +936,10 @@ mod tests {
              Sec-WebSocket-Extensions: x-q; a=\"1,2\"\r\n",
         );
         let (r, _) = complete(&buf);
-        assert_eq!(
-            r.protocols().collect::<Vec<_>>(),
-            ["chat", "superchat", "v2", "v3"]
-        );
+        assert_eq!(r.protocols().collect::<Vec<_>>(), ["chat", "superchat", "v2", "v3"]);
         assert_eq!(
             r.extensions().collect::<Vec<_>>(),
-            [
-                "permessage-deflate; client_max_window_bits",
-                "x-foo",
-                "x-q; a=\"1,2\""
-            ]
+            ["permessage-deflate; client_max_window_bits", "x-foo", "x-q; a=\"1,2\""]
         );
         assert_eq!(
             err(&request_with("Sec-WebSocket-Protocol: a b\r\n")).status(),
@@ -1013,16 +960,10 @@ mod tests {
         assert_eq!(split("/a/b?x=1&y=2"), owned("/a/b", Some("x=1&y=2")));
         assert_eq!(split("/?"), owned("/", Some("")));
         assert_eq!(split("/a?b?c"), owned("/a", Some("b?c")));
-        assert_eq!(
-            split("ws://example.com:80/chat?q"),
-            owned("/chat", Some("q"))
-        );
+        assert_eq!(split("ws://example.com:80/chat?q"), owned("/chat", Some("q")));
         assert_eq!(split("http://example.com"), owned("/", None));
         assert_eq!(err(&build("GET * HTTP/1.1", GOOD)).status(), 400);
-        assert_eq!(
-            err(&build("GET example.com:80 HTTP/1.1", GOOD)).status(),
-            400
-        );
+        assert_eq!(err(&build("GET example.com:80 HTTP/1.1", GOOD)).status(), 400);
         assert_eq!(err(&build("GET 1ws://x/ HTTP/1.1", GOOD)).status(), 400);
     }
 
@@ -1034,16 +975,8 @@ mod tests {
             (build("get / HTTP/1.1", GOOD), MethodNotAllowed, 405),
             (build("GET / HTTP/1.0", GOOD), BadVersion, 400),
             (build("GET / HTTP/2.0", GOOD), BadVersion, 400),
-            (
-                build("GET / HTTP/1.1 x", GOOD),
-                Malformed("invalid line ending"),
-                400,
-            ),
-            (
-                b"GET /\r\n\r\n".to_vec(),
-                Malformed("invalid request line"),
-                400,
-            ),
+            (build("GET / HTTP/1.1 x", GOOD), Malformed("invalid line ending"), 400),
+            (b"GET /\r\n\r\n".to_vec(), Malformed("invalid request line"), 400),
             (good_but(0, ""), MissingHost, 400),
             (good_but(0, "Host:"), BadHost, 400),
             (request_with("Host: other\r\n"), BadHost, 400),
@@ -1051,65 +984,25 @@ mod tests {
             (good_but(2, ""), MissingConnectionUpgrade, 400),
             (good_but(3, ""), BadKey, 400),
             (good_but(4, ""), MissingVersion, 400),
-            (
-                good_but(4, "Sec-WebSocket-Version: 8"),
-                UnsupportedVersion,
-                426,
-            ),
-            (
-                good_but(4, "Sec-WebSocket-Version: 13, 8"),
-                UnsupportedVersion,
-                426,
-            ),
+            (good_but(4, "Sec-WebSocket-Version: 8"), UnsupportedVersion, 426),
+            (good_but(4, "Sec-WebSocket-Version: 13, 8"), UnsupportedVersion, 426),
             (
                 request_with("Sec-WebSocket-Version: 13\r\n"),
                 Malformed("repeated Sec-WebSocket-Version"),
                 400,
             ),
-            (
-                request_with("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
-                BadKey,
-                400,
-            ),
-            (
-                good_but(3, "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ"),
-                BadKey,
-                400,
-            ),
+            (request_with("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), BadKey, 400),
+            (good_but(3, "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ"), BadKey, 400),
             // 16 bytes' worth of base64 characters, but one is not in the alphabet.
-            (
-                good_but(3, "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25j*Q=="),
-                BadKey,
-                400,
-            ),
+            (good_but(3, "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25j*Q=="), BadKey, 400),
             // Valid base64 of 15 and 17 bytes.
-            (
-                good_but(3, "Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2Rl"),
-                BadKey,
-                400,
-            ),
-            (
-                good_but(3, "Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZmc="),
-                BadKey,
-                400,
-            ),
+            (good_but(3, "Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2Rl"), BadKey, 400),
+            (good_but(3, "Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZmc="), BadKey, 400),
             (request_with("Content-Length: 5\r\n"), HasBody, 400),
             (request_with("Transfer-Encoding: chunked\r\n"), HasBody, 400),
-            (
-                request_with("Content-Length: x\r\n"),
-                Malformed("invalid Content-Length"),
-                400,
-            ),
-            (
-                request_with("Origin: http://b.example\r\n"),
-                Malformed("repeated Origin"),
-                400,
-            ),
-            (
-                request_with("Bad Name: x\r\n"),
-                Malformed("invalid header name"),
-                400,
-            ),
+            (request_with("Content-Length: x\r\n"), Malformed("invalid Content-Length"), 400),
+            (request_with("Origin: http://b.example\r\n"), Malformed("repeated Origin"), 400),
+            (request_with("Bad Name: x\r\n"), Malformed("invalid header name"), 400),
         ];
         for (buf, want, status) in cases {
             let got = err(&buf);
@@ -1125,22 +1018,13 @@ mod tests {
     fn head_too_large() {
         let max = RFC_REQUEST.len() - 1;
         // Complete, but one byte over.
-        assert_eq!(
-            parse_request(RFC_REQUEST, max).err(),
-            Some(HandshakeError::HeadTooLarge)
-        );
+        assert_eq!(parse_request(RFC_REQUEST, max).err(), Some(HandshakeError::HeadTooLarge));
         // Exactly at the limit is fine.
-        assert!(matches!(
-            parse_request(RFC_REQUEST, max + 1),
-            Ok(Parsed::Complete(_, _))
-        ));
+        assert!(matches!(parse_request(RFC_REQUEST, max + 1), Ok(Parsed::Complete(_, _))));
         // Partial: the limit is reached without the end of the head.
         let mut long = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
         long.resize(DEFAULT_MAX_HEAD, b'a');
-        assert!(matches!(
-            parse_request(&long, DEFAULT_MAX_HEAD),
-            Ok(Parsed::Partial)
-        ));
+        assert!(matches!(parse_request(&long, DEFAULT_MAX_HEAD), Ok(Parsed::Partial)));
         long.push(b'a');
         let e = parse_request(&long, DEFAULT_MAX_HEAD).err();
         assert_eq!(e, Some(HandshakeError::HeadTooLarge));
@@ -1152,13 +1036,7 @@ mod tests {
         let mut hs: Vec<String> = GOOD.iter().map(|s| s.to_string()).collect();
         hs.extend((0..MAX_HEADERS - GOOD.len()).map(|i| format!("X-{i}: v")));
         let refs: Vec<&str> = hs.iter().map(String::as_str).collect();
-        assert_eq!(
-            complete(&build("GET / HTTP/1.1", &refs))
-                .0
-                .headers()
-                .count(),
-            MAX_HEADERS
-        );
+        assert_eq!(complete(&build("GET / HTTP/1.1", &refs)).0.headers().count(), MAX_HEADERS);
         hs.push("X-last: v".into());
         let refs: Vec<&str> = hs.iter().map(String::as_str).collect();
         let e = err(&build("GET / HTTP/1.1", &refs));
@@ -1216,17 +1094,10 @@ mod tests {
             &mut out,
         );
         let s = String::from_utf8(out).unwrap();
-        assert!(
-            !s.contains("Evil") && !s.contains("chat") && !s.contains("close"),
-            "{s}"
-        );
+        assert!(!s.contains("Evil") && !s.contains("chat") && !s.contains("close"), "{s}");
         assert!(s.ends_with("X-Ok: fine\r\n\r\n"));
         let mut out = Vec::new();
-        write_reject(
-            403,
-            &[("X-A", "a\rb"), ("Content-Length", "0"), ("X-Ok", "1")],
-            &mut out,
-        );
+        write_reject(403, &[("X-A", "a\rb"), ("Content-Length", "0"), ("X-Ok", "1")], &mut out);
         let s = String::from_utf8(out).unwrap();
         assert_eq!(s.matches("Content-Length").count(), 1);
         assert!(!s.contains("X-A") && s.contains("X-Ok: 1\r\n"), "{s}");
@@ -1290,18 +1161,10 @@ mod tests {
             panic!("syntax is fine");
         };
         assert_eq!((r.method(), r.host()), ("DELETE", None));
-        assert!(matches!(
-            parse_http(&plain[..10], DEFAULT_MAX_HEAD),
-            Ok(Parsed::Partial)
-        ));
+        assert!(matches!(parse_http(&plain[..10], DEFAULT_MAX_HEAD), Ok(Parsed::Partial)));
+        assert_eq!(parse_http(&plain, 10).err(), Some(HandshakeError::HeadTooLarge));
         assert_eq!(
-            parse_http(&plain, 10).err(),
-            Some(HandshakeError::HeadTooLarge)
-        );
-        assert_eq!(
-            parse_http(b"GET / HTTP/1.1\r\nA B: c\r\n\r\n", 99)
-                .err()
-                .map(|e| e.status()),
+            parse_http(b"GET / HTTP/1.1\r\nA B: c\r\n\r\n", 99).err().map(|e| e.status()),
             Some(400)
         );
     }

@@ -37,13 +37,8 @@ pub enum Kernel {
 }
 
 /// Every kernel, fastest first: the order [`selected_kernel`] tries them in.
-const PREFERENCE: [Kernel; 5] = [
-    Kernel::Avx512,
-    Kernel::Avx2,
-    Kernel::Neon,
-    Kernel::Sse2,
-    Kernel::Scalar,
-];
+const PREFERENCE: [Kernel; 5] =
+    [Kernel::Avx512, Kernel::Avx2, Kernel::Neon, Kernel::Sse2, Kernel::Scalar];
 
 /// The cached choice of [`selected_kernel`]; [`UNSET`] until the first call.
 static SELECTED: AtomicU8 = AtomicU8::new(UNSET);
@@ -98,10 +93,7 @@ pub fn selected_kernel() -> Kernel {
 
 #[cold]
 fn select() -> Kernel {
-    let k = PREFERENCE
-        .into_iter()
-        .find(|&k| supported(k))
-        .unwrap_or(Kernel::Scalar);
+    let k = PREFERENCE.into_iter().find(|&k| supported(k)).unwrap_or(Kernel::Scalar);
     // Racing first calls all compute the same answer, so a relaxed store is enough.
     SELECTED.store(k.index(), Ordering::Relaxed);
     k
@@ -131,10 +123,7 @@ pub fn unmask(buf: &mut [u8], key: [u8; 4], phase: usize) {
 ///
 /// If `kernel` is not in [`available_kernels`] on this CPU.
 pub fn unmask_with(kernel: Kernel, buf: &mut [u8], key: [u8; 4], phase: usize) {
-    assert!(
-        supported(kernel),
-        "unmask kernel {kernel:?} is not available on this CPU"
-    );
+    assert!(supported(kernel), "unmask kernel {kernel:?} is not available on this CPU");
     run(kernel, buf, rotate(key, phase));
 }
 
@@ -538,17 +527,11 @@ mod tests {
                     for &k in &kernels {
                         let mut got = original.clone();
                         unmask_with(k, &mut got[offset..offset + len], KEY, phase);
-                        assert!(
-                            got == expected,
-                            "{k:?} len {len} offset {offset} phase {phase}"
-                        );
+                        assert!(got == expected, "{k:?} len {len} offset {offset} phase {phase}");
                     }
                     let mut got = original.clone();
                     unmask(&mut got[offset..offset + len], KEY, phase);
-                    assert!(
-                        got == expected,
-                        "dispatched len {len} offset {offset} phase {phase}"
-                    );
+                    assert!(got == expected, "dispatched len {len} offset {offset} phase {phase}");
                 }
             }
         }
@@ -597,19 +580,11 @@ mod tests {
 
     #[test]
     fn unavailable_kernel_panics() {
-        let all = [
-            Kernel::Scalar,
-            Kernel::Sse2,
-            Kernel::Avx2,
-            Kernel::Avx512,
-            Kernel::Neon,
-        ];
+        let all = [Kernel::Scalar, Kernel::Sse2, Kernel::Avx2, Kernel::Avx512, Kernel::Neon];
         let avail = available_kernels();
         let missing = all.into_iter().find(|k| !avail.contains(k));
         // NEON and the x86 kernels never coexist, so one is always missing.
-        let Some(missing) = missing else {
-            panic!("every kernel available?")
-        };
+        let Some(missing) = missing else { panic!("every kernel available?") };
         let r = std::panic::catch_unwind(|| unmask_with(missing, &mut [0u8; 8], KEY, 0));
         assert!(r.is_err());
     }

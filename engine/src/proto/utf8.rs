@@ -325,32 +325,15 @@ mod tests {
 
     #[test]
     fn already_invalid_tails_fail_at_once() {
-        for tail in [
-            &b"\xf4\x90"[..],
-            b"\xe0\x80",
-            b"\xed\xa0",
-            b"\xc0",
-            b"\xc1",
-            b"\xf5",
-            b"\xf0\x80",
-        ] {
+        for tail in
+            [&b"\xf4\x90"[..], b"\xe0\x80", b"\xed\xa0", b"\xc0", b"\xc1", b"\xf5", b"\xf0\x80"]
+        {
             let mut chunk = b"some text ".to_vec();
             chunk.extend_from_slice(tail);
-            assert_eq!(
-                Utf8Validator::new().feed(&chunk),
-                Err(Utf8Error),
-                "{tail:x?}"
-            );
+            assert_eq!(Utf8Validator::new().feed(&chunk), Err(Utf8Error), "{tail:x?}");
             // Also when the bad tail continues a carried lead byte.
             let mut v = Utf8Validator::new();
-            assert_eq!(
-                v.feed(&tail[..1]),
-                if tail.len() > 1 {
-                    Ok(())
-                } else {
-                    Err(Utf8Error)
-                }
-            );
+            assert_eq!(v.feed(&tail[..1]), if tail.len() > 1 { Ok(()) } else { Err(Utf8Error) });
             if tail.len() > 1 {
                 assert_eq!(v.feed(&tail[1..]), Err(Utf8Error), "{tail:x?}");
             }

@@ -61,7 +61,18 @@ impl ConnId {
     }
     /// Packs the id into a u64 (worker:16, key:24, gen:24 bits), for hosts that want a number.
     pub fn to_u64(&self) -> u64 {
-        (u64::from(self.worker) << 48) | (u64::from(self.key) << 24) | u64::from(self.gen & 0xff_ffff)
+        (u64::from(self.worker) << 48)
+            | (u64::from(self.key) << 24)
+            | u64::from(self.gen & 0xff_ffff)
+    }
+    /// Unpacks an id made by [`ConnId::to_u64`]; an id that names no open connection is ignored
+    /// wherever it is used.
+    pub fn from_u64(v: u64) -> Self {
+        ConnId {
+            worker: (v >> 48) as u32,
+            key: ((v >> 24) & 0xff_ffff) as u32,
+            gen: (v & 0xff_ffff) as u32,
+        }
     }
 }
 

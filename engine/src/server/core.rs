@@ -131,7 +131,9 @@ impl<D> CoreState<D> {
         }
         let key = id.key as usize;
         match self.conns.get(key) {
-            Some(s) if s.gen == id.gen && s.flags & (OPENED | NOTIFIED | DEAD) == OPENED => Some(key),
+            Some(s) if s.gen == id.gen && s.flags & (OPENED | NOTIFIED | DEAD) == OPENED => {
+                Some(key)
+            }
             _ => None,
         }
     }
@@ -188,7 +190,8 @@ impl<D> CoreState<D> {
         if s.proto.send_frame(op, true, payload, &mut s.out).is_err() {
             return SendStatus::Closed;
         }
-        let status = if s.flags & BLOCKED != 0 { SendStatus::Backpressure } else { SendStatus::Sent };
+        let status =
+            if s.flags & BLOCKED != 0 { SendStatus::Backpressure } else { SendStatus::Sent };
         self.mark_dirty(key);
         status
     }
@@ -283,7 +286,7 @@ impl<H: Handler> Core<H> {
     /// A connection arrived; returns its key.
     pub(crate) fn accept(&mut self, peer: SocketAddr) -> usize {
         let st = &mut self.state;
-        st.next_gen = st.next_gen.wrapping_add(1);
+        st.next_gen = st.next_gen.wrapping_add(1) & 0xff_ffff; // 24 bits: ConnId::to_u64 round-trips
         let slot = Slot {
             gen: st.next_gen,
             flags: 0,
@@ -545,7 +548,7 @@ impl<H: Handler> Core<H> {
         resume: &mut bool,
     ) -> Option<(Vec<u8>, usize)> {
         let st = &mut self.state;
-        let Some(s) = st.conns.get_mut(key) else { return None };
+        let s = st.conns.get_mut(key)?;
         let pos = pos + n;
         if pos < buf.len() && s.flags & DEAD == 0 {
             s.inflight = (buf.len() - pos) as u32;

@@ -138,7 +138,9 @@ impl ServerHandle {
 
     /// Hands `post` to every worker's [`Handler::on_post`]. Returns how many workers took it.
     pub fn post_all(&self, post: Post) -> usize {
-        (0..self.inner.workers.len()).filter(|&i| self.command(i, Command::Post(post.clone()))).count()
+        (0..self.inner.workers.len())
+            .filter(|&i| self.command(i, Command::Post(post.clone())))
+            .count()
     }
 
     /// Hands `post` to one worker's [`Handler::on_post`].
@@ -279,7 +281,11 @@ where
         }
         config.addr = addr;
         let handle = ServerHandle {
-            inner: Arc::new(HandleInner { workers: links, local_addr: addr, stopping: AtomicBool::new(false) }),
+            inner: Arc::new(HandleInner {
+                workers: links,
+                local_addr: addr,
+                stopping: AtomicBool::new(false),
+            }),
         };
         Ok(Server { config: Arc::new(config), preps, factory: Arc::new(self.factory), handle })
     }
@@ -338,12 +344,10 @@ impl<H: Handler> Server<H> {
             let cfg = Arc::clone(&self.config);
             let factory = Arc::clone(&self.factory);
             let handle = self.handle.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("sockeye-{i}"))
-                .spawn(move || {
-                    let handler = factory();
-                    prep.run(i, cfg, handle, handler, stats)
-                })?;
+            let t = std::thread::Builder::new().name(format!("sockeye-{i}")).spawn(move || {
+                let handler = factory();
+                prep.run(i, cfg, handle, handler, stats)
+            })?;
             threads.push(t);
         }
         let mut result = Ok(());

@@ -61,7 +61,8 @@ impl Wheel {
 
     /// Moves every entry whose tick is at or before `now` into `out`, with its tick.
     pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<(u64, Entry)>) {
-        let upto = (now.saturating_duration_since(self.origin).as_nanos() / self.tick.as_nanos()) as u64;
+        let upto =
+            (now.saturating_duration_since(self.origin).as_nanos() / self.tick.as_nanos()) as u64;
         while self.cur <= upto {
             if self.len == 0 {
                 self.cur = upto + 1;

@@ -1,0 +1,186 @@
+//! `sockeye_config`: every setting of a server as one plain C struct, its defaults, and its
+//! translation into [`sockeye::Config`]. It never keeps a pointer from the struct: the address
+//! string is read once, in `sockeye_server_new`.
+
+use std::ffi::{c_char, CStr};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use sockeye::proto::Limits;
+use sockeye::{Backend, Config};
+
+use crate::{
+    guard, sockeye_result, SOCKEYE_ERR_ADDRESS, SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_NULL,
+};
+use crate::{SOCKEYE_ERR_UTF8, SOCKEYE_OK};
+
+/// Which I/O backend the workers use: one of the `SOCKEYE_BACKEND_*` values.
+pub type sockeye_backend = u32;
+/// io_uring when the kernel offers everything the engine needs, else epoll. The environment
+/// variable `SOCKEYE_BACKEND=epoll|io_uring` overrides it.
+pub const SOCKEYE_BACKEND_AUTO: sockeye_backend = 0;
+/// epoll: readiness, then read/write system calls.
+pub const SOCKEYE_BACKEND_EPOLL: sockeye_backend = 1;
+/// io_uring: completions, provided buffers, batched submissions.
+pub const SOCKEYE_BACKEND_IO_URING: sockeye_backend = 2;
+
+/// Every setting of a server. Fill it with `sockeye_config_default`, change what you need,
+/// and pass it to `sockeye_server_new`, which copies what it needs: the struct and the
+/// `address` string may be freed as soon as `sockeye_server_new` returns.
+///
+/// Sizes are in bytes, times in milliseconds.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct sockeye_config {
+    /// Listen address, a NUL-terminated string owned by the caller: an IP address or host name
+    /// ("127.0.0.1", "::", "localhost"), used with `port`; or "host:port" ("0.0.0.0:8080",
+    /// "[::1]:8080"), whose own port then wins over `port`. Default "127.0.0.1" (a static
+    /// string).
+    pub address: *const c_char,
+    /// Listen port, used when `address` has none. 0 picks a free port: ask
+    /// `sockeye_server_local_port` which. Default 9001.
+    pub port: u16,
+    /// Worker threads, each with its own event loop and listener; 0 means one per available
+    /// core. Default 0.
+    pub workers: u32,
+    /// The I/O backend (`SOCKEYE_BACKEND_*`). Default `SOCKEYE_BACKEND_AUTO`.
+    pub backend: sockeye_backend,
+    /// Largest message accepted, summed over its fragments (close 1009 above it).
+    pub max_message_size: u64,
+    /// Largest single frame accepted (close 1009 above it).
+    pub max_frame_size: u64,
+    /// Most fragments one message may have (close 1009 above it).
+    pub max_fragments: u32,
+    /// Largest handshake request head (HTTP 431 above it).
+    pub max_handshake_bytes: usize,
+    /// Time a client has to send its whole handshake request (must not be 0).
+    pub handshake_timeout_ms: u32,
+    /// Time the peer has to answer our close frame (must not be 0).
+    pub close_timeout_ms: u32,
+    /// Close (1001) a connection that received nothing for this long; 0 turns it off.
+    pub idle_timeout_ms: u32,
+    /// Ping a connection silent for this long, and close it if it stays silent as long again;
+    /// 0 turns it off (the default).
+    pub auto_ping_ms: u32,
+    /// Bytes a connection may have queued for sending before further data sends are dropped
+    /// (`SOCKEYE_SEND_DROPPED`).
+    pub max_backpressure: usize,
+    /// Close the connection (1008) when one of its sends is dropped over `max_backpressure`.
+    pub close_on_backpressure_limit: bool,
+    /// Connections per worker; over it the worker stops accepting until one closes (must not
+    /// be 0).
+    pub max_connections: usize,
+    /// How long `sockeye_server_stop` waits for close handshakes before dropping connections.
+    pub shutdown_timeout_ms: u32,
+}
+
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn ms_opt(d: Option<Duration>) -> u32 {
+    d.map_or(0, ms)
+}
+
+impl sockeye_config {
+    fn defaults() -> Self {
+        let c = Config::default();
+        Self {
+            address: c"127.0.0.1".as_ptr(),
+            port: c.addr.port(),
+            workers: 0,
+            backend: SOCKEYE_BACKEND_AUTO,
+            max_message_size: c.limits.max_message_size,
+            max_frame_size: c.limits.max_frame_size,
+            max_fragments: c.limits.max_fragments,
+            max_handshake_bytes: c.limits.max_handshake_bytes,
+            handshake_timeout_ms: ms(c.limits.handshake_timeout),
+            close_timeout_ms: ms(c.limits.close_timeout),
+            idle_timeout_ms: ms_opt(c.idle_timeout),
+            auto_ping_ms: ms_opt(c.auto_ping),
+            max_backpressure: c.max_backpressure,
+            close_on_backpressure_limit: c.close_on_backpressure_limit,
+            max_connections: c.max_connections,
+            shutdown_timeout_ms: ms(c.shutdown_timeout),
+        }
+    }
+
+    /// Checks every field and builds the engine's configuration.
+    ///
+    /// # Safety
+    /// A non-NULL `address` must point to a NUL-terminated string.
+    pub(crate) unsafe fn engine_config(self) -> Result<Config, sockeye_result> {
+        if self.address.is_null() {
+            return Err(SOCKEYE_ERR_NULL);
+        }
+        // SAFETY: non-NULL, and NUL-terminated by this struct's contract.
+        let address =
+            unsafe { CStr::from_ptr(self.address) }.to_str().map_err(|_| SOCKEYE_ERR_UTF8)?;
+        let addr = resolve(address, self.port).ok_or(SOCKEYE_ERR_ADDRESS)?;
+        let backend = match self.backend {
+            SOCKEYE_BACKEND_AUTO => Backend::Auto,
+            SOCKEYE_BACKEND_EPOLL => Backend::Epoll,
+            SOCKEYE_BACKEND_IO_URING => Backend::IoUring,
+            _ => return Err(SOCKEYE_ERR_INVALID_ARGUMENT),
+        };
+        if self.handshake_timeout_ms == 0 || self.close_timeout_ms == 0 || self.max_connections == 0
+        {
+            return Err(SOCKEYE_ERR_INVALID_ARGUMENT);
+        }
+        let off = |v: u32| (v > 0).then(|| Duration::from_millis(u64::from(v)));
+        let d = Config::default();
+        // `..d.limits`: a limit added to the engine later keeps its default until exposed here.
+        #[allow(clippy::needless_update)]
+        Ok(Config {
+            addr,
+            workers: self.workers as usize,
+            backend,
+            limits: Limits {
+                max_message_size: self.max_message_size,
+                max_frame_size: self.max_frame_size,
+                max_fragments: self.max_fragments,
+                max_handshake_bytes: self.max_handshake_bytes,
+                handshake_timeout: Duration::from_millis(u64::from(self.handshake_timeout_ms)),
+                close_timeout: Duration::from_millis(u64::from(self.close_timeout_ms)),
+                ..d.limits
+            },
+            idle_timeout: off(self.idle_timeout_ms),
+            auto_ping: off(self.auto_ping_ms),
+            max_backpressure: self.max_backpressure,
+            close_on_backpressure_limit: self.close_on_backpressure_limit,
+            max_connections: self.max_connections,
+            shutdown_timeout: Duration::from_millis(u64::from(self.shutdown_timeout_ms)),
+            ..d
+        })
+    }
+}
+
+/// "host:port" as a whole first, then `address` with `port`.
+fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    if let Some(a) = (address, port).to_socket_addrs().ok().and_then(|mut i| i.next()) {
+        return Some(a);
+    }
+    address.to_socket_addrs().ok().and_then(|mut i| i.next())
+}
+
+/// Fills `*out` with the defaults (the engine's own, sane for the open internet): address
+/// "127.0.0.1", port 9001, one worker per core, automatic backend, 16 MiB messages and frames,
+/// 10 s handshake timeout, 5 s close timeout, 120 s idle timeout, no auto-ping, 1 MiB
+/// backpressure limit, 5 s shutdown timeout. `out` is written, never read, and stays owned by
+/// the caller. Returns `SOCKEYE_ERR_NULL` if `out` is NULL.
+#[no_mangle]
+pub extern "C" fn sockeye_config_default(out: *mut sockeye_config) -> sockeye_result {
+    guard(|| {
+        if out.is_null() {
+            return SOCKEYE_ERR_NULL;
+        }
+        let c = sockeye_config::defaults();
+        // SAFETY: `out` is non-NULL and points to writable memory for one `sockeye_config`
+        // (the caller's contract); `write` does not read or drop the old contents.
+        unsafe { out.write(c) };
+        SOCKEYE_OK
+    })
+}

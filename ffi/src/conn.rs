@@ -1,0 +1,230 @@
+//! `sockeye_conn`: a connection as a callback sees it. The pointer is a stack object wrapping
+//! the engine's `&mut Conn`, so it lives exactly as long as the callback that received it;
+//! across threads and across time a connection is named by its `uint64_t` id instead.
+
+use std::ffi::{c_char, c_void};
+
+use sockeye::{CloseCode, Conn, SendStatus};
+
+use crate::handler::{sockeye_opcode, ConnData, SOCKEYE_OPCODE_BINARY, SOCKEYE_OPCODE_TEXT};
+use crate::{
+    bytes, guard, opt_str, sockeye_result, OnPanic, SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_NULL,
+    SOCKEYE_OK,
+};
+
+/// A connection, seen only inside a callback (`on_open`, `on_message`, `on_drain`,
+/// `on_close`). The pointer is valid only until that callback returns and only on the thread
+/// that runs it: never store it. To reach the connection later or from another thread, keep
+/// `sockeye_conn_id(conn)` and use `sockeye_server_send` / `sockeye_server_close_conn`.
+#[derive(Debug)]
+pub struct sockeye_conn {
+    _private: [u8; 0],
+}
+
+/// What became of a send.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum sockeye_send_status {
+    /// Queued behind nothing: it leaves with this loop turn's write.
+    SOCKEYE_SEND_SENT = 0,
+    /// Queued behind data the socket has not taken yet; `on_drain` follows when it has.
+    SOCKEYE_SEND_BACKPRESSURE = 1,
+    /// Not queued: the connection already has more than `max_backpressure` bytes waiting.
+    SOCKEYE_SEND_DROPPED = 2,
+    /// Not queued: the connection is closing or closed.
+    SOCKEYE_SEND_CLOSED = 3,
+    /// Not queued: a NULL pointer, an unknown opcode, text that is not UTF-8, or a caught
+    /// panic.
+    SOCKEYE_SEND_ERROR = 4,
+}
+
+pub use sockeye_send_status::*;
+
+impl OnPanic for sockeye_send_status {
+    fn on_panic() -> Self {
+        SOCKEYE_SEND_ERROR
+    }
+}
+
+impl From<SendStatus> for sockeye_send_status {
+    fn from(s: SendStatus) -> Self {
+        match s {
+            SendStatus::Sent => SOCKEYE_SEND_SENT,
+            SendStatus::Backpressure => SOCKEYE_SEND_BACKPRESSURE,
+            SendStatus::Dropped => SOCKEYE_SEND_DROPPED,
+            SendStatus::Closed => SOCKEYE_SEND_CLOSED,
+        }
+    }
+}
+
+/// What a `sockeye_conn *` points to: the engine's view of the connection, borrowed for one
+/// callback.
+pub(crate) struct ConnShim<'c, 'd> {
+    pub(crate) conn: &'c mut Conn<'d, ConnData>,
+}
+
+impl ConnShim<'_, '_> {
+    pub(crate) fn as_ptr(&mut self) -> *mut sockeye_conn {
+        std::ptr::from_mut(self).cast()
+    }
+}
+
+/// Casts a connection pointer back to its shim.
+///
+/// # Safety
+/// `conn` must be NULL or a pointer a callback received, used during that callback on its
+/// thread.
+unsafe fn shim<'s>(conn: *mut sockeye_conn) -> Option<&'s mut ConnShim<'s, 's>> {
+    // SAFETY: a non-NULL `conn` points to the live shim on the callback's stack frame; the
+    // frame holds no other reference to it while C runs.
+    unsafe { conn.cast::<ConnShim<'s, 's>>().as_mut() }
+}
+
+/// Sends a message of `opcode` (`SOCKEYE_OPCODE_TEXT`, whose payload must be UTF-8, or
+/// `SOCKEYE_OPCODE_BINARY`) with the `len` bytes at `data`, which are copied before the call
+/// returns (`data` may be NULL when `len` is 0). Corked: what a callback sends leaves in one
+/// write per connection after it returns.
+#[no_mangle]
+pub extern "C" fn sockeye_conn_send(
+    conn: *mut sockeye_conn,
+    opcode: sockeye_opcode,
+    data: *const u8,
+    len: usize,
+) -> sockeye_send_status {
+    guard(|| {
+        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
+        let Some(c) = (unsafe { shim(conn) }) else {
+            return SOCKEYE_SEND_ERROR;
+        };
+        // SAFETY: `data` holds `len` readable bytes (documented contract).
+        let Some(payload) = (unsafe { bytes(data, len) }) else {
+            return SOCKEYE_SEND_ERROR;
+        };
+        match opcode {
+            SOCKEYE_OPCODE_TEXT => match std::str::from_utf8(payload) {
+                Ok(t) => c.conn.send_text(t).into(),
+                Err(_) => SOCKEYE_SEND_ERROR,
+            },
+            SOCKEYE_OPCODE_BINARY => c.conn.send_binary(payload).into(),
+            _ => SOCKEYE_SEND_ERROR,
+        }
+    })
+}
+
+/// Sends a text message: `len` bytes of UTF-8 at `text` (not NUL-terminated; copied). Same as
+/// `sockeye_conn_send` with `SOCKEYE_OPCODE_TEXT`.
+#[no_mangle]
+pub extern "C" fn sockeye_conn_send_text(
+    conn: *mut sockeye_conn,
+    text: *const c_char,
+    len: usize,
+) -> sockeye_send_status {
+    sockeye_conn_send(conn, SOCKEYE_OPCODE_TEXT, text.cast(), len)
+}
+
+/// Sends a binary message: the `len` bytes at `data` (copied). Same as `sockeye_conn_send` with
+/// `SOCKEYE_OPCODE_BINARY`.
+#[no_mangle]
+pub extern "C" fn sockeye_conn_send_binary(
+    conn: *mut sockeye_conn,
+    data: *const u8,
+    len: usize,
+) -> sockeye_send_status {
+    sockeye_conn_send(conn, SOCKEYE_OPCODE_BINARY, data, len)
+}
+
+/// Sends a ping with the `len` bytes at `data` (copied; cut to 125 bytes; `data` may be NULL
+/// when `len` is 0). Control frames are never dropped for backpressure.
+#[no_mangle]
+pub extern "C" fn sockeye_conn_ping(
+    conn: *mut sockeye_conn,
+    data: *const u8,
+    len: usize,
+) -> sockeye_send_status {
+    guard(|| {
+        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
+        let Some(c) = (unsafe { shim(conn) }) else {
+            return SOCKEYE_SEND_ERROR;
+        };
+        // SAFETY: `data` holds `len` readable bytes (documented contract).
+        let Some(payload) = (unsafe { bytes(data, len) }) else {
+            return SOCKEYE_SEND_ERROR;
+        };
+        c.conn.ping(payload).into()
+    })
+}
+
+/// Starts the close handshake with `code` (1000..1003, 1007..1011 or 3000..4999) and
+/// `reason`, a NUL-terminated UTF-8 string (copied; cut to 123 bytes; NULL means none).
+/// `on_close` follows once the peer answers or the close timeout passes. Returns
+/// `SOCKEYE_ERR_INVALID_ARGUMENT` for a code that may not be sent, `SOCKEYE_ERR_UTF8` for a
+/// reason that is not UTF-8.
+#[no_mangle]
+pub extern "C" fn sockeye_conn_close(
+    conn: *mut sockeye_conn,
+    code: u16,
+    reason: *const c_char,
+) -> sockeye_result {
+    guard(|| {
+        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
+        let Some(c) = (unsafe { shim(conn) }) else {
+            return SOCKEYE_ERR_NULL;
+        };
+        let code = CloseCode(code);
+        if !code.is_valid_on_wire() {
+            return SOCKEYE_ERR_INVALID_ARGUMENT;
+        }
+        // SAFETY: `reason` is NULL or NUL-terminated (documented contract).
+        match unsafe { opt_str(reason) } {
+            Ok(r) => {
+                c.conn.close(code, r);
+                SOCKEYE_OK
+            }
+            Err(e) => e,
+        }
+    })
+}
+
+/// Bytes queued for this connection and not yet taken by the socket (0 if `conn` is NULL).
+#[no_mangle]
+pub extern "C" fn sockeye_conn_buffered_amount(conn: *mut sockeye_conn) -> usize {
+    guard(|| {
+        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
+        unsafe { shim(conn) }.map_or(0, |c| c.conn.buffered_amount())
+    })
+}
+
+/// The connection's id: a number valid on any thread for as long as the server lives, for
+/// `sockeye_server_send` and `sockeye_server_close_conn`. An id whose connection has closed is
+/// ignored by them (ids are not reused for a long time: 2^24 connections per worker). 0 if
+/// `conn` is NULL.
+#[no_mangle]
+pub extern "C" fn sockeye_conn_id(conn: *mut sockeye_conn) -> u64 {
+    guard(|| {
+        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
+        unsafe { shim(conn) }.map_or(0, |c| c.conn.id().to_u64())
+    })
+}
+
+/// Sets the connection's user data, returned by `sockeye_conn_user_data` in every later
+/// callback for it. The library never dereferences or frees it: the caller owns what it points
+/// to (free it in `on_close`). Does nothing if `conn` is NULL.
+#[no_mangle]
+pub extern "C" fn sockeye_conn_set_user_data(conn: *mut sockeye_conn, user_data: *mut c_void) {
+    guard(|| {
+        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
+        if let Some(c) = unsafe { shim(conn) } {
+            c.conn.data().user = user_data;
+        }
+    })
+}
+
+/// The connection's user data, as set by `sockeye_upgrade_set_user_data` or
+/// `sockeye_conn_set_user_data` (NULL until set, or if `conn` is NULL).
+#[no_mangle]
+pub extern "C" fn sockeye_conn_user_data(conn: *mut sockeye_conn) -> *mut c_void {
+    guard(|| {
+        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
+        unsafe { shim(conn) }.map_or(std::ptr::null_mut(), |c| c.conn.data().user)
+    })
+}

@@ -1,0 +1,365 @@
+//! The callback table (`sockeye_callbacks`) and the [`sockeye::Handler`] that calls it, plus the
+//! objects a callback sees only while it runs: `sockeye_request` and `sockeye_upgrade`.
+//!
+//! Callbacks into C are plain calls, made on a worker thread; nothing here may keep a pointer
+//! it lent to a callback after that callback returned.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void, CStr};
+use std::net::SocketAddr;
+
+use sockeye::{CloseCode, Conn, Handler, Message, Request, Upgrade};
+
+use crate::conn::{sockeye_conn, ConnShim};
+use crate::{
+    guard, opt_str, sockeye_result, SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_NULL, SOCKEYE_OK,
+};
+
+/// A message opcode: one of the `SOCKEYE_OPCODE_*` values.
+pub type sockeye_opcode = u32;
+/// A text message: the payload is UTF-8 (checked on receipt; checked again on send).
+pub const SOCKEYE_OPCODE_TEXT: sockeye_opcode = 1;
+/// A binary message.
+pub const SOCKEYE_OPCODE_BINARY: sockeye_opcode = 2;
+
+/// What `on_upgrade` returns to accept the connection. Any other value rejects it: an HTTP
+/// status from 400 to 599 is sent as is (404, 403, 401, 429, ...); anything else becomes 500.
+pub const SOCKEYE_UPGRADE_ACCEPT: u16 = 0;
+
+/// An HTTP upgrade request, seen only inside `on_upgrade`. The pointer, and every string read
+/// from it, is valid only until that callback returns; the library owns them all.
+#[derive(Debug)]
+pub struct sockeye_request {
+    _private: [u8; 0],
+}
+
+/// The answer being built for an upgrade request, seen only inside `on_upgrade`: valid only
+/// until that callback returns, owned by the library.
+#[derive(Debug)]
+pub struct sockeye_upgrade {
+    _private: [u8; 0],
+}
+
+/// Decides an upgrade request. Return `SOCKEYE_UPGRADE_ACCEPT` to accept, or an HTTP status
+/// (400..599) to reject. `request` and `upgrade` are valid only during the call.
+pub type sockeye_upgrade_cb = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        request: *const sockeye_request,
+        upgrade: *mut sockeye_upgrade,
+    ) -> u16,
+>;
+
+/// Told about a connection: `on_open` (it is open; sending works) and `on_drain` (its send
+/// queue, which had backpressure, is empty again). `conn` is valid only during the call.
+pub type sockeye_conn_cb =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, conn: *mut sockeye_conn)>;
+
+/// A whole message arrived. `opcode` is `SOCKEYE_OPCODE_TEXT` (then `data` is valid UTF-8) or
+/// `SOCKEYE_OPCODE_BINARY`. `data` holds `len` bytes, is not NUL-terminated, and, like `conn`,
+/// is valid only during the call: copy what you keep. `data` is never NULL.
+pub type sockeye_message_cb = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        conn: *mut sockeye_conn,
+        opcode: sockeye_opcode,
+        data: *const u8,
+        len: usize,
+    ),
+>;
+
+/// The connection is closed: by the peer's close frame (its code, or 1005 when it had none),
+/// by a protocol error (the code we sent: 1002, 1007, 1009, ...), by a timeout or shutdown
+/// (1001), or by the socket dying (1006). Called exactly once for every connection that
+/// `on_open` saw; the place to free its user data. `reason` holds `reason_len` bytes of UTF-8
+/// followed by a NUL; like `conn` it is valid only during the call. Sends fail from here on.
+pub type sockeye_close_cb = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        conn: *mut sockeye_conn,
+        code: u16,
+        reason: *const c_char,
+        reason_len: usize,
+    ),
+>;
+
+/// The callbacks of a server; each may be NULL (then the event is ignored, and a missing
+/// `on_upgrade` accepts every request). `sockeye_server_new` copies the table. Every callback
+/// runs on a worker thread (several at once when there are several workers), receives the
+/// `user_data` given to `sockeye_server_new`, must not block, and must not unwind (no C++
+/// exception or longjmp may leave it).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct sockeye_callbacks {
+    /// An upgrade request arrived; accept or reject it.
+    pub on_upgrade: sockeye_upgrade_cb,
+    /// A connection opened.
+    pub on_open: sockeye_conn_cb,
+    /// A message arrived.
+    pub on_message: sockeye_message_cb,
+    /// A connection's send queue drained after backpressure.
+    pub on_drain: sockeye_conn_cb,
+    /// A connection closed.
+    pub on_close: sockeye_close_cb,
+}
+
+/// Per-connection data kept by the engine: the C program's `void *`.
+#[derive(Debug)]
+pub(crate) struct ConnData {
+    pub(crate) user: *mut c_void,
+}
+
+impl Default for ConnData {
+    fn default() -> Self {
+        Self { user: std::ptr::null_mut() }
+    }
+}
+
+/// The callback table and the server-wide user data, shared by every worker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shared {
+    pub(crate) cb: sockeye_callbacks,
+    pub(crate) user: *mut c_void,
+}
+
+// SAFETY: the C program promises, by the documented contract of `sockeye_server_new`, that
+// `user_data` may be used from any worker thread; the rest is plain function pointers.
+unsafe impl Send for Shared {}
+// SAFETY: as for `Send`: the library only copies the pointer and hands it back to callbacks.
+unsafe impl Sync for Shared {}
+
+/// One per worker: calls the C callbacks.
+#[derive(Debug)]
+pub(crate) struct CHandler {
+    pub(crate) shared: Shared,
+}
+
+struct RequestShim<'r, 'a> {
+    req: &'r Request<'a>,
+    /// NUL-terminated copies handed to C, freed when the callback has returned.
+    strings: RefCell<Vec<Box<[u8]>>>,
+}
+
+impl RequestShim<'_, '_> {
+    /// Keeps a NUL-terminated copy of `s` and returns a pointer to it.
+    fn keep(&self, s: &[u8], len: *mut usize) -> *const c_char {
+        let mut v = Vec::with_capacity(s.len() + 1);
+        v.extend_from_slice(s);
+        v.push(0);
+        let b = v.into_boxed_slice();
+        let p = b.as_ptr().cast();
+        self.strings.borrow_mut().push(b);
+        if !len.is_null() {
+            // SAFETY: non-NULL, and a writable `size_t` by the accessor's contract.
+            unsafe { len.write(s.len()) };
+        }
+        p
+    }
+}
+
+struct UpgradeShim<'r, 'a> {
+    req: &'r Request<'a>,
+    user: *mut c_void,
+    protocol: Option<String>,
+}
+
+impl Handler for CHandler {
+    type Data = ConnData;
+
+    fn on_upgrade(&mut self, req: &Request<'_>, _peer: SocketAddr) -> Upgrade<ConnData> {
+        let Some(cb) = self.shared.cb.on_upgrade else {
+            return Upgrade::accept(ConnData::default());
+        };
+        let shim = RequestShim { req, strings: RefCell::new(Vec::new()) };
+        let mut up = UpgradeShim { req, user: std::ptr::null_mut(), protocol: None };
+        let up_ptr: *mut UpgradeShim<'_, '_> = &mut up;
+        // SAFETY: a C function pointer from the table, called with pointers to objects that
+        // live on this stack frame until it returns (the documented lifetime).
+        let status =
+            unsafe { cb(self.shared.user, std::ptr::from_ref(&shim).cast(), up_ptr.cast()) };
+        if status == SOCKEYE_UPGRADE_ACCEPT {
+            Upgrade::Accept {
+                protocol: up.protocol,
+                headers: Vec::new(),
+                data: ConnData { user: up.user },
+            }
+        } else if (400..=599).contains(&status) {
+            Upgrade::reject(status)
+        } else {
+            Upgrade::reject(500)
+        }
+    }
+
+    fn on_open(&mut self, conn: &mut Conn<'_, ConnData>) {
+        if let Some(cb) = self.shared.cb.on_open {
+            let mut shim = ConnShim { conn };
+            // SAFETY: a C callback, given a pointer to a shim that lives until it returns.
+            unsafe { cb(self.shared.user, shim.as_ptr()) };
+        }
+    }
+
+    fn on_message(&mut self, conn: &mut Conn<'_, ConnData>, msg: Message<'_>) {
+        if let Some(cb) = self.shared.cb.on_message {
+            let (op, data) = match msg {
+                Message::Text(t) => (SOCKEYE_OPCODE_TEXT, t.as_bytes()),
+                Message::Binary(b) => (SOCKEYE_OPCODE_BINARY, b),
+            };
+            let mut shim = ConnShim { conn };
+            // SAFETY: a C callback, given the shim and the payload, both alive until it returns;
+            // an empty slice's pointer is dangling but non-NULL and never read.
+            unsafe { cb(self.shared.user, shim.as_ptr(), op, data.as_ptr(), data.len()) };
+        }
+    }
+
+    fn on_drain(&mut self, conn: &mut Conn<'_, ConnData>) {
+        if let Some(cb) = self.shared.cb.on_drain {
+            let mut shim = ConnShim { conn };
+            // SAFETY: a C callback, given a pointer to a shim that lives until it returns.
+            unsafe { cb(self.shared.user, shim.as_ptr()) };
+        }
+    }
+
+    fn on_close(&mut self, conn: &mut Conn<'_, ConnData>, code: CloseCode, reason: &str) {
+        if let Some(cb) = self.shared.cb.on_close {
+            // A close reason is at most 123 bytes: a NUL-terminated copy fits on the stack.
+            let mut buf = [0u8; 128];
+            let n = reason.len().min(buf.len() - 1);
+            buf[..n].copy_from_slice(&reason.as_bytes()[..n]);
+            let mut shim = ConnShim { conn };
+            // SAFETY: a C callback, given the shim and a NUL-terminated reason of `n` bytes,
+            // both alive until it returns.
+            unsafe { cb(self.shared.user, shim.as_ptr(), code.0, buf.as_ptr().cast(), n) };
+        }
+    }
+}
+
+/// Casts a request pointer back to the shim behind it.
+///
+/// # Safety
+/// `req` must be NULL or the pointer `on_upgrade` received, during that call.
+unsafe fn request<'s>(req: *const sockeye_request) -> Option<&'s RequestShim<'s, 's>> {
+    // SAFETY: a non-NULL `req` points to the live `RequestShim` (caller's contract).
+    unsafe { req.cast::<RequestShim<'s, 's>>().as_ref() }
+}
+
+/// The path of the request target, without the query ("/chat"). Returns a NUL-terminated
+/// string owned by the request, valid until `on_upgrade` returns, and writes its length to
+/// `*len` unless `len` is NULL. Returns NULL if `req` is NULL.
+#[no_mangle]
+pub extern "C" fn sockeye_request_path(
+    req: *const sockeye_request,
+    len: *mut usize,
+) -> *const c_char {
+    guard(|| {
+        // SAFETY: `req` is NULL or valid during the callback (documented contract).
+        let Some(r) = (unsafe { request(req) }) else {
+            return std::ptr::null();
+        };
+        r.keep(r.req.path().as_bytes(), len)
+    })
+}
+
+/// What follows the first '?' of the request target, or NULL when there is none (or `req` is
+/// NULL). Same ownership and lifetime as `sockeye_request_path`.
+#[no_mangle]
+pub extern "C" fn sockeye_request_query(
+    req: *const sockeye_request,
+    len: *mut usize,
+) -> *const c_char {
+    guard(|| {
+        // SAFETY: `req` is NULL or valid during the callback (documented contract).
+        let Some(r) = (unsafe { request(req) }) else {
+            return std::ptr::null();
+        };
+        match r.req.query() {
+            Some(q) => r.keep(q.as_bytes(), len),
+            None => std::ptr::null(),
+        }
+    })
+}
+
+/// The value of the first header called `name` (a NUL-terminated string, matched ASCII
+/// case-insensitively), or NULL when there is none (or `req` or `name` is NULL). The value is a
+/// NUL-terminated copy owned by the request, valid until `on_upgrade` returns; its length goes
+/// to `*len` unless `len` is NULL (a value may in theory contain a NUL byte; `*len` is exact).
+#[no_mangle]
+pub extern "C" fn sockeye_request_header(
+    req: *const sockeye_request,
+    name: *const c_char,
+    len: *mut usize,
+) -> *const c_char {
+    guard(|| {
+        // SAFETY: `req` is NULL or valid during the callback (documented contract).
+        let Some(r) = (unsafe { request(req) }) else {
+            return std::ptr::null();
+        };
+        if name.is_null() {
+            return std::ptr::null();
+        }
+        // SAFETY: non-NULL and NUL-terminated (documented contract).
+        let Ok(name) = unsafe { CStr::from_ptr(name) }.to_str() else {
+            return std::ptr::null();
+        };
+        match r.req.header(name) {
+            Some(v) => r.keep(v, len),
+            None => std::ptr::null(),
+        }
+    })
+}
+
+/// Casts an upgrade pointer back to the shim behind it.
+///
+/// # Safety
+/// `up` must be NULL or the pointer `on_upgrade` received, during that call.
+unsafe fn upgrade<'s>(up: *mut sockeye_upgrade) -> Option<&'s mut UpgradeShim<'s, 's>> {
+    // SAFETY: a non-NULL `up` points to the live `UpgradeShim`, which nothing else borrows
+    // while the callback runs (caller's contract).
+    unsafe { up.cast::<UpgradeShim<'s, 's>>().as_mut() }
+}
+
+/// Sets the new connection's user data: `sockeye_conn_user_data` returns it from `on_open`
+/// on. The library never dereferences or frees it; free it in `on_close`, which is called for
+/// every connection that opened. (If the handshake fails after an accept, no `on_open` and no
+/// `on_close` follow: keep it NULL or keep it owned elsewhere when that matters.) Does nothing
+/// if `upgrade` is NULL.
+#[no_mangle]
+pub extern "C" fn sockeye_upgrade_set_user_data(
+    upgrade: *mut sockeye_upgrade,
+    conn_user_data: *mut c_void,
+) {
+    guard(|| {
+        // SAFETY: `upgrade` is NULL or valid during the callback (documented contract).
+        if let Some(u) = unsafe { self::upgrade(upgrade) } {
+            u.user = conn_user_data;
+        }
+    })
+}
+
+/// Confirms a subprotocol (sent back in `Sec-WebSocket-Protocol`). `protocol` is a
+/// NUL-terminated string, copied; it must be one the client offered, else
+/// `SOCKEYE_ERR_INVALID_ARGUMENT`.
+#[no_mangle]
+pub extern "C" fn sockeye_upgrade_set_protocol(
+    upgrade: *mut sockeye_upgrade,
+    protocol: *const c_char,
+) -> sockeye_result {
+    guard(|| {
+        // SAFETY: `upgrade` is NULL or valid during the callback (documented contract).
+        let Some(u) = (unsafe { self::upgrade(upgrade) }) else {
+            return SOCKEYE_ERR_NULL;
+        };
+        if protocol.is_null() {
+            return SOCKEYE_ERR_NULL;
+        }
+        // SAFETY: non-NULL and NUL-terminated (documented contract).
+        let p = match unsafe { opt_str(protocol) } {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        if !u.req.protocols().any(|o| o == p) {
+            return SOCKEYE_ERR_INVALID_ARGUMENT;
+        }
+        u.protocol = Some(p.to_owned());
+        SOCKEYE_OK
+    })
+}

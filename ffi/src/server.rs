@@ -1,0 +1,285 @@
+//! `sockeye_server`: create, run, stop and free a server, and reach its connections from any
+//! thread. The C pointer is an `Arc<ServerObj>`: `sockeye_server_run` holds its own reference,
+//! so freeing a running server stops it instead of pulling memory from under it.
+
+use std::ffi::{c_char, c_void};
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use sockeye::{CloseCode, ConnId, Server, ServerHandle};
+
+use crate::config::sockeye_config;
+use crate::handler::{
+    sockeye_callbacks, sockeye_opcode, CHandler, Shared, SOCKEYE_OPCODE_BINARY, SOCKEYE_OPCODE_TEXT,
+};
+use crate::{bytes, guard, opt_str, sockeye_result};
+use crate::{
+    SOCKEYE_ERR_ALREADY_RUN, SOCKEYE_ERR_BACKEND_UNAVAILABLE, SOCKEYE_ERR_INVALID_ARGUMENT,
+    SOCKEYE_ERR_IO, SOCKEYE_ERR_NULL, SOCKEYE_ERR_STOPPED, SOCKEYE_ERR_UTF8, SOCKEYE_OK,
+};
+
+/// A server: its listeners are bound by `sockeye_server_new`, its workers run inside
+/// `sockeye_server_run`. Created by `sockeye_server_new`, released by `sockeye_server_free`;
+/// the caller owns the pointer in between. Functions documented as thread-safe may be called
+/// on it from any thread, callbacks included.
+#[derive(Debug)]
+pub struct sockeye_server {
+    _private: [u8; 0],
+}
+
+/// What a `sockeye_server *` points to.
+struct ServerObj {
+    /// Reaches the workers from any thread, before, during and after `run`.
+    handle: ServerHandle,
+    /// The built server until `sockeye_server_run` takes it.
+    pending: Mutex<Option<Server<CHandler>>>,
+}
+
+// The server built on one thread is run on another (the one calling `sockeye_server_run`).
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Server<CHandler>>();
+};
+
+/// Borrows the object behind a server pointer.
+///
+/// # Safety
+/// `server` must be NULL or a pointer from `sockeye_server_new` not yet freed.
+unsafe fn server_ref<'s>(server: *const sockeye_server) -> Option<&'s ServerObj> {
+    // SAFETY: a non-NULL `server` came from `Arc::into_raw` and its reference is still held
+    // (caller's contract).
+    unsafe { server.cast::<ServerObj>().as_ref() }
+}
+
+fn io_result(e: &io::Error) -> sockeye_result {
+    match e.kind() {
+        io::ErrorKind::Unsupported => SOCKEYE_ERR_BACKEND_UNAVAILABLE,
+        io::ErrorKind::InvalidInput => SOCKEYE_ERR_INVALID_ARGUMENT,
+        _ => SOCKEYE_ERR_IO,
+    }
+}
+
+/// Creates a server: checks `config`, binds its listeners (so the port is taken, and known to
+/// `sockeye_server_local_port`, when this returns) and prepares its workers, which start in
+/// `sockeye_server_run`.
+///
+/// - `config`: read during the call only (defaults from `sockeye_config_default`).
+/// - `callbacks`: copied; NULL means no callbacks (every request accepted, events ignored).
+/// - `user_data`: handed to every callback, on every worker thread, untouched: the caller
+///   owns it, must keep it valid until `sockeye_server_run` has returned (or the server is
+///   freed unrun), and must make it safe to use from several threads at once.
+/// - `out`: on `SOCKEYE_OK`, receives the new server, owned by the caller until
+///   `sockeye_server_free`; left untouched on error.
+///
+/// Errors: `SOCKEYE_ERR_NULL`, `SOCKEYE_ERR_INVALID_ARGUMENT` (a config field out of range),
+/// `SOCKEYE_ERR_ADDRESS`, `SOCKEYE_ERR_UTF8`, `SOCKEYE_ERR_IO` (bind failed),
+/// `SOCKEYE_ERR_BACKEND_UNAVAILABLE`.
+#[no_mangle]
+pub extern "C" fn sockeye_server_new(
+    config: *const sockeye_config,
+    callbacks: *const sockeye_callbacks,
+    user_data: *mut c_void,
+    out: *mut *mut sockeye_server,
+) -> sockeye_result {
+    guard(|| {
+        if out.is_null() {
+            return SOCKEYE_ERR_NULL;
+        }
+        // SAFETY: `config` is NULL or points to a readable `sockeye_config` (contract).
+        let Some(config) = (unsafe { config.as_ref() }) else {
+            return SOCKEYE_ERR_NULL;
+        };
+        // SAFETY: `callbacks` is NULL or points to a readable `sockeye_callbacks` (contract).
+        let cb = unsafe { callbacks.as_ref() }.copied().unwrap_or_default();
+        // SAFETY: `config.address` is NULL or NUL-terminated (the struct's contract).
+        let cfg = match unsafe { config.engine_config() } {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let shared = Shared { cb, user: user_data };
+        let built = Server::builder().config(cfg).handler(move || CHandler { shared }).build();
+        let server = match built {
+            Ok(s) => s,
+            Err(e) => return io_result(&e),
+        };
+        let obj =
+            Arc::new(ServerObj { handle: server.handle(), pending: Mutex::new(Some(server)) });
+        let p = Arc::into_raw(obj).cast_mut().cast::<sockeye_server>();
+        // SAFETY: `out` is non-NULL and points to a writable pointer (contract).
+        unsafe { out.write(p) };
+        SOCKEYE_OK
+    })
+}
+
+/// Runs the workers on their own threads and blocks until a graceful shutdown
+/// (`sockeye_server_stop`, or `sockeye_server_free` from another thread) has completed. Call
+/// it once per server, from any one thread. Returns `SOCKEYE_OK` after a clean shutdown,
+/// `SOCKEYE_ERR_ALREADY_RUN` on a second call, `SOCKEYE_ERR_IO` if a worker failed.
+#[no_mangle]
+pub extern "C" fn sockeye_server_run(server: *mut sockeye_server) -> sockeye_result {
+    guard(|| {
+        if server.is_null() {
+            return SOCKEYE_ERR_NULL;
+        }
+        let ptr = server.cast_const().cast::<ServerObj>();
+        // SAFETY: `ptr` came from `Arc::into_raw` and the caller still holds its reference, so
+        // the count is at least 1; taking one more keeps the object alive while we run even if
+        // the caller frees it meanwhile.
+        let obj = unsafe {
+            Arc::increment_strong_count(ptr);
+            Arc::from_raw(ptr)
+        };
+        let taken = obj.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(srv) = taken else {
+            return SOCKEYE_ERR_ALREADY_RUN;
+        };
+        match srv.run() {
+            Ok(()) => SOCKEYE_OK,
+            Err(e) => io_result(&e),
+        }
+    })
+}
+
+/// Starts a graceful shutdown: workers stop accepting, send close 1001 to every connection,
+/// wait for the close handshakes up to `shutdown_timeout_ms`, and `sockeye_server_run`
+/// returns. Thread-safe, callable from any thread (callbacks included) and more than once;
+/// not async-signal-safe (from a signal, wake a thread that calls it). Stopping a server
+/// before it runs makes `sockeye_server_run` return at once.
+#[no_mangle]
+pub extern "C" fn sockeye_server_stop(server: *mut sockeye_server) -> sockeye_result {
+    guard(|| {
+        // SAFETY: `server` is NULL or a live server (documented contract).
+        let Some(obj) = (unsafe { server_ref(server) }) else {
+            return SOCKEYE_ERR_NULL;
+        };
+        obj.handle.shutdown();
+        SOCKEYE_OK
+    })
+}
+
+/// The port the server listens on (the one picked when port 0 was asked for); 0 if `server`
+/// is NULL. Thread-safe.
+#[no_mangle]
+pub extern "C" fn sockeye_server_local_port(server: *const sockeye_server) -> u16 {
+    guard(|| {
+        // SAFETY: `server` is NULL or a live server (documented contract).
+        unsafe { server_ref(server) }.map_or(0, |o| o.handle.local_addr().port())
+    })
+}
+
+/// The number of worker threads (0 resolved to the core count); 0 if `server` is NULL.
+/// Thread-safe.
+#[no_mangle]
+pub extern "C" fn sockeye_server_worker_count(server: *const sockeye_server) -> usize {
+    guard(|| {
+        // SAFETY: `server` is NULL or a live server (documented contract).
+        unsafe { server_ref(server) }.map_or(0, |o| o.handle.workers())
+    })
+}
+
+/// The worker a connection id belongs to, checked against the server.
+fn conn_id(obj: &ServerObj, id: u64) -> Option<ConnId> {
+    let id = ConnId::from_u64(id);
+    (id.worker() < obj.handle.workers()).then_some(id)
+}
+
+/// Sends a message to the connection `conn_id` (from `sockeye_conn_id`) on whatever worker
+/// holds it. Thread-safe: callable from any thread, callbacks included, while the server runs.
+/// The `len` bytes at `data` are copied before the call returns (`data` may be NULL when `len`
+/// is 0); `opcode` is `SOCKEYE_OPCODE_TEXT` (UTF-8 checked) or `SOCKEYE_OPCODE_BINARY`.
+/// The message is queued to the worker and sent on its next loop turn; a connection that has
+/// closed meanwhile is skipped silently, and backpressure shows only to the worker (it drops
+/// data sends over `max_backpressure`). Returns `SOCKEYE_ERR_STOPPED` once the server has
+/// stopped, `SOCKEYE_ERR_INVALID_ARGUMENT` for an id naming no worker.
+#[no_mangle]
+pub extern "C" fn sockeye_server_send(
+    server: *mut sockeye_server,
+    conn_id: u64,
+    opcode: sockeye_opcode,
+    data: *const u8,
+    len: usize,
+) -> sockeye_result {
+    guard(|| {
+        // SAFETY: `server` is NULL or a live server (documented contract).
+        let Some(obj) = (unsafe { server_ref(server) }) else {
+            return SOCKEYE_ERR_NULL;
+        };
+        // SAFETY: `data` holds `len` readable bytes (documented contract).
+        let Some(payload) = (unsafe { bytes(data, len) }) else {
+            return SOCKEYE_ERR_NULL;
+        };
+        let Some(id) = self::conn_id(obj, conn_id) else {
+            return SOCKEYE_ERR_INVALID_ARGUMENT;
+        };
+        let queued = match opcode {
+            SOCKEYE_OPCODE_TEXT => match std::str::from_utf8(payload) {
+                Ok(t) => obj.handle.send_text(id, t),
+                Err(_) => return SOCKEYE_ERR_UTF8,
+            },
+            SOCKEYE_OPCODE_BINARY => obj.handle.send_binary(id, payload),
+            _ => return SOCKEYE_ERR_INVALID_ARGUMENT,
+        };
+        if queued {
+            SOCKEYE_OK
+        } else {
+            SOCKEYE_ERR_STOPPED
+        }
+    })
+}
+
+/// Starts the close handshake of the connection `conn_id` on whatever worker holds it, with
+/// `code` (1000..1003, 1007..1011 or 3000..4999) and `reason` (NUL-terminated UTF-8, copied,
+/// cut to 123 bytes; NULL means none). Thread-safe, like `sockeye_server_send`, with the same
+/// errors plus `SOCKEYE_ERR_INVALID_ARGUMENT` for a code that may not be sent.
+#[no_mangle]
+pub extern "C" fn sockeye_server_close_conn(
+    server: *mut sockeye_server,
+    conn_id: u64,
+    code: u16,
+    reason: *const c_char,
+) -> sockeye_result {
+    guard(|| {
+        // SAFETY: `server` is NULL or a live server (documented contract).
+        let Some(obj) = (unsafe { server_ref(server) }) else {
+            return SOCKEYE_ERR_NULL;
+        };
+        let Some(id) = self::conn_id(obj, conn_id) else {
+            return SOCKEYE_ERR_INVALID_ARGUMENT;
+        };
+        let code = CloseCode(code);
+        if !code.is_valid_on_wire() {
+            return SOCKEYE_ERR_INVALID_ARGUMENT;
+        }
+        // SAFETY: `reason` is NULL or NUL-terminated (documented contract).
+        let reason = match unsafe { opt_str(reason) } {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        if obj.handle.close(id, code, reason) {
+            SOCKEYE_OK
+        } else {
+            SOCKEYE_ERR_STOPPED
+        }
+    })
+}
+
+/// Releases the caller's server pointer; NULL is ignored. A server never run is closed at once
+/// (its listeners unbound). A server running in `sockeye_server_run` on another thread is
+/// asked to stop, as by `sockeye_server_stop`, and its memory goes when `sockeye_server_run`
+/// returns. Either way the pointer must not be used again, by any thread, once this is called.
+#[no_mangle]
+pub extern "C" fn sockeye_server_free(server: *mut sockeye_server) {
+    guard(|| {
+        if server.is_null() {
+            return;
+        }
+        // SAFETY: `server` came from `Arc::into_raw` in `sockeye_server_new` and this releases
+        // the caller's reference, once (documented contract).
+        let obj = unsafe { Arc::from_raw(server.cast_const().cast::<ServerObj>()) };
+        let pending = obj.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if pending.is_none() {
+            obj.handle.shutdown();
+        }
+        drop(pending);
+    })
+}

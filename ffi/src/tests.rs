@@ -1,0 +1,319 @@
+//! The C ABI driven from Rust, as C would drive it: NULL arguments, bad configuration, the panic
+//! boundary, and a real server run on one thread, reached from another through connection ids.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::ptr::{null, null_mut};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tungstenite::{Message as WsMessage, WebSocket};
+
+use crate::config::*;
+use crate::conn::*;
+use crate::handler::*;
+use crate::server::*;
+use crate::*;
+
+fn config(port: u16) -> sockeye_config {
+    let mut c = std::mem::MaybeUninit::<sockeye_config>::uninit();
+    assert_eq!(sockeye_config_default(c.as_mut_ptr()), SOCKEYE_OK);
+    // SAFETY: sockeye_config_default returned OK, so it initialised the struct.
+    let mut c = unsafe { c.assume_init() };
+    c.port = port;
+    c.workers = 2;
+    c
+}
+
+fn new_server(
+    cfg: &sockeye_config,
+    cb: &sockeye_callbacks,
+    user: *mut c_void,
+) -> Result<*mut sockeye_server, sockeye_result> {
+    let mut out = null_mut();
+    match sockeye_server_new(cfg, cb, user, &mut out) {
+        SOCKEYE_OK => Ok(out),
+        e => Err(e),
+    }
+}
+
+#[test]
+fn strerror_covers_every_code() {
+    for code in 0..=9 {
+        // SAFETY: sockeye_strerror returns a static NUL-terminated string.
+        let s = unsafe { CStr::from_ptr(sockeye_strerror(code)) }.to_str().unwrap();
+        assert!(!s.is_empty() && s != "unknown error", "code {code}");
+    }
+    // SAFETY: as above.
+    let s = unsafe { CStr::from_ptr(sockeye_strerror(-1)) };
+    assert_eq!(s.to_str().unwrap(), "unknown error");
+    // SAFETY: sockeye_version returns a static NUL-terminated string.
+    let v = unsafe { CStr::from_ptr(sockeye_version()) };
+    assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn defaults_match_the_engine() {
+    let c = config(9001);
+    let e = sockeye::Config::default();
+    assert_eq!(c.max_message_size, e.limits.max_message_size);
+    assert_eq!(u64::from(c.handshake_timeout_ms), e.limits.handshake_timeout.as_millis() as u64);
+    assert_eq!(c.idle_timeout_ms != 0, e.idle_timeout.is_some());
+    assert_eq!(c.max_backpressure, e.max_backpressure);
+    assert_eq!(c.backend, SOCKEYE_BACKEND_AUTO);
+    // SAFETY: the default address is a static NUL-terminated string.
+    let address = unsafe { CStr::from_ptr(c.address) };
+    assert_eq!(address.to_str().unwrap(), "127.0.0.1");
+}
+
+#[test]
+fn panics_become_error_codes() {
+    assert_eq!(guard(|| -> sockeye_result { panic!("boom") }), SOCKEYE_ERR_PANIC);
+    assert_eq!(guard(|| -> sockeye_send_status { panic!("boom") }), SOCKEYE_SEND_ERROR);
+    assert!(guard(|| -> *const c_char { panic!("boom") }).is_null());
+    assert_eq!(guard(|| -> u64 { panic!("boom") }), 0);
+}
+
+#[test]
+fn null_pointers_are_refused() {
+    assert_eq!(sockeye_config_default(null_mut()), SOCKEYE_ERR_NULL);
+    let cfg = config(0);
+    let mut out = null_mut();
+    assert_eq!(sockeye_server_new(null(), null(), null_mut(), &mut out), SOCKEYE_ERR_NULL);
+    assert_eq!(sockeye_server_new(&cfg, null(), null_mut(), null_mut()), SOCKEYE_ERR_NULL);
+    assert!(out.is_null(), "out written on error");
+    assert_eq!(sockeye_server_run(null_mut()), SOCKEYE_ERR_NULL);
+    assert_eq!(sockeye_server_stop(null_mut()), SOCKEYE_ERR_NULL);
+    assert_eq!(sockeye_server_local_port(null()), 0);
+    assert_eq!(sockeye_server_worker_count(null()), 0);
+    assert_eq!(
+        sockeye_server_send(null_mut(), 0, SOCKEYE_OPCODE_TEXT, null(), 0),
+        SOCKEYE_ERR_NULL
+    );
+    assert_eq!(sockeye_server_close_conn(null_mut(), 0, 1000, null()), SOCKEYE_ERR_NULL);
+    sockeye_server_free(null_mut());
+
+    let c: *mut sockeye_conn = null_mut();
+    assert_eq!(sockeye_conn_send(c, SOCKEYE_OPCODE_TEXT, b"x".as_ptr(), 1), SOCKEYE_SEND_ERROR);
+    assert_eq!(sockeye_conn_send_text(c, c"x".as_ptr(), 1), SOCKEYE_SEND_ERROR);
+    assert_eq!(sockeye_conn_send_binary(c, null(), 0), SOCKEYE_SEND_ERROR);
+    assert_eq!(sockeye_conn_ping(c, null(), 0), SOCKEYE_SEND_ERROR);
+    assert_eq!(sockeye_conn_close(c, 1000, null()), SOCKEYE_ERR_NULL);
+    assert_eq!(sockeye_conn_buffered_amount(c), 0);
+    assert_eq!(sockeye_conn_id(c), 0);
+    sockeye_conn_set_user_data(c, std::ptr::dangling_mut::<c_void>());
+    assert!(sockeye_conn_user_data(c).is_null());
+
+    assert!(sockeye_request_path(null(), null_mut()).is_null());
+    assert!(sockeye_request_query(null(), null_mut()).is_null());
+    assert!(sockeye_request_header(null(), c"host".as_ptr(), null_mut()).is_null());
+    sockeye_upgrade_set_user_data(null_mut(), null_mut());
+    assert_eq!(sockeye_upgrade_set_protocol(null_mut(), c"chat".as_ptr()), SOCKEYE_ERR_NULL);
+}
+
+#[test]
+fn bad_configuration_is_refused() {
+    let cb = sockeye_callbacks::default();
+    let mut c = config(0);
+    c.address = c"not an address".as_ptr();
+    assert_eq!(new_server(&c, &cb, null_mut()), Err(SOCKEYE_ERR_ADDRESS));
+    c.address = null();
+    assert_eq!(new_server(&c, &cb, null_mut()), Err(SOCKEYE_ERR_NULL));
+    let mut c = config(0);
+    c.backend = 7;
+    assert_eq!(new_server(&c, &cb, null_mut()), Err(SOCKEYE_ERR_INVALID_ARGUMENT));
+    let mut c = config(0);
+    c.handshake_timeout_ms = 0;
+    assert_eq!(new_server(&c, &cb, null_mut()), Err(SOCKEYE_ERR_INVALID_ARGUMENT));
+    let mut c = config(0);
+    c.address = c"127.0.0.1:0".as_ptr(); // "host:port" wins over `port`
+    c.port = 1;
+    let s = new_server(&c, &cb, null_mut()).expect("server");
+    assert_ne!(sockeye_server_local_port(s), 1);
+    assert_eq!(sockeye_server_worker_count(s), 2);
+    sockeye_server_free(s); // never run: closed at once
+}
+
+/// What the test's callbacks tell the test thread.
+enum Event {
+    Open(u64, *mut c_void),
+    Close(u64, u16, String),
+}
+
+// SAFETY: the pointer is only compared, never dereferenced.
+unsafe impl Send for Event {}
+
+struct App {
+    events: std::sync::Mutex<mpsc::Sender<Event>>,
+}
+
+unsafe extern "C" fn on_upgrade(
+    _: *mut c_void,
+    req: *const sockeye_request,
+    up: *mut sockeye_upgrade,
+) -> u16 {
+    let mut len = 0;
+    let path = sockeye_request_path(req, &mut len);
+    // SAFETY: a NUL-terminated string of `len` bytes, valid during this callback.
+    let path = unsafe { CStr::from_ptr(path) }.to_str().unwrap();
+    assert_eq!(path.len(), len);
+    if path != "/t" {
+        return 404;
+    }
+    assert!(!sockeye_request_header(req, c"HOST".as_ptr(), null_mut()).is_null());
+    assert!(sockeye_request_header(req, c"x-absent".as_ptr(), null_mut()).is_null());
+    assert_eq!(
+        sockeye_upgrade_set_protocol(up, c"not-offered".as_ptr()),
+        SOCKEYE_ERR_INVALID_ARGUMENT
+    );
+    sockeye_upgrade_set_user_data(up, 0x5eed as *mut c_void);
+    SOCKEYE_UPGRADE_ACCEPT
+}
+
+unsafe extern "C" fn on_open(user: *mut c_void, conn: *mut sockeye_conn) {
+    // SAFETY: `user` is the `App` the test gave sockeye_server_new, alive while it runs.
+    let app = unsafe { &*user.cast::<App>() };
+    let ev = Event::Open(sockeye_conn_id(conn), sockeye_conn_user_data(conn));
+    app.events.lock().unwrap().send(ev).unwrap();
+}
+
+unsafe extern "C" fn on_message(
+    _: *mut c_void,
+    conn: *mut sockeye_conn,
+    op: sockeye_opcode,
+    data: *const u8,
+    len: usize,
+) {
+    assert_eq!(sockeye_conn_send(conn, 9, data, len), SOCKEYE_SEND_ERROR);
+    assert_eq!(
+        sockeye_conn_send(conn, SOCKEYE_OPCODE_TEXT, [0xffu8].as_ptr(), 1),
+        SOCKEYE_SEND_ERROR
+    );
+    assert_eq!(sockeye_conn_close(conn, 1005, null()), SOCKEYE_ERR_INVALID_ARGUMENT);
+    assert_eq!(sockeye_conn_send(conn, op, data, len), SOCKEYE_SEND_SENT);
+}
+
+unsafe extern "C" fn on_close(
+    user: *mut c_void,
+    conn: *mut sockeye_conn,
+    code: u16,
+    reason: *const c_char,
+    len: usize,
+) {
+    // SAFETY: `user` is the `App`, alive while the server runs.
+    let app = unsafe { &*user.cast::<App>() };
+    // SAFETY: `len` bytes of UTF-8 followed by a NUL, valid during this callback.
+    let r = unsafe { CStr::from_ptr(reason) }.to_str().unwrap().to_owned();
+    assert_eq!(r.len(), len);
+    assert_eq!(sockeye_conn_send_text(conn, c"late".as_ptr(), 4), SOCKEYE_SEND_CLOSED);
+    app.events.lock().unwrap().send(Event::Close(sockeye_conn_id(conn), code, r)).unwrap();
+}
+
+fn recv(rx: &mpsc::Receiver<Event>) -> Event {
+    rx.recv_timeout(Duration::from_secs(10)).expect("an event from the server")
+}
+
+fn read_msg<S: std::io::Read + std::io::Write>(ws: &mut WebSocket<S>) -> WsMessage {
+    loop {
+        match ws.read().expect("read") {
+            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            m => return m,
+        }
+    }
+}
+
+#[test]
+fn a_server_runs_and_is_reached_from_another_thread() {
+    let (tx, rx) = mpsc::channel();
+    let app = Box::new(App { events: std::sync::Mutex::new(tx) });
+    let cb = sockeye_callbacks {
+        on_upgrade: Some(on_upgrade),
+        on_open: Some(on_open),
+        on_message: Some(on_message),
+        on_drain: None,
+        on_close: Some(on_close),
+    };
+    let mut cfg = config(0);
+    cfg.backend = SOCKEYE_BACKEND_EPOLL;
+    let user = std::ptr::from_ref(&*app).cast_mut().cast::<c_void>();
+    let server = new_server(&cfg, &cb, user).expect("server");
+    let port = sockeye_server_local_port(server);
+    let addr = server as usize;
+    let runner = std::thread::spawn(move || sockeye_server_run(addr as *mut sockeye_server));
+
+    let (mut ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{port}/t")).expect("handshake");
+    let Event::Open(id, data) = recv(&rx) else { panic!("expected open") };
+    assert_eq!(data as usize, 0x5eed, "user data from on_upgrade");
+
+    ws.send(WsMessage::text("hi")).unwrap();
+    assert_eq!(read_msg(&mut ws), WsMessage::text("hi"));
+
+    // From this thread, by id.
+    assert_eq!(
+        sockeye_server_send(server, id, SOCKEYE_OPCODE_TEXT, b"pushed".as_ptr(), 6),
+        SOCKEYE_OK
+    );
+    assert_eq!(read_msg(&mut ws), WsMessage::text("pushed"));
+    assert_eq!(
+        sockeye_server_send(server, id, SOCKEYE_OPCODE_BINARY, [1u8, 2].as_ptr(), 2),
+        SOCKEYE_OK
+    );
+    assert_eq!(read_msg(&mut ws), WsMessage::binary(vec![1u8, 2]));
+    assert_eq!(
+        sockeye_server_send(server, id, SOCKEYE_OPCODE_TEXT, [0xffu8].as_ptr(), 1),
+        SOCKEYE_ERR_UTF8
+    );
+    assert_eq!(sockeye_server_send(server, id, 3, null(), 0), SOCKEYE_ERR_INVALID_ARGUMENT);
+    assert_eq!(
+        sockeye_server_send(server, 99 << 48, SOCKEYE_OPCODE_TEXT, null(), 0),
+        SOCKEYE_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(sockeye_server_close_conn(server, id, 999, null()), SOCKEYE_ERR_INVALID_ARGUMENT);
+
+    assert_eq!(sockeye_server_close_conn(server, id, 4000, c"bye".as_ptr()), SOCKEYE_OK);
+    match read_msg(&mut ws) {
+        WsMessage::Close(Some(f)) => {
+            assert_eq!(f.code, WsCloseCode::from(4000));
+            assert_eq!(f.reason.as_str(), "bye");
+        }
+        m => panic!("expected a close frame, got {m:?}"),
+    }
+    let _ = ws.flush(); // tungstenite answers the close
+    let Event::Close(cid, code, reason) = recv(&rx) else { panic!("expected close") };
+    assert_eq!((cid, code), (id, 4000));
+    assert!(reason.is_empty() || reason == "bye", "{reason:?}");
+    drop(ws);
+    // A stale id is ignored, not an error.
+    assert_eq!(sockeye_server_send(server, id, SOCKEYE_OPCODE_TEXT, null(), 0), SOCKEYE_OK);
+
+    // A wrong path is refused with the status on_upgrade chose.
+    match tungstenite::connect(format!("ws://127.0.0.1:{port}/other")) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 404),
+        other => panic!("expected 404, got {other:?}"),
+    }
+
+    assert_eq!(sockeye_server_stop(server), SOCKEYE_OK);
+    assert_eq!(runner.join().unwrap(), SOCKEYE_OK);
+    assert_eq!(sockeye_server_run(server), SOCKEYE_ERR_ALREADY_RUN);
+    assert_eq!(
+        sockeye_server_send(server, id, SOCKEYE_OPCODE_TEXT, null(), 0),
+        SOCKEYE_ERR_STOPPED
+    );
+    sockeye_server_free(server);
+    drop(app);
+}
+
+#[test]
+fn freeing_a_running_server_stops_it() {
+    let cb = sockeye_callbacks::default();
+    let mut cfg = config(0);
+    cfg.shutdown_timeout_ms = 200;
+    let server = new_server(&cfg, &cb, null_mut()).expect("server");
+    let port = sockeye_server_local_port(server);
+    let addr = server as usize;
+    let runner = std::thread::spawn(move || sockeye_server_run(addr as *mut sockeye_server));
+    // A completed handshake proves the workers run (the listener alone answers before).
+    let (_ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{port}/")).expect("handshake");
+    sockeye_server_free(server);
+    assert_eq!(runner.join().unwrap(), SOCKEYE_OK);
+}
