@@ -1,0 +1,202 @@
+//! Command-line parsing for `loadgen` (hand-rolled: no dependency for a dozen flags).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+pub(crate) const HELP: &str = "\
+loadgen: end-to-end load generator for Sockeye (and any RFC 6455 echo server)
+
+USAGE: loadgen <echo|raw|idle> [FLAGS]
+
+Common:
+  --url URL            ws://HOST:PORT/PATH (echo, idle) or tcp://HOST:PORT (raw)
+                       (default ws://127.0.0.1:9002/echo)
+  --connections N      connections (default 100)
+  --threads N          loadgen event-loop threads (default 1)
+  --duration SECS      measured window (default 5)
+  --warmup SECS        traffic before the window, not measured (default 1)
+  --json PATH          write machine-readable results to PATH
+  --quiet              no progress lines, no table (errors still go to stderr)
+  --server-pid PID     sample the server's /proc/PID/stat (CPU) and /proc/PID/status (RSS)
+  --server-cpu N       also sample /proc/stat cpuN (the core the server is pinned to)
+  --loadgen-cpu N      also sample /proc/stat cpuN for the loadgen's own core
+  --connect-concurrency N  connects/handshakes in flight at once (default 256)
+  --src-addrs N        rotate source addresses 127.0.0.1..127.0.0.N when the target is
+                       loopback (default 250 in idle mode, 0 = don't bind, otherwise)
+
+echo / raw:
+  --size BYTES         payload bytes per message (default 20)
+  --inflight K         messages in flight per connection (default 1)
+  --text               send text frames (ASCII payload) instead of binary (echo only)
+
+idle:
+  --hold SECS          keep the connections open this long after they are all up (default 5)
+  --settle SECS        wait this long after the last handshake before sampling RSS (default 2)
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Echo,
+    Raw,
+    Idle,
+}
+
+impl Mode {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+            Mode::Raw => "raw",
+            Mode::Idle => "idle",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Args {
+    pub(crate) mode: Mode,
+    pub(crate) url: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) host: String,
+    pub(crate) path: String,
+    pub(crate) connections: usize,
+    pub(crate) threads: usize,
+    pub(crate) duration: f64,
+    pub(crate) warmup: f64,
+    pub(crate) json: Option<String>,
+    pub(crate) quiet: bool,
+    pub(crate) server_pid: Option<u32>,
+    pub(crate) server_cpu: Option<usize>,
+    pub(crate) loadgen_cpu: Option<usize>,
+    pub(crate) connect_concurrency: usize,
+    pub(crate) src_addrs: u8,
+    pub(crate) size: usize,
+    pub(crate) inflight: usize,
+    pub(crate) text: bool,
+    pub(crate) hold: f64,
+    pub(crate) settle: f64,
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("loadgen: {msg}\n\n{HELP}");
+    std::process::exit(2)
+}
+
+fn num<T: std::str::FromStr>(name: &str, v: &str) -> T {
+    v.parse().unwrap_or_else(|_| fail(&format!("{name}: not a number: {v:?}")))
+}
+
+impl Args {
+    pub(crate) fn parse() -> Args {
+        let mut it = std::env::args().skip(1);
+        let mut mode = None;
+        let mut url = None;
+        let mut a = Args {
+            mode: Mode::Echo,
+            url: String::new(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 9002)),
+            host: String::new(),
+            path: String::new(),
+            connections: 100,
+            threads: 1,
+            duration: 5.0,
+            warmup: 1.0,
+            json: None,
+            quiet: false,
+            server_pid: None,
+            server_cpu: None,
+            loadgen_cpu: None,
+            connect_concurrency: 256,
+            src_addrs: 0,
+            size: 20,
+            inflight: 1,
+            text: false,
+            hold: 5.0,
+            settle: 2.0,
+        };
+        let mut src_addrs: Option<u8> = None;
+        while let Some(flag) = it.next() {
+            let mut val = || it.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
+            match flag.as_str() {
+                "echo" | "raw" | "idle" if mode.is_none() => {
+                    mode = Some(match flag.as_str() {
+                        "echo" => Mode::Echo,
+                        "raw" => Mode::Raw,
+                        _ => Mode::Idle,
+                    })
+                }
+                "--mode" => {
+                    let v = val();
+                    mode = Some(match v.as_str() {
+                        "echo" => Mode::Echo,
+                        "raw" => Mode::Raw,
+                        "idle" => Mode::Idle,
+                        _ => fail(&format!("unknown mode {v:?}")),
+                    })
+                }
+                "--url" => url = Some(val()),
+                "--connections" | "-c" => a.connections = num("--connections", &val()),
+                "--threads" | "-t" => a.threads = num("--threads", &val()),
+                "--duration" | "-d" => a.duration = num("--duration", &val()),
+                "--warmup" => a.warmup = num("--warmup", &val()),
+                "--json" => a.json = Some(val()),
+                "--quiet" | "-q" => a.quiet = true,
+                "--server-pid" => a.server_pid = Some(num("--server-pid", &val())),
+                "--server-cpu" => a.server_cpu = Some(num("--server-cpu", &val())),
+                "--loadgen-cpu" => a.loadgen_cpu = Some(num("--loadgen-cpu", &val())),
+                "--connect-concurrency" => {
+                    a.connect_concurrency = num("--connect-concurrency", &val())
+                }
+                "--src-addrs" => src_addrs = Some(num("--src-addrs", &val())),
+                "--size" | "-s" => a.size = num("--size", &val()),
+                "--inflight" | "-k" => a.inflight = num("--inflight", &val()),
+                "--text" => a.text = true,
+                "--hold" => a.hold = num("--hold", &val()),
+                "--settle" => a.settle = num("--settle", &val()),
+                "-h" | "--help" => {
+                    println!("{HELP}");
+                    std::process::exit(0)
+                }
+                other => fail(&format!("unknown argument {other:?}")),
+            }
+        }
+        a.mode = mode.unwrap_or(Mode::Echo);
+        let default_url = match a.mode {
+            Mode::Raw => "tcp://127.0.0.1:9002",
+            _ => "ws://127.0.0.1:9002/echo",
+        };
+        a.url = url.unwrap_or_else(|| default_url.to_string());
+        let rest = a
+            .url
+            .strip_prefix("ws://")
+            .or_else(|| a.url.strip_prefix("tcp://"))
+            .unwrap_or(&a.url)
+            .to_string();
+        if a.url.starts_with("wss://") {
+            fail("wss:// is not supported");
+        }
+        let (hostport, path) = match rest.find('/') {
+            Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
+            None => (rest.clone(), "/".to_string()),
+        };
+        a.addr = hostport
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut i| i.find(|x| x.is_ipv4()))
+            .unwrap_or_else(|| fail(&format!("cannot resolve {hostport:?} (IPv4 HOST:PORT)")));
+        a.host = hostport;
+        a.path = path;
+        if a.connections == 0 || a.threads == 0 || a.inflight == 0 || a.size == 0 {
+            fail("--connections, --threads, --inflight and --size must be at least 1");
+        }
+        if a.text && a.mode == Mode::Raw {
+            fail("--text makes no sense in raw mode");
+        }
+        a.threads = a.threads.min(a.connections);
+        let loopback = matches!(a.addr, SocketAddr::V4(v) if v.ip().is_loopback());
+        a.src_addrs = if !loopback {
+            0
+        } else {
+            src_addrs.unwrap_or(if a.mode == Mode::Idle { 250 } else { 0 }).min(254)
+        };
+        a
+    }
+}
