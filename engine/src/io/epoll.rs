@@ -115,7 +115,7 @@ impl<H: Handler> Loop<H> {
                     Token(t) => {
                         let key = t - FIRST_CONN;
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read_conn(key);
+                            self.read_conn(key, ev.is_read_closed() || ev.is_error());
                         }
                         if ev.is_writable() {
                             self.flush(key);
@@ -178,7 +178,7 @@ impl<H: Handler> Loop<H> {
                 if let Some(Some(s)) = self.socks.get(k) {
                     let _ = s.shutdown(Shutdown::Write);
                 }
-                self.read_conn(k);
+                self.read_conn(k, true);
             }
             work.clear();
             self.core.take_dead(&mut work);
@@ -261,7 +261,10 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    fn read_conn(&mut self, key: usize) {
+    /// Reads until the socket is drained. A short read ends it early (the socket is empty)
+    /// unless `drain`: the peer hung up (its EOF may sit behind the data, with no further edge
+    /// to report it) or the call resumes a connection whose edges were consumed while paused.
+    fn read_conn(&mut self, key: usize, drain: bool) {
         loop {
             if !self.core.wants_read(key) {
                 return;
@@ -274,7 +277,9 @@ impl<H: Handler> Loop<H> {
                 }
                 Ok(n) => {
                     let full = n == self.rbuf.len();
-                    if self.core.on_data(key, &mut self.rbuf[..n]) == After::StopReading || !full {
+                    if self.core.on_data(key, &mut self.rbuf[..n]) == After::StopReading
+                        || (!full && !drain)
+                    {
                         return;
                     }
                 }
@@ -298,7 +303,7 @@ impl<H: Handler> Loop<H> {
             match sock.write(pending) {
                 Ok(n) => {
                     if self.core.on_written(key, n, false) {
-                        self.read_conn(key);
+                        self.read_conn(key, true);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
