@@ -93,15 +93,31 @@ USAGE: demo [--addr ADDR] [--workers N] [--backend auto|epoll|io_uring]
   --addr ADDR        listen address (default 127.0.0.1:9001)
   --workers N        worker threads (default: one per core)
   --backend NAME     I/O backend (default auto; SOCKEYE_BACKEND overrides)
+  --uring-buffers N  io_uring: provided buffers per worker (engine default)
+  --uring-buffer-size BYTES
+                     io_uring: size of each provided buffer (engine default)
+  --zc-threshold BYTES
+                     io_uring: sends of at least BYTES use SEND_ZC (default: never)
   -h, --help         this text
 
 Logs go to stderr; RUST_LOG=debug for more.";
+
+fn number<T: std::str::FromStr>(s: &str) -> T {
+    s.parse().unwrap_or_else(|_| {
+        eprintln!("expected a number, got {s:?}");
+        std::process::exit(2)
+    })
+}
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut addr = "127.0.0.1:9001".to_string();
     let mut workers = 0usize;
     let mut backend = Backend::Auto;
+    let defaults = sockeye::Config::default();
+    let mut uring_buffers = defaults.uring_buffers;
+    let mut uring_buffer_size = defaults.uring_buffer_size;
+    let mut zc_threshold = defaults.uring_send_zc_threshold;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| {
@@ -124,6 +140,9 @@ fn main() {
                     std::process::exit(2)
                 })
             }
+            "--uring-buffers" => uring_buffers = number(&value("--uring-buffers")),
+            "--uring-buffer-size" => uring_buffer_size = number(&value("--uring-buffer-size")),
+            "--zc-threshold" => zc_threshold = number(&value("--zc-threshold")),
             "-h" | "--help" => {
                 println!("{HELP}");
                 return;
@@ -140,6 +159,9 @@ fn main() {
         .backend(backend)
         .max_backpressure(1 << 20)
         .idle_timeout(Some(Duration::from_secs(300)))
+        .uring_buffers(uring_buffers)
+        .uring_buffer_size(uring_buffer_size)
+        .uring_send_zc_threshold(zc_threshold)
         .handler(Demo::default)
         .build()
     {

@@ -278,6 +278,7 @@ impl Prep {
             wake_armed: false,
             zc_threshold,
             conns: Vec::new(),
+            sends: slab::Slab::new(),
             core,
             stats,
             cqes: Vec::with_capacity(1024),
@@ -291,24 +292,46 @@ impl Prep {
     }
 }
 
-/// What the backend tracks per connection, beside the core's slot (same key).
-#[derive(Default)]
+/// No send in flight (`ConnIo::send`).
+const NO_SEND: u32 = u32::MAX;
+
+/// What the backend tracks per connection, beside the core's slot (same key): 16 bytes, since
+/// every idle connection pays for it. A send's buffer lives in `Loop::sends` while in flight.
 struct ConnIo {
     fd: Option<OwnedFd>,
+    /// Index in `Loop::sends` of the send in flight, or `NO_SEND`.
+    send: u32,
+    /// A zero-copy send's result, kept until its notification (valid when `zc_pending`).
+    zc_result: i32,
     recv_armed: bool,
-    /// The send in flight: its buffer (owned here until the completion) and offset.
-    send: Option<(Vec<u8>, usize)>,
     /// A cancel was requested for the receive (pause) and has not completed.
     cancelling: bool,
     /// The core declared it dead; close and free once no operation is in flight.
     dying: bool,
     /// A zero-copy send reported its result; the buffer stays lent until the notification.
-    zc_result: Option<i32>,
+    zc_pending: bool,
 }
+
+impl Default for ConnIo {
+    fn default() -> Self {
+        Self {
+            fd: None,
+            send: NO_SEND,
+            zc_result: 0,
+            recv_armed: false,
+            cancelling: false,
+            dying: false,
+            zc_pending: false,
+        }
+    }
+}
+
+// Every idle connection pays for this; keep it from growing unnoticed.
+const _: () = assert!(std::mem::size_of::<ConnIo>() == 16);
 
 impl ConnIo {
     fn busy(&self) -> bool {
-        self.recv_armed || self.send.is_some() || self.cancelling
+        self.recv_armed || self.send != NO_SEND || self.cancelling
     }
 }
 
@@ -324,6 +347,9 @@ struct Loop<H: Handler> {
     /// Sends of at least this many bytes use SEND_ZC.
     zc_threshold: usize,
     conns: Vec<ConnIo>,
+    /// Buffers of the sends in flight, with the offset the send starts at; owned here until
+    /// the completion (or, for zero copy, the notification) arrives.
+    sends: slab::Slab<(Vec<u8>, usize)>,
     core: Core<H>,
     stats: Arc<Counters>,
     cqes: Vec<(u64, i32, u32)>,
@@ -512,11 +538,18 @@ impl<H: Handler> Loop<H> {
                 // First the result (with MORE when a notification follows), then the
                 // notification that the kernel no longer reads the buffer.
                 if cqueue::notif(flags) {
-                    let r = self.conns.get_mut(key).and_then(|c| c.zc_result.take()).unwrap_or(0);
+                    let r = match self.conns.get_mut(key) {
+                        Some(c) if c.zc_pending => {
+                            c.zc_pending = false;
+                            c.zc_result
+                        }
+                        _ => 0,
+                    };
                     self.on_send(key, r);
                 } else if cqueue::more(flags) {
                     if let Some(c) = self.conns.get_mut(key) {
-                        c.zc_result = Some(res);
+                        c.zc_result = res;
+                        c.zc_pending = true;
                     }
                 } else {
                     self.on_send(key, res);
@@ -633,7 +666,10 @@ impl<H: Handler> Loop<H> {
 
     fn on_send(&mut self, key: usize, res: i32) {
         let Some(c) = self.conns.get_mut(key) else { return };
-        let Some((buf, pos)) = c.send.take() else { return };
+        if c.send == NO_SEND {
+            return;
+        }
+        let (buf, pos) = self.sends.remove(std::mem::replace(&mut c.send, NO_SEND) as usize);
         if c.dying {
             self.maybe_close(key);
             return;
@@ -671,7 +707,7 @@ impl<H: Handler> Loop<H> {
                 .user_data(SEND | key as u64)
         };
         // The Vec moves into the table; its heap buffer, which the kernel reads, does not move.
-        self.conns[key].send = Some((buf, pos));
+        self.conns[key].send = self.sends.insert((buf, pos)) as u32;
         self.push(sqe);
     }
 
@@ -691,7 +727,7 @@ impl<H: Handler> Loop<H> {
             self.core.take_dirty(&mut work);
             for &k in &work {
                 let k = k as usize;
-                if self.conns.get(k).is_some_and(|c| c.send.is_none() && !c.dying) {
+                if self.conns.get(k).is_some_and(|c| c.send == NO_SEND && !c.dying) {
                     if let Some((buf, pos)) = self.core.take_out(k) {
                         self.submit_send(k, buf, pos);
                     }
@@ -718,7 +754,7 @@ impl<H: Handler> Loop<H> {
                 };
                 c.dying = true;
                 if let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) {
-                    if c.recv_armed || c.send.is_some() {
+                    if c.recv_armed || c.send != NO_SEND {
                         let sqe = opcode::AsyncCancel2::new(
                             types::CancelBuilder::fd(types::Fd(fd)).all(),
                         )
@@ -773,10 +809,8 @@ impl<H: Handler> Loop<H> {
         if leaked {
             // Operations that never completed may still reference the buffers: leak them.
             log::warn!("io_uring teardown: {} operations did not complete", self.outstanding);
-            for c in &mut self.conns {
-                if let Some((b, _)) = c.send.take() {
-                    std::mem::forget(b);
-                }
+            for (b, _) in self.sends.drain() {
+                std::mem::forget(b);
             }
             return;
         }
