@@ -2,7 +2,9 @@
 //!
 //! Modes: `echo` (WebSocket echo round trips, K in flight per connection, every byte
 //! verified, latency per message), `raw` (the same loop on plain TCP against `rawecho`, the
-//! physical ceiling), `idle` (N handshaken idle connections; server RSS per connection).
+//! physical ceiling), `idle` (N handshaken idle connections; server RSS per connection),
+//! `fanout` (P publishers and N subscribers in a broadcast room such as the demo's `/chat`;
+//! every delivery verified, publish-to-subscriber latency, lost messages).
 //! One mio event loop per thread (`--threads`, default 1), preallocated buffers, no allocation
 //! per message. `loadgen --help` lists the flags.
 
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use args::{Args, Mode};
 use procstat::CpuTimes;
-use worker::{Progress, Shared, WorkerResult};
+use worker::{FanShared, Progress, Shared, WorkerResult};
 
 /// /proc samples taken at one instant.
 #[derive(Debug, Clone, Copy, Default)]
@@ -55,6 +57,7 @@ struct Ticker {
     start: Instant,
     last: Instant,
     last_msgs: u64,
+    last_published: u64,
 }
 
 impl Ticker {
@@ -66,9 +69,14 @@ impl Ticker {
         let msgs: u64 = shared.progress.iter().map(|p| p.msgs.load(Ordering::Relaxed)).sum();
         let open: u64 = shared.progress.iter().map(|p| p.open.load(Ordering::Relaxed)).sum();
         let errs: u64 = shared.progress.iter().map(|p| p.errors.load(Ordering::Relaxed)).sum();
-        let rate = (msgs - self.last_msgs) as f64 / (now - self.last).as_secs_f64();
+        let published: u64 =
+            shared.progress.iter().map(|p| p.published.load(Ordering::Relaxed)).sum();
+        let secs = (now - self.last).as_secs_f64();
+        let rate = (msgs - self.last_msgs) as f64 / secs;
+        let pub_rate = (published - self.last_published) as f64 / secs;
         self.last = now;
         self.last_msgs = msgs;
+        self.last_published = published;
         if args.quiet {
             return;
         }
@@ -77,6 +85,11 @@ impl Ticker {
                 "[{:6.1}s] {phase:<8} open {open:>7}/{}  errors {errs}",
                 (now - self.start).as_secs_f64(),
                 args.connections
+            );
+        } else if args.mode == Mode::Fanout {
+            eprintln!(
+                "[{:6.1}s] {phase:<8} published {pub_rate:>9.0}/s  delivered {rate:>11.0}/s  open {open:>6}  errors {errs}",
+                (now - self.start).as_secs_f64()
             );
         } else {
             eprintln!(
@@ -102,16 +115,18 @@ impl Ticker {
 fn main() {
     let args = Arc::new(Args::parse());
     let nofile = procstat::raise_nofile();
-    if (nofile as usize) < args.connections + 64 {
+    if (nofile as usize) < args.total_connections() + 64 {
         eprintln!(
-            "loadgen: warning: RLIMIT_NOFILE is {nofile}, fewer than --connections {} + 64",
-            args.connections
+            "loadgen: warning: RLIMIT_NOFILE is {nofile}, fewer than {} connections + 64",
+            args.total_connections()
         );
     }
     let shared = Arc::new(Shared {
         progress: (0..args.threads).map(|_| Progress::default()).collect(),
         t0: OnceLock::new(),
         stop: AtomicBool::new(false),
+        base: Instant::now(),
+        fan: Arc::new(FanShared::new(args.publishers)),
     });
     let before = sample(&args);
     let start = Instant::now();
@@ -126,7 +141,7 @@ fn main() {
                 .expect("spawn worker thread")
         })
         .collect();
-    let mut ticker = Ticker { start, last: start, last_msgs: 0 };
+    let mut ticker = Ticker { start, last: start, last_msgs: 0, last_published: 0 };
     while !shared.progress.iter().all(|p| p.ready.load(Ordering::Acquire)) {
         std::thread::sleep(Duration::from_millis(5));
         ticker.tick(&args, &shared, "connect");
@@ -145,7 +160,7 @@ fn main() {
     let mut report = report::Report::new(&args);
     report.setup = setup;
     match args.mode {
-        Mode::Echo | Mode::Raw => {
+        Mode::Echo | Mode::Raw | Mode::Fanout => {
             let t_warm = t0 + Duration::from_secs_f64(args.warmup);
             let t_end = t_warm + Duration::from_secs_f64(args.duration);
             ticker.wait(t_warm, &args, &shared, "warmup");

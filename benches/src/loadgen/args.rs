@@ -5,12 +5,19 @@ use std::net::{SocketAddr, ToSocketAddrs};
 pub(crate) const HELP: &str = "\
 loadgen: end-to-end load generator for Sockeye (and any RFC 6455 echo server)
 
-USAGE: loadgen <echo|raw|idle> [FLAGS]
+USAGE: loadgen <echo|raw|idle|fanout> [FLAGS]
+
+Modes:
+  echo     WebSocket echo round trips, K in flight per connection, every byte verified
+  raw      the same on plain TCP (against rawecho: the ceiling)
+  idle     N handshaken idle connections: server RSS per connection
+  fanout   broadcast room (e.g. the demo's /chat): P publishers send text messages, N
+           subscribers (and the publishers) receive and verify every one of them
 
 Common:
-  --url URL            ws://HOST:PORT/PATH (echo, idle) or tcp://HOST:PORT (raw)
-                       (default ws://127.0.0.1:9002/echo)
-  --connections N      connections (default 100)
+  --url URL            ws://HOST:PORT/PATH (echo, idle, fanout) or tcp://HOST:PORT (raw)
+                       (default ws://127.0.0.1:9002/echo; /chat for fanout)
+  --connections N      connections (default 100); fanout: subscribers (publishers extra)
   --threads N          loadgen event-loop threads (default 1)
   --duration SECS      measured window (default 5)
   --warmup SECS        traffic before the window, not measured (default 1)
@@ -21,12 +28,22 @@ Common:
   --loadgen-cpu N      also sample /proc/stat cpuN for the loadgen's own core
   --connect-concurrency N  connects/handshakes in flight at once (default 256)
   --src-addrs N        rotate source addresses 127.0.0.1..127.0.0.N when the target is
-                       loopback (default 250 in idle mode, 0 = don't bind, otherwise)
+                       loopback (default 250 in idle and fanout modes, otherwise 0 =
+                       don't bind)
 
-echo / raw:
-  --size BYTES         payload bytes per message (default 20)
-  --inflight K         messages in flight per connection (default 1)
-  --text               send text frames (ASCII payload) instead of binary (echo only)
+echo / raw / fanout:
+  --size BYTES         payload bytes per message (default 20; fanout: at least 16)
+  --inflight K         messages in flight per connection (default 1); fanout: per
+                       publisher, closed loop only
+  --text               send text frames (ASCII payload) instead of binary (echo only;
+                       fanout always sends text)
+
+fanout:
+  --publishers P       publisher connections, besides the N subscribers (default 1)
+  --rate R             messages/s per publisher (open loop); 0 = closed loop: each
+                       publisher keeps K messages that it has not received back yet
+                       outstanding (default 0)
+  The room must hold only this run's connections: a message from anyone else is an error.
 
 idle:
   --hold SECS          keep the connections open this long after they are all up (default 5)
@@ -38,6 +55,7 @@ pub(crate) enum Mode {
     Echo,
     Raw,
     Idle,
+    Fanout,
 }
 
 impl Mode {
@@ -46,6 +64,7 @@ impl Mode {
             Mode::Echo => "echo",
             Mode::Raw => "raw",
             Mode::Idle => "idle",
+            Mode::Fanout => "fanout",
         }
     }
 }
@@ -73,6 +92,10 @@ pub(crate) struct Args {
     pub(crate) text: bool,
     pub(crate) hold: f64,
     pub(crate) settle: f64,
+    /// Fanout: publisher connections (on top of `connections` subscribers).
+    pub(crate) publishers: usize,
+    /// Fanout: messages/s per publisher; 0 = closed loop.
+    pub(crate) rate: f64,
 }
 
 fn fail(msg: &str) -> ! {
@@ -111,16 +134,19 @@ impl Args {
             text: false,
             hold: 5.0,
             settle: 2.0,
+            publishers: 1,
+            rate: 0.0,
         };
         let mut src_addrs: Option<u8> = None;
         while let Some(flag) = it.next() {
             let mut val = || it.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
             match flag.as_str() {
-                "echo" | "raw" | "idle" if mode.is_none() => {
+                "echo" | "raw" | "idle" | "fanout" if mode.is_none() => {
                     mode = Some(match flag.as_str() {
                         "echo" => Mode::Echo,
                         "raw" => Mode::Raw,
-                        _ => Mode::Idle,
+                        "idle" => Mode::Idle,
+                        _ => Mode::Fanout,
                     })
                 }
                 "--mode" => {
@@ -129,6 +155,7 @@ impl Args {
                         "echo" => Mode::Echo,
                         "raw" => Mode::Raw,
                         "idle" => Mode::Idle,
+                        "fanout" => Mode::Fanout,
                         _ => fail(&format!("unknown mode {v:?}")),
                     })
                 }
@@ -151,6 +178,8 @@ impl Args {
                 "--text" => a.text = true,
                 "--hold" => a.hold = num("--hold", &val()),
                 "--settle" => a.settle = num("--settle", &val()),
+                "--publishers" | "-p" => a.publishers = num("--publishers", &val()),
+                "--rate" => a.rate = num("--rate", &val()),
                 "-h" | "--help" => {
                     println!("{HELP}");
                     std::process::exit(0)
@@ -161,6 +190,7 @@ impl Args {
         a.mode = mode.unwrap_or(Mode::Echo);
         let default_url = match a.mode {
             Mode::Raw => "tcp://127.0.0.1:9002",
+            Mode::Fanout => "ws://127.0.0.1:9002/chat",
             _ => "ws://127.0.0.1:9002/echo",
         };
         a.url = url.unwrap_or_else(|| default_url.to_string());
@@ -190,13 +220,36 @@ impl Args {
         if a.text && a.mode == Mode::Raw {
             fail("--text makes no sense in raw mode");
         }
+        if a.mode == Mode::Fanout {
+            // The header is 4 hex digits of publisher id and 12 of sequence number.
+            if a.size < 16 {
+                fail("fanout: --size must be at least 16 (the publisher id + seq header)");
+            }
+            if a.publishers == 0 || a.publishers > 0xffff {
+                fail("fanout: --publishers must be 1..=65535");
+            }
+            if !(a.rate >= 0.0 && a.rate.is_finite()) {
+                fail("fanout: --rate must be >= 0");
+            }
+            a.text = true;
+        } else {
+            a.publishers = 0;
+            a.rate = 0.0;
+        }
         a.threads = a.threads.min(a.connections);
         let loopback = matches!(a.addr, SocketAddr::V4(v) if v.ip().is_loopback());
         a.src_addrs = if !loopback {
             0
         } else {
-            src_addrs.unwrap_or(if a.mode == Mode::Idle { 250 } else { 0 }).min(254)
+            src_addrs
+                .unwrap_or(if matches!(a.mode, Mode::Idle | Mode::Fanout) { 250 } else { 0 })
+                .min(254)
         };
         a
+    }
+
+    /// Every connection the run opens: the subscribers plus, in fanout mode, the publishers.
+    pub(crate) fn total_connections(&self) -> usize {
+        self.connections + self.publishers
     }
 }

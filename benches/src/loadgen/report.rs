@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::args::{Args, Mode};
 use super::hist::Histogram;
 use super::procstat::{clk_tck, CpuTimes};
-use super::worker::{Errors, WorkerResult};
+use super::worker::{Errors, FanCounts, WorkerResult};
 use super::Sample;
 
 #[derive(Debug)]
@@ -26,6 +26,7 @@ pub(crate) struct Report {
     open_at_end: u64,
     clean_closes: u64,
     pub(crate) first_error: Option<String>,
+    fan: FanCounts,
 }
 
 /// A CPU core's busy share over an interval, split.
@@ -136,6 +137,7 @@ impl Report {
             open_at_end: 0,
             clean_closes: 0,
             first_error: None,
+            fan: FanCounts::default(),
         }
     }
 
@@ -150,6 +152,7 @@ impl Report {
             self.opened += r.opened;
             self.open_at_end += r.open_at_end;
             self.clean_closes += r.clean_closes;
+            self.fan.add(&r.fan);
             if self.first_error.is_none() {
                 self.first_error = r.first_error.clone();
             }
@@ -217,7 +220,78 @@ impl Report {
         let a = &self.args;
         let mut s = String::new();
         let _ = writeln!(s, "\n== loadgen {} {} ==", a.mode.name(), a.url);
+        let us = |v: u64| v as f64 / 1e3;
+        let latency = |s: &mut String, name: &str| {
+            let h = &self.hist;
+            let _ = writeln!(
+                s,
+                "{:<28}p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (min {:.1}, mean {:.1}) µs",
+                name,
+                us(h.quantile(0.5)),
+                us(h.quantile(0.9)),
+                us(h.quantile(0.99)),
+                us(h.quantile(0.999)),
+                us(h.max()),
+                us(h.min()),
+                h.mean() / 1e3
+            );
+        };
+        let per = if a.mode == Mode::Fanout { "delivered msg" } else { "msg" };
         match a.mode {
+            Mode::Fanout => {
+                let f = &self.fan;
+                let _ = writeln!(
+                    s,
+                    "subscribers {}  publishers {}  size {} B (text)  {}  threads {}  window {:.2} s (warmup {} s)",
+                    a.connections,
+                    a.publishers,
+                    a.size,
+                    if a.rate > 0.0 {
+                        format!("rate {} msg/s per publisher", a.rate)
+                    } else {
+                        format!("closed loop, inflight {}", a.inflight)
+                    },
+                    a.threads,
+                    self.window,
+                    a.warmup
+                );
+                let published = self.rate(f.published);
+                let delivered = self.rate(self.msgs);
+                let _ = writeln!(s, "{:<28}{:>14.0}", "published msgs/s", published);
+                let _ = writeln!(
+                    s,
+                    "{:<28}{:>14.0}  ({:.1} deliveries per message published)",
+                    "delivered msgs/s",
+                    delivered,
+                    if published > 0.0 { delivered / published } else { 0.0 }
+                );
+                let _ = writeln!(
+                    s,
+                    "{:<28}{:>14.1} MB/s  (payload delivered to subscribers)",
+                    "throughput",
+                    self.rate(self.bytes) / 1e6
+                );
+                latency(&mut s, "fan-out latency");
+                let _ = writeln!(
+                    s,
+                    "{:<28}{} over the run ({:.3} % of {} due), {} seen in the window; at publishers {}",
+                    "lost (sequence gaps)",
+                    f.lost,
+                    100.0 * f.lost as f64 / (f.delivered_total + f.lost).max(1) as f64,
+                    f.delivered_total + f.lost,
+                    f.lost_window,
+                    f.publisher_lost
+                );
+                if f.unsampled > 0 || f.stalls > 0 {
+                    let _ = writeln!(
+                        s,
+                        "{:<28}{} deliveries without a latency sample (stamp reused); {} publisher stalls",
+                        "notes",
+                        f.unsampled,
+                        f.stalls
+                    );
+                }
+            }
             Mode::Echo | Mode::Raw => {
                 let _ = writeln!(
                     s,
@@ -239,25 +313,17 @@ impl Report {
                     self.rate(self.bytes) / 1e6,
                     self.rate(self.bytes) * 8.0 / 1e9
                 );
-                let h = &self.hist;
-                let us = |v: u64| v as f64 / 1e3;
-                let _ = writeln!(
-                    s,
-                    "{:<28}p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (min {:.1}, mean {:.1}) µs",
-                    "latency",
-                    us(h.quantile(0.5)),
-                    us(h.quantile(0.9)),
-                    us(h.quantile(0.99)),
-                    us(h.quantile(0.999)),
-                    us(h.max()),
-                    us(h.min()),
-                    h.mean() / 1e3
-                );
+                latency(&mut s, "latency");
+            }
+            Mode::Idle => {}
+        }
+        match a.mode {
+            Mode::Echo | Mode::Raw | Mode::Fanout => {
                 let (srv, own, wall) = self.cpu();
                 if let Some(c) = srv {
                     let _ = writeln!(
                         s,
-                        "{:<28}{:.2} s ({:.0} % of one core), {:.2} µs/msg",
+                        "{:<28}{:.2} s ({:.0} % of one core), {:.2} µs/{per}",
                         "server CPU",
                         c,
                         100.0 * c / wall,
@@ -267,7 +333,7 @@ impl Report {
                 if let Some(c) = own {
                     let _ = writeln!(
                         s,
-                        "{:<28}{:.2} s ({:.0} % of one core), {:.2} µs/msg",
+                        "{:<28}{:.2} s ({:.0} % of one core), {:.2} µs/{per}",
                         "loadgen CPU",
                         c,
                         100.0 * c / wall,
@@ -277,7 +343,7 @@ impl Report {
                 if let Some((busy, soft, other)) = self.machine() {
                     let _ = writeln!(
                         s,
-                        "{:<28}busy {:.2} core-s (softirq+irq {:.2}, {:.2} µs/msg); other processes {:.2} core-s",
+                        "{:<28}busy {:.2} core-s (softirq+irq {:.2}, {:.2} µs/{per}); other processes {:.2} core-s",
                         "machine (all cores)",
                         busy,
                         soft,
@@ -308,6 +374,17 @@ impl Report {
                                 100.0 * c.irq
                             );
                         }
+                    }
+                }
+                if let (Mode::Fanout, Some((x, y))) = (a.mode, &self.window_samples) {
+                    if let (Some(r0), Some(r1)) = (x.server_rss, y.server_rss) {
+                        let _ = writeln!(
+                            s,
+                            "{:<28}{:.1} MiB at the start of the window, {:.1} MiB at the end",
+                            "server RSS",
+                            r0 as f64 / 1048576.0,
+                            r1 as f64 / 1048576.0
+                        );
                     }
                 }
             }
@@ -359,7 +436,7 @@ impl Report {
         let e = &self.errors;
         let _ = writeln!(
             s,
-            "{:<28}{}  (connect {}, handshake {}, io {}, mismatch {}, protocol {}, unexpected close {}, close timeout {})",
+            "{:<28}{}  (connect {}, handshake {}, io {}, mismatch {}, protocol {}, unexpected close {}, close timeout {}, order {})",
             "errors",
             e.total(),
             e.connect,
@@ -368,7 +445,8 @@ impl Report {
             e.mismatch,
             e.protocol,
             e.unexpected_close,
-            e.close_timeout
+            e.close_timeout,
+            e.order
         );
         if a.mode != Mode::Idle {
             let _ = writeln!(
@@ -393,6 +471,28 @@ impl Report {
         j.num("setup_s", self.setup.as_secs_f64());
         j.num("clk_tck", clk_tck());
         if a.mode != Mode::Idle {
+            if a.mode == Mode::Fanout {
+                let f = &self.fan;
+                j.int("subscribers", a.connections as u64);
+                j.int("publishers", a.publishers as u64);
+                j.num("rate_per_publisher", a.rate);
+                j.int("published", f.published);
+                j.int("published_total", f.published_total);
+                j.num("published_per_s", self.rate(f.published));
+                j.int("delivered", self.msgs);
+                j.num("delivered_per_s", self.rate(self.msgs));
+                j.int("delivered_total", f.delivered_total);
+                j.int("lost", f.lost);
+                j.int("lost_in_window", f.lost_window);
+                j.int("lost_at_publishers", f.publisher_lost);
+                j.int("latency_unsampled", f.unsampled);
+                j.int("publisher_stalls", f.stalls);
+                if let Some((x, y)) = &self.window_samples {
+                    let f = |v: Option<u64>| v.map(|v| v as f64);
+                    j.opt("server_rss_window_start", f(x.server_rss));
+                    j.opt("server_rss_window_end", f(y.server_rss));
+                }
+            }
             j.int("size", a.size as u64);
             j.int("inflight", a.inflight as u64);
             j.str(
@@ -462,6 +562,7 @@ impl Report {
         j.int("protocol", e.protocol);
         j.int("unexpected_close", e.unexpected_close);
         j.int("close_timeout", e.close_timeout);
+        j.int("order", e.order);
         j.close();
         if let Some(fe) = &self.first_error {
             j.str("first_error", fe);

@@ -8,6 +8,13 @@
 //! number then a shifting pseudo-random pattern, so lost, duplicated, reordered, truncated or
 //! corrupted messages are all caught. The server must echo in order (RFC 6455 over one TCP
 //! stream leaves it no other choice for an echo).
+//!
+//! Fanout mode: every connection is in one broadcast room. Publisher `p`'s message `seq` is
+//! a text frame `hex4(p) ++ hex12(seq) ++ pattern[(p * 131 + seq) % 251 ..]` (the pattern is
+//! the same in every thread), so any receiver can check it byte for byte without having seen
+//! it sent; per connection, each publisher's sequence numbers must rise (a gap is `lost`, a
+//! step back is an `order` error). Send times go into a shared per-publisher ring of atomics
+//! (the subscriber that receives a message may live on another thread).
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -32,7 +39,63 @@ pub(crate) struct Progress {
     pub(crate) msgs: AtomicU64,
     pub(crate) open: AtomicU64,
     pub(crate) errors: AtomicU64,
+    /// Fanout: messages published (whole run).
+    pub(crate) published: AtomicU64,
     pub(crate) ready: AtomicBool,
+}
+
+/// Bits of a send stamp that hold the send time (ns since `Shared::base`, modulo 2^40 ≈ 18
+/// minutes; latencies are taken modulo the same).
+const STAMP_TS_BITS: u32 = 40;
+const STAMP_TS_MASK: u64 = (1 << STAMP_TS_BITS) - 1;
+/// Total stamp slots over all publishers (2^21 × 8 bytes = 16 MiB), at least 2^12 each.
+const STAMP_TOTAL_BITS: u32 = 21;
+
+/// Fanout: what publishers and receivers on different threads share.
+#[derive(Debug, Default)]
+pub(crate) struct FanShared {
+    /// Per publisher: messages queued so far (a message `seq >= sent` was never published).
+    pub(crate) sent: Box<[AtomicU64]>,
+    /// Per publisher, `1 << bits` send stamps indexed by `seq % (1 << bits)`: the send time
+    /// in the low 40 bits, `(seq >> bits) % 2^24` above it (so a slot already reused for a
+    /// later message is recognised and the latency is not sampled).
+    stamps: Box<[AtomicU64]>,
+    bits: u32,
+}
+
+impl FanShared {
+    pub(crate) fn new(publishers: usize) -> FanShared {
+        if publishers == 0 {
+            return FanShared::default();
+        }
+        let log = usize::BITS - (publishers - 1).leading_zeros();
+        let bits = STAMP_TOTAL_BITS.saturating_sub(log).max(12);
+        FanShared {
+            sent: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
+            stamps: (0..publishers << bits).map(|_| AtomicU64::new(0)).collect(),
+            bits,
+        }
+    }
+
+    fn stamp(&self, p: usize, seq: u64, now: u64) {
+        let mask = (1u64 << self.bits) - 1;
+        let v = (now & STAMP_TS_MASK) | (((seq >> self.bits) & 0xff_ffff) << STAMP_TS_BITS);
+        self.stamps[(p << self.bits) | (seq & mask) as usize].store(v, Ordering::Relaxed);
+        self.sent[p].store(seq + 1, Ordering::Release);
+    }
+
+    /// `now` minus the send time of `p`'s message `seq`, if its slot still holds it.
+    fn latency(&self, p: usize, seq: u64, now: u64) -> Option<u64> {
+        let mask = (1u64 << self.bits) - 1;
+        let v = self.stamps[(p << self.bits) | (seq & mask) as usize].load(Ordering::Relaxed);
+        ((v >> STAMP_TS_BITS) == (seq >> self.bits) & 0xff_ffff)
+            .then(|| now.wrapping_sub(v) & STAMP_TS_MASK)
+    }
+
+    /// Messages publisher `p` has queued.
+    fn published(&self, p: usize) -> u64 {
+        self.sent[p].load(Ordering::Acquire)
+    }
 }
 
 /// What the workers and the main thread share.
@@ -43,6 +106,10 @@ pub(crate) struct Shared {
     pub(crate) t0: OnceLock<Instant>,
     /// Idle mode: the main thread's signal to close everything.
     pub(crate) stop: AtomicBool,
+    /// The one clock origin of every worker (fanout latencies cross threads).
+    pub(crate) base: Instant,
+    /// Fanout: send counters and stamps per publisher (empty otherwise).
+    pub(crate) fan: Arc<FanShared>,
 }
 
 /// Error counters (whole run, warmup included).
@@ -63,6 +130,9 @@ pub(crate) struct Errors {
     pub(crate) unexpected_close: u64,
     /// Our closing handshake got no answer in time.
     pub(crate) close_timeout: u64,
+    /// Fanout: a publisher's message received twice or after a later one of the same
+    /// publisher (a gap is not an error: it is counted as lost).
+    pub(crate) order: u64,
 }
 
 impl Errors {
@@ -74,6 +144,7 @@ impl Errors {
             + self.protocol
             + self.unexpected_close
             + self.close_timeout
+            + self.order
     }
     pub(crate) fn add(&mut self, o: &Errors) {
         self.connect += o.connect;
@@ -83,6 +154,7 @@ impl Errors {
         self.protocol += o.protocol;
         self.unexpected_close += o.unexpected_close;
         self.close_timeout += o.close_timeout;
+        self.order += o.order;
     }
 }
 
@@ -104,6 +176,44 @@ pub(crate) struct WorkerResult {
     /// Closing handshakes completed (close frame answered, then EOF).
     pub(crate) clean_closes: u64,
     pub(crate) first_error: Option<String>,
+    pub(crate) fan: FanCounts,
+}
+
+/// Fanout counters a worker hands back (`WorkerResult::msgs` = deliveries to subscribers in
+/// the window, `hist` = publish-to-subscriber latency).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FanCounts {
+    /// Messages published inside the window.
+    pub(crate) published: u64,
+    /// Messages published over the whole run.
+    pub(crate) published_total: u64,
+    /// Deliveries to subscribers over the whole run (warmup and close included).
+    pub(crate) delivered_total: u64,
+    /// Sequence gaps seen by subscribers, whole run and inside the window (a gap is seen
+    /// when the next message of that publisher arrives, which may be after the window; a
+    /// message dropped at the very end, with none after it, is not seen).
+    pub(crate) lost: u64,
+    pub(crate) lost_window: u64,
+    /// Sequence gaps seen by publisher connections (they are in the room too), whole run.
+    pub(crate) publisher_lost: u64,
+    /// Deliveries whose send stamp had already been reused (no latency sample).
+    pub(crate) unsampled: u64,
+    /// Closed loop: a publisher that got none of its K messages back for 2 s and was sent
+    /// one more so that it does not stall for good.
+    pub(crate) stalls: u64,
+}
+
+impl FanCounts {
+    pub(crate) fn add(&mut self, o: &FanCounts) {
+        self.published += o.published;
+        self.published_total += o.published_total;
+        self.delivered_total += o.delivered_total;
+        self.lost += o.lost;
+        self.lost_window += o.lost_window;
+        self.publisher_lost += o.publisher_lost;
+        self.unsampled += o.unsampled;
+        self.stalls += o.stalls;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +261,25 @@ struct Conn {
     /// Send timestamps (ns since the worker's base), indexed by seq % inflight.
     ring: Box<[u64]>,
     rng: u32,
+    // Fanout.
+    /// This connection's publisher id; `None` for a subscriber.
+    pub_id: Option<usize>,
+    /// Per publisher: the next sequence number expected.
+    next: Box<[u64]>,
+    /// The current message's header, as it arrives.
+    pre: [u8; FAN_PREFIX],
+    cur_pub: usize,
+    cur_seq: u64,
+    /// Publisher: its own messages received back (the highest seq + 1).
+    own_acked: u64,
+    /// Publisher: when it last got one of its own messages back (ns).
+    last_ack: u64,
 }
+
+/// Fanout header: 4 hex digits of publisher id, 12 of sequence number.
+const FAN_PREFIX: usize = 16;
+/// Seed of the fanout pattern: every thread must derive the same one.
+const FAN_SEED: u64 = 0x5eed_fa40_07c0_ffee;
 
 /// Worker-wide state the per-connection code needs (kept apart from the connection vector so
 /// both can be borrowed at once).
@@ -177,6 +305,12 @@ struct Ctx {
     open: u64,
     opened: u64,
     clean_closes: u64,
+    // Fanout.
+    fan: Arc<FanShared>,
+    publishers: usize,
+    /// Messages/s per publisher; 0 = closed loop.
+    rate: f64,
+    fc: FanCounts,
 }
 
 impl Ctx {
@@ -211,7 +345,68 @@ impl Ctx {
             open: 0,
             opened: 0,
             clean_closes: 0,
+            fan: Arc::new(FanShared::default()),
+            publishers: 0,
+            rate: 0.0,
+            fc: FanCounts::default(),
         }
+    }
+
+    /// Fanout: text messages of `size` bytes, K outstanding per publisher (closed loop) or
+    /// `rate` per second; the pattern comes from a fixed seed so that all threads agree.
+    fn fanout(size: usize, inflight: u64, rate: f64, fan: Arc<FanShared>) -> Ctx {
+        let mut seed = FAN_SEED;
+        let mut ctx = Ctx::new(Mode::Fanout, true, size, inflight, &mut seed);
+        ctx.publishers = fan.sent.len();
+        ctx.fan = fan;
+        ctx.rate = rate;
+        ctx
+    }
+
+    /// The header of publisher `p`'s message `seq`.
+    #[inline]
+    fn fan_prefix(p: usize, seq: u64) -> [u8; FAN_PREFIX] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut h = [0u8; FAN_PREFIX];
+        let v = ((p as u64) << 48) | (seq & ((1 << 48) - 1));
+        for (i, b) in h.iter_mut().enumerate() {
+            *b = HEX[((v >> (60 - 4 * i)) & 15) as usize];
+        }
+        h
+    }
+
+    /// Parses a fanout header: (publisher, seq), or why it cannot be one of ours.
+    fn parse_fan_prefix(&self, h: &[u8; FAN_PREFIX]) -> Result<(usize, u64), &'static str> {
+        let mut v = 0u64;
+        for &b in h {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                _ => return Err("message header is not 16 lowercase hex digits"),
+            };
+            v = (v << 4) | u64::from(d);
+        }
+        let (p, seq) = ((v >> 48) as usize, v & ((1 << 48) - 1));
+        if p >= self.publishers {
+            return Err("message from a publisher that does not exist");
+        }
+        if seq >= self.fan.published(p) {
+            return Err("message that was never published");
+        }
+        Ok((p, seq))
+    }
+
+    /// Where publisher `p`'s message `seq` starts in the pattern.
+    #[inline]
+    fn fan_offset(p: usize, seq: u64) -> usize {
+        ((p as u64 * 131 + seq) % 251) as usize
+    }
+
+    /// Whether `chunk` equals bytes `off..` (past the header) of `p`'s message `seq`.
+    #[inline]
+    fn fan_verify(&self, p: usize, seq: u64, off: usize, chunk: &[u8]) -> bool {
+        let b = Self::fan_offset(p, seq) + off - FAN_PREFIX;
+        chunk == &self.pattern[b..b + chunk.len()]
     }
 
     #[inline]
@@ -314,8 +509,13 @@ impl Conn {
         } else {
             Vec::new()
         };
+        // Echo send times (fanout keeps them in `FanShared`).
+        let ring =
+            if matches!(ctx.mode, Mode::Echo | Mode::Raw) { ctx.inflight as usize } else { 0 };
         let wcap = match ctx.mode {
             Mode::Idle => 0,
+            // Subscribers send pongs and a close frame only (publishers: `make_publisher`).
+            Mode::Fanout => 256,
             _ => ctx.inflight as usize * (ctx.size + MAX_HEADER_LEN) + 256,
         };
         Conn {
@@ -341,10 +541,30 @@ impl Conn {
             ctrl_len: 0,
             send_seq: 0,
             recv_seq: 0,
-            ring: vec![0; if ctx.mode == Mode::Idle { 0 } else { ctx.inflight as usize }]
-                .into_boxed_slice(),
+            ring: vec![0; ring].into_boxed_slice(),
             rng: (splitmix(rng) as u32) | 1,
+            pub_id: None,
+            next: vec![0; ctx.publishers].into_boxed_slice(),
+            pre: [0; FAN_PREFIX],
+            cur_pub: 0,
+            cur_seq: 0,
+            own_acked: 0,
+            last_ack: 0,
         }
+    }
+
+    /// Fanout: makes this connection publisher `p`, with room for what it may queue at once
+    /// (K messages closed loop; open loop at least 64, what accumulates while the socket
+    /// does not take them stays due instead).
+    fn make_publisher(&mut self, ctx: &Ctx, p: usize) {
+        self.pub_id = Some(p);
+        let msgs = if ctx.rate > 0.0 { ctx.inflight.max(64) } else { ctx.inflight } as usize;
+        self.wbuf = Vec::with_capacity(msgs * (ctx.size + MAX_HEADER_LEN) + 256);
+    }
+
+    /// Whether one more fanout message fits in the write buffer without growing it.
+    fn fan_room(&self, ctx: &Ctx) -> bool {
+        self.wbuf.len() - self.wpos + ctx.size + MAX_HEADER_LEN + 128 <= self.wbuf.capacity()
     }
 
     /// Creates the socket, binds the source address, starts the non-blocking connect and
@@ -429,6 +649,39 @@ impl Conn {
         self.wbuf.extend_from_slice(&ctx.pattern[b..b + ctx.size - p]);
         if ctx.ws {
             unmask(&mut self.wbuf[start..], key, 0);
+        }
+    }
+
+    /// Fanout: appends this publisher's next message, stamped `now`.
+    #[inline]
+    fn queue_fan(&mut self, ctx: &mut Ctx, now: u64) {
+        let Some(p) = self.pub_id else { return };
+        self.compact();
+        let seq = self.send_seq;
+        self.send_seq += 1;
+        ctx.fan.stamp(p, seq, now);
+        ctx.fc.published_total += 1;
+        if ctx.measuring {
+            ctx.fc.published += 1;
+        }
+        let key = xorshift(&mut self.rng).to_le_bytes();
+        let mut h = [0u8; MAX_HEADER_LEN];
+        let n = frame::encode(true, 0, OpCode::Text, ctx.size as u64, Some(key), &mut h);
+        self.wbuf.extend_from_slice(&h[..n]);
+        let start = self.wbuf.len();
+        self.wbuf.extend_from_slice(&Ctx::fan_prefix(p, seq));
+        let b = Ctx::fan_offset(p, seq);
+        self.wbuf.extend_from_slice(&ctx.pattern[b..b + ctx.size - FAN_PREFIX]);
+        unmask(&mut self.wbuf[start..], key, 0);
+    }
+
+    /// Fanout, closed loop: tops the publisher up to K messages it has not received back.
+    fn fan_refill(&mut self, ctx: &mut Ctx, now: u64) {
+        if self.pub_id.is_none() || ctx.rate > 0.0 || !ctx.sending || self.st != St::Open {
+            return;
+        }
+        while self.send_seq - self.own_acked < ctx.inflight {
+            self.queue_fan(ctx, now);
         }
     }
 
@@ -556,6 +809,8 @@ impl Conn {
                     self.msg_bad = true;
                 }
                 self.msg_off += n;
+            } else if ctx.mode == Mode::Fanout {
+                self.fan_chunk(ctx, chunk);
             }
             self.rem -= n as u64;
             if self.rem == 0 {
@@ -616,6 +871,9 @@ impl Conn {
                     if self.msg_off as u64 + len > ctx.size as u64 {
                         return Err(Fail::Protocol("echo longer than the message sent"));
                     }
+                }
+                if ctx.mode == Mode::Fanout && self.msg_off as u64 + len > ctx.size as u64 {
+                    return Err(Fail::Protocol("message longer than --size"));
                 }
             }
             8..=10 => {
@@ -678,9 +936,90 @@ impl Conn {
         Ok(())
     }
 
+    /// Fanout: payload bytes of the current message, straight from the read buffer: the
+    /// header is gathered (it may arrive in pieces), then the rest is compared in place.
+    #[inline]
+    fn fan_chunk(&mut self, ctx: &mut Ctx, chunk: &[u8]) {
+        let mut c = chunk;
+        if self.msg_off < FAN_PREFIX {
+            let n = (FAN_PREFIX - self.msg_off).min(c.len());
+            self.pre[self.msg_off..self.msg_off + n].copy_from_slice(&c[..n]);
+            self.msg_off += n;
+            c = &c[n..];
+            if self.msg_off == FAN_PREFIX {
+                match ctx.parse_fan_prefix(&self.pre) {
+                    Ok((p, seq)) => {
+                        self.cur_pub = p;
+                        self.cur_seq = seq;
+                    }
+                    Err(why) => {
+                        if !self.msg_bad {
+                            ctx.note(format!("{why}: {:?}", String::from_utf8_lossy(&self.pre)));
+                        }
+                        self.msg_bad = true;
+                    }
+                }
+            }
+        }
+        if !c.is_empty() {
+            if !self.msg_bad && !ctx.fan_verify(self.cur_pub, self.cur_seq, self.msg_off, c) {
+                self.msg_bad = true;
+            }
+            self.msg_off += c.len();
+        }
+    }
+
+    /// Fanout: a whole message received; checks it and the publisher's sequence.
+    fn fan_complete(&mut self, ctx: &mut Ctx, now: u64) {
+        let (p, seq) = (self.cur_pub, self.cur_seq);
+        let ok = !self.msg_bad && self.msg_off == ctx.size;
+        self.msg_off = 0;
+        self.msg_bad = false;
+        if !ok {
+            ctx.errors.mismatch += 1;
+            ctx.note("fanout message differs from what was published".into());
+            return;
+        }
+        let expect = self.next[p];
+        if seq < expect {
+            ctx.errors.order += 1;
+            ctx.note(format!("publisher {p}: message {seq} received after message {}", expect - 1));
+            return;
+        }
+        self.next[p] = seq + 1;
+        let gap = seq - expect;
+        match self.pub_id {
+            None => {
+                ctx.fc.lost += gap;
+                ctx.done += 1;
+                if ctx.measuring {
+                    ctx.fc.lost_window += gap;
+                    ctx.msgs += 1;
+                    ctx.bytes += ctx.size as u64;
+                    match ctx.fan.latency(p, seq, now) {
+                        Some(l) => ctx.hist.record(l),
+                        None => ctx.fc.unsampled += 1,
+                    }
+                }
+            }
+            Some(me) => {
+                ctx.fc.publisher_lost += gap;
+                if p == me {
+                    self.own_acked = seq + 1;
+                    self.last_ack = now;
+                    self.fan_refill(ctx, now);
+                }
+            }
+        }
+    }
+
     /// Message `recv_seq` fully received.
     #[inline]
     fn complete(&mut self, ctx: &mut Ctx, now: u64) {
+        if ctx.mode == Mode::Fanout {
+            self.fan_complete(ctx, now);
+            return;
+        }
         let seq = self.recv_seq;
         self.recv_seq += 1;
         if self.msg_off != ctx.size {
@@ -841,8 +1180,44 @@ impl Conn {
     }
 }
 
+/// Fanout, open loop: queues what each publisher of this worker is due (message `seq` is due
+/// at `kick + seq / rate`), as far as its write buffer has room, and flushes. Returns how long
+/// until the next message is due on a publisher that has room (`None`: none has).
+fn fan_pace(
+    ctx: &mut Ctx,
+    conns: &mut [Conn],
+    pubs: &[usize],
+    kick: u64,
+    now: u64,
+) -> Option<Duration> {
+    let mut next: Option<u64> = None;
+    for &i in pubs {
+        let c = &mut conns[i];
+        if c.st != St::Open {
+            continue;
+        }
+        let due = ((now.saturating_sub(kick)) as f64 * ctx.rate / 1e9) as u64 + 1;
+        let before = c.send_seq;
+        while c.send_seq < due && c.fan_room(ctx) {
+            c.queue_fan(ctx, now);
+        }
+        if c.send_seq > before {
+            if let Err(e) = c.flush() {
+                c.kill(ctx, e);
+                continue;
+            }
+        }
+        if c.fan_room(ctx) {
+            let at = kick + (c.send_seq as f64 * 1e9 / ctx.rate) as u64;
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+    }
+    next.map(|at| Duration::from_nanos(at.saturating_sub(now)))
+}
+
 /// One event-loop thread driving `n` connections; connection `k` of this worker is global
-/// connection `idx + k * threads` (for the source-address rotation).
+/// connection `idx + k * threads` (for the source-address rotation). In fanout mode the worker
+/// also drives publishers `idx, idx + threads, ...` (after its `n` subscribers).
 pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) -> WorkerResult {
     let poll = Poll::new().expect("epoll_create");
     let mut poll = poll;
@@ -854,14 +1229,29 @@ pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) ->
         h.write_usize(idx);
         h.finish()
     };
-    let mut ctx = Ctx::new(args.mode, args.text, args.size, args.inflight as u64, &mut seed);
+    let mut ctx = if args.mode == Mode::Fanout {
+        Ctx::fanout(args.size, args.inflight as u64, args.rate, shared.fan.clone())
+    } else {
+        Ctx::new(args.mode, args.text, args.size, args.inflight as u64, &mut seed)
+    };
+    ctx.base = shared.base;
     let mut conns: Vec<Conn> =
         (0..n).map(|_| Conn::new(&ctx, &args.path, &args.host, &mut seed)).collect();
+    // Fanout publishers of this worker: indices into `conns`.
+    let mut pubs = Vec::new();
+    for p in (idx..args.publishers).step_by(args.threads) {
+        let mut c = Conn::new(&ctx, &args.path, &args.host, &mut seed);
+        c.make_publisher(&ctx, p);
+        pubs.push(conns.len());
+        conns.push(c);
+    }
+    let total = conns.len();
     let progress = &shared.progress[idx];
     let publish = |ctx: &Ctx| {
         progress.msgs.store(ctx.done, Ordering::Relaxed);
         progress.open.store(ctx.open, Ordering::Relaxed);
         progress.errors.store(ctx.errors.total(), Ordering::Relaxed);
+        progress.published.store(ctx.fc.published_total, Ordering::Relaxed);
     };
 
     // Connect and handshake, at most `cap` at a time.
@@ -872,8 +1262,11 @@ pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) ->
         let pending =
             conns.iter().filter(|c| matches!(c.st, St::Connecting | St::Handshake)).count();
         let mut pending = pending;
-        while pending < cap && next < n {
-            let gid = idx + next * args.threads;
+        while pending < cap && next < total {
+            let gid = match conns[next].pub_id {
+                None => idx + next * args.threads,
+                Some(p) => args.connections + p,
+            };
             if let Err(e) = conns[next].start(&args, gid, &poll, next) {
                 conns[next].kill(&mut ctx, e);
             } else {
@@ -881,7 +1274,7 @@ pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) ->
             }
             next += 1;
         }
-        if pending == 0 && next == n {
+        if pending == 0 && next == total {
             break;
         }
         if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(50))) {
@@ -940,17 +1333,25 @@ pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) ->
     } else {
         let t_warm = t0 + Duration::from_secs_f64(args.warmup);
         let t_end = t_warm + Duration::from_secs_f64(args.duration);
-        // Kick: K messages on every open connection.
-        let now = ctx.now_ns();
+        // Kick: K messages on every open connection (fanout: on every publisher, closed
+        // loop; open loop paces them from here on).
+        let kick = ctx.now_ns();
+        let fanout = args.mode == Mode::Fanout;
         for c in conns.iter_mut().filter(|c| c.st == St::Open) {
-            for _ in 0..args.inflight {
-                c.queue_msg(&ctx, now);
+            if fanout {
+                c.last_ack = kick;
+                c.fan_refill(&mut ctx, kick);
+            } else {
+                for _ in 0..args.inflight {
+                    c.queue_msg(&ctx, kick);
+                }
             }
             if let Err(e) = c.flush() {
                 c.kill(&mut ctx, e);
             }
         }
         let mut win_start: Option<Instant> = None;
+        let mut last_sweep = Instant::now();
         loop {
             let now = Instant::now();
             if win_start.is_none() && now >= t_warm {
@@ -965,7 +1366,30 @@ pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) ->
                 break;
             }
             let next = if win_start.is_none() { t_warm } else { t_end };
-            turn(&mut poll, &mut ctx, &mut conns, (next - now).min(Duration::from_millis(100)));
+            let mut timeout = (next - now).min(Duration::from_millis(100));
+            if fanout && ctx.rate > 0.0 {
+                let ns = ctx.now_ns();
+                if let Some(t) = fan_pace(&mut ctx, &mut conns, &pubs, kick, ns) {
+                    timeout = timeout.min(t);
+                }
+            } else if fanout && now - last_sweep >= Duration::from_millis(100) {
+                // Closed loop: a publisher whose K messages were all dropped would wait
+                // forever; after 2 s without any of them back it gets one more.
+                last_sweep = now;
+                let ns = ctx.now_ns();
+                for &i in &pubs {
+                    let c = &mut conns[i];
+                    if c.st == St::Open && ns.saturating_sub(c.last_ack) > 2_000_000_000 {
+                        c.last_ack = ns;
+                        c.queue_fan(&mut ctx, ns);
+                        ctx.fc.stalls += 1;
+                        if let Err(e) = c.flush() {
+                            c.kill(&mut ctx, e);
+                        }
+                    }
+                }
+            }
+            turn(&mut poll, &mut ctx, &mut conns, timeout);
         }
         ctx.measuring = false;
         ctx.sending = false;
@@ -1015,6 +1439,7 @@ pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) ->
         open_at_end,
         clean_closes: ctx.clean_closes,
         first_error: ctx.first_error,
+        fan: FanCounts { delivered_total: ctx.done, ..ctx.fc },
     }
 }
 
@@ -1141,5 +1566,268 @@ mod tests {
         }
         assert_eq!(ctx.done, 4);
         assert!(matches!(c.on_data(&mut ctx, b"x", 1), Err(Fail::Protocol(_))));
+    }
+
+    // Fanout.
+
+    /// The text payloads of the masked client frames in `wbuf`, unmasked.
+    fn sent_texts(wbuf: &[u8]) -> Vec<Vec<u8>> {
+        client_payloads(wbuf)
+            .into_iter()
+            .map(|(op, p)| {
+                assert_eq!(op, OpCode::Text);
+                p
+            })
+            .collect()
+    }
+
+    /// A fanout context with `publishers` publishers (closed loop, K = `k`), measuring.
+    fn fan_setup(publishers: usize, size: usize, k: u64, rate: f64) -> (Ctx, Vec<Conn>, u64) {
+        let mut seed = 11;
+        let mut ctx = Ctx::fanout(size, k, rate, Arc::new(FanShared::new(publishers)));
+        ctx.measuring = true;
+        let pubs = (0..publishers)
+            .map(|p| {
+                let mut c = Conn::new(&ctx, "/chat", "x", &mut seed);
+                c.make_publisher(&ctx, p);
+                c.st = St::Open;
+                c
+            })
+            .collect();
+        (ctx, pubs, seed)
+    }
+
+    fn subscriber(ctx: &Ctx, seed: &mut u64) -> Conn {
+        let mut c = Conn::new(ctx, "/chat", "x", seed);
+        c.st = St::Open;
+        c
+    }
+
+    /// Publishes `n` messages per publisher, round robin; returns them in publish order.
+    fn publish(ctx: &mut Ctx, pubs: &mut [Conn], n: usize, now: u64) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            for c in pubs.iter_mut() {
+                c.queue_fan(ctx, now);
+                out.extend(sent_texts(&c.wbuf));
+                c.wbuf.clear();
+            }
+        }
+        out
+    }
+
+    /// Server frames relaying `msgs` (every third fragmented in two around a ping).
+    fn relay(msgs: &[Vec<u8>]) -> Vec<u8> {
+        let mut server = Vec::new();
+        for (i, p) in msgs.iter().enumerate() {
+            if i % 3 == 1 && p.len() >= 2 {
+                let (a, b) = p.split_at(p.len() / 2);
+                write_frame(&mut server, OpCode::Text, false, a);
+                write_frame(&mut server, OpCode::Ping, true, b"hi");
+                write_frame(&mut server, OpCode::Continuation, true, b);
+            } else {
+                write_frame(&mut server, OpCode::Text, true, p);
+            }
+        }
+        server
+    }
+
+    fn fan_feed(ctx: &mut Ctx, c: &mut Conn, bytes: &[u8], split: usize, now: u64) {
+        for chunk in bytes.chunks(split) {
+            c.on_data(ctx, chunk, now).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn fanout_header_and_pattern() {
+        let (mut ctx, mut pubs, _) = fan_setup(2, 24, 1, 0.0);
+        let m = publish(&mut ctx, &mut pubs, 2, 0);
+        assert_eq!(&m[0][..16], b"0000000000000000");
+        assert_eq!(&m[1][..16], b"0001000000000000");
+        assert_eq!(&m[3][..16], b"0001000000000001");
+        for p in &m {
+            assert_eq!(p.len(), 24);
+            assert!(p.iter().all(|b| (b'!'..=b'~').contains(b)), "printable ASCII");
+        }
+        // Another thread derives the same bytes.
+        let other = Ctx::fanout(24, 1, 0.0, ctx.fan.clone());
+        assert_eq!(other.pattern, ctx.pattern);
+        assert!(other.fan_verify(1, 1, 16, &m[3][16..]));
+        assert!(!other.fan_verify(1, 0, 16, &m[3][16..]), "the pattern depends on seq");
+        assert!(!other.fan_verify(0, 1, 16, &m[3][16..]), "and on the publisher");
+    }
+
+    #[test]
+    fn fanout_verifies_every_split() {
+        for size in [16, 17, 20, 300, 70_000] {
+            for split in [1, 2, 3, 7, 16, 17, 64, 1000, usize::MAX] {
+                let (mut ctx, mut pubs, mut seed) = fan_setup(3, size, 1, 0.0);
+                let mut sub = subscriber(&ctx, &mut seed);
+                let msgs = publish(&mut ctx, &mut pubs, 4, 5);
+                fan_feed(&mut ctx, &mut sub, &relay(&msgs), split, 1005);
+                assert_eq!(
+                    ctx.errors.total(),
+                    0,
+                    "size {size} split {split}: {:?}",
+                    ctx.first_error
+                );
+                assert_eq!(ctx.done, 12, "size {size} split {split}");
+                assert_eq!(ctx.msgs, 12);
+                assert_eq!(ctx.fc.lost, 0);
+                assert_eq!(ctx.hist.count(), 12);
+                assert_eq!(ctx.hist.max(), 1000, "latency from the publish stamp");
+                // Every ping answered, nothing else sent by a subscriber.
+                let mut b = &sub.wbuf[..];
+                while !b.is_empty() {
+                    let (h, n) = decode(b).unwrap().unwrap();
+                    assert_eq!(h.opcode, OpCode::Pong);
+                    b = &b[n + h.payload_len as usize..];
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fanout_gaps_are_lost_not_errors() {
+        let (mut ctx, mut pubs, mut seed) = fan_setup(2, 20, 1, 0.0);
+        let mut sub = subscriber(&ctx, &mut seed);
+        let msgs = publish(&mut ctx, &mut pubs, 5, 0);
+        // Drop publisher 0's messages 1 and 2 and publisher 1's message 4 (the last).
+        let kept: Vec<_> = msgs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ![2, 4, 9].contains(i))
+            .map(|x| x.1.clone())
+            .collect();
+        fan_feed(&mut ctx, &mut sub, &relay(&kept), 5, 1);
+        assert_eq!(ctx.errors.total(), 0, "{:?}", ctx.first_error);
+        assert_eq!(ctx.fc.lost, 2, "a lost tail is not seen");
+        assert_eq!(ctx.fc.lost_window, 2);
+        assert_eq!(ctx.done, 7);
+        assert_eq!(sub.next[..], [5, 4]);
+    }
+
+    #[test]
+    fn fanout_duplicates_and_reordering_are_errors() {
+        let (mut ctx, mut pubs, mut seed) = fan_setup(1, 20, 1, 0.0);
+        let msgs = publish(&mut ctx, &mut pubs, 3, 0);
+        let mut sub = subscriber(&ctx, &mut seed);
+        let dup = [msgs[0].clone(), msgs[1].clone(), msgs[1].clone()];
+        fan_feed(&mut ctx, &mut sub, &relay(&dup), 64, 1);
+        assert_eq!((ctx.errors.order, ctx.errors.total(), ctx.done), (1, 1, 2));
+        let mut sub = subscriber(&ctx, &mut seed);
+        let swapped = [msgs[0].clone(), msgs[2].clone(), msgs[1].clone()];
+        let (done, lost) = (ctx.done, ctx.fc.lost);
+        fan_feed(&mut ctx, &mut sub, &relay(&swapped), 3, 1);
+        assert_eq!(ctx.errors.order, 2);
+        assert_eq!(ctx.done - done, 2);
+        assert_eq!(ctx.fc.lost - lost, 1, "the gap before the late message");
+    }
+
+    /// Feeds one relayed (possibly altered) message to a fresh subscriber; its error counts.
+    fn one(alter: impl Fn(&mut Vec<u8>), op: OpCode) -> Result<Errors, Fail> {
+        let (mut ctx, mut pubs, mut seed) = fan_setup(2, 40, 1, 0.0);
+        let mut m = publish(&mut ctx, &mut pubs, 2, 0).swap_remove(1);
+        alter(&mut m);
+        let mut server = Vec::new();
+        write_frame(&mut server, op, true, &m);
+        let mut sub = subscriber(&ctx, &mut seed);
+        for chunk in server.chunks(7) {
+            sub.on_data(&mut ctx, chunk, 1)?;
+        }
+        assert_eq!(ctx.done + ctx.errors.total(), 1);
+        Ok(ctx.errors)
+    }
+
+    #[test]
+    fn fanout_catches_corruption() {
+        assert_eq!(one(|_| {}, OpCode::Text).unwrap().total(), 0);
+        let mismatch = |alter: &dyn Fn(&mut Vec<u8>), why: &str| {
+            let e = one(alter, OpCode::Text).unwrap();
+            assert_eq!((e.mismatch, e.total()), (1, 1), "{why}");
+        };
+        mismatch(&|m| m[39] ^= 1, "last byte");
+        mismatch(&|m| m[16] = b'!' + (m[16] - b'!' + 1) % 94, "first pattern byte");
+        mismatch(&|m| m[3] = b'2', "publisher 2 does not exist");
+        mismatch(&|m| m[15] = b'9', "seq 9 was never published");
+        mismatch(&|m| m[10] = b'A', "uppercase hex");
+        mismatch(&|m| m[0] = b' ', "not hex");
+        mismatch(&|m| m.truncate(39), "short");
+        mismatch(&|m| m.truncate(10), "shorter than the header");
+        let e = one(|_| {}, OpCode::Binary).unwrap();
+        assert_eq!(e.mismatch, 1, "binary instead of text");
+        assert!(matches!(one(|m| m.push(b'x'), OpCode::Text), Err(Fail::Protocol(_))));
+    }
+
+    #[test]
+    fn fanout_closed_loop_publisher() {
+        let (mut ctx, mut pubs, _) = fan_setup(2, 20, 2, 0.0);
+        ctx.measuring = false;
+        let kick: Vec<_> = pubs
+            .iter_mut()
+            .map(|c| {
+                c.fan_refill(&mut ctx, 0);
+                let m = sent_texts(&c.wbuf);
+                c.wbuf.clear();
+                m
+            })
+            .collect();
+        assert_eq!((pubs[0].send_seq, pubs[1].send_seq), (2, 2), "K = 2 each");
+        let p0 = &mut pubs[0];
+        // Another publisher's message does not release anything.
+        fan_feed(&mut ctx, p0, &relay(&kick[1][..1]), 64, 1);
+        assert_eq!(p0.send_seq, 2);
+        // Its own message 0 back: one more goes out.
+        fan_feed(&mut ctx, p0, &relay(&kick[0][..1]), 64, 2);
+        assert_eq!(p0.send_seq, 3);
+        assert_eq!(sent_texts(&p0.wbuf).len(), 1);
+        assert_eq!(ctx.done, 0, "publishers' receptions are not deliveries");
+        // Its message 1 dropped, 2 received: 1 is lost, two more go out.
+        let own = sent_texts(&p0.wbuf);
+        p0.wbuf.clear();
+        fan_feed(&mut ctx, p0, &relay(&own), 64, 3);
+        assert_eq!(ctx.fc.publisher_lost, 1);
+        assert_eq!(p0.own_acked, 3);
+        assert_eq!(p0.send_seq, 5);
+        assert_eq!(ctx.errors.total(), 0, "{:?}", ctx.first_error);
+        assert_eq!(ctx.fc.published_total, 7);
+        assert_eq!(ctx.fc.published, 0, "not measuring");
+    }
+
+    #[test]
+    fn fanout_open_loop_pacing() {
+        let (mut ctx, mut pubs, _) = fan_setup(1, 20, 1, 1000.0);
+        let p = [0usize];
+        // At kick + 10.5 ms, 11 are due (the first at the kick).
+        let next = fan_pace(&mut ctx, &mut pubs, &p, 0, 10_500_000);
+        assert_eq!(pubs[0].send_seq, 11);
+        assert_eq!(next, Some(Duration::from_nanos(500_000)));
+        fan_pace(&mut ctx, &mut pubs, &p, 0, 10_600_000);
+        assert_eq!(pubs[0].send_seq, 11, "nothing new due");
+        // Far behind (no socket drains the buffer): it fills the buffer, never grows it.
+        let cap = pubs[0].wbuf.capacity();
+        assert_eq!(fan_pace(&mut ctx, &mut pubs, &p, 0, 1_000_000_000), None);
+        assert_eq!(pubs[0].wbuf.capacity(), cap);
+        assert!(pubs[0].send_seq >= 64 && pubs[0].send_seq < 1001, "{}", pubs[0].send_seq);
+        assert_eq!(sent_texts(&pubs[0].wbuf).len() as u64, pubs[0].send_seq);
+    }
+
+    #[test]
+    fn fanout_stamps() {
+        let f = FanShared::new(1);
+        assert_eq!(f.bits, 21);
+        assert_eq!(FanShared::new(3).bits, 19);
+        assert_eq!(FanShared::new(60_000).bits, 12);
+        f.stamp(0, 5, 1_000);
+        assert_eq!(f.published(0), 6);
+        assert_eq!(f.latency(0, 5, 1_750), Some(750));
+        // Wrapped clock (2^40 ns): still right.
+        let t = (1u64 << 40) - 10;
+        f.stamp(0, 6, t);
+        assert_eq!(f.latency(0, 6, (1 << 40) + 15), Some(25));
+        // The slot reused by seq + 2^21: no sample for the old one.
+        f.stamp(0, 5 + (1 << 21), 2_000);
+        assert_eq!(f.latency(0, 5, 3_000), None);
+        assert_eq!(f.latency(0, 5 + (1 << 21), 3_000), Some(1_000));
     }
 }

@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# compare.sh: Sockeye against other WebSocket servers, side by side, on the same loads.
+#
+# Every server runs each load in turn (A B C A B C ...), ROUNDS times, a fresh server process
+# per run, pinned to CPU 0 (taskset -c 0), the loadgen pinned to CPU 1. Each run's loadgen JSON
+# is appended, with server/load/round/noise added, to a JSONL file; at the end `chart` turns
+# it into a markdown table (printed) and an SVG chart next to it.
+#
+#   benches/compare.sh                 # full run (about 20 min with all six servers)
+#   benches/compare.sh --quick         # smoke test: 1 round, 2 s windows, results in /tmp
+#   SERVERS="sockeye-epoll raw" LOADS="echo-100x20 idle-10k" ROUNDS=5 benches/compare.sh
+#   chart --in benches/results/compare-X.jsonl --svg x.svg --md x.md   # redraw only
+#
+# Environment (defaults in brackets):
+#   SERVERS    subset of: sockeye-epoll sockeye-io_uring tungstenite fastwebsockets
+#              tokio-websockets raw                                          [all]
+#   LOADS      subset of: echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20
+#              idle-10k idle-100k fanout-10k                                 [all]
+#   ROUNDS [3]  DURATION [5]  WARMUP [1] (seconds; idle loads hold for DURATION)
+#   OUT        the JSONL file [benches/results/compare-DATE.jsonl; --quick: /tmp/...];
+#              the .md and .svg go next to it. A full default run (no SERVERS/LOADS/OUT)
+#              replaces the older compare-* files in benches/results/.
+#   PORT [9440] first port; every run takes the next free one of 20 (9440-9459)
+#   NO_BUILD=1  (or --no-build) use the binaries as they are
+#   CARGO_TARGET_DIR  honoured [target/]; peers are also looked for in
+#              benches/peers/target/release (PEERS_DIR overrides)
+#   FANOUT_ARGS extra loadgen flags for the fanout load
+#
+# Servers whose binary is missing are skipped with a warning, and so are loads a server
+# cannot run (raw has no idle or fan-out mode) or the loadgen lacks (fanout).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+ALL_SERVERS="sockeye-epoll sockeye-io_uring tungstenite fastwebsockets tokio-websockets raw"
+ALL_LOADS="echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20 idle-10k idle-100k fanout-10k"
+
+QUICK=0
+NO_BUILD=${NO_BUILD:-0}
+for arg in "$@"; do
+    case $arg in
+        --quick) QUICK=1 ;;
+        --no-build) NO_BUILD=1 ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "compare.sh: unknown argument $arg (--quick, --no-build, --help)" >&2
+            exit 2
+            ;;
+    esac
+done
+
+if ((QUICK)); then
+    ROUNDS=${ROUNDS:-1}
+    DURATION=${DURATION:-2}
+    WARMUP=${WARMUP:-1}
+    SETTLE=1
+else
+    ROUNDS=${ROUNDS:-3}
+    DURATION=${DURATION:-5}
+    WARMUP=${WARMUP:-1}
+    SETTLE=2
+fi
+PORT_BASE=${PORT:-9440}
+PORT=$((PORT_BASE - 1)) # next_port moves on before each run
+
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+T=$TARGET/release
+LOADGEN=$T/loadgen
+CHART=$T/chart
+
+warn() { echo "compare.sh: warning: $*" >&2; }
+die() {
+    echo "compare.sh: $*" >&2
+    exit 1
+}
+
+# ---- build ------------------------------------------------------------------------------------
+if ((!NO_BUILD)); then
+    echo "== build (release) into $TARGET" >&2
+    cargo build --release --example demo -p sockeye
+    cargo build --release -p sockeye-benches --bin loadgen --bin rawecho --bin chart
+    if [[ " ${SERVERS:-$ALL_SERVERS} " != *" tungstenite "* &&
+        " ${SERVERS:-$ALL_SERVERS} " != *" fastwebsockets "* &&
+        " ${SERVERS:-$ALL_SERVERS} " != *" tokio-websockets "* ]]; then
+        : # no peer selected
+    elif [[ -f benches/peers/Cargo.toml ]]; then
+        cargo build --release --manifest-path benches/peers/Cargo.toml ||
+            warn "peer servers did not build; those that have no binary will be skipped"
+    else
+        warn "benches/peers/Cargo.toml missing: no peer servers"
+    fi
+fi
+[[ -x $LOADGEN && -x $CHART ]] || die "no $LOADGEN or $CHART (build first, or drop NO_BUILD)"
+
+# ---- servers ----------------------------------------------------------------------------------
+# The binary of a peer: CARGO_TARGET_DIR (where our build put it), else the peers' own target/.
+peer_bin() {
+    local d
+    for d in ${PEERS_DIR:+"$PEERS_DIR"} "$T" "$ROOT/benches/peers/target/release"; do
+        if [[ -x $d/$1 ]]; then
+            echo "$d/$1"
+            return
+        fi
+    done
+    echo "$ROOT/benches/peers/target/release/$1" # missing: reported below
+}
+
+# server_cmd NAME ADDR: the command line that starts NAME on ADDR.
+server_cmd() {
+    case $1 in
+        sockeye-epoll) echo "$T/examples/demo --addr $2 --workers 1 --backend epoll" ;;
+        sockeye-io_uring) echo "$T/examples/demo --addr $2 --workers 1 --backend io_uring" ;;
+        tungstenite | fastwebsockets | tokio-websockets) echo "$(peer_bin "peer-$1") --addr $2" ;;
+        raw) echo "$T/rawecho --addr $2" ;;
+        *) return 1 ;;
+    esac
+}
+
+SERVER_LIST=()
+for s in ${SERVERS:-$ALL_SERVERS}; do
+    cmd=$(server_cmd "$s" 127.0.0.1:0) || {
+        warn "unknown server $s (known: $ALL_SERVERS)"
+        continue
+    }
+    bin=${cmd%% *}
+    if [[ -x $bin ]]; then
+        SERVER_LIST+=("$s")
+    else
+        warn "skipping $s: no $bin"
+    fi
+done
+((${#SERVER_LIST[@]})) || die "no server to run"
+
+# ---- loads ------------------------------------------------------------------------------------
+HAVE_FANOUT=0
+LOADGEN_HELP=$("$LOADGEN" --help 2>&1 || true)
+[[ $LOADGEN_HELP == *fanout* ]] && HAVE_FANOUT=1
+
+# Open files: 100k idle connections need 100k descriptors in the server and in the loadgen.
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+if [[ $NOFILE != unlimited ]] && ((NOFILE < 1048576)); then
+    warn "RLIMIT_NOFILE is only $NOFILE (raising the hard limit needs CAP_SYS_RESOURCE)"
+fi
+
+# Connections a load holds open: idle-100k -> 100000, echo-500x16k -> 500.
+load_conns() {
+    local c=${1#*-}
+    c=${c%%x*}
+    c=${c/k/*1000}
+    echo $((c))
+}
+
+LOAD_LIST=()
+for l in ${LOADS:-$ALL_LOADS}; do
+    case $l in
+        echo-100x20 | echo-100x1k | echo-10x64k | echo-500x16k | echo-1000x20 | idle-10k | idle-100k) ;;
+        fanout-10k)
+            if ((!HAVE_FANOUT)); then
+                warn "skipping $l: this loadgen has no fanout mode"
+                continue
+            fi
+            ;;
+        *)
+            warn "unknown load $l (known: $ALL_LOADS)"
+            continue
+            ;;
+    esac
+    if [[ $NOFILE != unlimited ]] && (($(load_conns "$l") + 200 > NOFILE)); then
+        warn "skipping $l: needs $(load_conns "$l") descriptors per process, RLIMIT_NOFILE is $NOFILE"
+        continue
+    fi
+    LOAD_LIST+=("$l")
+done
+((${#LOAD_LIST[@]})) || die "no load to run"
+
+# load_args LOAD URL-HOST:PORT: the loadgen arguments for LOAD (empty: not for this server).
+load_args() {
+    local load=$1 server=$2 hp=$3 c s
+    case $load in
+        echo-*)
+            c=${load#echo-}
+            s=${c#*x}
+            c=${c%x*}
+            s=${s/k/*1024}
+            s=$((s))
+            if [[ $server == raw ]]; then
+                echo "raw --url tcp://$hp --connections $c --size $s --duration $DURATION --warmup $WARMUP"
+            else
+                echo "echo --url ws://$hp/echo --connections $c --size $s --duration $DURATION --warmup $WARMUP"
+            fi
+            ;;
+        idle-*)
+            [[ $server == raw ]] && return 0
+            c=${load#idle-}
+            c=${c/k/*1000}
+            echo "idle --url ws://$hp/echo --connections $((c)) --hold $DURATION --settle $SETTLE"
+            ;;
+        fanout-*)
+            [[ $server == raw ]] && return 0
+            c=${load#fanout-}
+            c=${c/k/*1000}
+            echo "fanout --url ws://$hp/chat --connections $((c)) --duration $DURATION --warmup $WARMUP ${FANOUT_ARGS:-}"
+            ;;
+    esac
+}
+
+# ---- output -----------------------------------------------------------------------------------
+STAMP=$(date +%Y-%m-%d-%H%M%S)
+PRUNE=0
+if [[ -z ${OUT:-} ]]; then
+    if ((QUICK)); then
+        mkdir -p "${TMPDIR:-/tmp}/sockeye-compare"
+        OUT=${TMPDIR:-/tmp}/sockeye-compare/quick-$STAMP.jsonl
+    else
+        mkdir -p benches/results
+        OUT=benches/results/compare-$STAMP.jsonl
+        [[ -z ${SERVERS:-} && -z ${LOADS:-} ]] && PRUNE=1
+    fi
+fi
+mkdir -p "$(dirname "$OUT")"
+SVG=${OUT%.jsonl}.svg
+MD=${OUT%.jsonl}.md
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sockeye-compare.XXXXXX")
+SRV_PID=""
+LG_PID=""
+stop_server() {
+    [[ -n $SRV_PID ]] || return 0
+    kill "$SRV_PID" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$SRV_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$SRV_PID" 2>/dev/null || true
+    wait "$SRV_PID" 2>/dev/null || true
+    SRV_PID=""
+}
+cleanup() {
+    if [[ -n $LG_PID ]]; then kill "$LG_PID" 2>/dev/null || true; fi
+    stop_server
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'echo "compare.sh: interrupted" >&2; exit 130' INT TERM
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A port nobody listens on, so that "the port accepts" can only mean our server is up.
+next_port() {
+    local _
+    for _ in $(seq 20); do
+        PORT=$((PORT + 1))
+        ((PORT < PORT_BASE + 20)) || PORT=$PORT_BASE
+        port_open "$PORT" || return 0
+    done
+    die "no free port in $PORT_BASE-$((PORT_BASE + 19))"
+}
+
+# ---- run --------------------------------------------------------------------------------------
+GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || GIT_REV=$GIT_REV-dirty
+echo "== ${ROUNDS} round(s) × ${#LOAD_LIST[@]} load(s) × ${#SERVER_LIST[@]} server(s): ${SERVER_LIST[*]}" >&2
+echo "== loads: ${LOAD_LIST[*]}; window ${DURATION} s, warmup ${WARMUP} s; results: $OUT" >&2
+
+run_one() { # SERVER LOAD ROUND
+    local server=$1 load=$2 round=$3 args cmd rc
+    args=$(load_args "$load" "$server" "127.0.0.1:PORT")
+    [[ -n $args ]] || return 0 # raw: no idle or fan-out mode
+    next_port
+    args=${args//PORT/$PORT}
+    cmd=$(server_cmd "$server" "127.0.0.1:$PORT")
+    # shellcheck disable=SC2086 # the command lines are word lists on purpose
+    taskset -c 0 $cmd >"$WORK/server.log" 2>&1 &
+    SRV_PID=$!
+    local waited=0
+    until port_open "$PORT"; do
+        if ! kill -0 "$SRV_PID" 2>/dev/null || ((waited > 100)); then
+            warn "$server did not start on port $PORT:"
+            tail -5 "$WORK/server.log" >&2
+            stop_server
+            "$CHART" append --to "$OUT" --from /nonexistent server="$server" load="$load" \
+                round="$round" port="$PORT" exit=-1 failed=true
+            return 0
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    rm -f "$WORK/run.json"
+    # Generous limit: setup of 100k connections plus the window plus closing.
+    local limit=$((WARMUP + DURATION + 90))
+    rc=0
+    # shellcheck disable=SC2086
+    timeout -k 5 "$limit" taskset -c 1 "$LOADGEN" $args --server-pid "$SRV_PID" \
+        --server-cpu 0 --loadgen-cpu 1 --quiet --json "$WORK/run.json" &
+    LG_PID=$!
+    wait "$LG_PID" || rc=$?
+    LG_PID=""
+    stop_server
+    "$CHART" append --to "$OUT" --from "$WORK/run.json" server="$server" load="$load" \
+        round="$round" port="$PORT" exit="$rc" git="$GIT_REV" time="$(date +%s)"
+}
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    for load in "${LOAD_LIST[@]}"; do
+        for server in "${SERVER_LIST[@]}"; do
+            run_one "$server" "$load" "$round"
+        done
+    done
+done
+
+[[ -s $OUT ]] || die "no results"
+"$CHART" --in "$OUT" --svg "$SVG" --md "$MD"
+if ((PRUNE)); then
+    shopt -s nullglob
+    for f in benches/results/compare-*.{jsonl,svg,md}; do
+        case $f in "$OUT" | "$SVG" | "$MD") ;; *) rm -v "$f" >&2 ;; esac
+    done
+fi
+echo
+cat "$MD"
+echo "results: $OUT"
+echo "table:   $MD"
+echo "chart:   $SVG"

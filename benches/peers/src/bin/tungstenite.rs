@@ -1,0 +1,90 @@
+//! `peer-tungstenite`: echo / broadcast server on tokio-tungstenite, written the way its
+//! README's server example is: `accept_hdr_async` (to read the path), then the `Stream` /
+//! `Sink` of `Message`s. tungstenite itself answers pings and the closing handshake.
+
+use futures_util::{SinkExt, StreamExt};
+use sockeye_peers::{serve, Runtime, CHAT_CAPACITY, CHAT_PATH};
+use tokio::net::TcpStream;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+type Room = broadcast::Sender<Utf8Bytes>;
+
+/// tungstenite's default `read_buffer_size` is 128 KiB, and `FrameCodec::read_in` zero-fills
+/// that much before every `read` (snapview/tungstenite-rs#547, open): half the server's time
+/// goes to `memset` and a 20-byte echo costs twice the CPU; every idle connection touches the
+/// 128 KiB too. 8 KiB measured best or tied among 4/8/16/64/128 KiB at 20 B, 16 KiB and 64 KiB.
+/// `--read-buffer 131072` restores the library default.
+const READ_BUFFER: usize = 8192;
+
+fn main() {
+    serve(
+        "tokio-tungstenite",
+        Runtime::Current,
+        |args| {
+            let config = WebSocketConfig::default()
+                .read_buffer_size(args.read_buffer.unwrap_or(READ_BUFFER));
+            (broadcast::channel::<Utf8Bytes>(CHAT_CAPACITY).0, config)
+        },
+        |stream, (room, config)| handle(stream, room, config),
+    );
+}
+
+async fn handle(stream: TcpStream, room: Room, config: WebSocketConfig) {
+    let mut chat = false;
+    // The callback's error type is tungstenite's (an HTTP response), not ours.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| {
+        chat = req.uri().path() == CHAT_PATH;
+        Ok(resp)
+    };
+    let accepted =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await;
+    let Ok(ws) = accepted else {
+        return;
+    };
+    if chat {
+        chat_loop(ws, room).await;
+    } else {
+        echo_loop(ws).await;
+    }
+}
+
+async fn echo_loop(mut ws: WebSocketStream<TcpStream>) {
+    // Ends on the peer's close (tungstenite queues the reply and flushes it on the next poll,
+    // which then yields `None`), on EOF, or on any error.
+    while let Some(Ok(msg)) = ws.next().await {
+        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn chat_loop(mut ws: WebSocketStream<TcpStream>, room: Room) {
+    let mut rx = room.subscribe();
+    loop {
+        // Both branches are cancel-safe: `next` keeps partial frames inside the stream and
+        // `recv` loses nothing when dropped.
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let _ = room.send(text);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            },
+            line = rx.recv() => match line {
+                Ok(text) => {
+                    if ws.send(Message::Text(text)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            },
+        }
+    }
+}
