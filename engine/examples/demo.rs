@@ -96,6 +96,8 @@ USAGE: demo [--addr ADDR] [--workers N] [--backend auto|epoll|io_uring]
   --uring-buffers N  io_uring: provided buffers per worker (engine default)
   --uring-buffer-size BYTES
                      io_uring: size of each provided buffer (engine default)
+  --direct-write-min BYTES
+                     sends of at least BYTES skip the send queue (engine default)
   --zc-threshold BYTES
                      io_uring: sends of at least BYTES use SEND_ZC (default: never)
   -h, --help         this text
@@ -118,6 +120,7 @@ fn main() {
     let mut uring_buffers = defaults.uring_buffers;
     let mut uring_buffer_size = defaults.uring_buffer_size;
     let mut zc_threshold = defaults.uring_send_zc_threshold;
+    let mut direct_write_min = defaults.direct_write_min;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| {
@@ -142,6 +145,7 @@ fn main() {
             }
             "--uring-buffers" => uring_buffers = number(&value("--uring-buffers")),
             "--uring-buffer-size" => uring_buffer_size = number(&value("--uring-buffer-size")),
+            "--direct-write-min" => direct_write_min = number(&value("--direct-write-min")),
             "--zc-threshold" => zc_threshold = number(&value("--zc-threshold")),
             "-h" | "--help" => {
                 println!("{HELP}");
@@ -162,6 +166,7 @@ fn main() {
         .uring_buffers(uring_buffers)
         .uring_buffer_size(uring_buffer_size)
         .uring_send_zc_threshold(zc_threshold)
+        .direct_write_min(direct_write_min)
         .handler(Demo::default)
         .build()
     {

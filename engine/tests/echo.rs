@@ -302,3 +302,34 @@ fn on_close_once_per_connection_with_the_right_code() {
     assert_eq!(rec.opened().len(), 5, "[{}]", backend_name());
     srv.wait_idle(Duration::from_secs(5));
 }
+
+/// Large echoes are written straight from the read buffer (`direct_write_min`) while small
+/// ones are queued; a client that sends everything before reading anything fills the
+/// server's socket, so direct writes come out partial and later sends queue behind them.
+/// Every echo must still arrive whole and in order.
+#[test]
+fn direct_and_queued_sends_keep_their_order_when_the_socket_fills() {
+    let srv = start_echo(|b| b.max_backpressure(64 << 20).direct_write_min(8 << 10));
+    let mut ws = ws_connect(srv.addr);
+    let sizes = [20usize, 9000, 65536, 7, 200_000, 8192, 8191, 70_000];
+    let msgs: Vec<WsMessage> = (0..160)
+        .map(|i| {
+            let n = sizes[i % sizes.len()];
+            let body: Vec<u8> = (0..n).map(|j| (i * 31 + j) as u8).collect();
+            if i % 3 == 0 {
+                WsMessage::text(
+                    String::from_utf8(body.iter().map(|b| b'a' + b % 26).collect()).expect("ascii"),
+                )
+            } else {
+                WsMessage::binary(body)
+            }
+        })
+        .collect();
+    for m in &msgs {
+        ws.send(m.clone()).expect("send");
+    }
+    for (i, m) in msgs.iter().enumerate() {
+        assert!(ws_read_data(&mut ws) == *m, "[{}] echo {i} differs", backend_name());
+    }
+    ws_close(&mut ws);
+}

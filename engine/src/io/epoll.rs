@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -230,7 +231,7 @@ impl<H: Handler> Loop<H> {
             match listener.accept() {
                 Ok((mut sock, peer)) => {
                     let _ = sock.set_nodelay(true);
-                    let key = self.core.accept(peer);
+                    let key = self.core.accept(peer, sock.as_raw_fd());
                     let token = Token(key + FIRST_CONN);
                     if let Err(e) = self.poll.registry().register(
                         &mut sock,

@@ -595,7 +595,7 @@ impl<H: Handler> Loop<H> {
         }
         let peer = peer_addr(fd.as_raw_fd()).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         set_nodelay(fd.as_raw_fd());
-        let key = self.core.accept(peer);
+        let key = self.core.accept(peer, fd.as_raw_fd());
         if self.conns.len() <= key {
             self.conns.resize_with(key + 1, ConnIo::default);
         }

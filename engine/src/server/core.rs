@@ -12,12 +12,14 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
 use slab::Slab;
 
-use crate::proto::conn::{Event, HandshakeStatus};
+use crate::proto::conn::{Event, HandshakeStatus, Role};
+use crate::proto::frame;
 use crate::proto::{CloseCode, Connection, Decision, Env, OpCode, State};
 
 use super::api::{Conn, ConnId, Ctx, Handler, Message, Post, SendStatus, Upgrade};
@@ -78,6 +80,9 @@ pub(crate) struct Slot<D> {
     inflight: u32,
     /// Tick of the armed wheel entry, or `NO_TIMER`.
     timer_at: u32,
+    /// The socket, for the direct write of large sends (owned by the backend, which drops
+    /// the slot before or as it closes the socket).
+    fd: RawFd,
     /// Last time bytes arrived (coarse: the loop turn's clock).
     last_rx: Instant,
     peer: Peer,
@@ -185,6 +190,16 @@ impl<D> CoreState<D> {
             }
             return SendStatus::Dropped;
         }
+        if !op.is_control()
+            && payload.len() >= self.cfg.direct_write_min
+            && s.inflight == 0
+            && s.flags & BLOCKED == 0
+            && s.proto.role() == Role::Server
+        {
+            Self::send_direct(&mut self.out_pool, s, op, payload);
+            self.mark_dirty(key);
+            return SendStatus::Sent;
+        }
         Self::out_buf(&mut self.out_pool, s);
         let payload = if op.is_control() { &payload[..payload.len().min(125)] } else { payload };
         if s.proto.send_frame(op, true, payload, &mut s.out).is_err() {
@@ -194,6 +209,42 @@ impl<D> CoreState<D> {
             if s.flags & BLOCKED != 0 { SendStatus::Backpressure } else { SendStatus::Sent };
         self.mark_dirty(key);
         status
+    }
+
+    /// Writes what is queued, then the frame's header and `payload`, with one `sendmsg`
+    /// straight from the caller's memory, and queues only what the socket did not take:
+    /// a large echo then costs no copy into the send queue. Nothing of the connection may be
+    /// in flight (a completion backend's send), so the bytes keep their order. Any failure
+    /// (EAGAIN, a reset) writes nothing here and leaves it to the backend's flush, which
+    /// meets the same condition and handles it as for any queued bytes.
+    fn send_direct(out_pool: &mut Vec<Vec<u8>>, s: &mut Slot<D>, op: OpCode, payload: &[u8]) {
+        let mut h = [0u8; frame::MAX_HEADER_LEN];
+        let hn = frame::encode(true, 0, op, payload.len() as u64, None, &mut h);
+        let queued = &s.out[s.out_pos as usize..];
+        let mut n = send_vectored(s.fd, &[queued, &h[..hn], payload]);
+        let q = n.min(queued.len());
+        s.out_pos += q as u32;
+        n -= q;
+        if s.out_pos as usize == s.out.len() && s.out.capacity() > 0 {
+            let mut buf = std::mem::take(&mut s.out);
+            s.out_pos = 0;
+            if n == hn + payload.len() && out_pool.len() < 256 && buf.capacity() <= (256 << 10) {
+                buf.clear();
+                out_pool.push(buf);
+            } else {
+                buf.clear();
+                s.out = buf;
+            }
+        }
+        if n < hn + payload.len() {
+            Self::out_buf(out_pool, s);
+            if n < hn {
+                s.out.extend_from_slice(&h[n..hn]);
+                s.out.extend_from_slice(payload);
+            } else {
+                s.out.extend_from_slice(&payload[n - hn..]);
+            }
+        }
     }
 
     pub(crate) fn close(&mut self, key: usize, code: CloseCode, reason: &str) {
@@ -283,8 +334,8 @@ impl<H: Handler> Core<H> {
         self.state.conns.len()
     }
 
-    /// A connection arrived; returns its key.
-    pub(crate) fn accept(&mut self, peer: SocketAddr) -> usize {
+    /// A connection arrived on socket `fd` (the backend keeps owning it); returns its key.
+    pub(crate) fn accept(&mut self, peer: SocketAddr, fd: RawFd) -> usize {
         let st = &mut self.state;
         st.next_gen = st.next_gen.wrapping_add(1) & 0xff_ffff; // 24 bits: ConnId::to_u64 round-trips
         let slot = Slot {
@@ -296,6 +347,7 @@ impl<H: Handler> Core<H> {
             inflight: 0,
             last_rx: st.now,
             timer_at: NO_TIMER,
+            fd,
             peer: Peer::from(peer),
             data: H::Data::default(),
         };
@@ -714,6 +766,29 @@ impl<H: Handler> Core<H> {
         if let Some(key) = self.state.key_of(id) {
             self.state.close(key, code, reason);
         }
+    }
+}
+
+/// One non-blocking `sendmsg` of `parts` on `fd`; the bytes taken, 0 on any error.
+fn send_vectored(fd: RawFd, parts: &[&[u8]; 3]) -> usize {
+    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3];
+    let mut cnt = 0;
+    for p in parts.iter().filter(|p| !p.is_empty()) {
+        iov[cnt] = libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() };
+        cnt += 1;
+    }
+    // SAFETY: a zeroed msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = cnt;
+    // SAFETY: every iovec points into a slice borrowed for this call, which the kernel only
+    // reads; `msg` and `iov` outlive the call. MSG_DONTWAIT: never block, whatever mode the
+    // socket is in; MSG_NOSIGNAL: a closed peer is an error here, not SIGPIPE.
+    let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if r < 0 {
+        0
+    } else {
+        r as usize
     }
 }
 

@@ -229,6 +229,9 @@ impl<F> ServerBuilder<F> {
         uring_buffers: u16 => uring_buffers);
     setter!(/// Size of each provided buffer (io_uring).
         uring_buffer_size: usize => uring_buffer_size);
+    setter!(/// Data sends of at least this many bytes are written at once, without a copy
+        /// into the send queue (`usize::MAX`: never).
+        direct_write_min: usize => direct_write_min);
     setter!(/// Sends of at least this many bytes use SEND_ZC (io_uring; `usize::MAX`: never).
         uring_send_zc_threshold: usize => uring_send_zc_threshold);
 
