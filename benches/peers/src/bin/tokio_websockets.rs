@@ -51,6 +51,12 @@ async fn chat_loop(mut ws: WebSocketStream<TcpStream>, room: Room) {
                 Some(Ok(msg)) if msg.is_text() => {
                     let _ = room.send(msg);
                 }
+                Some(Ok(msg)) if msg.is_close() => {
+                    // Finish the closing handshake before the room can write again: the next
+                    // poll sends the reply and then yields `None`.
+                    while let Some(Ok(_)) = ws.next().await {}
+                    return;
+                }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return,
             },

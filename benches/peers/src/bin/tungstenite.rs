@@ -73,6 +73,12 @@ async fn chat_loop(mut ws: WebSocketStream<TcpStream>, room: Room) {
                 Some(Ok(Message::Text(text))) => {
                     let _ = room.send(text);
                 }
+                Some(Ok(Message::Close(_))) => {
+                    // Finish the closing handshake before the room can write again: the next
+                    // poll flushes the queued reply and then yields `None`.
+                    while let Some(Ok(_)) = ws.next().await {}
+                    return;
+                }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return,
             },
