@@ -193,7 +193,9 @@ impl<D> CoreState<D> {
         if !op.is_control()
             && payload.len() >= self.cfg.direct_write_min
             && s.inflight == 0
-            && s.flags & BLOCKED == 0
+            // Blocked: the bytes wait their turn. Read-paused: the drain that resumes reading
+            // runs in the backend's flush (`on_written`), which must see the queue.
+            && s.flags & (BLOCKED | READ_PAUSED) == 0
             && s.proto.role() == Role::Server
         {
             Self::send_direct(&mut self.out_pool, s, op, payload);
