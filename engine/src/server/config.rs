@@ -64,10 +64,10 @@ pub struct Config {
     /// io_uring: buffers in each worker's provided-buffer ring (a power of two).
     pub uring_buffers: u16,
     /// io_uring: size of each provided buffer. A frame larger than one buffer is assembled
-    /// (copied) across buffers, so this is sized to hold a 16 KiB message whole: 64 KiB × 128
-    /// buffers measured 10-15 % less server CPU per message than 16 KiB × 512 at 500 × 16 KiB
-    /// and 10 × 64 KiB echoes, for the same 8 MiB (benches/README.md). Memory is virtual until
-    /// the kernel writes into it: small messages touch one page per buffer.
+    /// (copied) across buffers, so this is sized to hold a 16 KiB message whole: at 500 × 16 KiB
+    /// echoes 64 KiB buffers took 6.2-6.3 µs of server CPU per message where 16 KiB × 512 took
+    /// 7.25 (interleaved runs, benches/README.md); 128 of them keep the ring at 8 MiB. Memory
+    /// is virtual until the kernel writes into it: small messages touch one page per buffer.
     pub uring_buffer_size: usize,
     /// Data messages of at least this many bytes are written at once, straight from the
     /// sender's memory (header and payload in one `sendmsg`), when nothing of the connection
@@ -76,7 +76,7 @@ pub struct Config {
     /// system call for all of a turn's echoes). `usize::MAX` queues everything. Default
     /// 32 KiB: at 10 × 64 KiB echoes it saves 5 % (epoll) and 12 % (io_uring) of server CPU per
     /// message; at 16 KiB the saving is within noise on epoll, and on io_uring the direct
-    /// writes break up the end-of-turn batch of sends, which cost the peer 15 % throughput
+    /// writes break up the end-of-turn batch of sends, which cost the pair 13 % throughput
     /// (benches/README.md).
     pub direct_write_min: usize,
     /// io_uring: sends of at least this many bytes use SEND_ZC (zero copy). `usize::MAX`

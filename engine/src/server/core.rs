@@ -227,25 +227,19 @@ impl<D> CoreState<D> {
         let q = n.min(queued.len());
         s.out_pos += q as u32;
         n -= q;
-        if s.out_pos as usize == s.out.len() && s.out.capacity() > 0 {
-            let mut buf = std::mem::take(&mut s.out);
+        if s.out_pos as usize == s.out.len() {
+            s.out.clear();
             s.out_pos = 0;
-            if n == hn + payload.len() && out_pool.len() < 256 && buf.capacity() <= (256 << 10) {
-                buf.clear();
-                out_pool.push(buf);
-            } else {
-                buf.clear();
-                s.out = buf;
-            }
         }
-        if n < hn + payload.len() {
+        if n < hn {
             Self::out_buf(out_pool, s);
-            if n < hn {
-                s.out.extend_from_slice(&h[n..hn]);
-                s.out.extend_from_slice(payload);
-            } else {
-                s.out.extend_from_slice(&payload[n - hn..]);
-            }
+            s.out.extend_from_slice(&h[n..hn]);
+            s.out.extend_from_slice(payload);
+        } else if n - hn < payload.len() {
+            Self::out_buf(out_pool, s);
+            s.out.extend_from_slice(&payload[n - hn..]);
+        } else if s.out.is_empty() {
+            recycle(out_pool, std::mem::take(&mut s.out));
         }
     }
 
@@ -557,12 +551,8 @@ impl<H: Handler> Core<H> {
             return false;
         }
         // Everything went out: give the buffer back.
-        let mut buf = std::mem::take(&mut s.out);
         s.out_pos = 0;
-        if buf.capacity() > 0 && buf.capacity() <= (256 << 10) && st.out_pool.len() < 256 {
-            buf.clear();
-            st.out_pool.push(buf);
-        }
+        recycle(&mut st.out_pool, std::mem::take(&mut s.out));
         let was_blocked = s.flags & BLOCKED != 0;
         let was_paused = s.flags & READ_PAUSED != 0;
         s.flags &= !(BLOCKED | READ_PAUSED);
@@ -610,11 +600,7 @@ impl<H: Handler> Core<H> {
             return Some((buf, pos));
         }
         s.inflight = 0;
-        let mut buf = buf;
-        if buf.capacity() <= (256 << 10) && st.out_pool.len() < 256 {
-            buf.clear();
-            st.out_pool.push(buf);
-        }
+        recycle(&mut st.out_pool, buf);
         if s.out.len() > s.out_pos as usize {
             // More was queued while the send was in flight: it goes next.
             let k = key as u32;
@@ -768,6 +754,15 @@ impl<H: Handler> Core<H> {
         if let Some(key) = self.state.key_of(id) {
             self.state.close(key, code, reason);
         }
+    }
+}
+
+/// Gives an emptied send buffer back to the worker's pool: at most 256 buffers of at most
+/// 256 KiB are kept, the rest freed.
+fn recycle(out_pool: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
+    if buf.capacity() > 0 && buf.capacity() <= (256 << 10) && out_pool.len() < 256 {
+        buf.clear();
+        out_pool.push(buf);
     }
 }
 
