@@ -47,12 +47,27 @@ pub struct Config {
     /// Send a ping after this long without receiving anything; if nothing arrives within
     /// another such interval, close the connection. `None` disables it.
     pub auto_ping: Option<Duration>,
-    /// Bytes a connection may have queued for sending before further data sends are dropped.
+    /// Most bytes a connection may have waiting for its socket. A data send that would take
+    /// the queue past it is refused whole ([`crate::SendStatus::Dropped`]); the bound is hard
+    /// up to one frame header (at most 14 bytes), and control frames (pings, pongs, the close),
+    /// which are never dropped, are bounded instead by reading pausing while the queue is
+    /// over the limit. Bytes queued during a loop turn count only once the socket refuses
+    /// them: a send that finds the queue too full first offers the queue to the socket.
+    /// Default 16 MiB, room for one largest message (`max_message_size`).
     pub max_backpressure: usize,
     /// Close the connection (1008) when a send is dropped over `max_backpressure`.
     pub close_on_backpressure_limit: bool,
     /// Connections per worker; over it the worker stops accepting until one closes.
     pub max_connections: usize,
+    /// Bytes of send queues and message-assembly buffers one worker may hold, all its
+    /// connections together. Over it, data sends are dropped and an incoming message that
+    /// would need assembly closes its connection with 1013 (try again later); the worker
+    /// keeps serving everyone else. Default 256 MiB.
+    pub worker_memory_budget: usize,
+    /// Let other sockets join this server's SO_REUSEPORT group on the same address (another
+    /// process of the same user, for a deliberate hand-over). Off by default: `build` fails
+    /// with `AddrInUse` when anything already listens on the address.
+    pub share_port: bool,
     /// Listen backlog.
     pub backlog: i32,
     /// Size of each worker's read buffer.
@@ -61,6 +76,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Granularity of the timer wheel.
     pub timer_tick: Duration,
+    /// io_uring: submission queue entries per worker (a power of two; the completion queue
+    /// is four times as large). Default 4096.
+    pub uring_entries: u32,
     /// io_uring: buffers in each worker's provided-buffer ring (a power of two).
     pub uring_buffers: u16,
     /// io_uring: size of each provided buffer. A frame larger than one buffer is assembled
@@ -93,13 +111,16 @@ impl Default for Config {
             limits: Limits::default(),
             idle_timeout: Some(Duration::from_secs(120)),
             auto_ping: None,
-            max_backpressure: 1 << 20,
+            max_backpressure: 16 << 20,
             close_on_backpressure_limit: false,
             max_connections: 1 << 20,
+            worker_memory_budget: 256 << 20,
+            share_port: false,
             backlog: 4096,
             read_buffer_size: 256 << 10,
             shutdown_timeout: Duration::from_secs(5),
             timer_tick: Duration::from_millis(250),
+            uring_entries: 4096,
             uring_buffers: 128,
             uring_buffer_size: 64 << 10,
             uring_send_zc_threshold: usize::MAX,

@@ -45,28 +45,72 @@ struct WorkerLink {
     stats: Arc<WorkerStats>,
 }
 
-/// Counters a worker publishes at the end of every loop turn (relaxed atomics: cheap to write,
-/// good enough to read from a monitoring thread or a test).
-#[derive(Debug, Default)]
-pub(crate) struct WorkerStats {
-    pub(crate) connections: AtomicUsize,
-    pub(crate) buffers_total: AtomicUsize,
-    pub(crate) buffers_in_kernel: AtomicUsize,
-    pub(crate) buffer_shortages: AtomicUsize,
+/// Declares the per-worker counters once: the atomics a worker publishes into at the end of
+/// every loop turn (relaxed: cheap to write, good enough for a monitoring thread or a test)
+/// and the public snapshot [`Stats`] read from them.
+macro_rules! worker_stats {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        #[derive(Debug, Default)]
+        pub(crate) struct WorkerStats {
+            $(pub(crate) $name: AtomicUsize,)*
+        }
+
+        /// A snapshot of one worker's counters. Counters (`*_total` in the demo's `/metrics`)
+        /// only grow; `connections`, `memory_in_use`, `buffers_total` and `buffers_in_kernel`
+        /// are gauges.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: usize,)*
+        }
+
+        impl WorkerStats {
+            fn snapshot(&self) -> Stats {
+                Stats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl Stats {
+            /// Every field by name, in declaration order (for exporters such as `/metrics`).
+            pub fn fields(&self) -> impl Iterator<Item = (&'static str, usize)> {
+                [$((stringify!($name), self.$name),)*].into_iter()
+            }
+        }
+    };
 }
 
-/// A snapshot of one worker's counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Stats {
+worker_stats! {
     /// Connections the worker holds (handshaking, open or closing).
-    pub connections: usize,
+    connections,
     /// io_uring: buffers in the provided-buffer ring (0 on epoll).
-    pub buffers_total: usize,
+    buffers_total,
     /// io_uring: buffers lent to the kernel; at rest it equals `buffers_total` (none held by
     /// the engine, none leaked).
-    pub buffers_in_kernel: usize,
+    buffers_in_kernel,
     /// io_uring: times a receive found the ring empty (ENOBUFS) and was re-armed.
-    pub buffer_shortages: usize,
+    buffer_shortages,
+    /// Bytes of send queues and message-assembly buffers the worker holds now (what
+    /// `Config::worker_memory_budget` bounds).
+    memory_in_use,
+    /// Connections dropped because their handshake did not complete within
+    /// `handshake_timeout`.
+    handshake_timeouts,
+    /// Connections closed (1001) by `idle_timeout` or an unanswered auto-ping.
+    idle_timeouts,
+    /// Connections force-closed (reset) because their close did not complete within
+    /// `close_timeout` of being sent or received, whatever was still queued.
+    close_timeouts,
+    /// Handler callbacks that panicked (caught; the connection was closed with 1011).
+    handler_panics,
+    /// Data sends refused because the connection's queue would pass `max_backpressure`.
+    sends_dropped,
+    /// Sends and incoming messages refused because the worker's memory budget was reached
+    /// (an incoming message refused closes its connection with 1013).
+    budget_refusals,
+    /// Connections closed for a protocol violation by the peer (1002, 1007, 1009).
+    protocol_errors,
+    /// Handshake requests answered with an HTTP error (4xx, or 500 for a handler's mistake).
+    bad_handshakes,
 }
 
 #[derive(Debug)]
@@ -124,16 +168,7 @@ impl ServerHandle {
 
     /// Each worker's counters, as of its last loop turn.
     pub fn stats(&self) -> Vec<Stats> {
-        self.inner
-            .workers
-            .iter()
-            .map(|w| Stats {
-                connections: w.stats.connections.load(Ordering::Relaxed),
-                buffers_total: w.stats.buffers_total.load(Ordering::Relaxed),
-                buffers_in_kernel: w.stats.buffers_in_kernel.load(Ordering::Relaxed),
-                buffer_shortages: w.stats.buffer_shortages.load(Ordering::Relaxed),
-            })
-            .collect()
+        self.inner.workers.iter().map(|w| w.stats.snapshot()).collect()
     }
 
     /// Hands `post` to every worker's [`Handler::on_post`]. Returns how many workers took it.
@@ -219,6 +254,12 @@ impl<F> ServerBuilder<F> {
         close_on_backpressure_limit: bool => close_on_backpressure_limit);
     setter!(/// Connections per worker.
         max_connections: usize => max_connections);
+    setter!(/// Bytes of send queues and assembly buffers one worker may hold in all.
+        worker_memory_budget: usize => worker_memory_budget);
+    setter!(/// Let other sockets join this server's SO_REUSEPORT group (off: the port is ours).
+        share_port: bool => share_port);
+    setter!(/// Submission queue entries per worker (io_uring).
+        uring_entries: u32 => uring_entries);
     setter!(/// How long a graceful shutdown waits for close handshakes.
         shutdown_timeout: std::time::Duration => shutdown_timeout);
     setter!(/// Granularity of the timer wheel.
