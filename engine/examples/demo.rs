@@ -67,7 +67,7 @@ impl Handler for Demo {
                 conn.handle().post_all(Arc::new(ChatLine(line.to_owned())));
             }
             (Route::Chat, Message::Binary(_)) => {
-                conn.close(CloseCode::UNSUPPORTED, "chat takes text");
+                let _ = conn.close(CloseCode::UNSUPPORTED, "chat takes text"); // a valid code
             }
         }
     }

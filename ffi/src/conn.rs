@@ -170,16 +170,13 @@ pub extern "C" fn sockeye_conn_close(
         let Some(c) = (unsafe { shim(conn) }) else {
             return SOCKEYE_ERR_NULL;
         };
-        let code = CloseCode(code);
-        if !code.is_valid_on_wire() {
-            return SOCKEYE_ERR_INVALID_ARGUMENT;
-        }
         // SAFETY: `reason` is NULL or NUL-terminated (documented contract).
         match unsafe { opt_str(reason) } {
-            Ok(r) => {
-                c.conn.close(code, r);
-                SOCKEYE_OK
-            }
+            // The engine refuses a code that may not be sent, the same rule as in Rust.
+            Ok(r) => match c.conn.close(CloseCode(code), r) {
+                Ok(()) => SOCKEYE_OK,
+                Err(_) => SOCKEYE_ERR_INVALID_ARGUMENT,
+            },
             Err(e) => e,
         }
     })

@@ -8,7 +8,6 @@
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::server::core::{After, Core};
-use crate::server::{drain_commands, Command, Config, Counters, Handler, Wake};
+use crate::server::{drain_commands, Command, Config, Handler, Wake, WorkerStats};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -59,7 +58,7 @@ impl Prep {
         self,
         core: Core<H>,
         cfg: &Config,
-        stats: Arc<Counters>,
+        stats: Arc<WorkerStats>,
     ) -> io::Result<()> {
         let mut listener = TcpListener::from_std(self.listener);
         self.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -88,7 +87,7 @@ struct Loop<H: Handler> {
     rbuf: Vec<u8>,
     core: Core<H>,
     scratch: Vec<u32>,
-    stats: Arc<Counters>,
+    stats: Arc<WorkerStats>,
 }
 
 impl<H: Handler> Loop<H> {
@@ -154,11 +153,11 @@ impl<H: Handler> Loop<H> {
     }
 
     fn publish_stats(&self) {
-        self.stats.connections.store(self.core.len(), Ordering::Relaxed);
+        self.core.publish_stats(&self.stats);
     }
 
     fn core_now(&self) -> Instant {
-        self.core.state.now
+        self.core.now()
     }
 
     /// Writes what handlers queued, shuts closed connections, drops dead ones; repeats until

@@ -16,7 +16,7 @@ use crossbeam_channel::Receiver;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::server::core::Core;
-use crate::server::{Backend, Command, Config, Counters, Handler, ServerHandle, Wake};
+use crate::server::{Backend, Command, Config, Handler, ServerHandle, Wake, WorkerStats};
 
 /// Applies `SOCKEYE_BACKEND` and resolves `Auto` to a backend this kernel supports.
 pub(crate) fn resolve(asked: Backend) -> io::Result<Backend> {
@@ -92,7 +92,7 @@ impl WorkerPrep {
         cfg: Arc<Config>,
         handle: ServerHandle,
         handler: H,
-        stats: Arc<Counters>,
+        stats: Arc<WorkerStats>,
     ) -> io::Result<()> {
         let core = Core::new(index, Arc::clone(&cfg), handle, handler);
         match self {

@@ -25,7 +25,7 @@ use crossbeam_channel::Receiver;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use crate::server::core::{After, Core};
-use crate::server::{drain_commands, Command, Config, Counters, Handler, Wake};
+use crate::server::{drain_commands, Command, Config, Handler, Wake, WorkerStats};
 
 // user_data: kind in the top byte, connection key in the low 32 bits.
 const ACCEPT: u64 = 1 << 56;
@@ -251,7 +251,7 @@ impl Prep {
         self,
         core: Core<H>,
         cfg: &Config,
-        stats: Arc<Counters>,
+        stats: Arc<WorkerStats>,
     ) -> io::Result<()> {
         let entries = 4096u32;
         // Best first: one issuer with deferred task work (completions run only when this
@@ -351,7 +351,7 @@ struct Loop<H: Handler> {
     /// the completion (or, for zero copy, the notification) arrives.
     sends: slab::Slab<(Vec<u8>, usize)>,
     core: Core<H>,
-    stats: Arc<Counters>,
+    stats: Arc<WorkerStats>,
     cqes: Vec<(u64, i32, u32)>,
     work: Vec<u32>,
     rearm: Vec<u32>,
@@ -390,7 +390,7 @@ impl<H: Handler> Loop<H> {
     }
 
     fn publish_stats(&self) {
-        self.stats.connections.store(self.core.len(), Ordering::Relaxed);
+        self.core.publish_stats(&self.stats);
         self.stats.buffers_total.store(self.bufs.entries as usize, Ordering::Relaxed);
         self.stats.buffers_in_kernel.store(self.bufs.lent, Ordering::Relaxed);
     }

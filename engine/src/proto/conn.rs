@@ -233,20 +233,61 @@ impl Default for BufPool {
     }
 }
 
-/// What many connections driven by one owner share: the limits and the buffer pool. Keeping
-/// them out of [`Connection`] keeps an idle connection small.
+/// Memory that many connections driven by one owner hold together, against one budget.
+///
+/// A connection reserves a message's announced length when the message has to be assembled
+/// (it did not arrive whole in one read, or it is fragmented) and gives the reservation back
+/// when the message completes, fails or the connection is released; a message that would take
+/// `assembly + queued` past `limit` is refused with [`ProtocolError::OverBudget`] before a
+/// byte of it is stored. `queued` is the owner's to keep (send queues, which this module
+/// never sees); it counts against the same limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// The budget, in bytes.
+    pub limit: usize,
+    /// Bytes reserved for messages being assembled.
+    pub assembly: usize,
+    /// Bytes the owner has queued for sending.
+    pub queued: usize,
+}
+
+impl Memory {
+    /// A budget of `limit` bytes, none used.
+    pub fn new(limit: usize) -> Self {
+        Self { limit, assembly: 0, queued: 0 }
+    }
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.assembly.saturating_add(self.queued)
+    }
+    /// Whether `n` more bytes fit.
+    pub fn fits(&self, n: u64) -> bool {
+        (self.used() as u64).saturating_add(n) <= self.limit as u64
+    }
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Self::new(usize::MAX)
+    }
+}
+
+/// What many connections driven by one owner share: the limits, the buffer pool and the
+/// memory budget. Keeping them out of [`Connection`] keeps an idle connection small.
 #[derive(Debug, Default)]
 pub struct Env {
     /// The limits every connection enforces.
     pub limits: Limits,
     /// Assembly buffers lent to connections with a message in flight.
     pub pool: BufPool,
+    /// Memory held by all the connections together, and its budget (unlimited by default).
+    pub memory: Memory,
 }
 
 impl Env {
-    /// An environment with these limits and a default pool.
+    /// An environment with these limits, a default pool and no memory budget.
     pub fn new(limits: Limits) -> Self {
-        Self { limits, pool: BufPool::default() }
+        Self { limits, pool: BufPool::default(), memory: Memory::default() }
     }
 }
 
@@ -378,6 +419,8 @@ impl Connection {
             return Ok(HandshakeStatus::Accepted { consumed: 0 });
         }
         let max = env.limits.max_handshake_bytes;
+        // At most what the limit allows is kept, plus one byte to detect overflow.
+        let keep = max.saturating_add(1);
         // Fast path: nothing carried, the whole head sits in `input`.
         let carried = self.assembly.len();
         let head = std::mem::take(&mut self.assembly);
@@ -385,17 +428,26 @@ impl Connection {
             if carried == 0 { (input, false) } else { (&[][..], true) };
         let mut joined = head;
         let source: &[u8] = if from_head {
-            // Append at most what the limit still allows (plus one byte to detect overflow).
-            let room = (max + 1).saturating_sub(joined.len());
+            let room = keep.saturating_sub(joined.len());
             joined.extend_from_slice(&input[..input.len().min(room)]);
             &joined
         } else {
             source
         };
+        // After the first read, parse again only once the head can have ended: a head that
+        // trickles in one byte per read is scanned once in all, not re-parsed from its start on
+        // every read. (The first read is always parsed, so garbage is refused at once.)
+        if from_head && source.len() <= max && !head_may_end(source, carried.saturating_sub(3)) {
+            if !from_head {
+                joined.extend_from_slice(&input[..input.len().min(keep)]);
+            }
+            self.assembly = joined;
+            return Ok(HandshakeStatus::Partial);
+        }
         let result = match handshake::parse_request(source, max) {
             Ok(Parsed::Partial) => {
                 if !from_head {
-                    joined.extend_from_slice(&input[..input.len().min(max + 1)]);
+                    joined.extend_from_slice(&input[..input.len().min(keep)]);
                 }
                 self.assembly = joined;
                 return Ok(HandshakeStatus::Partial);
@@ -403,6 +455,16 @@ impl Connection {
             Ok(Parsed::Complete(req, consumed)) => {
                 let accept = handshake::accept_key(req.key().as_bytes());
                 match decide(&req, true) {
+                    Decision::Accept { protocol: Some(p), .. }
+                        if !req.protocols().any(|o| o == p) =>
+                    {
+                        // The application confirmed a subprotocol the client never offered:
+                        // a server bug, answered as one (RFC 6455 §4.2.2 forbids the header).
+                        handshake::write_reject(500, &[], out);
+                        self.state = State::Closed;
+                        self.deadline = None;
+                        Ok(HandshakeStatus::Rejected { status: 500 })
+                    }
                     Decision::Accept { protocol, headers } => {
                         let extra: Vec<(&str, &str)> =
                             headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -486,7 +548,7 @@ impl Connection {
         self.deadline = None;
         env.pool.put(std::mem::take(&mut self.assembly));
         self.cur = None;
-        self.msg = None;
+        unreserve(self.msg.take(), env);
     }
 
     fn read_inner<'b>(
@@ -558,7 +620,7 @@ impl Connection {
                         return Ok(Read { consumed: total - rest.len(), event: Some(event) });
                     }
                     if !header.opcode.is_control() {
-                        self.start_fragment(&header, env);
+                        self.start_fragment(&header, env)?;
                     }
                     let c = Current { header, remaining: header.payload_len, phase: 0 };
                     self.cur = Some(c);
@@ -609,6 +671,7 @@ impl Connection {
             }
             // The message is complete.
             let msg = self.msg.take();
+            unreserve(msg, env);
             let data = std::mem::take(&mut self.assembly);
             if self.sent_close {
                 env.pool.put(data);
@@ -660,8 +723,14 @@ impl Connection {
         Ok(())
     }
 
-    /// Book-keeping for a data frame that goes through the assembly buffer.
-    fn start_fragment(&mut self, h: &FrameHeader, env: &mut Env) {
+    /// Book-keeping for a data frame that goes through the assembly buffer: its announced
+    /// length is reserved against the memory budget first (refused when it does not fit).
+    fn start_fragment(&mut self, h: &FrameHeader, env: &mut Env) -> Result<(), ProtocolError> {
+        if !env.memory.fits(h.payload_len) {
+            return Err(ProtocolError::OverBudget);
+        }
+        // Fits in usize: at most `limit`, itself a usize.
+        env.memory.assembly += h.payload_len as usize;
         match &mut self.msg {
             Some(m) => {
                 m.len += h.payload_len;
@@ -684,6 +753,7 @@ impl Connection {
             // a peer's claimed length is not a reason to allocate.
             self.assembly.reserve(h.payload_len.min(64 << 10) as usize);
         }
+        Ok(())
     }
 
     fn control(
@@ -808,6 +878,7 @@ impl Connection {
 
     /// Gives any held buffers back to `pool` (call when dropping the connection).
     pub fn release(&mut self, env: &mut Env) {
+        unreserve(self.msg.take(), env);
         if self.state == State::Handshake {
             self.assembly = Vec::new();
         } else {
@@ -821,6 +892,28 @@ impl Connection {
     pub fn buffered(&self) -> usize {
         self.assembly.capacity() + self.ctrl.as_ref().map_or(0, |c| c.capacity())
     }
+}
+
+/// Gives a finished (or abandoned) message's reservation back to the budget.
+fn unreserve(msg: Option<Message>, env: &mut Env) {
+    if let Some(m) = msg {
+        env.memory.assembly = env.memory.assembly.saturating_sub(m.len as usize);
+    }
+}
+
+/// Whether `buf` holds an empty line (the end of an HTTP head: CRLF CRLF, or bare LFs, which
+/// the parser also accepts) starting at or after `from`.
+fn head_may_end(buf: &[u8], from: usize) -> bool {
+    let from = from.min(buf.len());
+    buf[from..].iter().enumerate().any(|(i, &b)| {
+        let j = from + i;
+        b == b'\n'
+            && match buf.get(j + 1) {
+                Some(b'\n') => true,
+                Some(b'\r') => buf.get(j + 2) == Some(&b'\n'),
+                _ => false,
+            }
+    })
 }
 
 #[cfg(test)]

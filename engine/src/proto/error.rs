@@ -46,6 +46,10 @@ pub enum ProtocolError {
     TooManyFragments,
     /// Data frames after the peer's close frame.
     DataAfterClose,
+    /// A message that needs assembling while its owner's memory budget ([`super::Memory`]) is
+    /// spent: refused (1013, try again later), so one worker's peers cannot take all of its
+    /// memory together.
+    OverBudget,
 }
 
 impl ProtocolError {
@@ -61,6 +65,7 @@ impl From<&ProtocolError> for CloseCode {
         match e {
             InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
             FrameTooLarge | MessageTooLarge | TooManyFragments => CloseCode::TOO_BIG,
+            OverBudget => CloseCode::TRY_AGAIN_LATER,
             UnmaskedFrame
             | MaskedFrame
             | ReservedBitsSet
@@ -99,6 +104,7 @@ impl fmt::Display for ProtocolError {
             MessageTooLarge => "message exceeds the maximum message size",
             TooManyFragments => "message exceeds the maximum fragment count",
             DataAfterClose => "data frame after close",
+            OverBudget => "message refused: the memory budget is spent",
         };
         match self {
             ReservedOpcode(op) => write!(f, "{s} {op:#x}"),

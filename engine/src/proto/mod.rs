@@ -19,4 +19,4 @@ pub use close::CloseCode;
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, OpCode};
 
-pub use conn::{BufPool, Connection, Decision, Env, Event, Limits, Role, State};
+pub use conn::{BufPool, Connection, Decision, Env, Event, Limits, Memory, Role, State};

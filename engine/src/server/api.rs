@@ -46,7 +46,9 @@ pub enum SendStatus {
 }
 
 /// Identifies a connection across threads. Stale ids (the connection closed, its slot reused)
-/// are detected by a generation number and ignored.
+/// are detected by a generation number and ignored: each slot has its own 32-bit generation,
+/// bumped whenever the slot is freed, and a slot whose generations are used up is never
+/// reused, so an old id can never come to name another client.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId {
     pub(crate) worker: u32,
@@ -59,20 +61,18 @@ impl ConnId {
     pub fn worker(&self) -> usize {
         self.worker as usize
     }
-    /// Packs the id into a u64 (worker:16, key:24, gen:24 bits), for hosts that want a number.
+    /// Packs the id into a u64 (worker:12, key:20, generation:32 bits; the builder keeps
+    /// `workers` ≤ 4096 and `max_connections` ≤ 2^20 so nothing is lost), for hosts that want
+    /// a number.
     pub fn to_u64(&self) -> u64 {
-        (u64::from(self.worker) << 48)
-            | (u64::from(self.key) << 24)
-            | u64::from(self.gen & 0xff_ffff)
+        (u64::from(self.worker & 0xfff) << 52)
+            | (u64::from(self.key & 0xf_ffff) << 32)
+            | u64::from(self.gen)
     }
     /// Unpacks an id made by [`ConnId::to_u64`]; an id that names no open connection is ignored
     /// wherever it is used.
     pub fn from_u64(v: u64) -> Self {
-        ConnId {
-            worker: (v >> 48) as u32,
-            key: ((v >> 24) & 0xff_ffff) as u32,
-            gen: (v & 0xff_ffff) as u32,
-        }
+        ConnId { worker: (v >> 52) as u32, key: ((v >> 32) & 0xf_ffff) as u32, gen: v as u32 }
     }
 }
 
@@ -81,6 +81,22 @@ impl fmt::Debug for ConnId {
         write!(f, "ConnId({}:{}:{})", self.worker, self.key, self.gen)
     }
 }
+
+/// A close code that may not be sent in a close frame (1005, 1006, 1015, below 1000, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidCloseCode(pub CloseCode);
+
+impl fmt::Display for InvalidCloseCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "close code {} may not be sent (allowed: 1000-1003, 1007-1011, 3000-4999)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidCloseCode {}
 
 /// The answer to an upgrade request.
 #[derive(Debug)]
@@ -107,7 +123,9 @@ impl<D> Upgrade<D> {
     pub fn reject(status: u16) -> Self {
         Upgrade::Reject(status)
     }
-    /// Confirms a subprotocol (it must be one the client offered).
+    /// Confirms a subprotocol. It must be one the client offered: a subprotocol the client did
+    /// not offer is a server bug, and the request is answered with 500 (and a warning logged)
+    /// rather than with a response the client must fail.
     pub fn with_protocol(mut self, p: impl Into<String>) -> Self {
         if let Upgrade::Accept { protocol, .. } = &mut self {
             *protocol = Some(p.into());
@@ -182,8 +200,13 @@ pub trait Handler: 'static {
     }
 
     /// The connection is closed: by a close frame (its code, or 1005 when it had none), a
-    /// protocol error (the code we sent), or the socket dying (1006). Sends fail from here on.
-    /// Called once per opened connection.
+    /// protocol error (the code we sent), or the socket dying, a close that timed out or a
+    /// forced shutdown (1006). Sends fail (`SendStatus::Closed`) from here on. Called once per
+    /// opened connection.
+    ///
+    /// A panic in any callback is caught: it is counted (`Stats::handler_panics`), the first
+    /// one per worker is logged, and a connection whose callback panicked is closed with 1011;
+    /// every other connection is served on.
     fn on_close(&mut self, conn: &mut Conn<'_, Self::Data>, code: CloseCode, reason: &str) {
         let _ = (conn, code, reason);
     }
@@ -231,9 +254,16 @@ impl<D> Conn<'_, D> {
     pub fn ping(&mut self, payload: &[u8]) -> SendStatus {
         self.core.send(self.key, crate::proto::OpCode::Ping, payload)
     }
-    /// Starts the close handshake with this code and reason.
-    pub fn close(&mut self, code: CloseCode, reason: &str) {
+    /// Starts the close handshake with this code and reason (cut to 123 bytes at a character
+    /// boundary). `code` must be one that may go on the wire (1000-1003, 1007-1011,
+    /// 3000-4999); 1005, 1006, 1015, codes below 1000 and the rest are refused with
+    /// [`InvalidCloseCode`] and nothing is sent — the same rule as `sockeye_conn_close` in C.
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), InvalidCloseCode> {
+        if !code.is_valid_on_wire() {
+            return Err(InvalidCloseCode(code));
+        }
         self.core.close(self.key, code, reason);
+        Ok(())
     }
     /// Bytes queued for this connection and not yet taken by the socket.
     pub fn buffered_amount(&self) -> usize {
@@ -290,8 +320,8 @@ impl<D> Ctx<'_, D> {
     pub fn handle(&self) -> &ServerHandle {
         &self.core.handle
     }
-    /// Open connections on this worker.
+    /// Connections this worker holds: handshaking, open and closing ones.
     pub fn connection_count(&self) -> usize {
-        self.core.open_count()
+        self.core.connection_count()
     }
 }

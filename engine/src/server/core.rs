@@ -3,8 +3,14 @@
 //!
 //! A backend (epoll, io_uring) owns the sockets and moves bytes; it tells the core about socket
 //! events (a connection arrived, bytes arrived, the peer hung up, bytes were taken) and asks it
-//! what to write and what to close. The core never performs I/O itself, so both backends share
-//! every line of protocol and application logic.
+//! what to write and what to close, so both backends share every line of protocol and
+//! application logic. Two exceptions touch a socket from here, both on the descriptor the
+//! backend lent: the direct write of a large send (one `sendmsg`, see [`CoreState::send`]) and
+//! the `SO_LINGER` that makes a forced close a reset.
+//!
+//! Architecture invariant: every connection, in every state, has a deadline (the handshake
+//! timeout; idle timeout and auto-ping while open, when configured; `close_timeout` from the
+//! moment a close is sent or received, whatever is still queued), after which it is gone.
 //!
 //! Architecture invariant: an idle connection owns no buffer. Read buffers belong to the
 //! backend; an assembly buffer is lent from the pool only while a message spans reads; a send
@@ -13,21 +19,27 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use slab::Slab;
 
-use crate::proto::conn::{Event, HandshakeStatus, Role};
+use crate::proto::conn::{Event, HandshakeStatus};
 use crate::proto::frame;
-use crate::proto::{CloseCode, Connection, Decision, Env, OpCode, State};
+use crate::proto::{CloseCode, Connection, Decision, Env, OpCode, ProtocolError, Role, State};
 
 use super::api::{Conn, ConnId, Ctx, Handler, Message, Post, SendStatus, Upgrade};
 use super::config::Config;
 use super::timer::Wheel;
-use super::ServerHandle;
+use super::{ServerHandle, WorkerStats};
 
-const NO_TIMER: u32 = u32::MAX;
+const NO_TIMER: u64 = u64::MAX;
+
+/// A key's generation after its last use: the key is retired, never handed out again, so an
+/// old [`ConnId`] can never come to name a new connection (after 2^32 - 1 uses of one slot).
+const RETIRED_GEN: u32 = u32::MAX;
 
 /// Largest payload one send accepts: send queues count bytes in u32.
 const MAX_SEND: usize = 1 << 31;
@@ -58,20 +70,36 @@ impl Peer {
 }
 
 // Slot flags.
-const DIRTY: u8 = 1; // in the dirty list
-const BLOCKED: u8 = 2; // the socket refused bytes; waiting for writable
-const OPENED: u8 = 4; // on_open was called
-const NOTIFIED: u8 = 8; // on_close was called
-const READ_PAUSED: u8 = 16; // too much queued: stop reading until drained
-const PINGED: u8 = 32; // an auto-ping is outstanding
-const LINGER: u8 = 64; // write side shut; discarding input until EOF
-const DEAD: u8 = 128; // in the dead list; the backend drops the socket
+const DIRTY: u16 = 1; // in the dirty list
+const BLOCKED: u16 = 2; // the socket refused bytes; waiting for writable
+const OPENED: u16 = 4; // on_open was called
+const NOTIFIED: u16 = 8; // on_close was called
+const READ_PAUSED: u16 = 16; // too much queued: stop reading until drained
+const PINGED: u16 = 32; // an auto-ping is outstanding
+const LINGER: u16 = 64; // write side shut; discarding input until EOF
+const DEAD: u16 = 128; // in the dead list; the backend drops the socket
+const CLOSING: u16 = 256; // a close was sent or received (or the handshake refused): `since` is when
+const OVER: u16 = 512; // a data send was dropped at the limit: reading pauses until the queue drains
+const RETIRED: u16 = 1024; // a tombstone holding a retired key (see `RETIRED_GEN`)
 
-/// One connection's state in the worker.
+/// Counters a worker keeps in plain integers and publishes once per loop turn.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub(crate) handshake_timeouts: usize,
+    pub(crate) idle_timeouts: usize,
+    pub(crate) close_timeouts: usize,
+    pub(crate) handler_panics: usize,
+    pub(crate) sends_dropped: usize,
+    pub(crate) budget_refusals: usize,
+    pub(crate) protocol_errors: usize,
+    pub(crate) bad_handshakes: usize,
+}
+
+/// One connection's state in the worker. Its generation lives in `CoreState::gens`, which
+/// outlives the slot.
 #[derive(Debug)]
 pub(crate) struct Slot<D> {
-    gen: u32,
-    flags: u8,
+    flags: u16,
     proto: Connection,
     /// Bytes waiting for the socket, from `out_pos` on; empty and unallocated when idle.
     out: Vec<u8>,
@@ -79,12 +107,13 @@ pub(crate) struct Slot<D> {
     /// Bytes handed to the kernel in a send that has not completed (completion backends).
     inflight: u32,
     /// Tick of the armed wheel entry, or `NO_TIMER`.
-    timer_at: u32,
+    timer_at: u64,
     /// The socket, for the direct write of large sends (owned by the backend, which drops
     /// the slot before or as it closes the socket).
     fd: RawFd,
-    /// Last time bytes arrived (coarse: the loop turn's clock).
-    last_rx: Instant,
+    /// Until a close: the last time bytes arrived (coarse: the loop turn's clock). From the
+    /// close on (`CLOSING`): when the close was sent or received; it never moves again.
+    since: Instant,
     peer: Peer,
     data: D,
 }
@@ -94,7 +123,8 @@ pub(crate) struct Slot<D> {
 pub(crate) enum After {
     /// Keep reading.
     Continue,
-    /// Stop reading for now (closed, lingering or paused by backpressure).
+    /// Stop reading for now (closed, dead, or paused by backpressure). A lingering connection
+    /// gets `Continue`: it reads, and discards, until EOF.
     StopReading,
 }
 
@@ -106,7 +136,10 @@ pub(crate) struct CoreState<D> {
     cfg: Arc<Config>,
     env: Env,
     conns: Slab<Slot<D>>,
-    next_gen: u32,
+    /// Generation of each key ever used, bumped when its slot is freed.
+    gens: Vec<u32>,
+    /// Keys retired for good (tombstones in `conns`).
+    retired: usize,
     pub(crate) now: Instant,
     out_pool: Vec<Vec<u8>>,
     dirty: Vec<u32>,
@@ -115,6 +148,9 @@ pub(crate) struct CoreState<D> {
     dead: Vec<u32>,
     wheel: Wheel,
     shutting_down: bool,
+    pub(crate) counts: Counts,
+    /// Whether a handler panic was logged on this worker (the first is; the rest are counted).
+    panic_logged: bool,
 }
 
 /// A worker's core: its state plus the application's handler.
@@ -127,7 +163,7 @@ pub(crate) struct Core<H: Handler> {
 
 impl<D> CoreState<D> {
     pub(crate) fn id_of(&self, key: usize) -> ConnId {
-        ConnId { worker: self.worker, key: key as u32, gen: self.conns[key].gen }
+        ConnId { worker: self.worker, key: key as u32, gen: self.gens[key] }
     }
 
     pub(crate) fn key_of(&self, id: ConnId) -> Option<usize> {
@@ -136,15 +172,18 @@ impl<D> CoreState<D> {
         }
         let key = id.key as usize;
         match self.conns.get(key) {
-            Some(s) if s.gen == id.gen && s.flags & (OPENED | NOTIFIED | DEAD) == OPENED => {
+            Some(s)
+                if self.gens[key] == id.gen && s.flags & (OPENED | NOTIFIED | DEAD) == OPENED =>
+            {
                 Some(key)
             }
             _ => None,
         }
     }
 
-    pub(crate) fn open_count(&self) -> usize {
-        self.conns.len()
+    /// Connections held: handshaking, open or closing (retired keys are not connections).
+    pub(crate) fn connection_count(&self) -> usize {
+        self.conns.len() - self.retired
     }
 
     pub(crate) fn data_mut(&mut self, key: usize) -> &mut D {
@@ -156,8 +195,7 @@ impl<D> CoreState<D> {
     }
 
     pub(crate) fn buffered_amount(&self, key: usize) -> usize {
-        let s = &self.conns[key];
-        s.out.len() - s.out_pos as usize + s.inflight as usize
+        pending_of(&self.conns[key])
     }
 
     fn mark_dirty(&mut self, key: usize) {
@@ -176,54 +214,105 @@ impl<D> CoreState<D> {
         }
     }
 
+    /// Brings the worker's count of queued bytes up to date after `key`'s queue changed from
+    /// `before` bytes.
+    fn requeued(&mut self, key: usize, before: usize) {
+        let after = pending_of(&self.conns[key]);
+        let q = &mut self.env.memory.queued;
+        *q = (*q + after).saturating_sub(before);
+    }
+
+    /// Queues a message, or writes it at once (see `direct_write_min`).
+    ///
+    /// Data sends obey `max_backpressure` as a hard bound: a message that would take the
+    /// bytes waiting for the socket past it is refused whole (`Dropped`), and nothing of it is
+    /// queued. Bytes corked during this loop turn, which the socket has not been offered yet,
+    /// are offered first (one `sendmsg`) so that a burst of small sends is not dropped by a
+    /// socket that would have taken it. Control frames are never dropped.
     pub(crate) fn send(&mut self, key: usize, op: OpCode, payload: &[u8]) -> SendStatus {
         let max = self.cfg.max_backpressure;
-        let close_on_limit = self.cfg.close_on_backpressure_limit;
         let s = &mut self.conns[key];
         if !s.proto.can_send() || s.flags & DEAD != 0 {
             return SendStatus::Closed;
         }
-        let pending = s.out.len() - s.out_pos as usize + s.inflight as usize;
-        if !op.is_control() && (pending > max || payload.len() > MAX_SEND) {
-            if close_on_limit {
+        let before = pending_of(s);
+        if op.is_control() {
+            Self::out_buf(&mut self.out_pool, s);
+            let payload = &payload[..payload.len().min(125)];
+            if s.proto.send_frame(op, true, payload, &mut s.out).is_err() {
+                return SendStatus::Closed;
+            }
+            let status = status_of(s);
+            self.requeued(key, before);
+            self.mark_dirty(key);
+            return status;
+        }
+        let mut pending = before;
+        if pending.saturating_add(payload.len()) > max
+            && pending > 0
+            && s.inflight == 0
+            && s.flags & (BLOCKED | READ_PAUSED) == 0
+        {
+            // Everything queued is corked (never refused): let the socket have it first.
+            Self::write_now(&mut self.out_pool, s, None);
+            pending = pending_of(s);
+        }
+        if payload.len() > MAX_SEND || pending.saturating_add(payload.len()) > max {
+            self.counts.sends_dropped += 1;
+            self.requeued(key, before);
+            if self.cfg.close_on_backpressure_limit {
                 self.close(key, CloseCode::POLICY, "backpressure limit");
+            } else if pending > 0 {
+                // Reading pauses until the queue drains (an echo of a peer that never reads).
+                self.conns[key].flags |= OVER;
             }
             return SendStatus::Dropped;
         }
-        if !op.is_control()
-            && payload.len() >= self.cfg.direct_write_min
+        if !self.env.memory.fits(payload.len() as u64 + frame::MAX_HEADER_LEN as u64) {
+            self.counts.budget_refusals += 1;
+            self.requeued(key, before);
+            return SendStatus::Dropped;
+        }
+        if payload.len() >= self.cfg.direct_write_min
             && s.inflight == 0
             // Blocked: the bytes wait their turn. Read-paused: the drain that resumes reading
             // runs in the backend's flush (`on_written`), which must see the queue.
             && s.flags & (BLOCKED | READ_PAUSED) == 0
-            && s.proto.role() == Role::Server
         {
-            Self::send_direct(&mut self.out_pool, s, op, payload);
-            self.mark_dirty(key);
-            return SendStatus::Sent;
+            Self::write_now(&mut self.out_pool, s, Some((op, payload)));
+        } else {
+            Self::out_buf(&mut self.out_pool, s);
+            if s.proto.send_frame(op, true, payload, &mut s.out).is_err() {
+                return SendStatus::Closed;
+            }
         }
-        Self::out_buf(&mut self.out_pool, s);
-        let payload = if op.is_control() { &payload[..payload.len().min(125)] } else { payload };
-        if s.proto.send_frame(op, true, payload, &mut s.out).is_err() {
-            return SendStatus::Closed;
-        }
-        let status =
-            if s.flags & BLOCKED != 0 { SendStatus::Backpressure } else { SendStatus::Sent };
+        let status = status_of(s);
+        self.requeued(key, before);
         self.mark_dirty(key);
         status
     }
 
-    /// Writes what is queued, then the frame's header and `payload`, with one `sendmsg`
-    /// straight from the caller's memory, and queues only what the socket did not take:
-    /// a large echo then costs no copy into the send queue. Nothing of the connection may be
-    /// in flight (a completion backend's send), so the bytes keep their order. Any failure
-    /// (EAGAIN, a reset) writes nothing here and leaves it to the backend's flush, which
-    /// meets the same condition and handles it as for any queued bytes.
-    fn send_direct(out_pool: &mut Vec<Vec<u8>>, s: &mut Slot<D>, op: OpCode, payload: &[u8]) {
+    /// Writes what is queued, then (with `frame`) the frame's header and payload, with one
+    /// `sendmsg` straight from the caller's memory, and queues only what the socket did not
+    /// take: a large echo then costs no copy into the send queue. Nothing of the connection may
+    /// be in flight (a completion backend's send), so the bytes keep their order. A short
+    /// write marks the connection blocked; any failure (EAGAIN, a reset) writes nothing here
+    /// and leaves it to the backend's flush, which meets the same condition and handles it as
+    /// for any queued bytes.
+    fn write_now(out_pool: &mut Vec<Vec<u8>>, s: &mut Slot<D>, frame: Option<(OpCode, &[u8])>) {
         let mut h = [0u8; frame::MAX_HEADER_LEN];
-        let hn = frame::encode(true, 0, op, payload.len() as u64, None, &mut h);
+        let (hn, payload) = match frame {
+            Some((op, payload)) => {
+                (frame::encode(true, 0, op, payload.len() as u64, None, &mut h), payload)
+            }
+            None => (0, &[][..]),
+        };
         let queued = &s.out[s.out_pos as usize..];
+        let total = queued.len() + hn + payload.len();
         let mut n = send_vectored(s.fd, &[queued, &h[..hn], payload]);
+        if n > 0 && n < total {
+            s.flags |= BLOCKED;
+        }
         let q = n.min(queued.len());
         s.out_pos += q as u32;
         n -= q;
@@ -231,25 +320,47 @@ impl<D> CoreState<D> {
             s.out.clear();
             s.out_pos = 0;
         }
-        if n < hn {
+        if frame.is_none() {
+            // Nothing was added.
+        } else if n < hn {
             Self::out_buf(out_pool, s);
             s.out.extend_from_slice(&h[n..hn]);
             s.out.extend_from_slice(payload);
         } else if n - hn < payload.len() {
             Self::out_buf(out_pool, s);
             s.out.extend_from_slice(&payload[n - hn..]);
-        } else if s.out.is_empty() {
+        }
+        if s.out.is_empty() {
             recycle(out_pool, std::mem::take(&mut s.out));
         }
     }
 
+    /// Starts the close handshake. `code` must be one that may go on the wire (the API
+    /// checks); anything else is sent as 1000.
     pub(crate) fn close(&mut self, key: usize, code: CloseCode, reason: &str) {
         let now = self.now;
         let s = &mut self.conns[key];
+        if s.flags & DEAD != 0 {
+            return;
+        }
+        let before = pending_of(s);
         Self::out_buf(&mut self.out_pool, s);
         s.proto.close(now, code, reason, &mut s.out, &self.env.limits);
+        self.requeued(key, before);
         self.mark_dirty(key);
+        self.note_close(key);
         self.arm(key);
+    }
+
+    /// Starts the close clock the first time the protocol leaves Open (or the handshake):
+    /// from here the connection has `close_timeout` to be gone, whatever it still holds.
+    fn note_close(&mut self, key: usize) {
+        let s = &mut self.conns[key];
+        if s.flags & CLOSING == 0 && matches!(s.proto.state(), State::Closing | State::Closed) {
+            s.flags |= CLOSING;
+            s.since = self.now;
+            self.arm(key);
+        }
     }
 
     /// The next instant something is due for this connection.
@@ -258,18 +369,18 @@ impl<D> CoreState<D> {
         if s.flags & DEAD != 0 {
             return None;
         }
-        if s.flags & LINGER != 0 {
-            return Some(s.last_rx + self.env.limits.close_timeout);
+        if s.flags & CLOSING != 0 {
+            return Some(s.since + self.env.limits.close_timeout);
         }
         let mut d = s.proto.deadline();
         if s.proto.state() == State::Open {
             let mut consider = |t: Instant| d = Some(d.map_or(t, |x| x.min(t)));
             if let Some(idle) = self.cfg.idle_timeout {
-                consider(s.last_rx + idle);
+                consider(s.since + idle);
             }
             if let Some(p) = self.cfg.auto_ping {
                 let n = if s.flags & PINGED != 0 { 2 } else { 1 };
-                consider(s.last_rx + p * n);
+                consider(s.since + p * n);
             }
         }
         d
@@ -280,11 +391,37 @@ impl<D> CoreState<D> {
         let Some(d) = self.deadline_of(key) else { return };
         let tick = self.wheel.tick_for(d);
         let s = &self.conns[key];
-        if s.timer_at == NO_TIMER || tick < u64::from(s.timer_at) {
-            let gen = s.gen;
-            let at = self.wheel.insert(d, (key as u32, gen));
-            self.conns[key].timer_at = at.min(u64::from(NO_TIMER - 1)) as u32;
+        if s.timer_at == NO_TIMER || tick < s.timer_at {
+            let at = self.wheel.insert(d, (key as u32, self.gens[key]));
+            self.conns[key].timer_at = at;
         }
+    }
+
+    /// Marks a connection for removal; the backend drops its socket and calls `remove`.
+    /// `reset`: the socket closes with a reset (SO_LINGER 0), so the kernel keeps nothing of
+    /// it either (a forced close; the peer's window may be zero).
+    fn kill(&mut self, key: usize, reset: bool) {
+        let s = &mut self.conns[key];
+        if s.flags & DEAD == 0 {
+            s.flags |= DEAD;
+            if reset {
+                reset_on_close(s.fd);
+            }
+            self.dead.push(key as u32);
+        }
+    }
+}
+
+/// Bytes a connection has waiting for its socket: queued plus in flight.
+fn pending_of<D>(s: &Slot<D>) -> usize {
+    s.out.len() - s.out_pos as usize + s.inflight as usize
+}
+
+fn status_of<D>(s: &Slot<D>) -> SendStatus {
+    if s.flags & BLOCKED != 0 {
+        SendStatus::Backpressure
+    } else {
+        SendStatus::Sent
     }
 }
 
@@ -292,10 +429,29 @@ fn cfg_conns(cfg: &Config) -> usize {
     cfg.max_connections.min(1 << 20)
 }
 
+/// What a caught panic said, for the log.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 impl<H: Handler> Core<H> {
     pub(crate) fn new(worker: usize, cfg: Arc<Config>, handle: ServerHandle, handler: H) -> Self {
-        let now = Instant::now();
-        let env = Env::new(cfg.limits);
+        Self::new_at(Instant::now(), worker, cfg, handle, handler)
+    }
+
+    /// A core whose clock starts at `now` (tests drive it with a fake clock from there).
+    pub(crate) fn new_at(
+        now: Instant,
+        worker: usize,
+        cfg: Arc<Config>,
+        handle: ServerHandle,
+        handler: H,
+    ) -> Self {
+        let mut env = Env::new(cfg.limits);
+        env.memory.limit = cfg.worker_memory_budget;
         let wheel = Wheel::new(now, cfg.timer_tick);
         let capacity = cfg_conns(&cfg);
         Self {
@@ -307,7 +463,8 @@ impl<H: Handler> Core<H> {
                 // Reserved, not touched: pages become resident only as connections fill them,
                 // so the slab never pays for doubling and copying.
                 conns: Slab::with_capacity(capacity),
-                next_gen: 0,
+                gens: Vec::new(),
+                retired: 0,
                 now,
                 out_pool: Vec::new(),
                 dirty: Vec::new(),
@@ -315,6 +472,8 @@ impl<H: Handler> Core<H> {
                 dead: Vec::new(),
                 wheel,
                 shutting_down: false,
+                counts: Counts::default(),
+                panic_logged: false,
             },
             handler,
             expired: Vec::new(),
@@ -323,31 +482,50 @@ impl<H: Handler> Core<H> {
 
     /// Whether another connection may be accepted.
     pub(crate) fn has_room(&self) -> bool {
-        !self.state.shutting_down && self.state.conns.len() < self.state.cfg.max_connections
+        !self.state.shutting_down && self.state.connection_count() < self.state.cfg.max_connections
     }
 
+    /// Connections held (handshaking, open or closing); 0 when a stopping worker may exit.
     pub(crate) fn len(&self) -> usize {
-        self.state.conns.len()
+        self.state.connection_count()
+    }
+
+    /// Publishes this turn's figures for [`ServerHandle::stats`] (the backend adds its own).
+    pub(crate) fn publish_stats(&self, stats: &WorkerStats) {
+        let st = &self.state;
+        let c = &st.counts;
+        let put = |a: &std::sync::atomic::AtomicUsize, v: usize| a.store(v, Ordering::Relaxed);
+        put(&stats.connections, st.connection_count());
+        put(&stats.memory_in_use, st.env.memory.used());
+        put(&stats.handshake_timeouts, c.handshake_timeouts);
+        put(&stats.idle_timeouts, c.idle_timeouts);
+        put(&stats.close_timeouts, c.close_timeouts);
+        put(&stats.handler_panics, c.handler_panics);
+        put(&stats.sends_dropped, c.sends_dropped);
+        put(&stats.budget_refusals, c.budget_refusals);
+        put(&stats.protocol_errors, c.protocol_errors);
+        put(&stats.bad_handshakes, c.bad_handshakes);
     }
 
     /// A connection arrived on socket `fd` (the backend keeps owning it); returns its key.
     pub(crate) fn accept(&mut self, peer: SocketAddr, fd: RawFd) -> usize {
         let st = &mut self.state;
-        st.next_gen = st.next_gen.wrapping_add(1) & 0xff_ffff; // 24 bits: ConnId::to_u64 round-trips
         let slot = Slot {
-            gen: st.next_gen,
             flags: 0,
             proto: Connection::new_server(st.now, &st.env.limits),
             out: Vec::new(),
             out_pos: 0,
             inflight: 0,
-            last_rx: st.now,
+            since: st.now,
             timer_at: NO_TIMER,
             fd,
             peer: Peer::from(peer),
             data: H::Data::default(),
         };
         let key = st.conns.insert(slot);
+        if st.gens.len() <= key {
+            st.gens.resize(key + 1, 0);
+        }
         st.arm(key);
         key
     }
@@ -357,17 +535,60 @@ impl<H: Handler> Core<H> {
         self.state.conns.get(key).is_some_and(|s| s.flags & (READ_PAUSED | DEAD) == 0)
     }
 
+    /// Runs a handler callback, catching a panic: it is counted and logged (the first on this
+    /// worker in full, the rest at debug level), and, for a connection's callback, that
+    /// connection is closed with 1011 while every other one is served on.
+    fn guarded<R>(
+        &mut self,
+        key: Option<usize>,
+        what: &str,
+        f: impl FnOnce(&mut H, &mut CoreState<H::Data>) -> R,
+    ) -> Option<R> {
+        let (handler, state) = (&mut self.handler, &mut self.state);
+        match catch_unwind(AssertUnwindSafe(|| f(handler, state))) {
+            Ok(r) => Some(r),
+            Err(p) => {
+                self.panicked(what, &*p);
+                if let Some(key) = key {
+                    if self.state.conns.contains(key) {
+                        self.state.close(key, CloseCode::INTERNAL_ERROR, "");
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn panicked(&mut self, what: &str, p: &(dyn std::any::Any + Send)) {
+        let st = &mut self.state;
+        st.counts.handler_panics += 1;
+        let msg = panic_message(p);
+        if st.panic_logged {
+            log::debug!("worker {}: handler panicked in {what}: {msg}", st.worker);
+        } else {
+            st.panic_logged = true;
+            log::error!(
+                "worker {}: handler panicked in {what}: {msg} (caught: that connection gets \
+                 1011, the worker serves on; further panics are counted in stats)",
+                st.worker
+            );
+        }
+    }
+
     /// Bytes arrived for `key`. They are parsed (and unmasked) in place.
     pub(crate) fn on_data(&mut self, key: usize, data: &mut [u8]) -> After {
+        let now = self.state.now;
         let Some(s) = self.state.conns.get_mut(key) else { return After::StopReading };
         if s.flags & DEAD != 0 {
             return After::StopReading;
         }
         if s.flags & LINGER != 0 {
-            // Discard until EOF; the linger deadline does not move, however much arrives.
+            // Discard until EOF; the close deadline does not move, however much arrives.
             return After::Continue;
         }
-        s.last_rx = self.state.now;
+        if s.flags & CLOSING == 0 {
+            s.since = now;
+        }
         s.flags &= !PINGED;
         let mut pos = 0;
         if s.proto.state() == State::Handshake {
@@ -379,11 +600,13 @@ impl<H: Handler> Core<H> {
         while pos < data.len() {
             let st = &mut self.state;
             let s = &mut st.conns[key];
-            if matches!(s.proto.state(), State::Closed) {
+            if matches!(s.proto.state(), State::Closed) || s.flags & DEAD != 0 {
                 break;
             }
+            let before = pending_of(s);
             CoreState::<H::Data>::out_buf(&mut st.out_pool, s);
             let r = s.proto.read(&mut data[pos..], &mut s.out, &mut st.env);
+            st.requeued(key, before);
             match r {
                 Ok(r) => {
                     pos += r.consumed;
@@ -391,7 +614,13 @@ impl<H: Handler> Core<H> {
                     self.dispatch(key, ev);
                 }
                 Err(e) => {
+                    let s = &st.conns[key];
                     log::debug!("worker {}: protocol error from {}: {e}", st.worker, s.peer.addr());
+                    if e == ProtocolError::OverBudget {
+                        st.counts.budget_refusals += 1;
+                    } else {
+                        st.counts.protocol_errors += 1;
+                    }
                     let code = e.close_code();
                     self.notify_close(key, code, "");
                     break;
@@ -408,27 +637,44 @@ impl<H: Handler> Core<H> {
         let peer = s.peer.addr();
         let handler = &mut self.handler;
         let mut user: Option<H::Data> = None;
+        let mut panic: Option<(&str, Box<dyn std::any::Any + Send>)> = None;
         CoreState::<H::Data>::out_buf(&mut st.out_pool, s);
+        let before = pending_of(s);
         let res = s.proto.handshake(data, &mut s.out, &st.env, |req, upgrade| {
             if !upgrade {
-                return match handler.on_http(req) {
-                    Some(r) => Decision::Respond {
+                return match catch_unwind(AssertUnwindSafe(|| handler.on_http(req))) {
+                    Ok(Some(r)) => Decision::Respond {
                         status: r.status,
                         content_type: r.content_type,
                         body: r.body,
                     },
-                    None => Decision::Reject { status: 400 },
+                    Ok(None) => Decision::Reject { status: 400 },
+                    Err(p) => {
+                        panic = Some(("on_http", p));
+                        Decision::Reject { status: 500 }
+                    }
                 };
             }
-            match handler.on_upgrade(req, peer) {
-                Upgrade::Accept { protocol, headers, data } => {
+            match catch_unwind(AssertUnwindSafe(|| handler.on_upgrade(req, peer))) {
+                Ok(Upgrade::Accept { protocol, headers, data }) => {
                     user = Some(data);
                     Decision::Accept { protocol, headers }
                 }
-                Upgrade::Reject(status) => Decision::Reject { status },
+                Ok(Upgrade::Reject(status)) => Decision::Reject { status },
+                Err(p) => {
+                    panic = Some(("on_upgrade", p));
+                    Decision::Reject { status: 500 }
+                }
             }
         });
+        st.requeued(key, before);
         st.mark_dirty(key);
+        if let Some((what, p)) = panic {
+            self.panicked(what, &*p);
+            self.state.counts.bad_handshakes += 1;
+            return None;
+        }
+        let st = &mut self.state;
         match res {
             Ok(HandshakeStatus::Accepted { consumed }) => {
                 let s = &mut st.conns[key];
@@ -437,35 +683,56 @@ impl<H: Handler> Core<H> {
                 }
                 s.flags |= OPENED;
                 st.arm(key);
-                self.handler.on_open(&mut Conn { core: &mut self.state, key });
+                self.guarded(Some(key), "on_open", |h, core| h.on_open(&mut Conn { core, key }));
                 Some(consumed)
             }
             Ok(HandshakeStatus::Partial) => None,
+            Ok(HandshakeStatus::Rejected { status: 500 }) if user.is_some() => {
+                log::warn!(
+                    "worker {}: on_upgrade confirmed a subprotocol {peer} did not offer; \
+                     answered 500",
+                    st.worker
+                );
+                st.counts.bad_handshakes += 1;
+                None
+            }
             Ok(HandshakeStatus::Rejected { .. } | HandshakeStatus::Responded) => None,
             Err(e) => {
                 log::debug!("worker {}: bad handshake from {peer}: {e}", st.worker);
+                st.counts.bad_handshakes += 1;
                 None
             }
         }
     }
 
     fn dispatch(&mut self, key: usize, ev: Event<'_>) {
-        let mut conn = Conn { core: &mut self.state, key };
         match ev {
             Event::Text(t) => {
-                self.handler.on_message(&mut conn, Message::Text(&t));
+                self.guarded(Some(key), "on_message", |h, core| {
+                    h.on_message(&mut Conn { core, key }, Message::Text(&t))
+                });
                 if let Cow::Owned(s) = t {
                     self.state.env.pool.put(s.into_bytes());
                 }
             }
             Event::Binary(b) => {
-                self.handler.on_message(&mut conn, Message::Binary(&b));
+                self.guarded(Some(key), "on_message", |h, core| {
+                    h.on_message(&mut Conn { core, key }, Message::Binary(&b))
+                });
                 if let Cow::Owned(v) = b {
                     self.state.env.pool.put(v);
                 }
             }
-            Event::Ping(p) => self.handler.on_ping(&mut conn, p.as_bytes()),
-            Event::Pong(p) => self.handler.on_pong(&mut conn, p.as_bytes()),
+            Event::Ping(p) => {
+                self.guarded(Some(key), "on_ping", |h, core| {
+                    h.on_ping(&mut Conn { core, key }, p.as_bytes())
+                });
+            }
+            Event::Pong(p) => {
+                self.guarded(Some(key), "on_pong", |h, core| {
+                    h.on_pong(&mut Conn { core, key }, p.as_bytes())
+                });
+            }
             Event::Close { code, reason } => {
                 let reason = std::str::from_utf8(reason.as_bytes()).unwrap_or("");
                 self.notify_close(key, code.unwrap_or(CloseCode::NO_STATUS), reason);
@@ -479,22 +746,34 @@ impl<H: Handler> Core<H> {
         let s = &mut self.state.conns[key];
         if s.flags & (OPENED | NOTIFIED) == OPENED {
             s.flags |= NOTIFIED;
-            self.handler.on_close(&mut Conn { core: &mut self.state, key }, code, reason);
+            self.guarded(None, "on_close", |h, core| {
+                h.on_close(&mut Conn { core, key }, code, reason)
+            });
         }
     }
 
-    /// After input: pause reading under backpressure, start the shutdown of closed ones.
+    /// After input: pause reading under backpressure, start the clock and the shutdown of
+    /// closed ones.
     fn after_input(&mut self, key: usize) -> After {
         let st = &mut self.state;
         st.mark_dirty(key);
+        st.note_close(key);
         let s = &mut st.conns[key];
+        if s.flags & DEAD != 0 {
+            return After::StopReading;
+        }
         if s.proto.state() == State::Closed {
             if s.out.len() == s.out_pos as usize && s.inflight == 0 {
                 self.begin_linger(key);
+                return After::Continue;
             }
             return After::StopReading;
         }
-        if s.out.len() - s.out_pos as usize + s.inflight as usize > st.cfg.max_backpressure {
+        // Only an open connection pauses: once our close is sent, input adds nothing to the
+        // queue (no pongs, no echoes), and reading on is how the peer's close is seen.
+        if s.proto.state() == State::Open
+            && (pending_of(s) > st.cfg.max_backpressure || s.flags & OVER != 0)
+        {
             s.flags |= READ_PAUSED;
             return After::StopReading;
         }
@@ -506,28 +785,19 @@ impl<H: Handler> Core<H> {
         let s = &mut st.conns[key];
         if s.flags & (LINGER | DEAD) == 0 {
             s.flags |= LINGER;
-            s.last_rx = st.now;
             st.shut.push(key as u32);
             st.arm(key);
         }
     }
 
-    /// The peer hung up (EOF) or the socket failed.
+    /// The peer hung up (EOF) or the socket failed. The connection is dead before `on_close`
+    /// runs, so sends from it fail (`Closed`) and touch no socket.
     pub(crate) fn on_hangup(&mut self, key: usize) {
         if self.state.conns.get(key).is_none() {
             return;
         }
+        self.state.kill(key, false);
         self.notify_close(key, CloseCode::ABNORMAL, "");
-        self.kill(key);
-    }
-
-    /// Marks a connection for removal; the backend drops its socket and calls `remove`.
-    fn kill(&mut self, key: usize) {
-        let s = &mut self.state.conns[key];
-        if s.flags & DEAD == 0 {
-            s.flags |= DEAD;
-            self.state.dead.push(key as u32);
-        }
     }
 
     /// Bytes waiting for this connection's socket.
@@ -544,6 +814,7 @@ impl<H: Handler> Core<H> {
         let st = &mut self.state;
         let Some(s) = st.conns.get_mut(key) else { return false };
         s.out_pos += n as u32;
+        st.env.memory.queued = st.env.memory.queued.saturating_sub(n);
         if (s.out_pos as usize) < s.out.len() {
             if blocked {
                 s.flags |= BLOCKED;
@@ -553,15 +824,18 @@ impl<H: Handler> Core<H> {
         // Everything went out: give the buffer back.
         s.out_pos = 0;
         recycle(&mut st.out_pool, std::mem::take(&mut s.out));
+        if s.inflight != 0 {
+            return false;
+        }
         let was_blocked = s.flags & BLOCKED != 0;
         let was_paused = s.flags & READ_PAUSED != 0;
-        s.flags &= !(BLOCKED | READ_PAUSED);
+        s.flags &= !(BLOCKED | READ_PAUSED | OVER);
         if s.proto.state() == State::Closed {
             self.begin_linger(key);
             return false;
         }
-        if was_blocked && s.flags & (OPENED | NOTIFIED) == OPENED {
-            self.handler.on_drain(&mut Conn { core: &mut self.state, key });
+        if was_blocked && s.flags & (OPENED | NOTIFIED | DEAD) == OPENED {
+            self.guarded(Some(key), "on_drain", |h, core| h.on_drain(&mut Conn { core, key }));
             self.state.mark_dirty(key);
         }
         was_paused
@@ -593,13 +867,17 @@ impl<H: Handler> Core<H> {
     ) -> Option<(Vec<u8>, usize)> {
         let st = &mut self.state;
         let s = st.conns.get_mut(key)?;
+        let before = pending_of(s);
         let pos = pos + n;
         if pos < buf.len() && s.flags & DEAD == 0 {
             s.inflight = (buf.len() - pos) as u32;
             s.flags |= BLOCKED;
+            st.requeued(key, before);
             return Some((buf, pos));
         }
         s.inflight = 0;
+        st.requeued(key, before);
+        let s = &mut st.conns[key];
         recycle(&mut st.out_pool, buf);
         if s.out.len() > s.out_pos as usize {
             // More was queued while the send was in flight: it goes next.
@@ -639,10 +917,39 @@ impl<H: Handler> Core<H> {
         into.append(&mut self.state.dead);
     }
 
-    /// Frees a dead connection's slot.
+    /// Frees a dead connection's slot and bumps its key's generation, so ids of the departed
+    /// connection never name the next one. A key whose generations are used up is retired.
     pub(crate) fn remove(&mut self, key: usize) {
-        if let Some(mut s) = self.state.conns.try_remove(key) {
-            s.proto.release(&mut self.state.env);
+        let st = &mut self.state;
+        match st.conns.get(key) {
+            Some(s) if s.flags & RETIRED == 0 => {}
+            _ => return,
+        }
+        let Some(mut s) = st.conns.try_remove(key) else { return };
+        st.env.memory.queued = st.env.memory.queued.saturating_sub(pending_of(&s));
+        s.proto.release(&mut st.env);
+        let gen = &mut st.gens[key];
+        *gen = gen.wrapping_add(1);
+        if *gen == RETIRED_GEN {
+            // Hold the key for good with a tombstone (slab reuses the last freed key first).
+            let tomb = Slot {
+                flags: DEAD | RETIRED,
+                proto: Connection::new_open(Role::Server, 0),
+                out: Vec::new(),
+                out_pos: 0,
+                inflight: 0,
+                timer_at: NO_TIMER,
+                fd: -1,
+                since: st.now,
+                peer: s.peer,
+                data: H::Data::default(),
+            };
+            let entry = st.conns.vacant_entry();
+            debug_assert_eq!(entry.key(), key);
+            if entry.key() == key {
+                entry.insert(tomb);
+                st.retired += 1;
+            }
         }
     }
 
@@ -651,12 +958,17 @@ impl<H: Handler> Core<H> {
         self.state.now = now;
     }
 
+    /// The loop's clock for this turn.
+    pub(crate) fn now(&self) -> Instant {
+        self.state.now
+    }
+
     /// When the next timer is due.
     pub(crate) fn next_timer(&self) -> Option<Instant> {
         self.state.wheel.next_expiry()
     }
 
-    /// Runs due timers: handshake, close and linger deadlines, idle timeouts, auto-pings.
+    /// Runs due timers: handshake and close deadlines, idle timeouts, auto-pings.
     pub(crate) fn expire_timers(&mut self) {
         let now = self.state.now;
         let mut expired = std::mem::take(&mut self.expired);
@@ -664,7 +976,9 @@ impl<H: Handler> Core<H> {
         for (tick, (key, gen)) in expired.drain(..) {
             let key = key as usize;
             match self.state.conns.get_mut(key) {
-                Some(s) if s.gen == gen && u64::from(s.timer_at) == tick => s.timer_at = NO_TIMER,
+                Some(s) if self.state.gens[key] == gen && s.timer_at == tick => {
+                    s.timer_at = NO_TIMER
+                }
                 _ => continue, // stale entry
             }
             self.on_timer(key, now);
@@ -677,40 +991,48 @@ impl<H: Handler> Core<H> {
 
     fn on_timer(&mut self, key: usize, now: Instant) {
         let cfg = Arc::clone(&self.state.cfg);
+        let close_timeout = self.state.env.limits.close_timeout;
         let s = &mut self.state.conns[key];
         if s.flags & DEAD != 0 {
             return;
         }
-        if s.flags & LINGER != 0 {
-            if now >= s.last_rx + self.state.env.limits.close_timeout {
-                self.kill(key);
+        if s.flags & CLOSING != 0 {
+            if now >= s.since + close_timeout {
+                // The close did not complete in time: whatever is queued, the peer is not
+                // taking it. Gone, with a reset.
+                self.state.counts.close_timeouts += 1;
+                self.state.kill(key, true);
+                self.notify_close(key, CloseCode::ABNORMAL, "close timed out");
             }
             return;
         }
-        let was = s.proto.state();
-        if s.proto.handle_timeout(now) {
-            if was == State::Closing {
-                self.notify_close(key, CloseCode::ABNORMAL, "close handshake timed out");
+        match s.proto.state() {
+            State::Handshake => {
+                if s.proto.handle_timeout(now) {
+                    self.state.counts.handshake_timeouts += 1;
+                    self.state.kill(key, true);
+                }
             }
-            self.kill(key);
-            return;
-        }
-        if was != State::Open {
-            return;
-        }
-        if let Some(idle) = cfg.idle_timeout {
-            if now >= s.last_rx + idle {
-                self.state.close(key, CloseCode::GOING_AWAY, "idle timeout");
-                return;
+            State::Open => {
+                if let Some(idle) = cfg.idle_timeout {
+                    if now >= s.since + idle {
+                        self.state.counts.idle_timeouts += 1;
+                        self.state.close(key, CloseCode::GOING_AWAY, "idle timeout");
+                        return;
+                    }
+                }
+                if let Some(p) = cfg.auto_ping {
+                    if s.flags & PINGED != 0 && now >= s.since + p * 2 {
+                        self.state.counts.idle_timeouts += 1;
+                        self.state.close(key, CloseCode::GOING_AWAY, "ping timeout");
+                    } else if s.flags & PINGED == 0 && now >= s.since + p {
+                        s.flags |= PINGED;
+                        self.state.send(key, OpCode::Ping, b"");
+                    }
+                }
             }
-        }
-        if let Some(p) = cfg.auto_ping {
-            if s.flags & PINGED != 0 && now >= s.last_rx + p * 2 {
-                self.state.close(key, CloseCode::GOING_AWAY, "ping timeout");
-            } else if s.flags & PINGED == 0 && now >= s.last_rx + p {
-                s.flags |= PINGED;
-                self.state.send(key, OpCode::Ping, b"");
-            }
+            // Closing and Closed always carry `CLOSING` (see `note_close`).
+            State::Closing | State::Closed => {}
         }
     }
 
@@ -720,8 +1042,11 @@ impl<H: Handler> Core<H> {
         let keys: Vec<usize> = self.state.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             let s = &self.state.conns[key];
+            if s.flags & DEAD != 0 {
+                continue;
+            }
             match s.proto.state() {
-                State::Handshake => self.kill(key),
+                State::Handshake => self.state.kill(key, true),
                 State::Open => self.state.close(key, CloseCode::GOING_AWAY, "server shutdown"),
                 _ => {}
             }
@@ -732,14 +1057,17 @@ impl<H: Handler> Core<H> {
     pub(crate) fn kill_all(&mut self) {
         let keys: Vec<usize> = self.state.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
+            if self.state.conns[key].flags & DEAD != 0 {
+                continue;
+            }
+            self.state.kill(key, true);
             self.notify_close(key, CloseCode::ABNORMAL, "server shutdown");
-            self.kill(key);
         }
     }
 
     /// A value posted from another thread.
     pub(crate) fn on_post(&mut self, post: &Post) {
-        self.handler.on_post(&mut Ctx { core: &mut self.state }, post);
+        self.guarded(None, "on_post", |h, core| h.on_post(&mut Ctx { core }, post));
     }
 
     /// A send requested from another thread.
@@ -774,6 +1102,9 @@ fn send_vectored(fd: RawFd, parts: &[&[u8]; 3]) -> usize {
         iov[cnt] = libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() };
         cnt += 1;
     }
+    if cnt == 0 || fd < 0 {
+        return 0;
+    }
     // SAFETY: a zeroed msghdr is valid (no name, no control data).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
@@ -787,6 +1118,25 @@ fn send_vectored(fd: RawFd, parts: &[&[u8]; 3]) -> usize {
     } else {
         r as usize
     }
+}
+
+/// Makes the socket's close a reset (SO_LINGER on, 0 s): nothing unsent is kept in the kernel.
+fn reset_on_close(fd: RawFd) {
+    if fd < 0 {
+        return;
+    }
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: passes a pointer to a valid `linger` and its size; the kernel only reads it. The
+    // descriptor is the backend's, open while the slot lives (it closes it after `remove`).
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
 }
 
 #[cfg(test)]

@@ -20,9 +20,10 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::io as backend;
 use crate::proto::{CloseCode, Limits, OpCode};
 
-pub use api::{Conn, ConnId, Ctx, Handler, HttpResponse, Message, Post, SendStatus, Upgrade};
+pub use api::{
+    Conn, ConnId, Ctx, Handler, HttpResponse, InvalidCloseCode, Message, Post, SendStatus, Upgrade,
+};
 pub use config::{Backend, Config};
-pub(crate) use WorkerStats as Counters;
 
 /// Something another thread asks a worker to do.
 #[derive(Debug)]
@@ -194,9 +195,11 @@ impl ServerHandle {
         self.command(id.worker(), Command::Send(id, OpCode::Binary, data.to_vec()))
     }
 
-    /// Starts the close handshake of a connection on any worker.
+    /// Starts the close handshake of a connection on any worker. Returns false if `code` may
+    /// not go on the wire (see [`Conn::close`]: nothing is sent) or the worker is gone.
     pub fn close(&self, id: ConnId, code: CloseCode, reason: &str) -> bool {
-        self.command(id.worker(), Command::Close(id, code, reason.to_owned()))
+        code.is_valid_on_wire()
+            && self.command(id.worker(), Command::Close(id, code, reason.to_owned()))
     }
 }
 

@@ -56,7 +56,13 @@ impl Wheel {
         (0..SLOTS as u64)
             .map(|i| self.cur + i)
             .find(|k| !self.slots[(k % SLOTS as u64) as usize].is_empty())
-            .map(|k| self.origin + self.tick * k as u32)
+            .map(|k| self.at(k))
+    }
+
+    /// The instant tick `k` starts at (in 64 bits: no wrap after 2^32 ticks, 49.7 days at 1 ms).
+    fn at(&self, k: u64) -> Instant {
+        let nanos = self.tick.as_nanos().saturating_mul(u128::from(k));
+        self.origin + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
     /// Moves every entry whose tick is at or before `now` into `out`, with its tick.
@@ -115,6 +121,27 @@ mod tests {
         assert_eq!(past, 6);
         w.expire(t0 + Duration::from_millis(60), &mut out);
         assert_eq!(out, vec![(6, (3, 0))]);
+    }
+
+    /// Ticks are 64-bit end to end: past 2^32 ticks (49.7 days at 1 ms) entries still fire
+    /// on time and the next expiry is not in the past (a u32 there made the loop spin).
+    #[test]
+    fn ticks_past_u32_still_fire_on_time() {
+        let t0 = Instant::now();
+        let mut w = Wheel::new(t0, Duration::from_millis(1));
+        let mut out = Vec::new();
+        let late = t0 + Duration::from_millis((1u64 << 32) + 5_000);
+        w.expire(late, &mut out);
+        assert!(out.is_empty());
+        let due = late + Duration::from_millis(10);
+        let k = w.insert(due, (9, 9));
+        assert!(k > u64::from(u32::MAX), "tick {k}");
+        let next = w.next_expiry().expect("an entry is armed");
+        assert!(next >= due && next <= due + Duration::from_millis(1), "next expiry {next:?}");
+        w.expire(due - Duration::from_millis(1), &mut out);
+        assert!(out.is_empty(), "fired early");
+        w.expire(due, &mut out);
+        assert_eq!(out, vec![(k, (9, 9))]);
     }
 
     #[test]
