@@ -35,10 +35,6 @@ impl CloseCode {
     pub const MANDATORY_EXTENSION: Self = Self(1010);
     /// 1011: the server hit an unexpected condition.
     pub const INTERNAL_ERROR: Self = Self(1011);
-    /// 1013: try again later (the server is over a resource limit). IANA-registered; sent by
-    /// this engine when a worker's memory budget is reached, never accepted from a peer
-    /// (RFC 6455 leaves 1012-2999 to extensions and the registry, and strict peers refuse it).
-    pub const TRY_AGAIN_LATER: Self = Self(1013);
 
     /// Whether a peer may send this code in a close frame.
     ///

@@ -47,8 +47,9 @@ pub enum ProtocolError {
     /// Data frames after the peer's close frame.
     DataAfterClose,
     /// A message that needs assembling while its owner's memory budget ([`super::Memory`]) is
-    /// spent: refused (1013, try again later), so one worker's peers cannot take all of its
-    /// memory together.
+    /// spent: refused, so one worker's peers cannot take all of its memory together. Closed
+    /// with 1009 (too big for now): 1013 (try again later) would say it better, but strict
+    /// peers, Autobahn's among them, fail a close frame that carries it.
     OverBudget,
 }
 
@@ -64,8 +65,7 @@ impl From<&ProtocolError> for CloseCode {
         use ProtocolError::*;
         match e {
             InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
-            FrameTooLarge | MessageTooLarge | TooManyFragments => CloseCode::TOO_BIG,
-            OverBudget => CloseCode::TRY_AGAIN_LATER,
+            FrameTooLarge | MessageTooLarge | TooManyFragments | OverBudget => CloseCode::TOO_BIG,
             UnmaskedFrame
             | MaskedFrame
             | ReservedBitsSet

@@ -61,7 +61,7 @@ pub struct Config {
     pub max_connections: usize,
     /// Bytes of send queues and message-assembly buffers one worker may hold, all its
     /// connections together. Over it, data sends are dropped and an incoming message that
-    /// would need assembly closes its connection with 1013 (try again later); the worker
+    /// would need assembly closes its connection with 1009; the worker
     /// keeps serving everyone else. Default 256 MiB.
     pub worker_memory_budget: usize,
     /// Let other sockets join this server's SO_REUSEPORT group on the same address (another

@@ -1154,3 +1154,7 @@ mod tests {
         assert!(slot <= 208, "Slot<()> is {slot} bytes");
     }
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod harness;

@@ -106,7 +106,7 @@ worker_stats! {
     /// Data sends refused because the connection's queue would pass `max_backpressure`.
     sends_dropped,
     /// Sends and incoming messages refused because the worker's memory budget was reached
-    /// (an incoming message refused closes its connection with 1013).
+    /// (an incoming message refused closes its connection with 1009).
     budget_refusals,
     /// Connections closed for a protocol violation by the peer (1002, 1007, 1009).
     protocol_errors,

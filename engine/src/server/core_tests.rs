@@ -1,0 +1,583 @@
+//! The worker core driven by a test backend and a fake clock: no network, no threads, no
+//! sleeps. Each client is a Unix socket pair (the server end's descriptor is what the core
+//! writes to for a direct write, the backend's reads and writes go through it, so kernel
+//! buffers and a peer that never reads are real) plus a client-role `proto::Connection` that
+//! speaks the wire format. Time moves only when a test says so (`Pair::advance`).
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use super::*;
+use crate::proto::conn::Event as PEvent;
+use crate::proto::Limits;
+use crate::server::HandleInner;
+
+/// What the test handler saw.
+#[derive(Debug, Default)]
+struct Seen {
+    opened: Vec<usize>,
+    closes: Vec<(usize, u16)>,
+    messages: usize,
+    /// Status of a send attempted from `on_close`.
+    send_in_on_close: Vec<SendStatus>,
+    statuses: Vec<SendStatus>,
+}
+
+/// Echoes; panics on the text "boom"; tries a send from `on_close`.
+#[derive(Debug, Default)]
+struct TestHandler {
+    seen: Seen,
+}
+
+impl Handler for TestHandler {
+    type Data = ();
+    fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+        self.seen.opened.push(conn.key);
+    }
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        self.seen.messages += 1;
+        if msg == Message::Text("boom") {
+            panic!("the handler met a bad message");
+        }
+        let st = conn.send(msg);
+        self.seen.statuses.push(st);
+    }
+    fn on_close(&mut self, conn: &mut Conn<'_, ()>, code: CloseCode, _reason: &str) {
+        self.seen.closes.push((conn.key, code.0));
+        let st = conn.send_binary(&[7u8; 64 << 10]);
+        self.seen.send_in_on_close.push(st);
+    }
+}
+
+const REQUEST: &[u8] = b"GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Version: 13\r\n\r\n";
+
+/// One client: its end of the socket pair and its protocol state.
+struct Client {
+    key: usize,
+    /// The server's end (the core holds its raw fd; this owns it).
+    server: Option<UnixStream>,
+    /// The client's end.
+    sock: UnixStream,
+    proto: Connection,
+    /// Bytes read from `sock` and not yet parsed.
+    inbox: Vec<u8>,
+    /// Bytes the client wrote that its socket has not taken yet (a client with an unbounded
+    /// user-space buffer: it writes all, whatever the server reads).
+    outbox: Vec<u8>,
+    /// Whether the server end has seen EOF or an error already (hangup reported).
+    hung: bool,
+}
+
+struct Pair {
+    core: Core<TestHandler>,
+    now: Instant,
+    clients: Vec<Client>,
+    rbuf: Vec<u8>,
+    env: Env,
+}
+
+fn handle() -> ServerHandle {
+    ServerHandle {
+        inner: Arc::new(HandleInner {
+            workers: Vec::new(),
+            local_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stopping: AtomicBool::new(false),
+        }),
+    }
+}
+
+fn peer() -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, 1], 40000))
+}
+
+impl Pair {
+    fn new(cfg: Config) -> Self {
+        let now = Instant::now();
+        let core = Core::new_at(now, 0, Arc::new(cfg), handle(), TestHandler::default());
+        Self { core, now, clients: Vec::new(), rbuf: vec![0; 64 << 10], env: Env::default() }
+    }
+
+    fn seen(&self) -> &Seen {
+        &self.core.handler.seen
+    }
+
+    fn counts(&self) -> Counts {
+        self.core.state.counts
+    }
+
+    /// A new TCP-less connection; returns the client's index.
+    fn connect(&mut self) -> usize {
+        let (server, sock) = UnixStream::pair().expect("socketpair");
+        server.set_nonblocking(true).expect("nonblocking");
+        sock.set_nonblocking(true).expect("nonblocking");
+        let key = self.core.accept(peer(), server.as_raw_fd());
+        let proto = Connection::new_open(Role::Client, 0x5eed);
+        self.clients.push(Client { key, server: Some(server), sock, proto, inbox: Vec::new(), outbox: Vec::new(), hung: false });
+        self.clients.len() - 1
+    }
+
+    /// Connects and completes the handshake.
+    fn open(&mut self) -> usize {
+        let c = self.connect();
+        self.send_raw(c, REQUEST);
+        self.pump();
+        let head = self.read_head(c);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        c
+    }
+
+    fn send_raw(&mut self, c: usize, bytes: &[u8]) {
+        self.clients[c].outbox.extend_from_slice(bytes);
+        self.client_write(c);
+    }
+
+    /// Writes what the client's socket takes of its outbox; whether anything went.
+    fn client_write(&mut self, c: usize) -> bool {
+        let cl = &mut self.clients[c];
+        let mut moved = false;
+        while !cl.outbox.is_empty() {
+            match cl.sock.write(&cl.outbox) {
+                Ok(n) => {
+                    cl.outbox.drain(..n);
+                    moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    cl.outbox.clear();
+                    break;
+                }
+            }
+        }
+        moved
+    }
+
+    fn send_frame(&mut self, c: usize, op: OpCode, payload: &[u8]) {
+        let mut out = Vec::new();
+        self.clients[c].proto.send_frame(op, true, payload, &mut out).expect("client send");
+        self.send_raw(c, &out);
+    }
+
+    fn send_close(&mut self, c: usize, code: u16) {
+        let mut out = Vec::new();
+        let limits = Limits::default();
+        self.clients[c].proto.close(self.now, CloseCode(code), "", &mut out, &limits);
+        self.send_raw(c, &out);
+    }
+
+    /// Everything the client can read now, appended to its inbox; whether EOF was seen.
+    fn client_read(&mut self, c: usize) -> bool {
+        let cl = &mut self.clients[c];
+        loop {
+            match cl.sock.read(&mut self.rbuf) {
+                Ok(0) => return true,
+                Ok(n) => cl.inbox.extend_from_slice(&self.rbuf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    fn read_head(&mut self, c: usize) -> String {
+        self.client_read(c);
+        let cl = &mut self.clients[c];
+        let end = cl.inbox.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole head") + 4;
+        let head: Vec<u8> = cl.inbox.drain(..end).collect();
+        String::from_utf8(head).expect("ASCII head")
+    }
+
+    /// Frames the client received (reading what is there first), as (opcode, payload).
+    fn client_events(&mut self, c: usize) -> Vec<(OpCode, Vec<u8>)> {
+        self.client_read(c);
+        let cl = &mut self.clients[c];
+        let mut evs = Vec::new();
+        let mut buf = std::mem::take(&mut cl.inbox);
+        let mut pos = 0;
+        let mut out = Vec::new();
+        while pos < buf.len() {
+            let r = cl.proto.read(&mut buf[pos..], &mut out, &mut self.env).expect("server frames");
+            pos += r.consumed;
+            match r.event {
+                Some(PEvent::Text(t)) => evs.push((OpCode::Text, t.as_bytes().to_vec())),
+                Some(PEvent::Binary(b)) => evs.push((OpCode::Binary, b.to_vec())),
+                Some(PEvent::Ping(p)) => evs.push((OpCode::Ping, p.as_bytes().to_vec())),
+                Some(PEvent::Pong(p)) => evs.push((OpCode::Pong, p.as_bytes().to_vec())),
+                Some(PEvent::Close { code, .. }) => {
+                    evs.push((OpCode::Close, code.map_or(vec![], |c| c.0.to_be_bytes().to_vec())))
+                }
+                None => break,
+            }
+        }
+        evs
+    }
+
+    fn client_index(&self, key: usize) -> Option<usize> {
+        self.clients.iter().position(|c| c.key == key && c.server.is_some())
+    }
+
+    /// What a backend does: read what arrived, write what is queued, shut, drop the dead;
+    /// until nothing moves.
+    fn pump(&mut self) {
+        for _ in 0..1000 {
+            let mut moved = false;
+            for c in 0..self.clients.len() {
+                moved |= self.client_write(c);
+                moved |= self.read_server(c);
+                // Writable readiness: a blocked connection is flushed again.
+                let key = self.clients[c].key;
+                if self.clients[c].server.is_some() && !self.core.pending(key).is_empty() {
+                    let before = self.core.pending(key).len();
+                    self.flush(key);
+                    moved |= self.core.pending(key).len() != before;
+                }
+            }
+            let mut work = Vec::new();
+            self.core.take_dirty(&mut work);
+            for &k in &work {
+                moved = true;
+                self.flush(k as usize);
+            }
+            work.clear();
+            self.core.take_shut(&mut work);
+            for &k in &work {
+                moved = true;
+                if let Some(c) = self.client_index(k as usize) {
+                    if let Some(s) = &self.clients[c].server {
+                        let _ = s.shutdown(Shutdown::Write);
+                    }
+                }
+            }
+            work.clear();
+            self.core.take_dead(&mut work);
+            for &k in &work {
+                moved = true;
+                if let Some(c) = self.client_index(k as usize) {
+                    self.clients[c].server = None; // closes the server end
+                }
+                self.core.remove(k as usize);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the core never settled");
+    }
+
+    /// Reads the server end like epoll does; whether anything happened.
+    fn read_server(&mut self, c: usize) -> bool {
+        let key = self.clients[c].key;
+        let mut moved = false;
+        loop {
+            if self.clients[c].hung || !self.core.wants_read(key) {
+                return moved;
+            }
+            let Some(s) = self.clients[c].server.as_mut() else { return moved };
+            match s.read(&mut self.rbuf) {
+                Ok(n) if n > 0 => {
+                    moved = true;
+                    let mut data = self.rbuf[..n].to_vec();
+                    self.core.on_data(key, &mut data);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return moved,
+                _ => {
+                    // EOF or an error: the peer is gone.
+                    self.clients[c].hung = true;
+                    self.core.on_hangup(key);
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, key: usize) {
+        let Some(c) = self.client_index(key) else { return };
+        loop {
+            let pending = self.core.pending(key).to_vec();
+            if pending.is_empty() {
+                return;
+            }
+            let Some(s) = self.clients[c].server.as_mut() else { return };
+            match s.write(&pending) {
+                Ok(n) => {
+                    if self.core.on_written(key, n, false) {
+                        self.read_server(c);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.core.on_written(key, 0, true);
+                    return;
+                }
+                Err(_) => {
+                    self.core.on_write_error(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves the fake clock on and runs what a loop turn runs.
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.core.set_now(self.now);
+        self.core.expire_timers();
+        self.pump();
+    }
+
+    fn len(&self) -> usize {
+        self.core.len()
+    }
+}
+
+fn cfg() -> Config {
+    Config::default()
+}
+
+/// A big message is queued (the peer's window is shut), then the peer's close arrives: the
+/// connection is Closed with bytes still queued, and it must be gone (reset) within
+/// `close_timeout` of the close, however long the peer keeps its socket open and unread.
+#[test]
+fn closed_connection_with_unread_queue_is_reset_at_close_timeout() {
+    let mut p = Pair::new(Config { idle_timeout: None, ..cfg() });
+    let c = p.open();
+    // 1 MiB echo: far more than the socket pair's buffers take.
+    p.send_frame(c, OpCode::Binary, &vec![1u8; 1 << 20]);
+    p.send_close(c, 1000);
+    p.pump();
+    assert_eq!(p.len(), 1);
+    assert!(p.core.state.env.memory.queued > 0, "the echo is queued");
+    let close_timeout = p.core.state.env.limits.close_timeout;
+    p.advance(close_timeout - Duration::from_millis(500));
+    assert_eq!(p.len(), 1, "gone before its close timeout");
+    p.advance(Duration::from_secs(1));
+    assert_eq!(p.len(), 0, "a closed connection with an unread queue was kept");
+    assert_eq!(p.counts().close_timeouts, 1);
+    assert_eq!(p.core.state.env.memory.used(), 0, "its queue was not given back");
+    assert_eq!(p.seen().closes, vec![(p.clients[c].key, 1000)]);
+}
+
+/// A rejected handshake whose response the peer never reads, and a protocol error while an
+/// echo is queued: both Closed with bytes queued, both gone at the close timeout.
+#[test]
+fn refused_and_failed_connections_are_gone_at_close_timeout_whatever_they_hold() {
+    let mut p = Pair::new(Config { idle_timeout: None, ..cfg() });
+    // An upgrade to a version we do not speak gets 426; the client reads nothing.
+    let bad = p.connect();
+    let req = String::from_utf8(REQUEST.to_vec()).unwrap().replace("Version: 13", "Version: 8");
+    p.send_raw(bad, req.as_bytes());
+    // An open connection whose big echo is queued, then an unmasked frame (1002).
+    let c = p.open();
+    p.send_frame(c, OpCode::Binary, &vec![2u8; 1 << 20]);
+    p.send_raw(c, &[0x82, 0x01, 0xff]);
+    p.pump();
+    assert_eq!(p.len(), 2);
+    assert_eq!(p.counts().protocol_errors, 1);
+    assert_eq!(p.counts().bad_handshakes, 1);
+    p.advance(p.core.state.env.limits.close_timeout + Duration::from_secs(1));
+    assert_eq!(p.len(), 0, "{} connections kept past their close timeout", p.len());
+}
+
+/// A close we started, answered by a peer that reads nothing: gone at the close timeout.
+#[test]
+fn closing_connection_whose_peer_never_answers_is_reset() {
+    let mut p = Pair::new(Config { idle_timeout: Some(Duration::from_secs(30)), ..cfg() });
+    let c = p.open();
+    p.send_frame(c, OpCode::Binary, &vec![3u8; 1 << 20]);
+    p.pump();
+    // Idle timeout: close 1001 queued behind the unread echo.
+    p.advance(Duration::from_secs(31));
+    assert_eq!(p.counts().idle_timeouts, 1);
+    assert_eq!(p.len(), 1);
+    p.advance(p.core.state.env.limits.close_timeout + Duration::from_secs(1));
+    assert_eq!(p.len(), 0);
+    assert_eq!(p.seen().closes, vec![(p.clients[c].key, 1006)]);
+}
+
+/// After a hangup, `on_close` runs with 1006 and a send from it fails without touching the
+/// (dead) socket.
+#[test]
+fn sends_from_on_close_after_a_hangup_fail() {
+    let mut p = Pair::new(cfg());
+    let c = p.open();
+    let _ = p.clients[c].sock.shutdown(Shutdown::Both);
+    p.pump();
+    assert_eq!(p.seen().closes, vec![(p.clients[c].key, 1006)]);
+    assert_eq!(p.seen().send_in_on_close, vec![SendStatus::Closed]);
+    assert_eq!(p.len(), 0);
+}
+
+/// A panic in `on_message` costs that connection alone: it gets 1011, the panic is counted,
+/// and another connection on the same worker keeps echoing.
+#[test]
+fn a_handler_panic_closes_that_connection_with_1011_and_the_worker_serves_on() {
+    let mut p = Pair::new(cfg());
+    let a = p.open();
+    let b = p.open();
+    p.send_frame(a, OpCode::Text, b"boom");
+    p.pump();
+    assert_eq!(p.counts().handler_panics, 1);
+    let evs = p.client_events(a);
+    assert_eq!(evs, vec![(OpCode::Close, 1011u16.to_be_bytes().to_vec())]);
+    p.send_frame(b, OpCode::Text, b"still here");
+    p.pump();
+    assert_eq!(p.client_events(b), vec![(OpCode::Text, b"still here".to_vec())]);
+}
+
+/// Sends corked in one turn do not count against the limit until the socket refuses them: a
+/// burst of small echoes far over a small limit, to a peer that reads, loses nothing.
+#[test]
+fn a_burst_of_small_echoes_is_not_dropped_by_a_socket_that_takes_it() {
+    let mut p = Pair::new(Config { max_backpressure: 4 << 10, ..cfg() });
+    let c = p.open();
+    let mut burst = Vec::new();
+    let mut proto = Connection::new_open(Role::Client, 1);
+    for i in 0..64u8 {
+        proto.send_frame(OpCode::Binary, true, &[i; 512], &mut burst).unwrap();
+    }
+    p.send_raw(c, &burst); // 32 KiB of echoes in one read: eight times the limit
+    p.pump();
+    assert_eq!(p.counts().sends_dropped, 0, "statuses {:?}", p.seen().statuses);
+    let evs = p.client_events(c);
+    assert_eq!(evs.len(), 64);
+    assert!(evs.iter().enumerate().all(|(i, (op, b))| *op == OpCode::Binary && b[0] == i as u8));
+}
+
+/// The backpressure limit is hard: to a peer that never reads, nothing accepted takes the
+/// queue past the limit (a frame header aside), and the peer's reading is paused.
+#[test]
+fn backpressure_limit_is_hard_and_pauses_a_peer_that_never_reads() {
+    const MAX: usize = 256 << 10;
+    let mut p = Pair::new(Config { max_backpressure: MAX, ..cfg() });
+    let c = p.open();
+    let mut most = 0;
+    for i in 0..64 {
+        p.send_frame(c, OpCode::Binary, &vec![i as u8; 100 << 10]);
+        p.pump();
+        most = most.max(p.core.state.buffered_amount(p.clients[c].key));
+    }
+    assert!(most <= MAX + frame::MAX_HEADER_LEN, "queue reached {most} (limit {MAX})");
+    assert!(p.counts().sends_dropped > 0);
+    assert!(!p.core.wants_read(p.clients[c].key), "reading was not paused");
+    // The peer reads at last: the queue drains and reading resumes.
+    for _ in 0..200 {
+        p.client_events(c);
+        p.pump();
+    }
+    assert!(p.core.wants_read(p.clients[c].key), "reading did not resume");
+}
+
+/// The worker's memory budget: a message that must be assembled while the budget is spent is
+/// refused with 1009; the worker serves on and the budget is given back.
+#[test]
+fn memory_budget_refuses_assembly_with_1009_and_serves_on() {
+    let mut p = Pair::new(Config { worker_memory_budget: 1 << 20, ..cfg() });
+    let a = p.open();
+    // Announce a 2 MiB message but send only its header and a little of it.
+    let mut out = Vec::new();
+    let mut proto = Connection::new_open(Role::Client, 9);
+    proto.send_frame(OpCode::Binary, true, &vec![0u8; 2 << 20], &mut out).unwrap();
+    p.send_raw(a, &out[..4096]);
+    p.pump();
+    assert_eq!(p.counts().budget_refusals, 1);
+    assert_eq!(p.client_events(a), vec![(OpCode::Close, 1009u16.to_be_bytes().to_vec())]);
+    assert_eq!(p.core.state.env.memory.assembly, 0);
+    let b = p.open();
+    p.send_frame(b, OpCode::Text, b"fine");
+    p.pump();
+    assert_eq!(p.client_events(b), vec![(OpCode::Text, b"fine".to_vec())]);
+}
+
+/// A stale id must not name a later connection, after more than 2^24 reuses of one slot (the
+/// old 24-bit generation wrapped there and handed an attacker a departed user's id).
+#[test]
+fn a_stale_id_never_names_a_later_connection() {
+    let mut p = Pair::new(Config { idle_timeout: None, ..cfg() });
+    let key = p.core.accept(peer(), -1);
+    p.core.state.conns[key].flags |= OPENED;
+    let victim = p.core.state.id_of(key);
+    let packed = victim.to_u64();
+    p.core.remove(key);
+    for i in 0..(1u32 << 24) {
+        let k = p.core.accept(peer(), -1);
+        assert_eq!(k, key, "slab reuses the freed slot");
+        p.core.remove(k);
+        if i % (1 << 20) == 0 {
+            // Let the stale timer entries of the departed connections expire.
+            p.advance(Duration::from_secs(11));
+        }
+    }
+    let attacker = p.core.accept(peer(), -1);
+    assert_eq!(attacker, key);
+    p.core.state.conns[attacker].flags |= OPENED;
+    assert_eq!(p.core.state.key_of(victim), None, "the stale id reached the new connection");
+    assert_eq!(p.core.state.key_of(ConnId::from_u64(packed)), None, "nor through to_u64");
+    assert_eq!(p.core.state.key_of(p.core.state.id_of(attacker)), Some(attacker));
+}
+
+/// A slot whose generations are used up is retired, never reused.
+#[test]
+fn a_slot_whose_generations_are_used_up_is_retired() {
+    let mut p = Pair::new(cfg());
+    let key = p.core.accept(peer(), -1);
+    p.core.state.gens[key] = RETIRED_GEN - 1;
+    p.core.remove(key);
+    assert_eq!(p.len(), 0, "a tombstone is not a connection");
+    let next = p.core.accept(peer(), -1);
+    assert_ne!(next, key, "the retired key was handed out again");
+    assert_eq!(p.len(), 1);
+    assert!(p.core.has_room());
+}
+
+/// `ConnId::to_u64` keeps all 32 bits of the generation, the 20-bit key and the worker.
+#[test]
+fn conn_id_round_trips_through_u64() {
+    for (w, k, g) in [(0, 0, 0), (4095, (1 << 20) - 1, u32::MAX), (3, 12345, 1 << 31)] {
+        let id = ConnId { worker: w, key: k, gen: g };
+        assert_eq!(ConnId::from_u64(id.to_u64()), id);
+    }
+}
+
+/// Timers still fire after the clock has run past 2^32 ticks.
+#[test]
+fn timers_fire_after_two_to_the_32_ticks() {
+    let mut p = Pair::new(Config {
+        timer_tick: Duration::from_millis(1),
+        idle_timeout: Some(Duration::from_secs(2)),
+        ..cfg()
+    });
+    p.advance(Duration::from_millis((1u64 << 32) + 10));
+    let c = p.open();
+    let next = p.core.next_timer().expect("an idle deadline is armed");
+    assert!(next > p.now, "next wake-up {next:?} is in the past: the loop would spin");
+    p.advance(Duration::from_secs(3));
+    assert_eq!(p.counts().idle_timeouts, 1);
+    assert_eq!(p.client_events(c), vec![(OpCode::Close, 1001u16.to_be_bytes().to_vec())]);
+}
+
+/// A head trickled in one byte per read is parsed once it can be complete, not once per byte.
+#[test]
+fn a_trickled_handshake_opens() {
+    let mut p = Pair::new(cfg());
+    let c = p.connect();
+    for b in REQUEST.chunks(1) {
+        p.send_raw(c, b);
+        p.pump();
+    }
+    assert!(p.read_head(c).starts_with("HTTP/1.1 101"));
+}
+
+/// The handshake timeout holds a silent client to it, and is counted.
+#[test]
+fn a_silent_handshake_is_dropped_at_its_timeout() {
+    let mut p = Pair::new(cfg());
+    let _c = p.connect();
+    p.send_raw(0, &REQUEST[..20]);
+    p.pump();
+    p.advance(p.core.state.env.limits.handshake_timeout + Duration::from_secs(1));
+    assert_eq!(p.len(), 0);
+    assert_eq!(p.counts().handshake_timeouts, 1);
+}
