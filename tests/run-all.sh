@@ -2,7 +2,8 @@
 # Runs every check Sockeye has, on a fresh machine or a used one: installs what is missing, then
 # formatting, lints, unit and integration tests on BOTH backends, a short fuzz run of every
 # target, the Autobahn conformance suite against the demo on both backends, the end-to-end
-# tests (Python, Node, nginx, headless Chromium) and the C ABI tests (ASan/UBSan, valgrind).
+# tests (Python, Node, nginx, headless Chromium), fault injection against the demo (both
+# backends) and the C ABI tests (ASan/UBSan, valgrind).
 #
 #   tests/run-all.sh            # everything (about 15 minutes on 2 cores, first run longer)
 #   STAGES="unit autobahn" tests/run-all.sh   # a subset
@@ -12,7 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export CARGO_TERM_COLOR=never
-STAGES=${STAGES:-"setup fmt clippy unit header fuzz autobahn e2e cabi"}
+STAGES=${STAGES:-"setup fmt clippy unit header fuzz autobahn e2e faults cabi"}
 passed=0; failed=0; failures=()
 
 log() { printf '\n=== %s ===\n' "$*"; }
@@ -74,6 +75,17 @@ autobahn_on() {
 autobahn() { autobahn_on 9301 epoll && autobahn_on 9302 io_uring; }
 
 e2e() { bash tests/e2e/run.sh; }
+
+# Fault injection (tests/faults/faults.py, Python standard library only): big message + close
+# never read, zero-window readers, slowloris, resets mid-message, EMFILE, handler panics and the
+# /metrics format, against a fresh demo per scenario on both backends; each must return to its
+# baseline (fds, connections, memory, RSS) within the configured timeouts. About 70 s.
+faults() {
+  cargo build --release --example demo --quiet &&
+    timeout -k 5 170 python3 tests/faults/faults.py \
+      --demo "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/demo"
+}
+
 cabi() { bash tests/c/run.sh; }
 
 stage setup setup
@@ -84,6 +96,7 @@ stage header header
 stage fuzz fuzz
 stage autobahn autobahn
 stage e2e e2e
+stage faults faults
 stage cabi cabi
 
 echo

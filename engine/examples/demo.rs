@@ -1,17 +1,21 @@
 //! The demo server: `/echo` echoes, `/chat` relays every text line to everyone on `/chat` across
-//! all workers, `/` serves a browser chat client. Embedded defaults; `--help` for options.
+//! all workers, `/` serves a browser chat client, `/metrics` the engine's per-worker counters
+//! (Prometheus text format). `--chaos` adds `/panic`, whose handler panics on every message
+//! (fault injection, tests/faults/). Embedded defaults; `--help` for options.
 //!
 //! ```sh
 //! cargo run --release --example demo
 //! ```
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sockeye::{
-    Backend, CloseCode, Conn, ConnId, Ctx, Handler, Message, Post, Request, Server, Upgrade,
+    Backend, CloseCode, Conn, ConnId, Ctx, Handler, HttpResponse, Message, Post, Request, Server,
+    ServerHandle, Upgrade,
 };
 
 const PAGE: &str = include_str!("demo.html");
@@ -21,15 +25,63 @@ enum Route {
     #[default]
     Echo,
     Chat,
+    /// `--chaos` only: every message makes the handler panic.
+    Panic,
 }
 
 /// A chat line on its way to every worker.
 struct ChatLine(String);
 
 /// One per worker: knows which of this worker's connections are in the chat.
-#[derive(Default)]
 struct Demo {
     chat: HashSet<ConnId>,
+    /// The server's handle, set once `build()` returned (for `/metrics`).
+    server: Arc<OnceLock<ServerHandle>>,
+    /// `--chaos`: serve `/panic`.
+    chaos: bool,
+}
+
+/// The `Stats` fields that are gauges (they go down as well as up); every other field is a
+/// counter and is exported as `sockeye_<name>_total`.
+const GAUGES: &[&str] = &["connections", "memory_in_use", "buffers_total", "buffers_in_kernel"];
+
+fn metric_help(name: &str) -> &'static str {
+    match name {
+        "connections" => "Connections the worker holds (handshaking, open or closing).",
+        "buffers_total" => "io_uring: buffers in the provided-buffer ring (0 on epoll).",
+        "buffers_in_kernel" => "io_uring: provided buffers lent to the kernel.",
+        "buffer_shortages" => "io_uring: receives that found the buffer ring empty.",
+        "memory_in_use" => "Bytes of send queues and message-assembly buffers held now.",
+        "handshake_timeouts" => "Connections dropped for not completing the handshake in time.",
+        "idle_timeouts" => "Connections closed by the idle timeout or an unanswered auto-ping.",
+        "close_timeouts" => "Connections reset because their close did not complete in time.",
+        "handler_panics" => "Handler callbacks that panicked (connection closed with 1011).",
+        "sends_dropped" => "Data sends refused over max_backpressure.",
+        "budget_refusals" => "Sends and messages refused over the worker memory budget.",
+        "protocol_errors" => "Connections closed for a protocol violation by the peer.",
+        "bad_handshakes" => "Handshake requests answered with an HTTP error.",
+        _ => "A sockeye per-worker counter.",
+    }
+}
+
+/// Every worker's `Stats` in the Prometheus text exposition format (version 0.0.4): one family
+/// per field, one sample per worker labelled `worker="N"`.
+fn metrics_text(stats: &[sockeye::Stats]) -> String {
+    let mut out = String::new();
+    let Some(first) = stats.first() else { return out };
+    for (i, (name, _)) in first.fields().enumerate() {
+        let gauge = GAUGES.contains(&name);
+        let family =
+            if gauge { format!("sockeye_{name}") } else { format!("sockeye_{name}_total") };
+        let kind = if gauge { "gauge" } else { "counter" };
+        let _ = writeln!(out, "# HELP {family} {}", metric_help(name));
+        let _ = writeln!(out, "# TYPE {family} {kind}");
+        for (w, s) in stats.iter().enumerate() {
+            let value = s.fields().nth(i).map_or(0, |(_, v)| v);
+            let _ = writeln!(out, "{family}{{worker=\"{w}\"}} {value}");
+        }
+    }
+    out
 }
 
 impl Handler for Demo {
@@ -39,15 +91,20 @@ impl Handler for Demo {
         match req.path() {
             "/echo" => Upgrade::accept(Route::Echo),
             "/chat" => Upgrade::accept(Route::Chat),
+            "/panic" if self.chaos => Upgrade::accept(Route::Panic),
             _ => Upgrade::reject(404),
         }
     }
 
-    fn on_http(&mut self, req: &Request<'_>) -> Option<sockeye::HttpResponse> {
+    fn on_http(&mut self, req: &Request<'_>) -> Option<HttpResponse> {
         match req.path() {
-            "/" | "/index.html" => {
-                Some(sockeye::HttpResponse::new(200, "text/html; charset=utf-8", PAGE))
-            }
+            "/" | "/index.html" => Some(HttpResponse::new(200, "text/html; charset=utf-8", PAGE)),
+            "/metrics" => Some(match self.server.get() {
+                Some(h) => {
+                    HttpResponse::new(200, "text/plain; version=0.0.4", metrics_text(&h.stats()))
+                }
+                None => HttpResponse::new(503, "text/plain", "starting"),
+            }),
             _ => None,
         }
     }
@@ -69,6 +126,7 @@ impl Handler for Demo {
             (Route::Chat, Message::Binary(_)) => {
                 let _ = conn.close(CloseCode::UNSUPPORTED, "chat takes text"); // a valid code
             }
+            (Route::Panic, _) => panic!("--chaos: /panic panics on every message"),
         }
     }
 
@@ -88,11 +146,26 @@ impl Handler for Demo {
 const HELP: &str = "\
 sockeye demo: /echo, /chat and a browser chat page at /
 
-USAGE: demo [--addr ADDR] [--workers N] [--backend auto|epoll|io_uring]
+USAGE: demo [--addr ADDR] [--workers N] [--backend auto|epoll|io_uring] [OPTIONS]
+
+GET /metrics serves every worker's counters in the Prometheus text format.
 
   --addr ADDR        listen address (default 127.0.0.1:9001)
   --workers N        worker threads (default: one per core)
   --backend NAME     I/O backend (default auto; SOCKEYE_BACKEND overrides)
+  --idle-timeout SECS
+                     close connections silent this long (default 300; 0: never)
+  --close-timeout SECS
+                     time a peer has to complete the close handshake (engine default)
+  --handshake-timeout SECS
+                     time a client has to send its handshake (engine default)
+  --max-backpressure BYTES
+                     bytes a connection may have queued before sends drop (default 1 MiB)
+  --max-message-size BYTES
+                     largest message accepted, close 1009 above it (engine default;
+                     a single frame stays capped by the engine's max_frame_size)
+  --chaos            fault injection: add /panic, whose handler panics on every
+                     message (off by default; for tests/faults/)
   --uring-buffers N  io_uring: provided buffers per worker (engine default)
   --uring-buffer-size BYTES
                      io_uring: size of each provided buffer (engine default)
@@ -111,6 +184,17 @@ fn number<T: std::str::FromStr>(s: &str) -> T {
     })
 }
 
+/// Seconds, fractions allowed (`0.5`).
+fn seconds(s: &str) -> Duration {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Duration::from_secs_f64(v),
+        _ => {
+            eprintln!("expected seconds, got {s:?}");
+            std::process::exit(2)
+        }
+    }
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut addr = "127.0.0.1:9001".to_string();
@@ -121,6 +205,12 @@ fn main() {
     let mut uring_buffer_size = defaults.uring_buffer_size;
     let mut zc_threshold = defaults.uring_send_zc_threshold;
     let mut direct_write_min = defaults.direct_write_min;
+    let mut idle_timeout = Some(Duration::from_secs(300));
+    let mut close_timeout = defaults.limits.close_timeout;
+    let mut handshake_timeout = defaults.limits.handshake_timeout;
+    let mut max_backpressure = 1usize << 20;
+    let mut max_message_size = defaults.limits.max_message_size;
+    let mut chaos = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| {
@@ -147,6 +237,14 @@ fn main() {
             "--uring-buffer-size" => uring_buffer_size = number(&value("--uring-buffer-size")),
             "--direct-write-min" => direct_write_min = number(&value("--direct-write-min")),
             "--zc-threshold" => zc_threshold = number(&value("--zc-threshold")),
+            "--idle-timeout" => {
+                idle_timeout = Some(seconds(&value("--idle-timeout"))).filter(|d| !d.is_zero())
+            }
+            "--close-timeout" => close_timeout = seconds(&value("--close-timeout")),
+            "--handshake-timeout" => handshake_timeout = seconds(&value("--handshake-timeout")),
+            "--max-backpressure" => max_backpressure = number(&value("--max-backpressure")),
+            "--max-message-size" => max_message_size = number(&value("--max-message-size")),
+            "--chaos" => chaos = true,
             "-h" | "--help" => {
                 println!("{HELP}");
                 return;
@@ -157,17 +255,22 @@ fn main() {
             }
         }
     }
+    let handle_cell = Arc::new(OnceLock::new());
+    let cell = Arc::clone(&handle_cell);
     let server = match Server::builder()
         .listen(addr.as_str())
         .workers(workers)
         .backend(backend)
-        .max_backpressure(1 << 20)
-        .idle_timeout(Some(Duration::from_secs(300)))
+        .max_backpressure(max_backpressure)
+        .idle_timeout(idle_timeout)
+        .close_timeout(close_timeout)
+        .handshake_timeout(handshake_timeout)
+        .max_message_size(max_message_size)
         .uring_buffers(uring_buffers)
         .uring_buffer_size(uring_buffer_size)
         .uring_send_zc_threshold(zc_threshold)
         .direct_write_min(direct_write_min)
-        .handler(Demo::default)
+        .handler(move || Demo { chat: HashSet::new(), server: Arc::clone(&cell), chaos })
         .build()
     {
         Ok(s) => s,
@@ -177,6 +280,10 @@ fn main() {
         }
     };
     let handle = server.handle();
+    let _ = handle_cell.set(handle.clone());
+    if chaos {
+        log::warn!("--chaos: /panic panics on every message");
+    }
     if let Err(e) = ctrlc::set_handler(move || {
         log::info!("shutting down");
         handle.shutdown();
