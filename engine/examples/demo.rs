@@ -160,7 +160,8 @@ GET /metrics serves every worker's counters in the Prometheus text format.
   --handshake-timeout SECS
                      time a client has to send its handshake (engine default)
   --max-backpressure BYTES
-                     bytes a connection may have queued before sends drop (default 1 MiB)
+                     most bytes a connection may have queued; a send that would pass
+                     it is dropped (engine default, 16 MiB: one largest message fits)
   --max-message-size BYTES
                      largest message accepted, close 1009 above it (engine default;
                      a single frame stays capped by the engine's max_frame_size)
@@ -208,7 +209,7 @@ fn main() {
     let mut idle_timeout = Some(Duration::from_secs(300));
     let mut close_timeout = defaults.limits.close_timeout;
     let mut handshake_timeout = defaults.limits.handshake_timeout;
-    let mut max_backpressure = 1usize << 20;
+    let mut max_backpressure = defaults.max_backpressure;
     let mut max_message_size = defaults.limits.max_message_size;
     let mut chaos = false;
     let mut args = std::env::args().skip(1);
