@@ -44,8 +44,8 @@ typedef enum sockeye_result {
     SOCKEYE_ERR_NULL = 1,
     /**
      * An argument is out of range: unknown opcode or backend, a close code that may not be
-     * sent, a zero timeout or limit where one is required, a subprotocol the client did not
-     * offer, an id that names no worker.
+     * sent, a `sockeye_config` field outside its accepted range, a subprotocol the client did
+     * not offer, an id that names no worker.
      */
     SOCKEYE_ERR_INVALID_ARGUMENT = 2,
     /**
@@ -57,7 +57,8 @@ typedef enum sockeye_result {
      */
     SOCKEYE_ERR_UTF8 = 4,
     /**
-     * An I/O error: the address could not be bound, or a worker failed.
+     * An I/O error: the address could not be bound (for a reason other than
+     * `SOCKEYE_ERR_ADDRESS_IN_USE`), or a worker failed.
      */
     SOCKEYE_ERR_IO = 5,
     /**
@@ -76,6 +77,11 @@ typedef enum sockeye_result {
      * A panic inside the library was caught at the C boundary (a bug: please report it).
      */
     SOCKEYE_ERR_PANIC = 9,
+    /**
+     * The listen address is taken: something already listens on it (and this server's
+     * `share_port` is false, or the listener there does not share its port).
+     */
+    SOCKEYE_ERR_ADDRESS_IN_USE = 10,
 } sockeye_result;
 
 /**
@@ -143,7 +149,9 @@ typedef uint32_t sockeye_backend;
  * and pass it to `sockeye_server_new`, which copies what it needs: the struct and the
  * `address` string may be freed as soon as `sockeye_server_new` returns.
  *
- * Sizes are in bytes, times in milliseconds.
+ * Sizes are in bytes, times in milliseconds. Each field says which values it accepts;
+ * `sockeye_server_new` refuses any other with `SOCKEYE_ERR_INVALID_ARGUMENT` (the engine's own
+ * check, the one a Rust server gets).
  */
 typedef struct sockeye_config {
     /**
@@ -160,7 +168,7 @@ typedef struct sockeye_config {
     uint16_t port;
     /**
      * Worker threads, each with its own event loop and listener; 0 means one per available
-     * core. Default 0.
+     * core. Accepted: 0 to 4096. Default 0.
      */
     uint32_t workers;
     /**
@@ -168,41 +176,48 @@ typedef struct sockeye_config {
      */
     sockeye_backend backend;
     /**
-     * Largest message accepted, summed over its fragments (close 1009 above it).
+     * Largest message accepted, summed over its fragments (close 1009 above it). Accepted:
+     * at least 1. Default 16 MiB.
      */
     uint64_t max_message_size;
     /**
-     * Largest single frame accepted (close 1009 above it).
+     * Largest single frame accepted (close 1009 above it). Accepted: at least 1. Default
+     * 16 MiB.
      */
     uint64_t max_frame_size;
     /**
-     * Most fragments one message may have (close 1009 above it).
+     * Most fragments one message may have (close 1009 above it). Accepted: at least 1.
+     * Default 131072.
      */
     uint32_t max_fragments;
     /**
-     * Largest handshake request head (HTTP 431 above it).
+     * Largest handshake request head (HTTP 431 above it). Accepted: 512 to 1048576 (1 MiB).
+     * Default 8192.
      */
     size_t max_handshake_bytes;
     /**
-     * Time a client has to send its whole handshake request (must not be 0).
+     * Time a client has to send its whole handshake request. Accepted: 1 to 604800000 (7 days).
+     * Default 10000.
      */
     uint32_t handshake_timeout_ms;
     /**
-     * Time the peer has to answer our close frame (must not be 0).
+     * Time the peer has to answer our close frame. Accepted: 1 to 604800000 (7 days). Default
+     * 5000.
      */
     uint32_t close_timeout_ms;
     /**
      * Close (1001) a connection that received nothing for this long; 0 turns it off.
+     * Accepted: 0 to 604800000 (7 days). Default 120000.
      */
     uint32_t idle_timeout_ms;
     /**
      * Ping a connection silent for this long, and close it if it stays silent as long again;
-     * 0 turns it off (the default).
+     * 0 turns it off (the default). Accepted: 0 to 604800000 (7 days).
      */
     uint32_t auto_ping_ms;
     /**
      * Bytes a connection may have queued for sending before further data sends are dropped
-     * (`SOCKEYE_SEND_DROPPED`).
+     * (`SOCKEYE_SEND_DROPPED`). Accepted: at least 1. Default 16 MiB.
      */
     size_t max_backpressure;
     /**
@@ -210,14 +225,32 @@ typedef struct sockeye_config {
      */
     bool close_on_backpressure_limit;
     /**
-     * Connections per worker; over it the worker stops accepting until one closes (must not
-     * be 0).
+     * Connections per worker; over it the worker stops accepting until one closes. Accepted:
+     * 1..1048576. Default 1048576.
      */
     size_t max_connections;
     /**
      * How long `sockeye_server_stop` waits for close handshakes before dropping connections.
+     * Accepted: 0 (drop them right after the close frames are sent) to 604800000 (7 days).
+     * Default 5000.
      */
     uint32_t shutdown_timeout_ms;
+    /**
+     * Bytes of send queues and message-assembly buffers one worker may hold, all its
+     * connections together. Over it, data sends are dropped (`SOCKEYE_SEND_DROPPED`) and an
+     * incoming message that would need assembly closes its connection with 1009; the worker
+     * keeps serving everyone else. Accepted: at least 1. Default 256 MiB.
+     */
+    size_t worker_memory_budget;
+    /**
+     * Share the port with other servers of the same user (a deliberate hand-over: the kernel
+     * spreads new connections over every server in the group). When false (the default),
+     * `sockeye_server_new` first checks that nothing listens on the address and fails with
+     * `SOCKEYE_ERR_ADDRESS_IN_USE` if anything does; when true, it joins servers already
+     * listening there that share it too. A server with `share_port` false is safe from every
+     * server that checks, not from a program of the same user that sets SO_REUSEPORT itself.
+     */
+    bool share_port;
 } sockeye_config;
 
 /**
@@ -328,8 +361,9 @@ const char *sockeye_version(void);
 /**
  * Fills `*out` with the defaults (the engine's own, sane for the open internet): address
  * "127.0.0.1", port 9001, one worker per core, automatic backend, 16 MiB messages and frames,
- * 10 s handshake timeout, 5 s close timeout, 120 s idle timeout, no auto-ping, 1 MiB
- * backpressure limit, 5 s shutdown timeout. `out` is written, never read, and stays owned by
+ * 10 s handshake timeout, 5 s close timeout, 120 s idle timeout, no auto-ping, 16 MiB
+ * backpressure limit, 1048576 connections per worker, 5 s shutdown timeout, 256 MiB worker
+ * memory budget, port not shared. `out` is written, never read, and stays owned by
  * the caller. Returns `SOCKEYE_ERR_NULL` if `out` is NULL.
  */
 enum sockeye_result sockeye_config_default(struct sockeye_config *out);
@@ -445,9 +479,10 @@ enum sockeye_result sockeye_upgrade_set_protocol(struct sockeye_upgrade *upgrade
  * - `out`: on `SOCKEYE_OK`, receives the new server, owned by the caller until
  *   `sockeye_server_free`; left untouched on error.
  *
- * Errors: `SOCKEYE_ERR_NULL`, `SOCKEYE_ERR_INVALID_ARGUMENT` (a config field out of range),
- * `SOCKEYE_ERR_ADDRESS`, `SOCKEYE_ERR_UTF8`, `SOCKEYE_ERR_IO` (bind failed),
- * `SOCKEYE_ERR_BACKEND_UNAVAILABLE`.
+ * Errors: `SOCKEYE_ERR_NULL`, `SOCKEYE_ERR_INVALID_ARGUMENT` (a config field outside its
+ * accepted range), `SOCKEYE_ERR_ADDRESS`, `SOCKEYE_ERR_UTF8`, `SOCKEYE_ERR_ADDRESS_IN_USE`
+ * (something already listens on the address; see `share_port`), `SOCKEYE_ERR_IO` (bind
+ * failed otherwise), `SOCKEYE_ERR_BACKEND_UNAVAILABLE`.
  */
 enum sockeye_result sockeye_server_new(const struct sockeye_config *config, const struct sockeye_callbacks *callbacks, void *user_data, struct sockeye_server **out);
 

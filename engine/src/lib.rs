@@ -33,6 +33,6 @@ pub(crate) mod server;
 pub use proto::handshake::Request;
 pub use proto::CloseCode;
 pub use server::{
-    Backend, Config, Conn, ConnId, Ctx, Handler, HttpResponse, InvalidCloseCode, Message,
-    NoHandler, Post, SendStatus, Server, ServerBuilder, ServerHandle, Stats, Upgrade,
+    Backend, Config, ConfigError, Conn, ConnId, Ctx, Handler, HttpResponse, InvalidCloseCode,
+    Message, NoHandler, Post, SendStatus, Server, ServerBuilder, ServerHandle, Stats, Upgrade,
 };

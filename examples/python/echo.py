@@ -63,6 +63,8 @@ class Config(ctypes.Structure):
         ("close_on_backpressure_limit", c_bool),
         ("max_connections", c_size_t),
         ("shutdown_timeout_ms", c_uint32),
+        ("worker_memory_budget", c_size_t),
+        ("share_port", c_bool),
     ]
 
 

@@ -28,7 +28,9 @@ pub const SOCKEYE_BACKEND_IO_URING: sockeye_backend = 2;
 /// and pass it to `sockeye_server_new`, which copies what it needs: the struct and the
 /// `address` string may be freed as soon as `sockeye_server_new` returns.
 ///
-/// Sizes are in bytes, times in milliseconds.
+/// Sizes are in bytes, times in milliseconds. Each field says which values it accepts;
+/// `sockeye_server_new` refuses any other with `SOCKEYE_ERR_INVALID_ARGUMENT` (the engine's own
+/// check, the one a Rust server gets).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct sockeye_config {
@@ -41,37 +43,58 @@ pub struct sockeye_config {
     /// `sockeye_server_local_port` which. Default 9001.
     pub port: u16,
     /// Worker threads, each with its own event loop and listener; 0 means one per available
-    /// core. Default 0.
+    /// core. Accepted: 0 to 4096. Default 0.
     pub workers: u32,
     /// The I/O backend (`SOCKEYE_BACKEND_*`). Default `SOCKEYE_BACKEND_AUTO`.
     pub backend: sockeye_backend,
-    /// Largest message accepted, summed over its fragments (close 1009 above it).
+    /// Largest message accepted, summed over its fragments (close 1009 above it). Accepted:
+    /// at least 1. Default 16 MiB.
     pub max_message_size: u64,
-    /// Largest single frame accepted (close 1009 above it).
+    /// Largest single frame accepted (close 1009 above it). Accepted: at least 1. Default
+    /// 16 MiB.
     pub max_frame_size: u64,
-    /// Most fragments one message may have (close 1009 above it).
+    /// Most fragments one message may have (close 1009 above it). Accepted: at least 1.
+    /// Default 131072.
     pub max_fragments: u32,
-    /// Largest handshake request head (HTTP 431 above it).
+    /// Largest handshake request head (HTTP 431 above it). Accepted: 512 to 1048576 (1 MiB).
+    /// Default 8192.
     pub max_handshake_bytes: usize,
-    /// Time a client has to send its whole handshake request (must not be 0).
+    /// Time a client has to send its whole handshake request. Accepted: 1 to 604800000 (7 days).
+    /// Default 10000.
     pub handshake_timeout_ms: u32,
-    /// Time the peer has to answer our close frame (must not be 0).
+    /// Time the peer has to answer our close frame. Accepted: 1 to 604800000 (7 days). Default
+    /// 5000.
     pub close_timeout_ms: u32,
     /// Close (1001) a connection that received nothing for this long; 0 turns it off.
+    /// Accepted: 0 to 604800000 (7 days). Default 120000.
     pub idle_timeout_ms: u32,
     /// Ping a connection silent for this long, and close it if it stays silent as long again;
-    /// 0 turns it off (the default).
+    /// 0 turns it off (the default). Accepted: 0 to 604800000 (7 days).
     pub auto_ping_ms: u32,
     /// Bytes a connection may have queued for sending before further data sends are dropped
-    /// (`SOCKEYE_SEND_DROPPED`).
+    /// (`SOCKEYE_SEND_DROPPED`). Accepted: at least 1. Default 16 MiB.
     pub max_backpressure: usize,
     /// Close the connection (1008) when one of its sends is dropped over `max_backpressure`.
     pub close_on_backpressure_limit: bool,
-    /// Connections per worker; over it the worker stops accepting until one closes (must not
-    /// be 0).
+    /// Connections per worker; over it the worker stops accepting until one closes. Accepted:
+    /// 1..1048576. Default 1048576.
     pub max_connections: usize,
     /// How long `sockeye_server_stop` waits for close handshakes before dropping connections.
+    /// Accepted: 0 (drop them right after the close frames are sent) to 604800000 (7 days).
+    /// Default 5000.
     pub shutdown_timeout_ms: u32,
+    /// Bytes of send queues and message-assembly buffers one worker may hold, all its
+    /// connections together. Over it, data sends are dropped (`SOCKEYE_SEND_DROPPED`) and an
+    /// incoming message that would need assembly closes its connection with 1009; the worker
+    /// keeps serving everyone else. Accepted: at least 1. Default 256 MiB.
+    pub worker_memory_budget: usize,
+    /// Share the port with other servers of the same user (a deliberate hand-over: the kernel
+    /// spreads new connections over every server in the group). When false (the default),
+    /// `sockeye_server_new` first checks that nothing listens on the address and fails with
+    /// `SOCKEYE_ERR_ADDRESS_IN_USE` if anything does; when true, it joins servers already
+    /// listening there that share it too. A server with `share_port` false is safe from every
+    /// server that checks, not from a program of the same user that sets SO_REUSEPORT itself.
+    pub share_port: bool,
 }
 
 fn ms(d: Duration) -> u32 {
@@ -102,10 +125,13 @@ impl sockeye_config {
             close_on_backpressure_limit: c.close_on_backpressure_limit,
             max_connections: c.max_connections,
             shutdown_timeout_ms: ms(c.shutdown_timeout),
+            worker_memory_budget: c.worker_memory_budget,
+            share_port: c.share_port,
         }
     }
 
-    /// Checks every field and builds the engine's configuration.
+    /// Translates every field into the engine's configuration, and has the engine check it
+    /// ([`Config::validate`], the one check a Rust server gets too).
     ///
     /// # Safety
     /// A non-NULL `address` must point to a NUL-terminated string.
@@ -123,15 +149,11 @@ impl sockeye_config {
             SOCKEYE_BACKEND_IO_URING => Backend::IoUring,
             _ => return Err(SOCKEYE_ERR_INVALID_ARGUMENT),
         };
-        if self.handshake_timeout_ms == 0 || self.close_timeout_ms == 0 || self.max_connections == 0
-        {
-            return Err(SOCKEYE_ERR_INVALID_ARGUMENT);
-        }
         let off = |v: u32| (v > 0).then(|| Duration::from_millis(u64::from(v)));
         let d = Config::default();
         // `..d.limits`: a limit added to the engine later keeps its default until exposed here.
         #[allow(clippy::needless_update)]
-        Ok(Config {
+        let config = Config {
             addr,
             workers: self.workers as usize,
             backend,
@@ -150,8 +172,12 @@ impl sockeye_config {
             close_on_backpressure_limit: self.close_on_backpressure_limit,
             max_connections: self.max_connections,
             shutdown_timeout: Duration::from_millis(u64::from(self.shutdown_timeout_ms)),
+            worker_memory_budget: self.worker_memory_budget,
+            share_port: self.share_port,
             ..d
-        })
+        };
+        config.validate().map_err(|_| SOCKEYE_ERR_INVALID_ARGUMENT)?;
+        Ok(config)
     }
 }
 
@@ -168,8 +194,9 @@ fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
 
 /// Fills `*out` with the defaults (the engine's own, sane for the open internet): address
 /// "127.0.0.1", port 9001, one worker per core, automatic backend, 16 MiB messages and frames,
-/// 10 s handshake timeout, 5 s close timeout, 120 s idle timeout, no auto-ping, 1 MiB
-/// backpressure limit, 5 s shutdown timeout. `out` is written, never read, and stays owned by
+/// 10 s handshake timeout, 5 s close timeout, 120 s idle timeout, no auto-ping, 16 MiB
+/// backpressure limit, 1048576 connections per worker, 5 s shutdown timeout, 256 MiB worker
+/// memory budget, port not shared. `out` is written, never read, and stays owned by
 /// the caller. Returns `SOCKEYE_ERR_NULL` if `out` is NULL.
 #[no_mangle]
 pub extern "C" fn sockeye_config_default(out: *mut sockeye_config) -> sockeye_result {

@@ -34,14 +34,15 @@ pub enum sockeye_result {
     /// A pointer that must not be NULL was NULL.
     SOCKEYE_ERR_NULL = 1,
     /// An argument is out of range: unknown opcode or backend, a close code that may not be
-    /// sent, a zero timeout or limit where one is required, a subprotocol the client did not
-    /// offer, an id that names no worker.
+    /// sent, a `sockeye_config` field outside its accepted range, a subprotocol the client did
+    /// not offer, an id that names no worker.
     SOCKEYE_ERR_INVALID_ARGUMENT = 2,
     /// The listen address could not be parsed or resolved.
     SOCKEYE_ERR_ADDRESS = 3,
     /// Text (a text message, a close reason, an address) is not valid UTF-8.
     SOCKEYE_ERR_UTF8 = 4,
-    /// An I/O error: the address could not be bound, or a worker failed.
+    /// An I/O error: the address could not be bound (for a reason other than
+    /// `SOCKEYE_ERR_ADDRESS_IN_USE`), or a worker failed.
     SOCKEYE_ERR_IO = 5,
     /// The backend asked for (io_uring) is not available on this kernel.
     SOCKEYE_ERR_BACKEND_UNAVAILABLE = 6,
@@ -51,6 +52,9 @@ pub enum sockeye_result {
     SOCKEYE_ERR_STOPPED = 8,
     /// A panic inside the library was caught at the C boundary (a bug: please report it).
     SOCKEYE_ERR_PANIC = 9,
+    /// The listen address is taken: something already listens on it (and this server's
+    /// `share_port` is false, or the listener there does not share its port).
+    SOCKEYE_ERR_ADDRESS_IN_USE = 10,
 }
 
 pub use sockeye_result::*;
@@ -74,6 +78,7 @@ fn strerror(code: c_int) -> &'static std::ffi::CStr {
         7 => c"the server was already run",
         8 => c"the server has stopped",
         9 => c"a panic was caught at the C boundary (library bug)",
+        10 => c"the address is already in use (something else listens on it)",
         _ => c"unknown error",
     }
 }

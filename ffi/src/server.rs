@@ -14,8 +14,9 @@ use crate::handler::{
 };
 use crate::{bytes, guard, opt_str, sockeye_result};
 use crate::{
-    SOCKEYE_ERR_ALREADY_RUN, SOCKEYE_ERR_BACKEND_UNAVAILABLE, SOCKEYE_ERR_INVALID_ARGUMENT,
-    SOCKEYE_ERR_IO, SOCKEYE_ERR_NULL, SOCKEYE_ERR_STOPPED, SOCKEYE_ERR_UTF8, SOCKEYE_OK,
+    SOCKEYE_ERR_ADDRESS_IN_USE, SOCKEYE_ERR_ALREADY_RUN, SOCKEYE_ERR_BACKEND_UNAVAILABLE,
+    SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_IO, SOCKEYE_ERR_NULL, SOCKEYE_ERR_STOPPED,
+    SOCKEYE_ERR_UTF8, SOCKEYE_OK,
 };
 
 /// A server: its listeners are bound by `sockeye_server_new`, its workers run inside
@@ -55,6 +56,7 @@ fn io_result(e: &io::Error) -> sockeye_result {
     match e.kind() {
         io::ErrorKind::Unsupported => SOCKEYE_ERR_BACKEND_UNAVAILABLE,
         io::ErrorKind::InvalidInput => SOCKEYE_ERR_INVALID_ARGUMENT,
+        io::ErrorKind::AddrInUse => SOCKEYE_ERR_ADDRESS_IN_USE,
         _ => SOCKEYE_ERR_IO,
     }
 }
@@ -71,9 +73,10 @@ fn io_result(e: &io::Error) -> sockeye_result {
 /// - `out`: on `SOCKEYE_OK`, receives the new server, owned by the caller until
 ///   `sockeye_server_free`; left untouched on error.
 ///
-/// Errors: `SOCKEYE_ERR_NULL`, `SOCKEYE_ERR_INVALID_ARGUMENT` (a config field out of range),
-/// `SOCKEYE_ERR_ADDRESS`, `SOCKEYE_ERR_UTF8`, `SOCKEYE_ERR_IO` (bind failed),
-/// `SOCKEYE_ERR_BACKEND_UNAVAILABLE`.
+/// Errors: `SOCKEYE_ERR_NULL`, `SOCKEYE_ERR_INVALID_ARGUMENT` (a config field outside its
+/// accepted range), `SOCKEYE_ERR_ADDRESS`, `SOCKEYE_ERR_UTF8`, `SOCKEYE_ERR_ADDRESS_IN_USE`
+/// (something already listens on the address; see `share_port`), `SOCKEYE_ERR_IO` (bind
+/// failed otherwise), `SOCKEYE_ERR_BACKEND_UNAVAILABLE`.
 #[no_mangle]
 pub extern "C" fn sockeye_server_new(
     config: *const sockeye_config,

@@ -39,7 +39,7 @@ fn new_server(
 
 #[test]
 fn strerror_covers_every_code() {
-    for code in 0..=9 {
+    for code in 0..=10 {
         // SAFETY: sockeye_strerror returns a static NUL-terminated string.
         let s = unsafe { CStr::from_ptr(sockeye_strerror(code)) }.to_str().unwrap();
         assert!(!s.is_empty() && s != "unknown error", "code {code}");
@@ -60,6 +60,10 @@ fn defaults_match_the_engine() {
     assert_eq!(u64::from(c.handshake_timeout_ms), e.limits.handshake_timeout.as_millis() as u64);
     assert_eq!(c.idle_timeout_ms != 0, e.idle_timeout.is_some());
     assert_eq!(c.max_backpressure, e.max_backpressure);
+    assert_eq!(c.max_connections, e.max_connections);
+    assert_eq!(c.worker_memory_budget, e.worker_memory_budget);
+    assert_eq!(c.share_port, e.share_port);
+    assert!(!c.share_port);
     assert_eq!(c.backend, SOCKEYE_BACKEND_AUTO);
     // SAFETY: the default address is a static NUL-terminated string.
     let address = unsafe { CStr::from_ptr(c.address) };
@@ -122,9 +126,27 @@ fn bad_configuration_is_refused() {
     let mut c = config(0);
     c.backend = 7;
     assert_eq!(new_server(&c, &cb, null_mut()), Err(SOCKEYE_ERR_INVALID_ARGUMENT));
-    let mut c = config(0);
-    c.handshake_timeout_ms = 0;
-    assert_eq!(new_server(&c, &cb, null_mut()), Err(SOCKEYE_ERR_INVALID_ARGUMENT));
+    // Every field the engine's `Config::validate` refuses, through the C struct.
+    let bad: &[fn(&mut sockeye_config)] = &[
+        |c| c.handshake_timeout_ms = 0,
+        |c| c.close_timeout_ms = 0,
+        |c| c.idle_timeout_ms = 604_800_001,
+        |c| c.max_connections = 0,
+        |c| c.max_connections = (1 << 20) + 1,
+        |c| c.workers = 4097,
+        |c| c.max_message_size = 0,
+        |c| c.max_frame_size = 0,
+        |c| c.max_fragments = 0,
+        |c| c.max_handshake_bytes = 511,
+        |c| c.max_handshake_bytes = usize::MAX,
+        |c| c.max_backpressure = 0,
+        |c| c.worker_memory_budget = 0,
+    ];
+    for (i, set) in bad.iter().enumerate() {
+        let mut c = config(0);
+        set(&mut c);
+        assert_eq!(new_server(&c, &cb, null_mut()), Err(SOCKEYE_ERR_INVALID_ARGUMENT), "case {i}");
+    }
     let mut c = config(0);
     c.address = c"127.0.0.1:0".as_ptr(); // "host:port" wins over `port`
     c.port = 1;
@@ -316,4 +338,25 @@ fn freeing_a_running_server_stops_it() {
     let (_ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{port}/")).expect("handshake");
     sockeye_server_free(server);
     assert_eq!(runner.join().unwrap(), SOCKEYE_OK);
+}
+
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    let cb = sockeye_callbacks::default();
+    let first = new_server(&config(0), &cb, null_mut()).expect("first server");
+    let port = sockeye_server_local_port(first);
+    assert_eq!(new_server(&config(port), &cb, null_mut()), Err(SOCKEYE_ERR_ADDRESS_IN_USE));
+    sockeye_server_free(first);
+
+    // With share_port on both, both build; one without it still finds the port taken.
+
+    let mut c = config(0);
+    c.share_port = true;
+    let a = new_server(&c, &cb, null_mut()).expect("a sharing server");
+    c.port = sockeye_server_local_port(a);
+    let b = new_server(&c, &cb, null_mut()).expect("a second sharing server");
+    assert_eq!(sockeye_server_local_port(b), c.port);
+    assert_eq!(new_server(&config(c.port), &cb, null_mut()), Err(SOCKEYE_ERR_ADDRESS_IN_USE));
+    sockeye_server_free(b);
+    sockeye_server_free(a);
 }

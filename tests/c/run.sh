@@ -5,8 +5,11 @@
 #
 # 1. installs libsockeye into a temp prefix (ffi/install.sh) and builds, against the installed
 #    library via pkg-config: examples/c/echo.c and examples/cpp/chat.cpp with
-#    -fsanitize=address,undefined, echo.c plain (for valgrind) and echo.c linked statically;
-# 2. starts each server on a free port (port 0; the server prints the one it got), drives it
+#    -fsanitize=address,undefined, echo.c plain (for valgrind) and echo.c linked statically,
+#    and tests/c/config.c with the sanitizers;
+# 2. runs config.c: a second server on a taken port gets SOCKEYE_ERR_ADDRESS_IN_USE (unless
+#    both set share_port), out-of-range fields get SOCKEYE_ERR_INVALID_ARGUMENT;
+# 3. starts each server on a free port (port 0; the server prints the one it got), drives it
 #    with Python `websockets` and a raw socket (tests/c/drive.py), stops it with SIGINT or
 #    SIGTERM, and requires exit status 0 and no sanitizer report on stderr:
 #    - ASan echo on every backend in CABI_BACKENDS (default "epoll io_uring"; io_uring is
@@ -89,6 +92,7 @@ build() {
 }
 build echo-asan cc -std=c11 -Wall -Wextra -Werror -g "${SAN[@]}" -o "$WORK/echo-asan" "$ROOT/examples/c/echo.c" "${PC[@]}"
 build chat-asan c++ -std=c++17 -Wall -Wextra -Werror -g "${SAN[@]}" -o "$WORK/chat-asan" "$ROOT/examples/cpp/chat.cpp" "${PC[@]}"
+build config-asan cc -std=c11 -Wall -Wextra -Werror -g "${SAN[@]}" -o "$WORK/config-asan" "$HERE/config.c" "${PC[@]}"
 build echo cc -std=c11 -Wall -Wextra -Werror -O1 -g -o "$WORK/echo" "$ROOT/examples/c/echo.c" "${PC[@]}"
 build echo-static cc -std=c11 -Wall -Wextra -Werror -O1 -o "$WORK/echo-static" "$ROOT/examples/c/echo.c" \
     $(pkg-config --cflags sockeye) "$PREFIX/lib/libsockeye.a" "${PC_STATIC_LIBS[@]}"
@@ -169,6 +173,17 @@ scenario() {
         echo "stderr of $name:"; tail -50 "$WORK/$name.err"; fail "$name"
     fi
 }
+
+if [ -x "$WORK/config-asan" ]; then
+    log "config-asan: a taken port, a shared one, out-of-range fields"
+    if "$WORK/config-asan" >"$WORK/config-asan.out" 2>"$WORK/config-asan.err" && clean_stderr config-asan; then
+        cat "$WORK/config-asan.out"
+        pass "config-asan"
+    else
+        cat "$WORK/config-asan.out" "$WORK/config-asan.err"
+        fail "config-asan"
+    fi
+fi
 
 if [ -x "$WORK/echo-asan" ]; then
     for b in $BACKENDS; do

@@ -44,6 +44,40 @@ pub(crate) fn resolve(asked: Backend) -> io::Result<Backend> {
     }
 }
 
+/// Says which address a bind failed on; "in use" gets its reason spelled out.
+fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "{addr}: address already in use (another socket listens on it; servers that \
+                 mean to share a port all set share_port)"
+            ),
+        )
+    } else {
+        io::Error::new(e.kind(), format!("binding {addr}: {e}"))
+    }
+}
+
+/// Checks that nothing listens on `addr` by binding a socket of our own there without
+/// SO_REUSEPORT (Linux lets no such socket bind where any socket listens, SO_REUSEADDR or
+/// not), and returns the address with port 0 resolved to a port no socket uses. The probe is
+/// closed on return; the workers' SO_REUSEPORT group then binds the address. What binds it in
+/// between wins the race; the probe is a check, not a lock.
+pub(crate) fn claim_port(addr: SocketAddr) -> io::Result<SocketAddr> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // A given port may hold TIME_WAIT leftovers of an earlier server: they do not count. For
+    // port 0, without it, the kernel picks a port nothing is bound to at all.
+    sock.set_reuse_address(addr.port() != 0)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false)?;
+    }
+    sock.bind(&addr.into()).map_err(|e| bind_error(addr, e))?;
+    sock.local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other(format!("{addr}: the probe socket has no IP address")))
+}
+
 /// A non-blocking listener with SO_REUSEPORT, so every worker can bind the same address.
 pub(crate) fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -53,8 +87,8 @@ pub(crate) fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::n
         sock.set_only_v6(false)?;
     }
     sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(backlog)?;
+    sock.bind(&addr.into()).map_err(|e| bind_error(addr, e))?;
+    sock.listen(backlog).map_err(|e| bind_error(addr, e))?;
     Ok(sock.into())
 }
 

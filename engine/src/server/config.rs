@@ -1,5 +1,10 @@
-//! Server configuration: every limit and timeout, with defaults sane for the open internet.
+//! Server configuration: every limit and timeout, with defaults sane for the open internet, and
+//! the one place that says which values are accepted ([`Config::validate`]). Everything that
+//! builds a server (the Rust builder, the C ABI) goes through it; nothing downstream re-checks
+//! or silently clamps a value that was refused here.
 
+use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -35,17 +40,21 @@ impl std::str::FromStr for Backend {
 pub struct Config {
     /// Address every worker listens on (SO_REUSEPORT).
     pub addr: SocketAddr,
-    /// Worker threads; 0 means one per available core.
+    /// Worker threads; 0 means one per available core. Accepted: 0..=4096.
     pub workers: usize,
     /// The I/O backend.
     pub backend: Backend,
     /// Protocol limits: frame, message and fragment counts, handshake size and timeout, close
-    /// timeout.
+    /// timeout. Accepted: `max_frame_size`, `max_message_size` and `max_fragments` at least 1;
+    /// `max_handshake_bytes` 512..=1 MiB (1048576); `handshake_timeout` and `close_timeout`
+    /// 1 ms..=7 days.
     pub limits: Limits,
     /// Close (1001) a connection that received nothing for this long. `None` disables it.
+    /// Accepted: `None`, or 1 ms..=7 days.
     pub idle_timeout: Option<Duration>,
     /// Send a ping after this long without receiving anything; if nothing arrives within
-    /// another such interval, close the connection. `None` disables it.
+    /// another such interval, close the connection. `None` disables it. Accepted: `None`, or
+    /// 1 ms..=7 days.
     pub auto_ping: Option<Duration>,
     /// Most bytes a connection may have waiting for its socket. A data send that would take
     /// the queue past it is refused whole ([`crate::SendStatus::Dropped`]); the bound is hard
@@ -53,39 +62,51 @@ pub struct Config {
     /// which are never dropped, are bounded instead by reading pausing while the queue is
     /// over the limit. Bytes queued during a loop turn count only once the socket refuses
     /// them: a send that finds the queue too full first offers the queue to the socket.
-    /// Default 16 MiB, room for one largest message (`max_message_size`).
+    /// Default 16 MiB, room for one largest message (`max_message_size`). Accepted: at least 1.
     pub max_backpressure: usize,
     /// Close the connection (1008) when a send is dropped over `max_backpressure`.
     pub close_on_backpressure_limit: bool,
-    /// Connections per worker; over it the worker stops accepting until one closes.
+    /// Connections per worker; over it the worker stops accepting until one closes. Accepted:
+    /// 1..=1048576 (a connection id holds the slot in 20 bits).
     pub max_connections: usize,
     /// Bytes of send queues and message-assembly buffers one worker may hold, all its
     /// connections together. Over it, data sends are dropped and an incoming message that
-    /// would need assembly closes its connection with 1009; the worker
-    /// keeps serving everyone else. Default 256 MiB.
+    /// would need assembly closes its connection with 1009; the worker keeps serving
+    /// everyone else. Default 256 MiB. Accepted: at least 1.
     pub worker_memory_budget: usize,
-    /// Let other sockets join this server's SO_REUSEPORT group on the same address (another
-    /// process of the same user, for a deliberate hand-over). Off by default: `build` fails
-    /// with `AddrInUse` when anything already listens on the address.
+    /// Share the port with other servers of the same user: a server with `share_port` on joins
+    /// the SO_REUSEPORT group already listening on the address (a deliberate hand-over, e.g. a
+    /// new process taking over from an old one), and the kernel spreads new connections over
+    /// all of them. Off by default: `build` first checks with a socket of its own, without
+    /// SO_REUSEPORT, that nothing listens on the address, and fails with
+    /// [`io::ErrorKind::AddrInUse`] if anything does. The kernel cannot make a group refuse
+    /// members: a server with `share_port` off is safe from every server that checks (any
+    /// Sockeye server without `share_port`, any socket without SO_REUSEPORT), not from a
+    /// program of the same user that sets SO_REUSEPORT itself.
     pub share_port: bool,
     /// Listen backlog.
     pub backlog: i32,
-    /// Size of each worker's read buffer.
+    /// Size of each worker's read buffer (epoll). Accepted: 4 KiB..=64 MiB.
     pub read_buffer_size: usize,
     /// How long a graceful shutdown waits for close handshakes before dropping connections.
+    /// Accepted: 0 (drop them right after the close frames are sent)..=7 days.
     pub shutdown_timeout: Duration,
-    /// Granularity of the timer wheel.
+    /// Granularity of the timer wheel: every timeout fires up to one tick late. Accepted:
+    /// 1 ms..=10 s.
     pub timer_tick: Duration,
-    /// io_uring: submission queue entries per worker (a power of two; the completion queue
-    /// is four times as large). Default 4096.
+    /// io_uring: submission queue entries per worker (the completion queue is four times as
+    /// large, and the kernel allows at most 65536 of those). Default 4096. Accepted: a power
+    /// of two in 8..=16384.
     pub uring_entries: u32,
-    /// io_uring: buffers in each worker's provided-buffer ring (a power of two).
+    /// io_uring: buffers in each worker's provided-buffer ring. Accepted: a power of two in
+    /// 2..=32768, with `uring_buffers × uring_buffer_size` at most 1 GiB.
     pub uring_buffers: u16,
     /// io_uring: size of each provided buffer. A frame larger than one buffer is assembled
     /// (copied) across buffers, so this is sized to hold a 16 KiB message whole: at 500 × 16 KiB
     /// echoes 64 KiB buffers took 6.2-6.3 µs of server CPU per message where 16 KiB × 512 took
     /// 7.25 (interleaved runs, benches/README.md); 128 of them keep the ring at 8 MiB. Memory
     /// is virtual until the kernel writes into it: small messages touch one page per buffer.
+    /// Accepted: 1 KiB..=16 MiB.
     pub uring_buffer_size: usize,
     /// Data messages of at least this many bytes are written at once, straight from the
     /// sender's memory (header and payload in one `sendmsg`), when nothing of the connection
@@ -129,13 +150,185 @@ impl Default for Config {
     }
 }
 
+/// Most workers a server may have.
+pub(crate) const MAX_WORKERS: usize = 4096;
+/// Most connections per worker: a [`crate::ConnId`] holds the slab key in 20 bits.
+pub(crate) const MAX_CONNECTIONS: usize = 1 << 20;
+/// Longest timeout accepted: far enough for any use, near enough that no deadline computed
+/// from it (`now + timeout`, twice the auto-ping interval) can overflow.
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+const MIN_HANDSHAKE_BYTES: usize = 512;
+const MAX_HANDSHAKE_BYTES: usize = 1 << 20;
+const MIN_READ_BUFFER: usize = 4 << 10;
+const MAX_READ_BUFFER: usize = 64 << 20;
+const MIN_TICK: Duration = Duration::from_millis(1);
+const MAX_TICK: Duration = Duration::from_secs(10);
+const MIN_URING_ENTRIES: u32 = 8;
+const MAX_URING_ENTRIES: u32 = 16 << 10;
+const MIN_URING_BUFFERS: u16 = 2;
+const MAX_URING_BUFFERS: u16 = 1 << 15;
+const MIN_URING_BUFFER: usize = 1 << 10;
+const MAX_URING_BUFFER: usize = 16 << 20;
+const MAX_URING_RING: usize = 1 << 30;
+
+/// A [`Config`] field outside its accepted range: which one, and why. `build` turns it into
+/// an [`io::Error`] of kind [`io::ErrorKind::InvalidInput`] with the same message; the C ABI
+/// into `SOCKEYE_ERR_INVALID_ARGUMENT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    fn new(field: &'static str, reason: String) -> Self {
+        Self { field, reason }
+    }
+
+    /// The field's name as in [`Config`] (protocol limits without the `limits.` prefix, as
+    /// the builder's setters name them).
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// Why the value was refused, with the value and the accepted range.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {} {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<ConfigError> for io::Error {
+    fn from(e: ConfigError) -> Self {
+        io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+    }
+}
+
+/// `Ok` when `lo <= v <= hi`, else an error naming `field`, `v` and the range.
+fn in_range<T>(field: &'static str, v: T, lo: T, hi: T) -> Result<(), ConfigError>
+where
+    T: PartialOrd + fmt::Debug,
+{
+    if v < lo || v > hi {
+        return Err(ConfigError::new(field, format!("= {v:?}: must be in {lo:?}..={hi:?}")));
+    }
+    Ok(())
+}
+
+fn at_least_one<T>(field: &'static str, v: T) -> Result<(), ConfigError>
+where
+    T: PartialOrd + From<u8> + fmt::Debug,
+{
+    if v < T::from(1) {
+        return Err(ConfigError::new(field, format!("= {v:?}: must be at least 1")));
+    }
+    Ok(())
+}
+
+fn power_of_two<T>(
+    field: &'static str,
+    v: T,
+    lo: T,
+    hi: T,
+    is_pow2: bool,
+) -> Result<(), ConfigError>
+where
+    T: PartialOrd + fmt::Debug,
+{
+    if !is_pow2 || v < lo || v > hi {
+        return Err(ConfigError::new(
+            field,
+            format!("= {v:?}: must be a power of two in {lo:?}..={hi:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn timeout(field: &'static str, v: Duration, min: Duration) -> Result<(), ConfigError> {
+    in_range(field, v, min, MAX_TIMEOUT)
+}
+
+fn optional_timeout(field: &'static str, v: Option<Duration>) -> Result<(), ConfigError> {
+    match v {
+        None => Ok(()),
+        Some(d) if d.is_zero() => Err(ConfigError::new(
+            field,
+            "= Some(0ns): must be at least 1ms (None turns it off)".to_owned(),
+        )),
+        Some(d) => timeout(field, d, MIN_TICK),
+    }
+}
+
 impl Config {
-    /// The worker count with 0 resolved to the number of available cores.
+    /// The worker count with 0 resolved to the number of available cores (at most 4096).
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {
             self.workers
         } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS)
         }
+    }
+
+    /// Checks every field against its accepted range (each field's documentation says which)
+    /// and reports the first one outside it, in declaration order. A value refused here would
+    /// break every connection (no connection accepted, every one reset or closed) or the
+    /// engine itself (an allocation or a deadline that cannot be computed). `build` calls it
+    /// before binding anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        in_range("workers", self.workers, 0, MAX_WORKERS)?;
+        let l = &self.limits;
+        at_least_one("max_frame_size", l.max_frame_size)?;
+        at_least_one("max_message_size", l.max_message_size)?;
+        at_least_one("max_fragments", l.max_fragments)?;
+        in_range(
+            "max_handshake_bytes",
+            l.max_handshake_bytes,
+            MIN_HANDSHAKE_BYTES,
+            MAX_HANDSHAKE_BYTES,
+        )?;
+        timeout("handshake_timeout", l.handshake_timeout, MIN_TICK)?;
+        timeout("close_timeout", l.close_timeout, MIN_TICK)?;
+        optional_timeout("idle_timeout", self.idle_timeout)?;
+        optional_timeout("auto_ping", self.auto_ping)?;
+        at_least_one("max_backpressure", self.max_backpressure)?;
+        in_range("max_connections", self.max_connections, 1, MAX_CONNECTIONS)?;
+        at_least_one("worker_memory_budget", self.worker_memory_budget)?;
+        in_range("read_buffer_size", self.read_buffer_size, MIN_READ_BUFFER, MAX_READ_BUFFER)?;
+        timeout("shutdown_timeout", self.shutdown_timeout, Duration::ZERO)?;
+        in_range("timer_tick", self.timer_tick, MIN_TICK, MAX_TICK)?;
+        power_of_two(
+            "uring_entries",
+            self.uring_entries,
+            MIN_URING_ENTRIES,
+            MAX_URING_ENTRIES,
+            self.uring_entries.is_power_of_two(),
+        )?;
+        power_of_two(
+            "uring_buffers",
+            self.uring_buffers,
+            MIN_URING_BUFFERS,
+            MAX_URING_BUFFERS,
+            self.uring_buffers.is_power_of_two(),
+        )?;
+        in_range("uring_buffer_size", self.uring_buffer_size, MIN_URING_BUFFER, MAX_URING_BUFFER)?;
+        let ring = usize::from(self.uring_buffers) * self.uring_buffer_size;
+        if ring > MAX_URING_RING {
+            return Err(ConfigError::new(
+                "uring_buffers",
+                format!(
+                    "× uring_buffer_size = {} × {} = {ring} bytes: the ring must hold at most \
+                     {MAX_URING_RING} (1 GiB)",
+                    self.uring_buffers, self.uring_buffer_size
+                ),
+            ));
+        }
+        Ok(())
     }
 }

@@ -23,7 +23,7 @@ use crate::proto::{CloseCode, Limits, OpCode};
 pub use api::{
     Conn, ConnId, Ctx, Handler, HttpResponse, InvalidCloseCode, Message, Post, SendStatus, Upgrade,
 };
-pub use config::{Backend, Config};
+pub use config::{Backend, Config, ConfigError};
 
 /// Something another thread asks a worker to do.
 #[derive(Debug)]
@@ -203,10 +203,13 @@ impl ServerHandle {
     }
 }
 
-/// Builds a [`Server`]. Every limit and timeout has a setter; see [`Config`] for the defaults.
+/// Builds a [`Server`]. Every limit and timeout has a setter; see [`Config`] for the defaults
+/// and the accepted ranges, which [`ServerBuilder::build`] checks ([`Config::validate`]).
 #[derive(Debug)]
 pub struct ServerBuilder<F = ()> {
     config: Config,
+    /// Why the last [`ServerBuilder::listen`] address was refused; `build` reports it.
+    bad_addr: Option<String>,
     factory: F,
 }
 
@@ -221,13 +224,23 @@ macro_rules! setter {
 }
 
 impl<F> ServerBuilder<F> {
-    /// Sets the listen address (e.g. `"127.0.0.1:9001"`; port 0 picks a free one).
+    /// Sets the listen address (e.g. `"127.0.0.1:9001"`; port 0 picks a free one). A name is
+    /// resolved now, and the first address it gives is used.
     ///
     /// # Panics
-    /// Never; an unparsable address is reported by [`ServerBuilder::build`].
-    pub fn listen(mut self, addr: impl std::net::ToSocketAddrs) -> Self {
-        if let Some(a) = addr.to_socket_addrs().ok().and_then(|mut i| i.next()) {
-            self.config.addr = a;
+    /// Never; an address that cannot be parsed or resolved (`"127.0.0.1"` without a port,
+    /// port 99999, an unknown host) makes [`ServerBuilder::build`] fail with
+    /// [`io::ErrorKind::InvalidInput`], naming it. The last call wins.
+    pub fn listen(mut self, addr: impl std::net::ToSocketAddrs + std::fmt::Debug) -> Self {
+        match addr.to_socket_addrs().map(|mut i| i.next()) {
+            Ok(Some(a)) => {
+                self.config.addr = a;
+                self.bad_addr = None;
+            }
+            Ok(None) => {
+                self.bad_addr = Some(format!("listen address {addr:?}: resolves to nothing"))
+            }
+            Err(e) => self.bad_addr = Some(format!("listen address {addr:?}: {e}")),
         }
         self
     }
@@ -285,9 +298,11 @@ impl<F> ServerBuilder<F> {
         self
     }
 
-    /// Replaces the whole configuration.
+    /// Replaces the whole configuration, its address included (a refused
+    /// [`ServerBuilder::listen`] before it is forgotten).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
+        self.bad_addr = None;
         self
     }
 
@@ -297,7 +312,7 @@ impl<F> ServerBuilder<F> {
         G: Fn() -> H + Send + Sync + 'static,
         H: Handler,
     {
-        ServerBuilder { config: self.config, factory }
+        ServerBuilder { config: self.config, bad_addr: self.bad_addr, factory }
     }
 }
 
@@ -306,15 +321,30 @@ where
     G: Fn() -> H + Send + Sync + 'static,
     H: Handler,
 {
-    /// Binds the listeners and prepares the workers. Errors: the address cannot be bound, or
-    /// the backend asked for is not available on this kernel.
+    /// Checks the configuration, binds the listeners and prepares the workers. Errors:
+    /// - [`io::ErrorKind::InvalidInput`]: the [`ServerBuilder::listen`] address could not be
+    ///   parsed or resolved, or a setting is out of range ([`Config::validate`]); the message
+    ///   names the address or the field;
+    /// - [`io::ErrorKind::AddrInUse`]: something already listens on the address (unless
+    ///   [`Config::share_port`] allows joining it), or it cannot be bound for another reason
+    ///   the kernel calls "in use";
+    /// - [`io::ErrorKind::Unsupported`]: the backend asked for is not available on this
+    ///   kernel;
+    /// - any other error from binding the address or setting up a worker.
     pub fn build(self) -> io::Result<Server<H>> {
+        if let Some(why) = self.bad_addr {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+        }
         let mut config = self.config;
+        config.validate()?;
         config.backend = backend::resolve(config.backend)?;
         let n = config.worker_count();
         let mut preps = Vec::with_capacity(n);
         let mut links = Vec::with_capacity(n);
-        let mut addr = config.addr;
+        // Unless sharing was asked for, make sure the port is ours: nothing may listen there
+        // (and port 0 becomes a port nothing uses). The workers then form their own group.
+        let mut addr =
+            if config.share_port { config.addr } else { backend::claim_port(config.addr)? };
         for i in 0..n {
             let listener = backend::bind_listener(addr, config.backlog)?;
             if i == 0 {
@@ -355,7 +385,7 @@ impl<H: Handler> std::fmt::Debug for Server<H> {
 impl Server<NoHandler> {
     /// Starts building a server.
     pub fn builder() -> ServerBuilder<()> {
-        ServerBuilder { config: Config::default(), factory: () }
+        ServerBuilder { config: Config::default(), bad_addr: None, factory: () }
     }
 }
 

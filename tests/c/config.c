@@ -1,0 +1,121 @@
+/*
+ * config.c: what sockeye_server_new refuses, checked from C (tests/c/run.sh builds it with
+ * ASan and runs it; exit status 0 when every check passed):
+ *
+ * - a second server on a port a first one listens on gets SOCKEYE_ERR_ADDRESS_IN_USE;
+ * - with share_port set on both, both are created (and a third without it is still refused);
+ * - config fields outside their documented range get SOCKEYE_ERR_INVALID_ARGUMENT;
+ * - the defaults of the fields added last (worker_memory_budget, share_port).
+ *
+ * Prints one line per check (`ok NAME` / `FAIL NAME: why`).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <sockeye.h>
+
+static int failures = 0;
+
+static void check(const char *name, int ok, const char *why) {
+    if (ok) {
+        printf("ok %s\n", name);
+    } else {
+        failures++;
+        printf("FAIL %s: %s\n", name, why);
+    }
+}
+
+static sockeye_config config(uint16_t port) {
+    sockeye_config cfg;
+    sockeye_config_default(&cfg);
+    cfg.address = "127.0.0.1";
+    cfg.port = port;
+    cfg.workers = 2;
+    return cfg;
+}
+
+/* Creates a server (never run); returns the result code, the server in *out on success. */
+static sockeye_result create(const sockeye_config *cfg, sockeye_server **out) {
+    *out = NULL;
+    return sockeye_server_new(cfg, NULL, NULL, out);
+}
+
+/* Checks that `cfg` is refused with `want`, and frees a server if one was made anyway. */
+static void refused(const char *name, const sockeye_config *cfg, sockeye_result want) {
+    sockeye_server *s = NULL;
+    sockeye_result rc = create(cfg, &s);
+    char why[160];
+    snprintf(why, sizeof why, "expected %d (%s), got %d (%s)", (int)want, sockeye_strerror(want),
+             (int)rc, sockeye_strerror(rc));
+    check(name, rc == want && s == NULL, why);
+    if (s) sockeye_server_free(s);
+}
+
+int main(void) {
+    sockeye_config d = config(0);
+    check("share_port defaults to false", d.share_port == false, "it is true");
+    check("worker_memory_budget defaults to 256 MiB", d.worker_memory_budget == (size_t)256 << 20,
+          "another value");
+    check("SOCKEYE_ERR_ADDRESS_IN_USE has its own text",
+          strstr(sockeye_strerror(SOCKEYE_ERR_ADDRESS_IN_USE), "in use") != NULL,
+          sockeye_strerror(SOCKEYE_ERR_ADDRESS_IN_USE));
+
+    /* A server owns its port. */
+    sockeye_server *first = NULL;
+    sockeye_config c = config(0);
+    sockeye_result rc = create(&c, &first);
+    check("first server", rc == SOCKEYE_OK, sockeye_strerror(rc));
+    if (first) {
+        uint16_t port = sockeye_server_local_port(first);
+        sockeye_config again = config(port);
+        refused("second server on the same port", &again, SOCKEYE_ERR_ADDRESS_IN_USE);
+        again.workers = 1;
+        refused("second server, one worker", &again, SOCKEYE_ERR_ADDRESS_IN_USE);
+        sockeye_server_free(first);
+        sockeye_server *back = NULL;
+        sockeye_config freed = config(port);
+        rc = create(&freed, &back);
+        check("the port once the first is freed", rc == SOCKEYE_OK, sockeye_strerror(rc));
+        if (back) sockeye_server_free(back);
+    }
+
+    /* Unless both share it. */
+    sockeye_server *a = NULL, *b = NULL;
+    sockeye_config share = config(0);
+    share.share_port = true;
+    rc = create(&share, &a);
+    check("first sharing server", rc == SOCKEYE_OK, sockeye_strerror(rc));
+    if (a) {
+        share.port = sockeye_server_local_port(a);
+        rc = create(&share, &b);
+        check("second sharing server", rc == SOCKEYE_OK, sockeye_strerror(rc));
+        check("on the same port", b && sockeye_server_local_port(b) == share.port, "another port");
+        sockeye_config plain = config(share.port);
+        refused("a third, not sharing, on the shared port", &plain, SOCKEYE_ERR_ADDRESS_IN_USE);
+        if (b) sockeye_server_free(b);
+        sockeye_server_free(a);
+    }
+
+    /* Fields out of range: the engine's check, through the C struct. */
+    c = config(0);
+    c.max_connections = 0;
+    refused("max_connections 0", &c, SOCKEYE_ERR_INVALID_ARGUMENT);
+    c = config(0);
+    c.max_connections = ((size_t)1 << 20) + 1;
+    refused("max_connections over 2^20", &c, SOCKEYE_ERR_INVALID_ARGUMENT);
+    c = config(0);
+    c.max_handshake_bytes = 100;
+    refused("max_handshake_bytes 100", &c, SOCKEYE_ERR_INVALID_ARGUMENT);
+    c = config(0);
+    c.worker_memory_budget = 0;
+    refused("worker_memory_budget 0", &c, SOCKEYE_ERR_INVALID_ARGUMENT);
+    c = config(0);
+    c.close_timeout_ms = 0;
+    refused("close_timeout_ms 0", &c, SOCKEYE_ERR_INVALID_ARGUMENT);
+    c = config(0);
+    c.workers = 5000;
+    refused("workers 5000", &c, SOCKEYE_ERR_INVALID_ARGUMENT);
+
+    printf("config: %s\n", failures ? "FAILED" : "all passed");
+    return failures ? 1 : 0;
+}
