@@ -474,6 +474,88 @@ fn handshake_head_limit_holds_across_reads() {
     assert_eq!(c.buffered(), 0);
 }
 
+/// A head trickled in one byte per read is parsed once it can be complete, not from its start
+/// on every read (which cost up to 8192 parses of up to 8 KiB each).
+#[test]
+fn a_trickled_head_is_not_reparsed_per_byte() {
+    let mut c = Connection::new_server(Instant::now(), &Limits::default());
+    let mut out = Vec::new();
+    let before = handshake::PARSES.with(|p| p.get());
+    let mut status = HandshakeStatus::Partial;
+    for b in REQUEST.chunks(1) {
+        status = c.handshake(b, &mut out, &ENV, |_, _| Decision::accept()).unwrap();
+    }
+    assert_eq!(status, HandshakeStatus::Accepted { consumed: 1 });
+    let parses = handshake::PARSES.with(|p| p.get()) - before;
+    assert!(parses <= 2, "{parses} parses for a {}-byte head", REQUEST.len());
+    // Bare-LF heads end too (the parser accepts them).
+    let lf = String::from_utf8(REQUEST.to_vec()).unwrap().replace("\r\n", "\n");
+    let mut c = Connection::new_server(Instant::now(), &Limits::default());
+    let mut status = HandshakeStatus::Partial;
+    for b in lf.as_bytes().chunks(7) {
+        status = c.handshake(b, &mut out, &ENV, |_, _| Decision::accept()).unwrap();
+    }
+    assert!(matches!(status, HandshakeStatus::Accepted { .. }), "{status:?}");
+}
+
+/// The head limit saturates: `usize::MAX` (from C's `size_t`) neither panics nor loses the head.
+#[test]
+fn an_unbounded_head_limit_does_not_overflow() {
+    let limits = Limits { max_handshake_bytes: usize::MAX, ..Limits::default() };
+    let env = Env::new(limits);
+    let mut c = Connection::new_server(Instant::now(), &limits);
+    let mut out = Vec::new();
+    let (a, b) = REQUEST.split_at(40);
+    assert_eq!(c.handshake(a, &mut out, &env, |_, _| Decision::accept()), Ok(HandshakeStatus::Partial));
+    let s = c.handshake(b, &mut out, &env, |_, _| Decision::accept()).unwrap();
+    assert!(matches!(s, HandshakeStatus::Accepted { .. }), "{s:?}");
+}
+
+/// Confirming a subprotocol the client never offered is answered with 500, not with a 101
+/// the client must fail.
+#[test]
+fn a_subprotocol_not_offered_gets_500() {
+    let mut c = Connection::new_server(Instant::now(), &Limits::default());
+    let mut out = Vec::new();
+    let s = c
+        .handshake(REQUEST, &mut out, &ENV, |_, _| Decision::Accept {
+            protocol: Some("chat".into()),
+            headers: Vec::new(),
+        })
+        .unwrap();
+    assert_eq!(s, HandshakeStatus::Rejected { status: 500 });
+    assert!(out.starts_with(b"HTTP/1.1 500"), "{}", String::from_utf8_lossy(&out));
+    assert_eq!(c.state(), State::Closed);
+}
+
+/// The memory budget: a message that must be assembled reserves its announced length, is
+/// refused when it does not fit, and gives the reservation back when it completes.
+#[test]
+fn assembly_reserves_against_the_budget_and_gives_it_back() {
+    let mut env = Env::default();
+    env.memory.limit = 1000;
+    let mut s = server();
+    let msg = cframe(OpCode::Binary, true, &[5u8; 600]);
+    let mut out = Vec::new();
+    let mut first = msg[..100].to_vec();
+    let r = s.read(&mut first, &mut out, &mut env).unwrap();
+    assert!(r.event.is_none());
+    assert_eq!(env.memory.assembly, 600);
+    let mut rest = msg[100..].to_vec();
+    let r = s.read(&mut rest, &mut out, &mut env).unwrap();
+    assert!(matches!(r.event, Some(Event::Binary(_))));
+    assert_eq!(env.memory.assembly, 0);
+    // Two messages in flight on two connections: the second does not fit.
+    let mut a = server();
+    let mut b = server();
+    a.read(&mut msg[..100].to_vec(), &mut out, &mut env).unwrap();
+    let e = b.read(&mut msg[..100].to_vec(), &mut out, &mut env).unwrap_err();
+    assert_eq!(e, ProtocolError::OverBudget);
+    assert_eq!(e.close_code(), CloseCode::TOO_BIG);
+    a.release(&mut env);
+    assert_eq!(env.memory.assembly, 0);
+}
+
 #[test]
 fn handshake_timeout() {
     let t0 = Instant::now();

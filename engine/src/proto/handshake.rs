@@ -354,7 +354,15 @@ struct Head<'a> {
 }
 
 /// Runs httparse over at most `max_head` bytes of `buf`; `None` while the head is incomplete.
+#[cfg(test)]
+thread_local! {
+    /// Heads parsed on this thread (tests count re-parses).
+    pub(crate) static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head<'_>>, HandshakeError> {
+    #[cfg(test)]
+    PARSES.with(|p| p.set(p.get() + 1));
     let window = &buf[..buf.len().min(max_head)];
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     // httparse borrows the header table only while parsing; the headers themselves borrow

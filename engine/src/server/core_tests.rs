@@ -25,6 +25,8 @@ struct Seen {
     /// Status of a send attempted from `on_close`.
     send_in_on_close: Vec<SendStatus>,
     statuses: Vec<SendStatus>,
+    /// Results of `Conn::close` asked for by a "close N" message.
+    close_results: Vec<Result<(), crate::InvalidCloseCode>>,
 }
 
 /// Echoes; panics on the text "boom"; tries a send from `on_close`.
@@ -42,6 +44,13 @@ impl Handler for TestHandler {
         self.seen.messages += 1;
         if msg == Message::Text("boom") {
             panic!("the handler met a bad message");
+        }
+        if let Message::Text(t) = msg {
+            if let Some(code) = t.strip_prefix("close ").and_then(|c| c.parse().ok()) {
+                let r = conn.close(CloseCode(code), "asked");
+                self.seen.close_results.push(r);
+                return;
+            }
         }
         let st = conn.send(msg);
         self.seen.statuses.push(st);
@@ -580,4 +589,22 @@ fn a_silent_handshake_is_dropped_at_its_timeout() {
     p.advance(p.core.state.env.limits.handshake_timeout + Duration::from_secs(1));
     assert_eq!(p.len(), 0);
     assert_eq!(p.counts().handshake_timeouts, 1);
+}
+
+/// `Conn::close` refuses a code that may not go on the wire, and sends nothing for it.
+#[test]
+fn close_with_a_code_that_may_not_be_sent_is_refused() {
+    let mut p = Pair::new(cfg());
+    let c = p.open();
+    for code in [1005u16, 1006, 999, 1015, 5000] {
+        p.send_frame(c, OpCode::Text, format!("close {code}").as_bytes());
+    }
+    p.pump();
+    assert_eq!(p.client_events(c), vec![], "something was sent");
+    let refused: Vec<u16> =
+        p.seen().close_results.iter().map(|r| r.map_or_else(|e| e.0 .0, |()| 0)).collect();
+    assert_eq!(refused, vec![1005, 1006, 999, 1015, 5000]);
+    p.send_frame(c, OpCode::Text, b"close 4000");
+    p.pump();
+    assert_eq!(p.client_events(c), vec![(OpCode::Close, 4000u16.to_be_bytes().to_vec())]);
 }
