@@ -1,0 +1,85 @@
+//! Faults found by the hardening review, reproduced over real sockets on whichever backend
+//! `SOCKEYE_BACKEND` picks (CI runs this file on both). Policy details live in the core's own
+//! tests (server/core_tests.rs, on a fake clock); these prove the same over TCP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{backend_name, op, serial, start, start_echo, RawClient};
+use sockeye::{Conn, Handler, Message};
+
+fn total(srv: &common::TestServer, f: impl Fn(&sockeye::Stats) -> usize) -> usize {
+    srv.handle.stats().iter().map(f).sum()
+}
+
+/// The review's reproduction: idle and close timeouts of 1 s, a client that writes an 8 MiB
+/// frame and close(1000), then never reads. Its echo stays queued behind a zero window; the
+/// connection used to stay forever. It must be gone about a second after the close.
+#[test]
+fn big_message_and_close_never_read_is_released_at_the_close_timeout() {
+    let _serial = serial();
+    let srv = start_echo(|b| {
+        b.idle_timeout(Some(Duration::from_secs(1))).close_timeout(Duration::from_secs(1))
+    });
+    let mut c = RawClient::open(srv.addr);
+    let _ = socket2::SockRef::from(&c.stream).set_recv_buffer_size(4096);
+    c.send_frame(op::BINARY, true, &vec![0x5a; 8 << 20]);
+    c.send_close(1000, "");
+    assert!(
+        common::wait_until(Duration::from_secs(1), || srv.connections() == 1),
+        "[{}] the connection never opened",
+        backend_name()
+    );
+    let gone = common::wait_until(Duration::from_secs(6), || srv.connections() == 0);
+    assert!(gone, "[{}] still held: {:?}", backend_name(), srv.handle.stats());
+    assert_eq!(total(&srv, |s| s.close_timeouts), 1, "[{}]", backend_name());
+    assert_eq!(total(&srv, |s| s.memory_in_use), 0, "[{}] queue not given back", backend_name());
+    common::assert_echo(srv.addr);
+    drop(c);
+}
+
+/// Echoes, but panics on the text "boom" (an `unwrap()` on client input, say).
+#[derive(Debug, Default)]
+struct Fragile;
+
+impl Handler for Fragile {
+    type Data = ();
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+        let n: u32 = match msg {
+            Message::Text("boom") => "not a number".parse().unwrap(),
+            _ => 0,
+        };
+        let _ = n;
+        conn.send(msg);
+    }
+}
+
+/// A panic in a handler costs that connection alone: it gets 1011, the panic is counted, and
+/// the other connections on the same worker (one worker here) keep being served.
+#[test]
+fn a_handler_panic_closes_that_connection_with_1011_and_the_worker_serves_on() {
+    let _serial = serial();
+    let srv = start(|b| b.workers(1), || Fragile);
+    let mut other = common::ws_connect(srv.addr);
+    for i in 0..3 {
+        let mut c = RawClient::open(srv.addr);
+        c.send_frame(op::TEXT, true, b"boom");
+        let (code, _) = c.read_close();
+        assert_eq!(code, 1011, "[{}] panic {i}", backend_name());
+        other.send(tungstenite::Message::text(format!("still there {i}"))).expect("send");
+        assert_eq!(
+            common::ws_read_data(&mut other),
+            tungstenite::Message::text(format!("still there {i}")),
+            "[{}]",
+            backend_name()
+        );
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(2), || total(&srv, |s| s.handler_panics) == 3),
+        "[{}] {:?}",
+        backend_name(),
+        srv.handle.stats()
+    );
+    common::assert_echo(srv.addr);
+}
