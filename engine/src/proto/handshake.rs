@@ -353,13 +353,13 @@ struct Head<'a> {
     consumed: usize,
 }
 
-/// Runs httparse over at most `max_head` bytes of `buf`; `None` while the head is incomplete.
 #[cfg(test)]
 thread_local! {
     /// Heads parsed on this thread (tests count re-parses).
     pub(crate) static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// Runs httparse over at most `max_head` bytes of `buf`; `None` while the head is incomplete.
 fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head<'_>>, HandshakeError> {
     #[cfg(test)]
     PARSES.with(|p| p.set(p.get() + 1));
