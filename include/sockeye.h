@@ -317,6 +317,66 @@ typedef struct sockeye_callbacks {
 } sockeye_callbacks;
 
 /**
+ * One worker's counters, as of its last loop turn (see `sockeye_server_stats`). Counters only
+ * grow; `connections`, `memory_in_use`, `buffers_total` and `buffers_in_kernel` are gauges.
+ */
+typedef struct sockeye_stats {
+    /**
+     * Connections the worker holds (handshaking, open or closing).
+     */
+    size_t connections;
+    /**
+     * io_uring: buffers in the provided-buffer ring (0 on epoll).
+     */
+    size_t buffers_total;
+    /**
+     * io_uring: buffers lent to the kernel (equals `buffers_total` at rest).
+     */
+    size_t buffers_in_kernel;
+    /**
+     * io_uring: times a receive found the buffer ring empty.
+     */
+    size_t buffer_shortages;
+    /**
+     * Bytes of send queues and message-assembly buffers held now (bounded by
+     * `worker_memory_budget`).
+     */
+    size_t memory_in_use;
+    /**
+     * Connections dropped at the handshake timeout.
+     */
+    size_t handshake_timeouts;
+    /**
+     * Connections closed (1001) by the idle timeout or an unanswered auto-ping.
+     */
+    size_t idle_timeouts;
+    /**
+     * Connections reset because their close did not complete within the close timeout.
+     */
+    size_t close_timeouts;
+    /**
+     * Callbacks that panicked (Rust hosts; caught, the connection closed with 1011).
+     */
+    size_t handler_panics;
+    /**
+     * Data sends refused over `max_backpressure` (`SOCKEYE_SEND_DROPPED`).
+     */
+    size_t sends_dropped;
+    /**
+     * Sends and incoming messages refused because the worker's memory budget was spent.
+     */
+    size_t budget_refusals;
+    /**
+     * Connections closed for a protocol violation by the peer.
+     */
+    size_t protocol_errors;
+    /**
+     * Handshake requests refused as malformed, or failed by the application (500).
+     */
+    size_t bad_handshakes;
+} sockeye_stats;
+
+/**
  * io_uring when the kernel offers everything the engine needs, else epoll. The environment
  * variable `SOCKEYE_BACKEND=epoll|io_uring` overrides it.
  */
@@ -514,6 +574,14 @@ uint16_t sockeye_server_local_port(const struct sockeye_server *server);
  * Thread-safe.
  */
 size_t sockeye_server_worker_count(const struct sockeye_server *server);
+
+/**
+ * Fills `*out` with worker `worker`'s counters (0 ≤ `worker` < `sockeye_server_worker_count`).
+ * `out` is written only on success and stays owned by the caller. Returns
+ * `SOCKEYE_ERR_NULL` for a NULL argument, `SOCKEYE_ERR_INVALID_ARGUMENT` for a worker that
+ * does not exist. Thread-safe.
+ */
+enum sockeye_result sockeye_server_stats(const struct sockeye_server *server, size_t worker, struct sockeye_stats *out);
 
 /**
  * Sends a message to the connection `conn_id` (from `sockeye_conn_id`) on whatever worker

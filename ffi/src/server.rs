@@ -180,6 +180,86 @@ pub extern "C" fn sockeye_server_worker_count(server: *const sockeye_server) -> 
     })
 }
 
+/// One worker's counters, as of its last loop turn (see `sockeye_server_stats`). Counters only
+/// grow; `connections`, `memory_in_use`, `buffers_total` and `buffers_in_kernel` are gauges.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct sockeye_stats {
+    /// Connections the worker holds (handshaking, open or closing).
+    pub connections: usize,
+    /// io_uring: buffers in the provided-buffer ring (0 on epoll).
+    pub buffers_total: usize,
+    /// io_uring: buffers lent to the kernel (equals `buffers_total` at rest).
+    pub buffers_in_kernel: usize,
+    /// io_uring: times a receive found the buffer ring empty.
+    pub buffer_shortages: usize,
+    /// Bytes of send queues and message-assembly buffers held now (bounded by
+    /// `worker_memory_budget`).
+    pub memory_in_use: usize,
+    /// Connections dropped at the handshake timeout.
+    pub handshake_timeouts: usize,
+    /// Connections closed (1001) by the idle timeout or an unanswered auto-ping.
+    pub idle_timeouts: usize,
+    /// Connections reset because their close did not complete within the close timeout.
+    pub close_timeouts: usize,
+    /// Callbacks that panicked (Rust hosts; caught, the connection closed with 1011).
+    pub handler_panics: usize,
+    /// Data sends refused over `max_backpressure` (`SOCKEYE_SEND_DROPPED`).
+    pub sends_dropped: usize,
+    /// Sends and incoming messages refused because the worker's memory budget was spent.
+    pub budget_refusals: usize,
+    /// Connections closed for a protocol violation by the peer.
+    pub protocol_errors: usize,
+    /// Handshake requests refused as malformed, or failed by the application (500).
+    pub bad_handshakes: usize,
+}
+
+impl From<sockeye::Stats> for sockeye_stats {
+    fn from(s: sockeye::Stats) -> Self {
+        Self {
+            connections: s.connections,
+            buffers_total: s.buffers_total,
+            buffers_in_kernel: s.buffers_in_kernel,
+            buffer_shortages: s.buffer_shortages,
+            memory_in_use: s.memory_in_use,
+            handshake_timeouts: s.handshake_timeouts,
+            idle_timeouts: s.idle_timeouts,
+            close_timeouts: s.close_timeouts,
+            handler_panics: s.handler_panics,
+            sends_dropped: s.sends_dropped,
+            budget_refusals: s.budget_refusals,
+            protocol_errors: s.protocol_errors,
+            bad_handshakes: s.bad_handshakes,
+        }
+    }
+}
+
+/// Fills `*out` with worker `worker`'s counters (0 ≤ `worker` < `sockeye_server_worker_count`).
+/// `out` is written only on success and stays owned by the caller. Returns
+/// `SOCKEYE_ERR_NULL` for a NULL argument, `SOCKEYE_ERR_INVALID_ARGUMENT` for a worker that
+/// does not exist. Thread-safe.
+#[no_mangle]
+pub extern "C" fn sockeye_server_stats(
+    server: *const sockeye_server,
+    worker: usize,
+    out: *mut sockeye_stats,
+) -> sockeye_result {
+    guard(|| {
+        // SAFETY: `server` is NULL or a live server (documented contract).
+        let Some(obj) = (unsafe { server_ref(server) }) else { return SOCKEYE_ERR_NULL };
+        if out.is_null() {
+            return SOCKEYE_ERR_NULL;
+        }
+        let Some(s) = obj.handle.stats().get(worker).copied() else {
+            return SOCKEYE_ERR_INVALID_ARGUMENT;
+        };
+        // SAFETY: `out` is non-NULL and points to writable memory for one `sockeye_stats`
+        // (the caller's contract); `write` does not read or drop the old contents.
+        unsafe { out.write(s.into()) };
+        SOCKEYE_OK
+    })
+}
+
 /// The worker a connection id belongs to, checked against the server.
 fn conn_id(obj: &ServerObj, id: u64) -> Option<ConnId> {
     let id = ConnId::from_u64(id);

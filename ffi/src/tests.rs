@@ -314,6 +314,15 @@ fn a_server_runs_and_is_reached_from_another_thread() {
         other => panic!("expected 404, got {other:?}"),
     }
 
+    // Every worker's counters; a worker that does not exist is an error.
+    let mut st = sockeye_stats::default();
+    for w in 0..sockeye_server_worker_count(server) {
+        assert_eq!(sockeye_server_stats(server, w, &mut st), SOCKEYE_OK);
+    }
+    assert_eq!(sockeye_server_stats(server, 2, &mut st), SOCKEYE_ERR_INVALID_ARGUMENT);
+    assert_eq!(sockeye_server_stats(server, 0, null_mut()), SOCKEYE_ERR_NULL);
+    assert_eq!(sockeye_server_stats(null(), 0, &mut st), SOCKEYE_ERR_NULL);
+
     assert_eq!(sockeye_server_stop(server), SOCKEYE_OK);
     assert_eq!(runner.join().unwrap(), SOCKEYE_OK);
     assert_eq!(sockeye_server_run(server), SOCKEYE_ERR_ALREADY_RUN);
@@ -359,4 +368,13 @@ fn a_second_server_on_the_same_port_is_refused() {
     assert_eq!(new_server(&config(c.port), &cb, null_mut()), Err(SOCKEYE_ERR_ADDRESS_IN_USE));
     sockeye_server_free(b);
     sockeye_server_free(a);
+}
+
+/// `sockeye_stats` carries every field of the engine's `Stats`, in the same order.
+#[test]
+fn stats_struct_matches_the_engine() {
+    let names: Vec<&str> = sockeye::Stats::default().fields().map(|(n, _)| n).collect();
+    assert_eq!(std::mem::size_of::<sockeye_stats>(), names.len() * std::mem::size_of::<usize>());
+    assert_eq!(names.first(), Some(&"connections"));
+    assert_eq!(names.last(), Some(&"bad_handshakes"));
 }

@@ -506,7 +506,10 @@ fn an_unbounded_head_limit_does_not_overflow() {
     let mut c = Connection::new_server(Instant::now(), &limits);
     let mut out = Vec::new();
     let (a, b) = REQUEST.split_at(40);
-    assert_eq!(c.handshake(a, &mut out, &env, |_, _| Decision::accept()), Ok(HandshakeStatus::Partial));
+    assert_eq!(
+        c.handshake(a, &mut out, &env, |_, _| Decision::accept()),
+        Ok(HandshakeStatus::Partial)
+    );
     let s = c.handshake(b, &mut out, &env, |_, _| Decision::accept()).unwrap();
     assert!(matches!(s, HandshakeStatus::Accepted { .. }), "{s:?}");
 }

@@ -127,7 +127,15 @@ impl Pair {
         sock.set_nonblocking(true).expect("nonblocking");
         let key = self.core.accept(peer(), server.as_raw_fd());
         let proto = Connection::new_open(Role::Client, 0x5eed);
-        self.clients.push(Client { key, server: Some(server), sock, proto, inbox: Vec::new(), outbox: Vec::new(), hung: false });
+        self.clients.push(Client {
+            key,
+            server: Some(server),
+            sock,
+            proto,
+            inbox: Vec::new(),
+            outbox: Vec::new(),
+            hung: false,
+        });
         self.clients.len() - 1
     }
 
