@@ -186,6 +186,9 @@ impl<H: Handler> Loop<H> {
             for &k in &work {
                 let k = k as usize;
                 if let Some(mut s) = self.socks.get_mut(k).and_then(Option::take) {
+                    if self.core.must_reset(k) {
+                        super::sys::reset_on_close(s.as_raw_fd());
+                    }
                     let _ = self.poll.registry().deregister(&mut s);
                 }
                 self.core.remove(k);

@@ -6,11 +6,14 @@
 //! worker (its loop, its waker), run it, and report whether it is available here.
 
 pub(crate) mod epoll;
+pub(crate) mod sys;
+#[allow(unsafe_code)] // memory lent to the kernel: see the module's docs
 pub(crate) mod uring;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -128,7 +131,8 @@ impl WorkerPrep {
         handler: H,
         stats: Arc<WorkerStats>,
     ) -> io::Result<()> {
-        let core = Core::new(index, Arc::clone(&cfg), handle, handler);
+        let core =
+            Core::new(Instant::now(), index, Arc::clone(&cfg), handle, handler, sys::write_now);
         match self {
             WorkerPrep::Epoll(p) => p.run(core, &cfg, stats),
             WorkerPrep::IoUring(p) => p.run(core, &cfg, stats),

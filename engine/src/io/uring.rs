@@ -754,6 +754,9 @@ impl<H: Handler> Loop<H> {
                 };
                 c.dying = true;
                 if let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) {
+                    if self.core.must_reset(k) {
+                        super::sys::reset_on_close(fd);
+                    }
                     if c.recv_armed || c.send != NO_SEND {
                         let sqe = opcode::AsyncCancel2::new(
                             types::CancelBuilder::fd(types::Fd(fd)).all(),

@@ -4,9 +4,10 @@
 //! A backend (epoll, io_uring) owns the sockets and moves bytes; it tells the core about socket
 //! events (a connection arrived, bytes arrived, the peer hung up, bytes were taken) and asks it
 //! what to write and what to close, so both backends share every line of protocol and
-//! application logic. Two exceptions touch a socket from here, both on the descriptor the
-//! backend lent: the direct write of a large send (one `sendmsg`, see [`CoreState::send`]) and
-//! the `SO_LINGER` that makes a forced close a reset.
+//! application logic. The core performs no I/O and reads no clock: time comes in with
+//! `set_now` at the top of every loop turn, and the one write it may want at once (the direct
+//! write of a large send, see [`CoreState::send`]) it asks of the backend through the
+//! `WriteNow` hook it was built with, by the socket handle the backend lent at accept.
 //!
 //! Architecture invariant: every connection, in every state, has a deadline (the handshake
 //! timeout; idle timeout and auto-ping while open, when configured; `close_timeout` from the
@@ -34,6 +35,11 @@ use super::api::{Conn, ConnId, Ctx, Handler, Message, Post, SendStatus, Upgrade}
 use super::config::Config;
 use super::timer::Wheel;
 use super::{ServerHandle, WorkerStats};
+
+/// The backend's hook for a write at once: one non-blocking write of `parts`, in order, to the
+/// socket the backend lent as `fd`; returns the bytes taken (0 on any error, which the
+/// backend's next flush meets and handles). Both backends use `io::sys::write_now`.
+pub(crate) type WriteNow = fn(RawFd, &[&[u8]; 3]) -> usize;
 
 const NO_TIMER: u64 = u64::MAX;
 
@@ -81,6 +87,7 @@ const DEAD: u16 = 128; // in the dead list; the backend drops the socket
 const CLOSING: u16 = 256; // a close was sent or received (or the handshake refused): `since` is when
 const OVER: u16 = 512; // a data send was dropped at the limit: reading pauses until the queue drains
 const RETIRED: u16 = 1024; // a tombstone holding a retired key (see `RETIRED_GEN`)
+const RESET: u16 = 2048; // dead by force: the backend closes the socket with a reset
 
 /// Counters a worker keeps in plain integers and publishes once per loop turn.
 #[derive(Debug, Default, Clone, Copy)]
@@ -151,6 +158,8 @@ pub(crate) struct CoreState<D> {
     pub(crate) counts: Counts,
     /// Whether a handler panic was logged on this worker (the first is; the rest are counted).
     panic_logged: bool,
+    /// The backend's hook for a write at once (the direct write of a large send).
+    write: WriteNow,
 }
 
 /// A worker's core: its state plus the application's handler.
@@ -254,7 +263,7 @@ impl<D> CoreState<D> {
             && s.flags & (BLOCKED | READ_PAUSED) == 0
         {
             // Everything queued is corked (never refused): let the socket have it first.
-            Self::write_now(&mut self.out_pool, s, None);
+            Self::write_now(self.write, &mut self.out_pool, s, None);
             pending = pending_of(s);
         }
         if payload.len() > MAX_SEND || pending.saturating_add(payload.len()) > max {
@@ -279,7 +288,7 @@ impl<D> CoreState<D> {
             // runs in the backend's flush (`on_written`), which must see the queue.
             && s.flags & (BLOCKED | READ_PAUSED) == 0
         {
-            Self::write_now(&mut self.out_pool, s, Some((op, payload)));
+            Self::write_now(self.write, &mut self.out_pool, s, Some((op, payload)));
         } else {
             Self::out_buf(&mut self.out_pool, s);
             if s.proto.send_frame(op, true, payload, &mut s.out).is_err() {
@@ -299,7 +308,12 @@ impl<D> CoreState<D> {
     /// write marks the connection blocked; any failure (EAGAIN, a reset) writes nothing here
     /// and leaves it to the backend's flush, which meets the same condition and handles it as
     /// for any queued bytes.
-    fn write_now(out_pool: &mut Vec<Vec<u8>>, s: &mut Slot<D>, frame: Option<(OpCode, &[u8])>) {
+    fn write_now(
+        write: WriteNow,
+        out_pool: &mut Vec<Vec<u8>>,
+        s: &mut Slot<D>,
+        frame: Option<(OpCode, &[u8])>,
+    ) {
         let mut h = [0u8; frame::MAX_HEADER_LEN];
         let (hn, payload) = match frame {
             Some((op, payload)) => {
@@ -309,7 +323,7 @@ impl<D> CoreState<D> {
         };
         let queued = &s.out[s.out_pos as usize..];
         let total = queued.len() + hn + payload.len();
-        let mut n = send_vectored(s.fd, &[queued, &h[..hn], payload]);
+        let mut n = write(s.fd, &[queued, &h[..hn], payload]);
         if n > 0 && n < total {
             s.flags |= BLOCKED;
         }
@@ -398,14 +412,14 @@ impl<D> CoreState<D> {
     }
 
     /// Marks a connection for removal; the backend drops its socket and calls `remove`.
-    /// `reset`: the socket closes with a reset (SO_LINGER 0), so the kernel keeps nothing of
-    /// it either (a forced close; the peer's window may be zero).
+    /// `reset`: the backend closes the socket with a reset (SO_LINGER 0), so the kernel keeps
+    /// nothing of it either (a forced close; the peer's window may be zero).
     fn kill(&mut self, key: usize, reset: bool) {
         let s = &mut self.conns[key];
         if s.flags & DEAD == 0 {
             s.flags |= DEAD;
             if reset {
-                reset_on_close(s.fd);
+                s.flags |= RESET;
             }
             self.dead.push(key as u32);
         }
@@ -438,17 +452,14 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
 }
 
 impl<H: Handler> Core<H> {
-    pub(crate) fn new(worker: usize, cfg: Arc<Config>, handle: ServerHandle, handler: H) -> Self {
-        Self::new_at(Instant::now(), worker, cfg, handle, handler)
-    }
-
-    /// A core whose clock starts at `now` (tests drive it with a fake clock from there).
-    pub(crate) fn new_at(
+    /// A core whose clock starts at `now`; `write` is the backend's hook for writes at once.
+    pub(crate) fn new(
         now: Instant,
         worker: usize,
         cfg: Arc<Config>,
         handle: ServerHandle,
         handler: H,
+        write: WriteNow,
     ) -> Self {
         let mut env = Env::new(cfg.limits);
         env.memory.limit = cfg.worker_memory_budget;
@@ -474,6 +485,7 @@ impl<H: Handler> Core<H> {
                 shutting_down: false,
                 counts: Counts::default(),
                 panic_logged: false,
+                write,
             },
             handler,
             expired: Vec::new(),
@@ -917,6 +929,12 @@ impl<H: Handler> Core<H> {
         into.append(&mut self.state.dead);
     }
 
+    /// Whether a dead connection must be closed with a reset (it was killed at a deadline or
+    /// by shutdown: nothing it still holds may stay in the kernel).
+    pub(crate) fn must_reset(&self, key: usize) -> bool {
+        self.state.conns.get(key).is_some_and(|s| s.flags & RESET != 0)
+    }
+
     /// Frees a dead connection's slot and bumps its key's generation, so ids of the departed
     /// connection never name the next one. A key whose generations are used up is retired.
     pub(crate) fn remove(&mut self, key: usize) {
@@ -1092,51 +1110,6 @@ fn recycle(out_pool: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
         buf.clear();
         out_pool.push(buf);
     }
-}
-
-/// One non-blocking `sendmsg` of `parts` on `fd`; the bytes taken, 0 on any error.
-fn send_vectored(fd: RawFd, parts: &[&[u8]; 3]) -> usize {
-    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3];
-    let mut cnt = 0;
-    for p in parts.iter().filter(|p| !p.is_empty()) {
-        iov[cnt] = libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() };
-        cnt += 1;
-    }
-    if cnt == 0 || fd < 0 {
-        return 0;
-    }
-    // SAFETY: a zeroed msghdr is valid (no name, no control data).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = cnt;
-    // SAFETY: every iovec points into a slice borrowed for this call, which the kernel only
-    // reads; `msg` and `iov` outlive the call. MSG_DONTWAIT: never block, whatever mode the
-    // socket is in; MSG_NOSIGNAL: a closed peer is an error here, not SIGPIPE.
-    let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-    if r < 0 {
-        0
-    } else {
-        r as usize
-    }
-}
-
-/// Makes the socket's close a reset (SO_LINGER on, 0 s): nothing unsent is kept in the kernel.
-fn reset_on_close(fd: RawFd) {
-    if fd < 0 {
-        return;
-    }
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: passes a pointer to a valid `linger` and its size; the kernel only reads it. The
-    // descriptor is the backend's, open while the slot lives (it closes it after `remove`).
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
 }
 
 #[cfg(test)]

@@ -108,7 +108,14 @@ fn peer() -> SocketAddr {
 impl Pair {
     fn new(cfg: Config) -> Self {
         let now = Instant::now();
-        let core = Core::new_at(now, 0, Arc::new(cfg), handle(), TestHandler::default());
+        let core = Core::new(
+            now,
+            0,
+            Arc::new(cfg),
+            handle(),
+            TestHandler::default(),
+            crate::io::sys::write_now,
+        );
         Self { core, now, clients: Vec::new(), rbuf: vec![0; 64 << 10], env: Env::default() }
     }
 
