@@ -13,6 +13,7 @@
 //! the memory outlives the operation.
 
 use std::alloc::{self, Layout};
+use std::collections::VecDeque;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
@@ -253,18 +254,19 @@ impl Prep {
         cfg: &Config,
         stats: Arc<Counters>,
     ) -> io::Result<()> {
-        let entries = 4096u32;
+        // The kernel rounds up to a power of two and caps the SQ at 32768 entries (the CQ,
+        // four times larger, at 65536).
+        let entries = cfg.uring_entries.clamp(1, 1 << 15);
+        let cq = (entries * 4).min(1 << 16);
         // Best first: one issuer with deferred task work (completions run only when this
         // thread waits); then cooperative task work; then plain.
         let ring = IoUring::<squeue::Entry, cqueue::Entry>::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
-            .setup_cqsize(entries * 4)
+            .setup_cqsize(cq)
             .build(entries)
-            .or_else(|_| {
-                IoUring::builder().setup_coop_taskrun().setup_cqsize(entries * 4).build(entries)
-            })
-            .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))?;
+            .or_else(|_| IoUring::builder().setup_coop_taskrun().setup_cqsize(cq).build(entries))
+            .or_else(|_| IoUring::builder().setup_cqsize(cq).build(entries))?;
         let bufs = BufRing::new(&ring, cfg.uring_buffers, cfg.uring_buffer_size)?;
         let zc_threshold =
             if zc_supported(&ring) { cfg.uring_send_zc_threshold } else { usize::MAX };
@@ -281,7 +283,7 @@ impl Prep {
             sends: slab::Slab::new(),
             core,
             stats,
-            cqes: Vec::with_capacity(1024),
+            cqes: VecDeque::with_capacity(1024),
             work: Vec::new(),
             rearm: Vec::new(),
             outstanding: 0,
@@ -352,7 +354,8 @@ struct Loop<H: Handler> {
     sends: slab::Slab<(Vec<u8>, usize)>,
     core: Core<H>,
     stats: Arc<Counters>,
-    cqes: Vec<(u64, i32, u32)>,
+    /// Completions reaped and not yet handled: `(user_data, result, flags)`.
+    cqes: VecDeque<(u64, i32, u32)>,
     work: Vec<u32>,
     rearm: Vec<u32>,
     /// Operations submitted and not completed (teardown waits for them).
@@ -362,21 +365,24 @@ struct Loop<H: Handler> {
 impl<H: Handler> Loop<H> {
     fn push(&mut self, sqe: squeue::Entry) {
         // SAFETY (of every push): each operation's memory — a receive's provided buffers, a
-        // send's Vec held in `ConnIo::send`, the eventfd polled for wake-ups — lives until its
-        // completion is reaped; `teardown` waits for all of them before freeing anything.
+        // send's Vec held in `Loop::sends` (`ConnIo::send` only holds its index), the eventfd
+        // polled for wake-ups — lives until its completion is reaped; `teardown` waits for all
+        // of them before freeing anything, and leaks what never completed.
         loop {
             // SAFETY: see above.
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
                 self.outstanding += 1;
                 return;
             }
-            // Submission queue full: hand what is there to the kernel and retry.
+            // Submission queue full: hand what is there to the kernel, collect what completed
+            // (operations that finish inline post at once, and the CQ is only four times the
+            // SQ; on EBUSY reaping is what frees the CQ), and retry.
             if let Err(e) = self.ring.submit() {
                 if e.raw_os_error() != Some(libc::EBUSY) {
                     log::error!("io_uring submit: {e}");
                 }
-                self.reap();
             }
+            self.reap();
         }
     }
 
@@ -385,7 +391,7 @@ impl<H: Handler> Loop<H> {
         let mut cq = self.ring.completion();
         cq.sync();
         for c in &mut cq {
-            self.cqes.push((c.user_data(), c.result(), c.flags()));
+            self.cqes.push_back((c.user_data(), c.result(), c.flags()));
         }
     }
 
@@ -463,6 +469,8 @@ impl<H: Handler> Loop<H> {
                 wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
             }
             let res = match wake_at {
+                // Completions reaped by a push since the loop handled them: do not wait.
+                _ if !self.cqes.is_empty() => self.ring.submit(),
                 Some(t) => {
                     let d = t.saturating_duration_since(now);
                     let ts = types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
@@ -479,8 +487,12 @@ impl<H: Handler> Loop<H> {
             }
             self.core.set_now(Instant::now());
             self.reap();
-            let mut cqes = std::mem::take(&mut self.cqes);
-            for &(ud, res, flags) in &cqes {
+            // Handling a completion may push, and a push that finds the SQ full reaps more
+            // completions onto this queue: take them one at a time until none is left, so
+            // none is dropped (a lost receive would keep its buffer, a lost send its
+            // connection busy forever). Each leaves the queue before it is handled, so an
+            // unwind cannot make teardown count it twice.
+            while let Some((ud, res, flags)) = self.cqes.pop_front() {
                 self.outstanding = self.outstanding.saturating_sub(1);
                 // A multishot operation that continues keeps its slot in `outstanding`.
                 if cqueue::more(flags) {
@@ -488,8 +500,6 @@ impl<H: Handler> Loop<H> {
                 }
                 self.complete(ud, res, flags);
             }
-            cqes.clear();
-            self.cqes = cqes;
             let was_stopping = stopping;
             drain_commands(rx, &mut self.core, &mut stopping);
             if stopping && !was_stopping {
@@ -793,7 +803,7 @@ impl<H: Handler> Loop<H> {
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
             self.reap();
-            for (_, _, flags) in self.cqes.drain(..) {
+            while let Some((_, _, flags)) = self.cqes.pop_front() {
                 self.outstanding = self.outstanding.saturating_sub(1);
                 if cqueue::more(flags) {
                     self.outstanding += 1;
