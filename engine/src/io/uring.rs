@@ -13,7 +13,7 @@
 //! the memory outlives the operation.
 
 use std::alloc::{self, Layout};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
@@ -286,6 +286,7 @@ impl Prep {
             cqes: VecDeque::with_capacity(1024),
             work: Vec::new(),
             rearm: Vec::new(),
+            parked: HashMap::new(),
             outstanding: 0,
         };
         let r = w.run(&self.rx, cfg);
@@ -357,7 +358,14 @@ struct Loop<H: Handler> {
     /// Completions reaped and not yet handled: `(user_data, result, flags)`.
     cqes: VecDeque<(u64, i32, u32)>,
     work: Vec<u32>,
+    /// Connections to read again at the end of the turn, if the core wants to.
     rearm: Vec<u32>,
+    /// Bytes that arrived for a read-paused connection after its pause: completions the
+    /// kernel posted before the cancel took effect (at most the ring's worth). They are not
+    /// handed to the core, which would consume them (and drop their echoes) while paused;
+    /// they are copied out so the buffers go back to the ring at once, and handed to the core
+    /// one buffer at a time, in order, before the connection's socket is read again.
+    parked: HashMap<u32, VecDeque<Vec<u8>>>,
     /// Operations submitted and not completed (teardown waits for them).
     outstanding: usize,
 }
@@ -610,6 +618,7 @@ impl<H: Handler> Loop<H> {
             self.conns.resize_with(key + 1, ConnIo::default);
         }
         self.conns[key] = ConnIo { fd: Some(fd), ..ConnIo::default() };
+        self.parked.remove(&(key as u32));
         self.arm_recv(key);
     }
 
@@ -628,7 +637,13 @@ impl<H: Handler> Loop<H> {
             let mut after = After::Continue;
             if !dying {
                 let data = lend.ring.buf_mut(bid, res as usize);
-                after = self.core.on_data(key, data);
+                if !self.core.wants_read(key) || self.parked.contains_key(&(key as u32)) {
+                    // Posted after the pause (or behind bytes that were): keep it for later.
+                    self.parked.entry(key as u32).or_default().push_back(data.to_vec());
+                    after = After::StopReading;
+                } else {
+                    after = self.core.on_data(key, data);
+                }
             }
             drop(lend);
             if after == After::StopReading && !self.core.wants_read(key) {
@@ -652,7 +667,10 @@ impl<H: Handler> Loop<H> {
                     // so re-arm at the end of this turn.
                     self.rearm.push(key as u32);
                 }
-                libc::ECANCELED => {}
+                // The receive was cancelled (a pause, or the connection is dying). If the
+                // connection drained before this arrived, its resume found the receive still
+                // armed and did nothing: read again at the end of this turn.
+                libc::ECANCELED => self.rearm.push(key as u32),
                 _ => {
                     if !self.conns.get(key).is_none_or(|c| c.dying) {
                         self.core.on_hangup(key);
@@ -694,7 +712,8 @@ impl<H: Handler> Loop<H> {
             self.submit_send(key, buf, pos);
         }
         if resume {
-            self.arm_recv(key);
+            // At the end of the turn: what was parked during the pause goes first.
+            self.rearm.push(key as u32);
         }
     }
 
@@ -721,11 +740,35 @@ impl<H: Handler> Loop<H> {
         self.push(sqe);
     }
 
+    /// Reads again: first the bytes parked during a pause, one buffer at a time while the
+    /// core wants more, then (all of them handed over) the socket.
+    fn resume_recv(&mut self, key: usize) {
+        let k = key as u32;
+        if self.conns.get(key).is_none_or(|c| c.dying) {
+            self.parked.remove(&k);
+            return;
+        }
+        if let Some(q) = self.parked.get_mut(&k) {
+            while self.core.wants_read(key) {
+                let Some(mut chunk) = q.pop_front() else { break };
+                self.core.on_data(key, &mut chunk);
+            }
+            if !q.is_empty() {
+                return; // paused again: the rest waits for the next resume
+            }
+            self.parked.remove(&k);
+        }
+        if self.core.wants_read(key) {
+            self.arm_recv(key);
+        }
+    }
+
     /// Closes and frees a dying connection once nothing of it is in flight.
     fn maybe_close(&mut self, key: usize) {
         let Some(c) = self.conns.get_mut(key) else { return };
         if c.dying && !c.busy() && c.fd.is_some() {
             c.fd = None;
+            self.parked.remove(&(key as u32));
             self.core.remove(key);
         }
     }
@@ -751,7 +794,7 @@ impl<H: Handler> Loop<H> {
                     // SAFETY: shutdown on a descriptor we own; no memory is passed.
                     unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) };
                 }
-                self.arm_recv(k as usize);
+                self.resume_recv(k as usize);
             }
             progress |= !work.is_empty();
             work.clear();
@@ -780,9 +823,11 @@ impl<H: Handler> Loop<H> {
             let mut rearm = std::mem::take(&mut self.rearm);
             for &k in &rearm {
                 if self.core.wants_read(k as usize) {
-                    self.arm_recv(k as usize);
+                    self.resume_recv(k as usize);
                 }
             }
+            // Parked bytes handed to the core may have queued sends: another pass.
+            progress |= !rearm.is_empty();
             rearm.clear();
             self.rearm = rearm;
             self.work = work;
