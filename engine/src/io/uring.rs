@@ -96,10 +96,16 @@ fn kernel_version() -> Option<(u32, u32)> {
 }
 
 /// A provided-buffer ring: `entries` buffers of `size` bytes the kernel picks from for receives.
+///
+/// The buffers are one raw allocation, never borrowed as a whole: the kernel writes into the
+/// buffers it holds while we read the one a completion handed back, so the only reference
+/// ever made is to that one buffer (`buf_mut`).
 struct BufRing {
     ring: *mut types::BufRingEntry,
     ring_layout: Layout,
-    bufs: Vec<u8>,
+    /// `entries * size` bytes, `bufs_layout`; null once freed or leaked.
+    bufs: *mut u8,
+    bufs_layout: Layout,
     entries: u16,
     size: usize,
     tail: u16,
@@ -115,30 +121,32 @@ impl BufRing {
             4096,
         )
         .map_err(io::Error::other)?;
+        let total = (entries as usize)
+            .checked_mul(size)
+            .filter(|&t| t > 0 && u32::try_from(size).is_ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "uring buffer size"))?;
+        let bufs_layout = Layout::from_size_align(total, 4096).map_err(io::Error::other)?;
         // SAFETY: the layout has a non-zero size (at least 2 entries of 16 bytes).
         let mem = unsafe { alloc::alloc_zeroed(ring_layout) }.cast::<types::BufRingEntry>();
         if mem.is_null() {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
-        let mut br = BufRing {
-            ring: mem,
-            ring_layout,
-            bufs: vec![0u8; entries as usize * size],
-            entries,
-            size,
-            tail: 0,
-            lent: 0,
-        };
+        // SAFETY: the layout has a non-zero size (checked above). Zeroed, so every byte a
+        // buffer slice covers is initialized whatever the kernel wrote.
+        let bufs = unsafe { alloc::alloc_zeroed(bufs_layout) };
+        if bufs.is_null() {
+            // SAFETY: allocated above with this layout, never registered.
+            unsafe { alloc::dealloc(mem.cast(), ring_layout) };
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let mut br =
+            BufRing { ring: mem, ring_layout, bufs, bufs_layout, entries, size, tail: 0, lent: 0 };
         // SAFETY: `mem` is page aligned, zeroed and `entries` long; it lives until `Drop`, which
         // runs only after the ring is unregistered or the io_uring instance is gone.
         let r =
             unsafe { ring.submitter().register_buf_ring_with_flags(mem as u64, entries, BGID, 0) };
-        if let Err(e) = r {
-            // SAFETY: allocated above with this layout, never registered.
-            unsafe { alloc::dealloc(mem.cast(), br.ring_layout) };
-            br.ring = std::ptr::null_mut();
-            return Err(e);
-        }
+        // Not registered: `Drop` frees both allocations.
+        r?;
         for bid in 0..entries {
             br.push(bid);
         }
@@ -154,7 +162,7 @@ impl BufRing {
         // SAFETY: `idx < entries`, inside the allocation; the kernel reads only entries between
         // its head and the published tail, and this one is past the published tail.
         let e = unsafe { &mut *self.ring.add(idx) };
-        e.set_addr(self.bufs.as_ptr() as u64 + u64::from(bid) * self.size as u64);
+        e.set_addr(self.bufs as u64 + u64::from(bid) * self.size as u64);
         e.set_len(self.size as u32);
         e.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
@@ -167,18 +175,28 @@ impl BufRing {
         tail.store(self.tail, Ordering::Release);
     }
 
-    /// The bytes the kernel wrote into buffer `bid`.
+    /// The bytes the kernel wrote into buffer `bid`, which a completion just handed back.
     fn buf_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        // The kernel names only buffers we published; anything else would be a kernel bug.
+        assert!(bid < self.entries && !self.bufs.is_null(), "buffer id {bid} out of range");
         let start = bid as usize * self.size;
-        &mut self.bufs[start..start + len.min(self.size)]
+        // SAFETY: `start + len.min(size)` lies inside the `entries * size` allocation, which
+        // lives until `free`. The completion that named `bid` gave that buffer back: the kernel
+        // does not touch it again until `push` republishes it, which needs `&mut self`, so
+        // nothing writes it while this slice lives, and `&mut self` makes it the only
+        // reference. The kernel keeps writing the *other* buffers, which this slice does not
+        // cover (no reference to the whole storage exists).
+        unsafe { std::slice::from_raw_parts_mut(self.bufs.add(start), len.min(self.size)) }
     }
 
     fn unregister(mut self, ring: &IoUring) {
         if ring.submitter().unregister_buf_ring(BGID).is_ok() {
             self.free();
         } else {
-            // The kernel may still read the ring: leak it rather than free memory it uses.
+            // The kernel may still use the ring and its buffers: leak them rather than free
+            // memory it uses.
             self.ring = std::ptr::null_mut();
+            self.bufs = std::ptr::null_mut();
         }
     }
 
@@ -187,6 +205,11 @@ impl BufRing {
             // SAFETY: allocated in `new` with `ring_layout`; the kernel no longer uses it.
             unsafe { alloc::dealloc(self.ring.cast(), self.ring_layout) };
             self.ring = std::ptr::null_mut();
+        }
+        if !self.bufs.is_null() {
+            // SAFETY: allocated in `new` with `bufs_layout`; the kernel no longer uses it.
+            unsafe { alloc::dealloc(self.bufs, self.bufs_layout) };
+            self.bufs = std::ptr::null_mut();
         }
     }
 }
@@ -254,6 +277,19 @@ impl Prep {
         cfg: &Config,
         stats: Arc<Counters>,
     ) -> io::Result<()> {
+        let (mut w, rx) = self.into_loop(core, cfg, stats)?;
+        let r = w.run(&rx, cfg);
+        w.teardown();
+        r
+    }
+
+    /// Makes the ring (on the calling thread, which becomes its only issuer) and the loop.
+    fn into_loop<H: Handler>(
+        self,
+        core: Core<H>,
+        cfg: &Config,
+        stats: Arc<Counters>,
+    ) -> io::Result<(Loop<H>, Receiver<Command>)> {
         // The kernel rounds up to a power of two and caps the SQ at 32768 entries (the CQ,
         // four times larger, at 65536).
         let entries = cfg.uring_entries.clamp(1, 1 << 15);
@@ -270,7 +306,7 @@ impl Prep {
         let bufs = BufRing::new(&ring, cfg.uring_buffers, cfg.uring_buffer_size)?;
         let zc_threshold =
             if zc_supported(&ring) { cfg.uring_send_zc_threshold } else { usize::MAX };
-        let mut w = Loop {
+        let w = Loop {
             ring: ManuallyDrop::new(ring),
             bufs: ManuallyDrop::new(bufs),
             listener: Some(self.listener),
@@ -288,10 +324,9 @@ impl Prep {
             rearm: Vec::new(),
             parked: HashMap::new(),
             outstanding: 0,
+            torn_down: false,
         };
-        let r = w.run(&self.rx, cfg);
-        w.teardown();
-        r
+        Ok((w, self.rx))
     }
 }
 
@@ -368,6 +403,8 @@ struct Loop<H: Handler> {
     parked: HashMap<u32, VecDeque<Vec<u8>>>,
     /// Operations submitted and not completed (teardown waits for them).
     outstanding: usize,
+    /// `teardown` ran (it runs once: from `Prep::run`, or from `Drop` on an unwind).
+    torn_down: bool,
 }
 
 impl<H: Handler> Loop<H> {
@@ -838,11 +875,16 @@ impl<H: Handler> Loop<H> {
     }
 
     /// Cancels everything, waits for every completion, then frees the ring before the memory
-    /// it points into.
+    /// it points into; what has not completed by then is leaked, not freed. Runs once.
     fn teardown(&mut self) {
+        if std::mem::replace(&mut self.torn_down, true) {
+            return;
+        }
+        #[cfg(test)]
+        hooks::TEARDOWNS.with(|c| c.set(c.get() + 1));
         let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(CANCEL);
         self.push(sqe);
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + teardown_wait();
         while self.outstanding > 0 && Instant::now() < deadline {
             let ts = types::Timespec::new().nsec(50_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
@@ -865,14 +907,35 @@ impl<H: Handler> Loop<H> {
             // Operations that never completed may still reference the buffers: leak them.
             log::warn!("io_uring teardown: {} operations did not complete", self.outstanding);
             for (b, _) in self.sends.drain() {
+                #[cfg(test)]
+                hooks::LEAKED_SENDS.with(|c| c.set(c.get() + 1));
                 std::mem::forget(b);
             }
+            // `bufs` stays in its ManuallyDrop: the ring and its buffers are leaked too.
             return;
         }
         self.bufs.free();
         // SAFETY: dropped exactly once; the ring that used it is gone.
         unsafe { ManuallyDrop::drop(&mut self.bufs) };
     }
+}
+
+/// Whatever ends the loop, a normal return or a panic unwinding out of `Loop::run`, the
+/// kernel must be done with the memory it was lent before any of it is freed: `sends` and
+/// the buffer ring are fields that would otherwise be dropped under operations in flight.
+impl<H: Handler> Drop for Loop<H> {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// How long teardown waits for cancelled operations to complete.
+fn teardown_wait() -> Duration {
+    #[cfg(test)]
+    if let Some(d) = hooks::TEARDOWN_WAIT.with(|w| w.get()) {
+        return d;
+    }
+    Duration::from_secs(2)
 }
 
 impl Drop for BufRing {
@@ -891,4 +954,108 @@ fn set_nodelay(fd: RawFd) {
     // SAFETY: the descriptor is borrowed for the call only; ManuallyDrop keeps it open.
     let s = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
     let _ = s.set_nodelay(true);
+}
+
+/// Test-only counters and knobs, per thread (a loop lives on one thread; tests run in parallel).
+#[cfg(test)]
+mod hooks {
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    thread_local! {
+        /// Teardowns run on this thread.
+        pub(super) static TEARDOWNS: Cell<usize> = const { Cell::new(0) };
+        /// Send buffers teardown leaked (forgot) because their operation had not completed.
+        pub(super) static LEAKED_SENDS: Cell<usize> = const { Cell::new(0) };
+        /// Overrides how long teardown waits for completions.
+        pub(super) static TEARDOWN_WAIT: Cell<Option<Duration>> = const { Cell::new(None) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    struct Nop;
+    impl Handler for Nop {
+        type Data = ();
+        fn on_message(&mut self, _: &mut crate::Conn<'_, ()>, _: crate::Message<'_>) {}
+    }
+
+    /// A loop on this thread, with one connection (key 0) whose peer never reads and a send
+    /// to it in flight: the socket is full before the send is submitted, so the kernel holds
+    /// the send's buffer. Returns the loop and the peer (which must stay open).
+    fn loop_with_send_in_flight() -> (Loop<Nop>, TcpStream) {
+        let server = crate::Server::builder()
+            .listen("127.0.0.1:0")
+            .workers(1)
+            .handler(|| Nop)
+            .build()
+            .expect("server");
+        let cfg = Arc::new(Config::default());
+        let core = Core::new(0, Arc::clone(&cfg), server.handle(), Nop);
+        let (_tx, rx) = crossbeam_channel::unbounded();
+        let prep = Prep::new(TcpListener::bind("127.0.0.1:0").expect("bind"), rx).expect("prep");
+        let (mut w, _rx) =
+            prep.into_loop(core, &cfg, Arc::new(Counters::default())).expect("io_uring loop");
+
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let peer = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (mut s, _) = l.accept().expect("accept");
+        s.set_nonblocking(true).expect("nonblocking");
+        let chunk = [0x55u8; 1 << 16];
+        loop {
+            match s.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("filling the socket: {e}"),
+            }
+        }
+        w.conns.push(ConnIo { fd: Some(OwnedFd::from(s)), ..ConnIo::default() });
+        w.submit_send(0, vec![0xaa; 1 << 20], 0);
+        w.ring.submit().expect("submit");
+        w.reap();
+        assert!(w.cqes.is_empty(), "the send completed at once: {:?}", w.cqes);
+        assert_eq!((w.outstanding, w.sends.len()), (1, 1), "one send in flight");
+        (w, peer)
+    }
+
+    /// A panic unwinding out of the loop still tears it down: it waits for what is in flight
+    /// and leaks (never frees) the buffers of operations that did not complete.
+    #[test]
+    fn unwinding_out_of_the_loop_tears_down_and_leaks_what_is_in_flight() {
+        if let Err(e) = probe() {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        hooks::TEARDOWN_WAIT.with(|w| w.set(Some(Duration::ZERO)));
+        let (w, _peer) = loop_with_send_in_flight();
+        let (t0, l0) = (hooks::TEARDOWNS.with(|c| c.get()), hooks::LEAKED_SENDS.with(|c| c.get()));
+        let r = catch_unwind(AssertUnwindSafe(move || {
+            let _w = w;
+            panic!("a fault inside the loop");
+        }));
+        assert!(r.is_err());
+        assert_eq!(hooks::TEARDOWNS.with(|c| c.get()) - t0, 1, "teardown did not run on unwind");
+        assert_eq!(
+            hooks::LEAKED_SENDS.with(|c| c.get()) - l0,
+            1,
+            "the in-flight send's buffer was not leaked"
+        );
+
+        // With time to wait, the cancelled send completes first: nothing is leaked.
+        hooks::TEARDOWN_WAIT.with(|w| w.set(None));
+        let (w, _peer) = loop_with_send_in_flight();
+        let (t0, l0) = (hooks::TEARDOWNS.with(|c| c.get()), hooks::LEAKED_SENDS.with(|c| c.get()));
+        let r = catch_unwind(AssertUnwindSafe(move || {
+            let _w = w;
+            panic!("a fault inside the loop");
+        }));
+        assert!(r.is_err());
+        assert_eq!(hooks::TEARDOWNS.with(|c| c.get()) - t0, 1, "teardown did not run on unwind");
+        assert_eq!(hooks::LEAKED_SENDS.with(|c| c.get()) - l0, 0, "leaked a completed send");
+    }
 }
