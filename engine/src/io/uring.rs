@@ -831,7 +831,9 @@ impl<H: Handler> Loop<H> {
                     // SAFETY: shutdown on a descriptor we own; no memory is passed.
                     unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) };
                 }
-                self.resume_recv(k as usize);
+                // Closed: it reads to EOF and discards, parked bytes included.
+                self.parked.remove(&k);
+                self.arm_recv(k as usize);
             }
             progress |= !work.is_empty();
             work.clear();
