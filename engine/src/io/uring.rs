@@ -13,6 +13,7 @@
 //! the memory outlives the operation.
 
 use std::alloc::{self, Layout};
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
@@ -95,10 +96,16 @@ fn kernel_version() -> Option<(u32, u32)> {
 }
 
 /// A provided-buffer ring: `entries` buffers of `size` bytes the kernel picks from for receives.
+///
+/// The buffers are one raw allocation, never borrowed as a whole: the kernel writes into the
+/// buffers it holds while we read the one a completion handed back, so the only reference
+/// ever made is to that one buffer (`buf_mut`).
 struct BufRing {
     ring: *mut types::BufRingEntry,
     ring_layout: Layout,
-    bufs: Vec<u8>,
+    /// `entries * size` bytes, `bufs_layout`; null once freed or leaked.
+    bufs: *mut u8,
+    bufs_layout: Layout,
     entries: u16,
     size: usize,
     tail: u16,
@@ -114,30 +121,32 @@ impl BufRing {
             4096,
         )
         .map_err(io::Error::other)?;
+        let total = (entries as usize)
+            .checked_mul(size)
+            .filter(|&t| t > 0 && u32::try_from(size).is_ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "uring buffer size"))?;
+        let bufs_layout = Layout::from_size_align(total, 4096).map_err(io::Error::other)?;
         // SAFETY: the layout has a non-zero size (at least 2 entries of 16 bytes).
         let mem = unsafe { alloc::alloc_zeroed(ring_layout) }.cast::<types::BufRingEntry>();
         if mem.is_null() {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
-        let mut br = BufRing {
-            ring: mem,
-            ring_layout,
-            bufs: vec![0u8; entries as usize * size],
-            entries,
-            size,
-            tail: 0,
-            lent: 0,
-        };
+        // SAFETY: the layout has a non-zero size (checked above). Zeroed, so every byte a
+        // buffer slice covers is initialized whatever the kernel wrote.
+        let bufs = unsafe { alloc::alloc_zeroed(bufs_layout) };
+        if bufs.is_null() {
+            // SAFETY: allocated above with this layout, never registered.
+            unsafe { alloc::dealloc(mem.cast(), ring_layout) };
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let mut br =
+            BufRing { ring: mem, ring_layout, bufs, bufs_layout, entries, size, tail: 0, lent: 0 };
         // SAFETY: `mem` is page aligned, zeroed and `entries` long; it lives until `Drop`, which
         // runs only after the ring is unregistered or the io_uring instance is gone.
         let r =
             unsafe { ring.submitter().register_buf_ring_with_flags(mem as u64, entries, BGID, 0) };
-        if let Err(e) = r {
-            // SAFETY: allocated above with this layout, never registered.
-            unsafe { alloc::dealloc(mem.cast(), br.ring_layout) };
-            br.ring = std::ptr::null_mut();
-            return Err(e);
-        }
+        // Not registered: `Drop` frees both allocations.
+        r?;
         for bid in 0..entries {
             br.push(bid);
         }
@@ -153,7 +162,7 @@ impl BufRing {
         // SAFETY: `idx < entries`, inside the allocation; the kernel reads only entries between
         // its head and the published tail, and this one is past the published tail.
         let e = unsafe { &mut *self.ring.add(idx) };
-        e.set_addr(self.bufs.as_ptr() as u64 + u64::from(bid) * self.size as u64);
+        e.set_addr(self.bufs as u64 + u64::from(bid) * self.size as u64);
         e.set_len(self.size as u32);
         e.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
@@ -166,18 +175,28 @@ impl BufRing {
         tail.store(self.tail, Ordering::Release);
     }
 
-    /// The bytes the kernel wrote into buffer `bid`.
+    /// The bytes the kernel wrote into buffer `bid`, which a completion just handed back.
     fn buf_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        // The kernel names only buffers we published; anything else would be a kernel bug.
+        assert!(bid < self.entries && !self.bufs.is_null(), "buffer id {bid} out of range");
         let start = bid as usize * self.size;
-        &mut self.bufs[start..start + len.min(self.size)]
+        // SAFETY: `start + len.min(size)` lies inside the `entries * size` allocation, which
+        // lives until `free`. The completion that named `bid` gave that buffer back: the kernel
+        // does not touch it again until `push` republishes it, which needs `&mut self`, so
+        // nothing writes it while this slice lives, and `&mut self` makes it the only
+        // reference. The kernel keeps writing the *other* buffers, which this slice does not
+        // cover (no reference to the whole storage exists).
+        unsafe { std::slice::from_raw_parts_mut(self.bufs.add(start), len.min(self.size)) }
     }
 
     fn unregister(mut self, ring: &IoUring) {
         if ring.submitter().unregister_buf_ring(BGID).is_ok() {
             self.free();
         } else {
-            // The kernel may still read the ring: leak it rather than free memory it uses.
+            // The kernel may still use the ring and its buffers: leak them rather than free
+            // memory it uses.
             self.ring = std::ptr::null_mut();
+            self.bufs = std::ptr::null_mut();
         }
     }
 
@@ -186,6 +205,11 @@ impl BufRing {
             // SAFETY: allocated in `new` with `ring_layout`; the kernel no longer uses it.
             unsafe { alloc::dealloc(self.ring.cast(), self.ring_layout) };
             self.ring = std::ptr::null_mut();
+        }
+        if !self.bufs.is_null() {
+            // SAFETY: allocated in `new` with `bufs_layout`; the kernel no longer uses it.
+            unsafe { alloc::dealloc(self.bufs, self.bufs_layout) };
+            self.bufs = std::ptr::null_mut();
         }
     }
 }
@@ -253,22 +277,36 @@ impl Prep {
         cfg: &Config,
         stats: Arc<WorkerStats>,
     ) -> io::Result<()> {
-        let entries = 4096u32;
+        let (mut w, rx) = self.into_loop(core, cfg, stats)?;
+        let r = w.run(&rx, cfg);
+        w.teardown();
+        r
+    }
+
+    /// Makes the ring (on the calling thread, which becomes its only issuer) and the loop.
+    fn into_loop<H: Handler>(
+        self,
+        core: Core<H>,
+        cfg: &Config,
+        stats: Arc<WorkerStats>,
+    ) -> io::Result<(Loop<H>, Receiver<Command>)> {
+        // The kernel rounds up to a power of two and caps the SQ at 32768 entries (the CQ,
+        // four times larger, at 65536).
+        let entries = cfg.uring_entries.clamp(1, 1 << 15);
+        let cq = (entries * 4).min(1 << 16);
         // Best first: one issuer with deferred task work (completions run only when this
         // thread waits); then cooperative task work; then plain.
         let ring = IoUring::<squeue::Entry, cqueue::Entry>::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
-            .setup_cqsize(entries * 4)
+            .setup_cqsize(cq)
             .build(entries)
-            .or_else(|_| {
-                IoUring::builder().setup_coop_taskrun().setup_cqsize(entries * 4).build(entries)
-            })
-            .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))?;
+            .or_else(|_| IoUring::builder().setup_coop_taskrun().setup_cqsize(cq).build(entries))
+            .or_else(|_| IoUring::builder().setup_cqsize(cq).build(entries))?;
         let bufs = BufRing::new(&ring, cfg.uring_buffers, cfg.uring_buffer_size)?;
         let zc_threshold =
             if zc_supported(&ring) { cfg.uring_send_zc_threshold } else { usize::MAX };
-        let mut w = Loop {
+        let w = Loop {
             ring: ManuallyDrop::new(ring),
             bufs: ManuallyDrop::new(bufs),
             listener: Some(self.listener),
@@ -281,14 +319,14 @@ impl Prep {
             sends: slab::Slab::new(),
             core,
             stats,
-            cqes: Vec::with_capacity(1024),
+            cqes: VecDeque::with_capacity(1024),
             work: Vec::new(),
             rearm: Vec::new(),
+            parked: HashMap::new(),
             outstanding: 0,
+            torn_down: false,
         };
-        let r = w.run(&self.rx, cfg);
-        w.teardown();
-        r
+        Ok((w, self.rx))
     }
 }
 
@@ -352,31 +390,44 @@ struct Loop<H: Handler> {
     sends: slab::Slab<(Vec<u8>, usize)>,
     core: Core<H>,
     stats: Arc<WorkerStats>,
-    cqes: Vec<(u64, i32, u32)>,
+    /// Completions reaped and not yet handled: `(user_data, result, flags)`.
+    cqes: VecDeque<(u64, i32, u32)>,
     work: Vec<u32>,
+    /// Connections to read again at the end of the turn, if the core wants to.
     rearm: Vec<u32>,
+    /// Bytes that arrived for a read-paused connection after its pause: completions the
+    /// kernel posted before the cancel took effect (at most the ring's worth). They are not
+    /// handed to the core, which would consume them (and drop their echoes) while paused;
+    /// they are copied out so the buffers go back to the ring at once, and handed to the core
+    /// one buffer at a time, in order, before the connection's socket is read again.
+    parked: HashMap<u32, VecDeque<Vec<u8>>>,
     /// Operations submitted and not completed (teardown waits for them).
     outstanding: usize,
+    /// `teardown` ran (it runs once: from `Prep::run`, or from `Drop` on an unwind).
+    torn_down: bool,
 }
 
 impl<H: Handler> Loop<H> {
     fn push(&mut self, sqe: squeue::Entry) {
         // SAFETY (of every push): each operation's memory — a receive's provided buffers, a
-        // send's Vec held in `ConnIo::send`, the eventfd polled for wake-ups — lives until its
-        // completion is reaped; `teardown` waits for all of them before freeing anything.
+        // send's Vec held in `Loop::sends` (`ConnIo::send` only holds its index), the eventfd
+        // polled for wake-ups — lives until its completion is reaped; `teardown` waits for all
+        // of them before freeing anything, and leaks what never completed.
         loop {
             // SAFETY: see above.
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
                 self.outstanding += 1;
                 return;
             }
-            // Submission queue full: hand what is there to the kernel and retry.
+            // Submission queue full: hand what is there to the kernel, collect what completed
+            // (operations that finish inline post at once, and the CQ is only four times the
+            // SQ; on EBUSY reaping is what frees the CQ), and retry.
             if let Err(e) = self.ring.submit() {
                 if e.raw_os_error() != Some(libc::EBUSY) {
                     log::error!("io_uring submit: {e}");
                 }
-                self.reap();
             }
+            self.reap();
         }
     }
 
@@ -385,7 +436,7 @@ impl<H: Handler> Loop<H> {
         let mut cq = self.ring.completion();
         cq.sync();
         for c in &mut cq {
-            self.cqes.push((c.user_data(), c.result(), c.flags()));
+            self.cqes.push_back((c.user_data(), c.result(), c.flags()));
         }
     }
 
@@ -463,6 +514,8 @@ impl<H: Handler> Loop<H> {
                 wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
             }
             let res = match wake_at {
+                // Completions reaped by a push since the loop handled them: do not wait.
+                _ if !self.cqes.is_empty() => self.ring.submit(),
                 Some(t) => {
                     let d = t.saturating_duration_since(now);
                     let ts = types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
@@ -479,8 +532,12 @@ impl<H: Handler> Loop<H> {
             }
             self.core.set_now(Instant::now());
             self.reap();
-            let mut cqes = std::mem::take(&mut self.cqes);
-            for &(ud, res, flags) in &cqes {
+            // Handling a completion may push, and a push that finds the SQ full reaps more
+            // completions onto this queue: take them one at a time until none is left, so
+            // none is dropped (a lost receive would keep its buffer, a lost send its
+            // connection busy forever). Each leaves the queue before it is handled, so an
+            // unwind cannot make teardown count it twice.
+            while let Some((ud, res, flags)) = self.cqes.pop_front() {
                 self.outstanding = self.outstanding.saturating_sub(1);
                 // A multishot operation that continues keeps its slot in `outstanding`.
                 if cqueue::more(flags) {
@@ -488,8 +545,6 @@ impl<H: Handler> Loop<H> {
                 }
                 self.complete(ud, res, flags);
             }
-            cqes.clear();
-            self.cqes = cqes;
             let was_stopping = stopping;
             drain_commands(rx, &mut self.core, &mut stopping);
             if stopping && !was_stopping {
@@ -600,6 +655,7 @@ impl<H: Handler> Loop<H> {
             self.conns.resize_with(key + 1, ConnIo::default);
         }
         self.conns[key] = ConnIo { fd: Some(fd), ..ConnIo::default() };
+        self.parked.remove(&(key as u32));
         self.arm_recv(key);
     }
 
@@ -618,7 +674,13 @@ impl<H: Handler> Loop<H> {
             let mut after = After::Continue;
             if !dying {
                 let data = lend.ring.buf_mut(bid, res as usize);
-                after = self.core.on_data(key, data);
+                if !self.core.wants_read(key) || self.parked.contains_key(&(key as u32)) {
+                    // Posted after the pause (or behind bytes that were): keep it for later.
+                    self.parked.entry(key as u32).or_default().push_back(data.to_vec());
+                    after = After::StopReading;
+                } else {
+                    after = self.core.on_data(key, data);
+                }
             }
             drop(lend);
             if after == After::StopReading && !self.core.wants_read(key) {
@@ -642,7 +704,10 @@ impl<H: Handler> Loop<H> {
                     // so re-arm at the end of this turn.
                     self.rearm.push(key as u32);
                 }
-                libc::ECANCELED => {}
+                // The receive was cancelled (a pause, or the connection is dying). If the
+                // connection drained before this arrived, its resume found the receive still
+                // armed and did nothing: read again at the end of this turn.
+                libc::ECANCELED => self.rearm.push(key as u32),
                 _ => {
                     if !self.conns.get(key).is_none_or(|c| c.dying) {
                         self.core.on_hangup(key);
@@ -684,7 +749,8 @@ impl<H: Handler> Loop<H> {
             self.submit_send(key, buf, pos);
         }
         if resume {
-            self.arm_recv(key);
+            // At the end of the turn: what was parked during the pause goes first.
+            self.rearm.push(key as u32);
         }
     }
 
@@ -711,11 +777,35 @@ impl<H: Handler> Loop<H> {
         self.push(sqe);
     }
 
+    /// Reads again: first the bytes parked during a pause, one buffer at a time while the
+    /// core wants more, then (all of them handed over) the socket.
+    fn resume_recv(&mut self, key: usize) {
+        let k = key as u32;
+        if self.conns.get(key).is_none_or(|c| c.dying) {
+            self.parked.remove(&k);
+            return;
+        }
+        if let Some(q) = self.parked.get_mut(&k) {
+            while self.core.wants_read(key) {
+                let Some(mut chunk) = q.pop_front() else { break };
+                self.core.on_data(key, &mut chunk);
+            }
+            if !q.is_empty() {
+                return; // paused again: the rest waits for the next resume
+            }
+            self.parked.remove(&k);
+        }
+        if self.core.wants_read(key) {
+            self.arm_recv(key);
+        }
+    }
+
     /// Closes and frees a dying connection once nothing of it is in flight.
     fn maybe_close(&mut self, key: usize) {
         let Some(c) = self.conns.get_mut(key) else { return };
         if c.dying && !c.busy() && c.fd.is_some() {
             c.fd = None;
+            self.parked.remove(&(key as u32));
             self.core.remove(key);
         }
     }
@@ -741,6 +831,8 @@ impl<H: Handler> Loop<H> {
                     // SAFETY: shutdown on a descriptor we own; no memory is passed.
                     unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) };
                 }
+                // Closed: it reads to EOF and discards, parked bytes included.
+                self.parked.remove(&k);
                 self.arm_recv(k as usize);
             }
             progress |= !work.is_empty();
@@ -773,9 +865,11 @@ impl<H: Handler> Loop<H> {
             let mut rearm = std::mem::take(&mut self.rearm);
             for &k in &rearm {
                 if self.core.wants_read(k as usize) {
-                    self.arm_recv(k as usize);
+                    self.resume_recv(k as usize);
                 }
             }
+            // Parked bytes handed to the core may have queued sends: another pass.
+            progress |= !rearm.is_empty();
             rearm.clear();
             self.rearm = rearm;
             self.work = work;
@@ -786,17 +880,22 @@ impl<H: Handler> Loop<H> {
     }
 
     /// Cancels everything, waits for every completion, then frees the ring before the memory
-    /// it points into.
+    /// it points into; what has not completed by then is leaked, not freed. Runs once.
     fn teardown(&mut self) {
+        if std::mem::replace(&mut self.torn_down, true) {
+            return;
+        }
+        #[cfg(test)]
+        hooks::TEARDOWNS.with(|c| c.set(c.get() + 1));
         let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(CANCEL);
         self.push(sqe);
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + teardown_wait();
         while self.outstanding > 0 && Instant::now() < deadline {
             let ts = types::Timespec::new().nsec(50_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
             self.reap();
-            for (_, _, flags) in self.cqes.drain(..) {
+            while let Some((_, _, flags)) = self.cqes.pop_front() {
                 self.outstanding = self.outstanding.saturating_sub(1);
                 if cqueue::more(flags) {
                     self.outstanding += 1;
@@ -813,14 +912,35 @@ impl<H: Handler> Loop<H> {
             // Operations that never completed may still reference the buffers: leak them.
             log::warn!("io_uring teardown: {} operations did not complete", self.outstanding);
             for (b, _) in self.sends.drain() {
+                #[cfg(test)]
+                hooks::LEAKED_SENDS.with(|c| c.set(c.get() + 1));
                 std::mem::forget(b);
             }
+            // `bufs` stays in its ManuallyDrop: the ring and its buffers are leaked too.
             return;
         }
         self.bufs.free();
         // SAFETY: dropped exactly once; the ring that used it is gone.
         unsafe { ManuallyDrop::drop(&mut self.bufs) };
     }
+}
+
+/// Whatever ends the loop, a normal return or a panic unwinding out of `Loop::run`, the
+/// kernel must be done with the memory it was lent before any of it is freed: `sends` and
+/// the buffer ring are fields that would otherwise be dropped under operations in flight.
+impl<H: Handler> Drop for Loop<H> {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// How long teardown waits for cancelled operations to complete.
+fn teardown_wait() -> Duration {
+    #[cfg(test)]
+    if let Some(d) = hooks::TEARDOWN_WAIT.with(|w| w.get()) {
+        return d;
+    }
+    Duration::from_secs(2)
 }
 
 impl Drop for BufRing {
@@ -839,4 +959,115 @@ fn set_nodelay(fd: RawFd) {
     // SAFETY: the descriptor is borrowed for the call only; ManuallyDrop keeps it open.
     let s = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
     let _ = s.set_nodelay(true);
+}
+
+/// Test-only counters and knobs, per thread (a loop lives on one thread; tests run in parallel).
+#[cfg(test)]
+mod hooks {
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    thread_local! {
+        /// Teardowns run on this thread.
+        pub(super) static TEARDOWNS: Cell<usize> = const { Cell::new(0) };
+        /// Send buffers teardown leaked (forgot) because their operation had not completed.
+        pub(super) static LEAKED_SENDS: Cell<usize> = const { Cell::new(0) };
+        /// Overrides how long teardown waits for completions.
+        pub(super) static TEARDOWN_WAIT: Cell<Option<Duration>> = const { Cell::new(None) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    struct Nop;
+    impl Handler for Nop {
+        type Data = ();
+        fn on_message(&mut self, _: &mut crate::Conn<'_, ()>, _: crate::Message<'_>) {}
+    }
+
+    /// A loop on this thread, with one connection (key 0) whose peer never reads and a send
+    /// to it in flight: the socket is full before the send is submitted, so the kernel holds
+    /// the send's buffer. Returns the loop and the peer (which must stay open).
+    fn loop_with_send_in_flight() -> (Loop<Nop>, TcpStream) {
+        let server = crate::Server::builder()
+            .listen("127.0.0.1:0")
+            .workers(1)
+            .handler(|| Nop)
+            .build()
+            .expect("server");
+        let cfg = Arc::new(Config::default());
+        let core = Core::new(
+            Instant::now(),
+            0,
+            Arc::clone(&cfg),
+            server.handle(),
+            Nop,
+            super::super::sys::write_now,
+        );
+        let (_tx, rx) = crossbeam_channel::unbounded();
+        let prep = Prep::new(TcpListener::bind("127.0.0.1:0").expect("bind"), rx).expect("prep");
+        let (mut w, _rx) =
+            prep.into_loop(core, &cfg, Arc::new(WorkerStats::default())).expect("io_uring loop");
+
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let peer = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (mut s, _) = l.accept().expect("accept");
+        s.set_nonblocking(true).expect("nonblocking");
+        let chunk = [0x55u8; 1 << 16];
+        loop {
+            match s.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("filling the socket: {e}"),
+            }
+        }
+        w.conns.push(ConnIo { fd: Some(OwnedFd::from(s)), ..ConnIo::default() });
+        w.submit_send(0, vec![0xaa; 1 << 20], 0);
+        w.ring.submit().expect("submit");
+        w.reap();
+        assert!(w.cqes.is_empty(), "the send completed at once: {:?}", w.cqes);
+        assert_eq!((w.outstanding, w.sends.len()), (1, 1), "one send in flight");
+        (w, peer)
+    }
+
+    /// A panic unwinding out of the loop still tears it down: it waits for what is in flight
+    /// and leaks (never frees) the buffers of operations that did not complete.
+    #[test]
+    fn unwinding_out_of_the_loop_tears_down_and_leaks_what_is_in_flight() {
+        if let Err(e) = probe() {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        hooks::TEARDOWN_WAIT.with(|w| w.set(Some(Duration::ZERO)));
+        let (w, _peer) = loop_with_send_in_flight();
+        let (t0, l0) = (hooks::TEARDOWNS.with(|c| c.get()), hooks::LEAKED_SENDS.with(|c| c.get()));
+        let r = catch_unwind(AssertUnwindSafe(move || {
+            let _w = w;
+            panic!("a fault inside the loop");
+        }));
+        assert!(r.is_err());
+        assert_eq!(hooks::TEARDOWNS.with(|c| c.get()) - t0, 1, "teardown did not run on unwind");
+        assert_eq!(
+            hooks::LEAKED_SENDS.with(|c| c.get()) - l0,
+            1,
+            "the in-flight send's buffer was not leaked"
+        );
+
+        // With time to wait, the cancelled send completes first: nothing is leaked.
+        hooks::TEARDOWN_WAIT.with(|w| w.set(None));
+        let (w, _peer) = loop_with_send_in_flight();
+        let (t0, l0) = (hooks::TEARDOWNS.with(|c| c.get()), hooks::LEAKED_SENDS.with(|c| c.get()));
+        let r = catch_unwind(AssertUnwindSafe(move || {
+            let _w = w;
+            panic!("a fault inside the loop");
+        }));
+        assert!(r.is_err());
+        assert_eq!(hooks::TEARDOWNS.with(|c| c.get()) - t0, 1, "teardown did not run on unwind");
+        assert_eq!(hooks::LEAKED_SENDS.with(|c| c.get()) - l0, 0, "leaked a completed send");
+    }
 }
