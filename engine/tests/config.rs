@@ -106,7 +106,7 @@ const GOOD: &[Set] = &[
     |b| b.workers(0),
     |b| b.uring_buffer_size(1024).uring_buffers(2),
     |b| b.uring_buffers(1 << 15).uring_buffer_size(32 << 10),
-    |b| b.uring_entries(8),
+    |b| b.uring_entries(2),
     |b| b.uring_entries(16384),
     |b| b.read_buffer_size(4096),
     |b| b.max_frame_size(1).max_message_size(1).max_fragments(1),
