@@ -15,15 +15,15 @@ use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::server::api::Handler;
+use crate::server::config::Config;
 use crate::server::core::{After, Core};
-use crate::server::{drain_commands, Command, Config, Handler, Wake, WorkerStats};
+use crate::server::handle::{Command, Wake, WorkerStats};
+use crate::server::worker::{self, Driver, Worker, ACCEPT_BACKOFF};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
-
-/// How long accepting pauses after EMFILE/ENFILE before it is tried again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 struct MioWake(Waker);
@@ -62,116 +62,93 @@ impl Prep {
     ) -> io::Result<()> {
         let mut listener = TcpListener::from_std(self.listener);
         self.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut w = Loop {
+        let mut l = Loop {
             poll: self.poll,
+            events: Events::with_capacity(1024),
             listener: Some(listener),
             listening: true,
-            accept_retry: None,
             socks: Vec::new(),
             rbuf: vec![0u8; cfg.read_buffer_size.max(4096)],
-            core,
+            w: Worker::new(core, self.rx, stats, cfg.shutdown_timeout),
             scratch: Vec::new(),
-            stats,
         };
-        w.run(&self.rx, cfg)
+        worker::run(&mut l)
     }
 }
 
 struct Loop<H: Handler> {
     poll: Poll,
+    events: Events,
     listener: Option<TcpListener>,
     /// Whether the listener is registered (it is not while full or backing off).
     listening: bool,
-    accept_retry: Option<Instant>,
     socks: Vec<Option<TcpStream>>,
     rbuf: Vec<u8>,
-    core: Core<H>,
+    w: Worker<H>,
     scratch: Vec<u32>,
-    stats: Arc<WorkerStats>,
 }
 
-impl<H: Handler> Loop<H> {
-    fn run(&mut self, rx: &Receiver<Command>, cfg: &Config) -> io::Result<()> {
-        let mut events = Events::with_capacity(1024);
-        let mut stopping = false;
-        let mut stop_deadline: Option<Instant> = None;
-        loop {
-            let now = Instant::now();
-            let mut wake_at = self.core.next_timer();
-            for t in [self.accept_retry, stop_deadline].into_iter().flatten() {
-                wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
+impl<H: Handler> Driver for Loop<H> {
+    type H = H;
+
+    fn worker(&mut self) -> &mut Worker<H> {
+        &mut self.w
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
             }
-            let timeout = wake_at.map(|t| t.saturating_duration_since(now));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-            self.core.set_now(Instant::now());
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept_all(),
-                    WAKER => {}
-                    Token(t) => {
-                        let key = t - FIRST_CONN;
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read_conn(key, ev.is_read_closed() || ev.is_error());
-                        }
-                        if ev.is_writable() {
-                            self.flush(key);
-                        }
+        }
+        self.w.core.set_now(Instant::now());
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.accept_all(),
+                WAKER => {}
+                Token(t) => {
+                    let key = t - FIRST_CONN;
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.read_conn(key, ev.is_read_closed() || ev.is_error());
+                    }
+                    if ev.is_writable() {
+                        self.flush(key);
                     }
                 }
             }
-            // Commands are drained every turn: a wake-up may coalesce with other events.
-            let was_stopping = stopping;
-            drain_commands(rx, &mut self.core, &mut stopping);
-            if stopping && !was_stopping {
-                self.stop_listening();
-                self.listener = None;
-                stop_deadline = Some(self.core_now() + cfg.shutdown_timeout);
-            }
-            if let Some(t) = self.accept_retry {
-                if self.core_now() >= t {
-                    self.accept_retry = None;
-                    self.resume_listening();
-                }
-            }
-            self.core.expire_timers();
-            if stop_deadline.is_some_and(|d| self.core_now() >= d) {
-                self.core.kill_all();
-            }
-            self.settle();
-            self.publish_stats();
-            if stopping && self.core.len() == 0 {
-                return Ok(());
-            }
-            if !self.listening && self.accept_retry.is_none() && self.core.has_room() {
-                self.resume_listening();
-            }
         }
+        self.events = events;
+        Ok(())
     }
 
-    fn publish_stats(&self) {
-        self.core.publish_stats(&self.stats);
+    fn settle(&mut self) {
+        Loop::settle(self);
     }
 
-    fn core_now(&self) -> Instant {
-        self.core.now()
+    fn resume_accepting(&mut self) {
+        self.resume_listening();
     }
 
+    fn stop_accepting(&mut self) {
+        self.stop_listening();
+        self.listener = None;
+    }
+}
+
+impl<H: Handler> Loop<H> {
     /// Writes what handlers queued, shuts closed connections, drops dead ones; repeats until
     /// nothing is left to do (a write can resume reading, which can queue more).
     fn settle(&mut self) {
         loop {
             let mut work = std::mem::take(&mut self.scratch);
-            self.core.take_dirty(&mut work);
+            self.w.core.take_dirty(&mut work);
             let had_dirty = !work.is_empty();
             for &k in &work {
                 self.flush(k as usize);
             }
             work.clear();
-            self.core.take_shut(&mut work);
+            self.w.core.take_shut(&mut work);
             let had_shut = !work.is_empty();
             for &k in &work {
                 let k = k as usize;
@@ -181,17 +158,17 @@ impl<H: Handler> Loop<H> {
                 self.read_conn(k, true);
             }
             work.clear();
-            self.core.take_dead(&mut work);
+            self.w.core.take_dead(&mut work);
             let had_dead = !work.is_empty();
             for &k in &work {
                 let k = k as usize;
                 if let Some(mut s) = self.socks.get_mut(k).and_then(Option::take) {
-                    if self.core.must_reset(k) {
+                    if self.w.core.must_reset(k) {
                         super::sys::reset_on_close(s.as_raw_fd());
                     }
                     let _ = self.poll.registry().deregister(&mut s);
                 }
-                self.core.remove(k);
+                self.w.core.remove(k);
             }
             work.clear();
             self.scratch = work;
@@ -225,7 +202,7 @@ impl<H: Handler> Loop<H> {
 
     fn accept_all(&mut self) {
         loop {
-            if !self.core.has_room() {
+            if !self.w.core.has_room() {
                 self.stop_listening();
                 return;
             }
@@ -233,7 +210,7 @@ impl<H: Handler> Loop<H> {
             match listener.accept() {
                 Ok((mut sock, peer)) => {
                     let _ = sock.set_nodelay(true);
-                    let key = self.core.accept(peer, sock.as_raw_fd());
+                    let key = self.w.core.accept(peer, sock.as_raw_fd());
                     let token = Token(key + FIRST_CONN);
                     if let Err(e) = self.poll.registry().register(
                         &mut sock,
@@ -241,7 +218,7 @@ impl<H: Handler> Loop<H> {
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
                         log::warn!("registering a connection: {e}");
-                        self.core.remove(key);
+                        self.w.core.remove(key);
                         continue;
                     }
                     if self.socks.len() <= key {
@@ -257,7 +234,7 @@ impl<H: Handler> Loop<H> {
                     // instead of spinning on an accept that keeps failing.
                     log::warn!("accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
                     self.stop_listening();
-                    self.accept_retry = Some(self.core_now() + ACCEPT_BACKOFF);
+                    self.w.backoff_accepts();
                     return;
                 }
             }
@@ -269,18 +246,18 @@ impl<H: Handler> Loop<H> {
     /// to report it) or the call resumes a connection whose edges were consumed while paused.
     fn read_conn(&mut self, key: usize, drain: bool) {
         loop {
-            if !self.core.wants_read(key) {
+            if !self.w.core.wants_read(key) {
                 return;
             }
             let Some(Some(sock)) = self.socks.get_mut(key) else { return };
             match sock.read(&mut self.rbuf) {
                 Ok(0) => {
-                    self.core.on_hangup(key);
+                    self.w.core.on_hangup(key);
                     return;
                 }
                 Ok(n) => {
                     let full = n == self.rbuf.len();
-                    if self.core.on_data(key, &mut self.rbuf[..n]) == After::StopReading
+                    if self.w.core.on_data(key, &mut self.rbuf[..n]) == After::StopReading
                         || (!full && !drain)
                     {
                         return;
@@ -289,7 +266,7 @@ impl<H: Handler> Loop<H> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.core.on_hangup(key);
+                    self.w.core.on_hangup(key);
                     return;
                 }
             }
@@ -299,23 +276,23 @@ impl<H: Handler> Loop<H> {
     fn flush(&mut self, key: usize) {
         loop {
             let Some(Some(sock)) = self.socks.get_mut(key) else { return };
-            let pending = self.core.pending(key);
+            let pending = self.w.core.pending(key);
             if pending.is_empty() {
                 return;
             }
             match sock.write(pending) {
                 Ok(n) => {
-                    if self.core.on_written(key, n, false) {
+                    if self.w.core.on_written(key, n, false) {
                         self.read_conn(key, true);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.core.on_written(key, 0, true);
+                    self.w.core.on_written(key, 0, true);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.core.on_write_error(key);
+                    self.w.core.on_write_error(key);
                     return;
                 }
             }

@@ -2,8 +2,25 @@
 //!
 //! The boundary is socket events — a connection arrived, bytes arrived, the peer hung up, bytes
 //! were taken — not fd readiness, so a completion-based backend fits it as well as a
-//! readiness-based one. Every backend provides the same four things: bind a listener, build a
-//! worker (its loop, its waker), run it, and report whether it is available here.
+//! readiness-based one. The loop turn itself (commands, timers, the stop and its deadline,
+//! accept backoff, the next wake-up, stats, when to exit) is not a backend's: it is held once
+//! in `server::worker`, which drives a backend through its `Driver` impl.
+//!
+//! Every backend provides:
+//! - a `Prep` made on the building thread from the worker's listener and command receiver
+//!   (`Prep::new`), with a waker other threads use (`Prep::waker`, a `Wake`);
+//! - `Prep::run(core, cfg, stats)` on the worker thread: it builds its loop around a
+//!   `server::worker::Worker` and hands it to `server::worker::run`;
+//! - the `Driver` methods: `wait` (block for events until a timeout, set the core's clock with
+//!   `Core::set_now`, feed every event to the core: `accept`, `on_data`, `on_hangup`,
+//!   `on_written` or `take_out`/`on_send_done`), `settle` (write what `take_dirty` names, shut
+//!   what `take_shut` names, drop what `take_dead` names, resetting those `must_reset` names,
+//!   then `Core::remove`), `resume_accepting`, `stop_accepting`, its own `publish_stats`;
+//! - the core's `WriteNow` hook (`sys::write_now`) for the direct write of large sends;
+//! - a probe saying whether this kernel can run it (`resolve` asks it).
+//!
+//! Backends import the worker layer (`server::{api, config, core, handle, worker}`), never
+//! `server/mod.rs`, which builds the workers through this module and spawns them.
 
 pub(crate) mod epoll;
 pub(crate) mod sys;
@@ -18,8 +35,10 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::server::api::Handler;
+use crate::server::config::{Backend, Config};
 use crate::server::core::Core;
-use crate::server::{Backend, Command, Config, Handler, ServerHandle, Wake, WorkerStats};
+use crate::server::handle::{Command, ServerHandle, Wake, WorkerStats};
 
 /// Applies `SOCKEYE_BACKEND` and resolves `Auto` to a backend this kernel supports.
 pub(crate) fn resolve(asked: Backend) -> io::Result<Backend> {

@@ -25,8 +25,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
+use crate::server::api::Handler;
+use crate::server::config::Config;
 use crate::server::core::{After, Core};
-use crate::server::{drain_commands, Command, Config, Handler, Wake, WorkerStats};
+use crate::server::handle::{Command, Wake, WorkerStats};
+use crate::server::worker::{self, Driver, Worker, ACCEPT_BACKOFF};
 
 // user_data: kind in the top byte, connection key in the low 32 bits.
 const ACCEPT: u64 = 1 << 56;
@@ -39,7 +42,6 @@ const SEND_ZC: u64 = 7 << 56;
 const KIND: u64 = 0xff << 56;
 
 const BGID: u16 = 7;
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Whether this kernel offers everything the backend uses: the opcodes (probed), provided
 /// buffer rings (registered for real on a scratch ring) and the extended wait argument.
@@ -277,9 +279,9 @@ impl Prep {
         cfg: &Config,
         stats: Arc<WorkerStats>,
     ) -> io::Result<()> {
-        let (mut w, rx) = self.into_loop(core, cfg, stats)?;
-        let r = w.run(&rx, cfg);
-        w.teardown();
+        let mut l = self.into_loop(core, cfg, stats)?;
+        let r = worker::run(&mut l);
+        l.teardown();
         r
     }
 
@@ -289,7 +291,7 @@ impl Prep {
         core: Core<H>,
         cfg: &Config,
         stats: Arc<WorkerStats>,
-    ) -> io::Result<(Loop<H>, Receiver<Command>)> {
+    ) -> io::Result<Loop<H>> {
         // The kernel rounds up to a power of two and caps the SQ at 32768 entries (the CQ,
         // four times larger, at 65536).
         let entries = cfg.uring_entries.clamp(1, 1 << 15);
@@ -311,13 +313,12 @@ impl Prep {
             bufs: ManuallyDrop::new(bufs),
             listener: Some(self.listener),
             accepting: false,
-            accept_retry: None,
             efd: self.efd,
             wake_armed: false,
             zc_threshold,
             conns: Vec::new(),
             sends: slab::Slab::new(),
-            core,
+            w: Worker::new(core, self.rx, Arc::clone(&stats), cfg.shutdown_timeout),
             stats,
             cqes: VecDeque::with_capacity(1024),
             work: Vec::new(),
@@ -326,7 +327,7 @@ impl Prep {
             outstanding: 0,
             torn_down: false,
         };
-        Ok((w, self.rx))
+        Ok(w)
     }
 }
 
@@ -379,7 +380,6 @@ struct Loop<H: Handler> {
     bufs: ManuallyDrop<BufRing>,
     listener: Option<std::net::TcpListener>,
     accepting: bool,
-    accept_retry: Option<Instant>,
     efd: Arc<EventFd>,
     wake_armed: bool,
     /// Sends of at least this many bytes use SEND_ZC.
@@ -388,7 +388,8 @@ struct Loop<H: Handler> {
     /// Buffers of the sends in flight, with the offset the send starts at; owned here until
     /// the completion (or, for zero copy, the notification) arrives.
     sends: slab::Slab<(Vec<u8>, usize)>,
-    core: Core<H>,
+    w: Worker<H>,
+    /// The worker's counters (the backend adds the buffer figures and shortages).
     stats: Arc<WorkerStats>,
     /// Completions reaped and not yet handled: `(user_data, result, flags)`.
     cqes: VecDeque<(u64, i32, u32)>,
@@ -405,6 +406,40 @@ struct Loop<H: Handler> {
     outstanding: usize,
     /// `teardown` ran (it runs once: from `Prep::run`, or from `Drop` on an unwind).
     torn_down: bool,
+}
+
+impl<H: Handler> Driver for Loop<H> {
+    type H = H;
+
+    fn worker(&mut self) -> &mut Worker<H> {
+        &mut self.w
+    }
+
+    fn start(&mut self) {
+        self.arm_accept();
+        self.arm_wake();
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.wait_and_complete(timeout)
+    }
+
+    fn settle(&mut self) {
+        Loop::settle(self);
+    }
+
+    fn resume_accepting(&mut self) {
+        self.arm_accept();
+    }
+
+    fn stop_accepting(&mut self) {
+        self.cancel_accept();
+    }
+
+    fn publish_stats(&self, stats: &WorkerStats) {
+        stats.buffers_total.store(self.bufs.entries as usize, Ordering::Relaxed);
+        stats.buffers_in_kernel.store(self.bufs.lent, Ordering::Relaxed);
+    }
 }
 
 impl<H: Handler> Loop<H> {
@@ -440,15 +475,9 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    fn publish_stats(&self) {
-        self.core.publish_stats(&self.stats);
-        self.stats.buffers_total.store(self.bufs.entries as usize, Ordering::Relaxed);
-        self.stats.buffers_in_kernel.store(self.bufs.lent, Ordering::Relaxed);
-    }
-
     fn arm_accept(&mut self) {
         let Some(l) = self.listener.as_ref() else { return };
-        if self.accepting || self.accept_retry.is_some() {
+        if self.accepting || self.w.accepts_backed_off() || self.w.stopping() {
             return;
         }
         let fd = l.as_raw_fd();
@@ -502,76 +531,41 @@ impl<H: Handler> Loop<H> {
         self.conns[key].recv_armed = true;
     }
 
-    fn run(&mut self, rx: &Receiver<Command>, cfg: &Config) -> io::Result<()> {
-        self.arm_accept();
-        self.arm_wake();
-        let mut stopping = false;
-        let mut stop_deadline: Option<Instant> = None;
-        loop {
-            let now = Instant::now();
-            let mut wake_at = self.core.next_timer();
-            for t in [self.accept_retry, stop_deadline].into_iter().flatten() {
-                wake_at = Some(wake_at.map_or(t, |w| w.min(t)));
+    /// Submits everything queued and waits for a completion (or the timeout), then handles
+    /// every completion.
+    fn wait_and_complete(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let res = match timeout {
+            // Completions reaped by a push since the loop handled them: do not wait.
+            _ if !self.cqes.is_empty() => self.ring.submit(),
+            Some(d) => {
+                let ts = types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
             }
-            let res = match wake_at {
-                // Completions reaped by a push since the loop handled them: do not wait.
-                _ if !self.cqes.is_empty() => self.ring.submit(),
-                Some(t) => {
-                    let d = t.saturating_duration_since(now);
-                    let ts = types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
-                    let args = types::SubmitArgs::new().timespec(&ts);
-                    self.ring.submitter().submit_with_args(1, &args)
-                }
-                None => self.ring.submitter().submit_and_wait(1),
-            };
-            if let Err(e) = res {
-                match e.raw_os_error() {
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
-                    _ => return Err(e),
-                }
-            }
-            self.core.set_now(Instant::now());
-            self.reap();
-            // Handling a completion may push, and a push that finds the SQ full reaps more
-            // completions onto this queue: take them one at a time until none is left, so
-            // none is dropped (a lost receive would keep its buffer, a lost send its
-            // connection busy forever). Each leaves the queue before it is handled, so an
-            // unwind cannot make teardown count it twice.
-            while let Some((ud, res, flags)) = self.cqes.pop_front() {
-                self.outstanding = self.outstanding.saturating_sub(1);
-                // A multishot operation that continues keeps its slot in `outstanding`.
-                if cqueue::more(flags) {
-                    self.outstanding += 1;
-                }
-                self.complete(ud, res, flags);
-            }
-            let was_stopping = stopping;
-            drain_commands(rx, &mut self.core, &mut stopping);
-            if stopping && !was_stopping {
-                self.cancel_accept();
-                stop_deadline = Some(self.core.state.now + cfg.shutdown_timeout);
-            }
-            if let Some(t) = self.accept_retry {
-                if self.core.state.now >= t {
-                    self.accept_retry = None;
-                    if !stopping {
-                        self.arm_accept();
-                    }
-                }
-            }
-            self.core.expire_timers();
-            if stop_deadline.is_some_and(|d| self.core.state.now >= d) {
-                self.core.kill_all();
-            }
-            self.settle();
-            if !stopping && !self.accepting && self.core.has_room() {
-                self.arm_accept();
-            }
-            self.publish_stats();
-            if stopping && self.core.len() == 0 {
-                return Ok(());
+            None => self.ring.submitter().submit_and_wait(1),
+        };
+        if let Err(e) = res {
+            match e.raw_os_error() {
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
+                _ => return Err(e),
             }
         }
+        self.w.core.set_now(Instant::now());
+        self.reap();
+        // Handling a completion may push, and a push that finds the SQ full reaps more
+        // completions onto this queue: take them one at a time until none is left, so
+        // none is dropped (a lost receive would keep its buffer, a lost send its
+        // connection busy forever). Each leaves the queue before it is handled, so an
+        // unwind cannot make teardown count it twice.
+        while let Some((ud, res, flags)) = self.cqes.pop_front() {
+            self.outstanding = self.outstanding.saturating_sub(1);
+            // A multishot operation that continues keeps its slot in `outstanding`.
+            if cqueue::more(flags) {
+                self.outstanding += 1;
+            }
+            self.complete(ud, res, flags);
+        }
+        Ok(())
     }
 
     fn complete(&mut self, ud: u64, res: i32, flags: u32) {
@@ -636,21 +630,21 @@ impl<H: Handler> Loop<H> {
                         io::Error::from_raw_os_error(e)
                     );
                     self.cancel_accept();
-                    self.accept_retry = Some(self.core.state.now + ACCEPT_BACKOFF);
+                    self.w.backoff_accepts();
                 }
             }
             return;
         }
         // SAFETY: a successful accept completion hands us a new descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(res) };
-        if !self.core.has_room() {
+        if !self.w.core.has_room() {
             drop(fd);
             self.cancel_accept();
             return;
         }
         let peer = peer_addr(fd.as_raw_fd()).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         set_nodelay(fd.as_raw_fd());
-        let key = self.core.accept(peer, fd.as_raw_fd());
+        let key = self.w.core.accept(peer, fd.as_raw_fd());
         if self.conns.len() <= key {
             self.conns.resize_with(key + 1, ConnIo::default);
         }
@@ -674,16 +668,16 @@ impl<H: Handler> Loop<H> {
             let mut after = After::Continue;
             if !dying {
                 let data = lend.ring.buf_mut(bid, res as usize);
-                if !self.core.wants_read(key) || self.parked.contains_key(&(key as u32)) {
+                if !self.w.core.wants_read(key) || self.parked.contains_key(&(key as u32)) {
                     // Posted after the pause (or behind bytes that were): keep it for later.
                     self.parked.entry(key as u32).or_default().push_back(data.to_vec());
                     after = After::StopReading;
                 } else {
-                    after = self.core.on_data(key, data);
+                    after = self.w.core.on_data(key, data);
                 }
             }
             drop(lend);
-            if after == After::StopReading && !self.core.wants_read(key) {
+            if after == After::StopReading && !self.w.core.wants_read(key) {
                 self.pause_recv(key);
             }
             if !more {
@@ -694,7 +688,7 @@ impl<H: Handler> Loop<H> {
         }
         if res == 0 {
             if !self.conns.get(key).is_none_or(|c| c.dying) {
-                self.core.on_hangup(key);
+                self.w.core.on_hangup(key);
             }
         } else {
             match -res {
@@ -710,7 +704,7 @@ impl<H: Handler> Loop<H> {
                 libc::ECANCELED => self.rearm.push(key as u32),
                 _ => {
                     if !self.conns.get(key).is_none_or(|c| c.dying) {
-                        self.core.on_hangup(key);
+                        self.w.core.on_hangup(key);
                     }
                 }
             }
@@ -740,12 +734,13 @@ impl<H: Handler> Loop<H> {
             return;
         }
         if res < 0 {
-            self.core.on_write_error(key);
+            self.w.core.on_write_error(key);
             self.maybe_close(key);
             return;
         }
         let mut resume = false;
-        if let Some((buf, pos)) = self.core.on_send_done(key, buf, pos, res as usize, &mut resume) {
+        if let Some((buf, pos)) = self.w.core.on_send_done(key, buf, pos, res as usize, &mut resume)
+        {
             self.submit_send(key, buf, pos);
         }
         if resume {
@@ -786,16 +781,16 @@ impl<H: Handler> Loop<H> {
             return;
         }
         if let Some(q) = self.parked.get_mut(&k) {
-            while self.core.wants_read(key) {
+            while self.w.core.wants_read(key) {
                 let Some(mut chunk) = q.pop_front() else { break };
-                self.core.on_data(key, &mut chunk);
+                self.w.core.on_data(key, &mut chunk);
             }
             if !q.is_empty() {
                 return; // paused again: the rest waits for the next resume
             }
             self.parked.remove(&k);
         }
-        if self.core.wants_read(key) {
+        if self.w.core.wants_read(key) {
             self.arm_recv(key);
         }
     }
@@ -806,7 +801,7 @@ impl<H: Handler> Loop<H> {
         if c.dying && !c.busy() && c.fd.is_some() {
             c.fd = None;
             self.parked.remove(&(key as u32));
-            self.core.remove(key);
+            self.w.core.remove(key);
         }
     }
 
@@ -814,18 +809,18 @@ impl<H: Handler> Loop<H> {
         loop {
             let mut work = std::mem::take(&mut self.work);
             let mut progress = false;
-            self.core.take_dirty(&mut work);
+            self.w.core.take_dirty(&mut work);
             for &k in &work {
                 let k = k as usize;
                 if self.conns.get(k).is_some_and(|c| c.send == NO_SEND && !c.dying) {
-                    if let Some((buf, pos)) = self.core.take_out(k) {
+                    if let Some((buf, pos)) = self.w.core.take_out(k) {
                         self.submit_send(k, buf, pos);
                     }
                 }
             }
             progress |= !work.is_empty();
             work.clear();
-            self.core.take_shut(&mut work);
+            self.w.core.take_shut(&mut work);
             for &k in &work {
                 if let Some(fd) = self.conns.get(k as usize).and_then(|c| c.fd.as_ref()) {
                     // SAFETY: shutdown on a descriptor we own; no memory is passed.
@@ -837,16 +832,16 @@ impl<H: Handler> Loop<H> {
             }
             progress |= !work.is_empty();
             work.clear();
-            self.core.take_dead(&mut work);
+            self.w.core.take_dead(&mut work);
             for &k in &work {
                 let k = k as usize;
                 let Some(c) = self.conns.get_mut(k) else {
-                    self.core.remove(k);
+                    self.w.core.remove(k);
                     continue;
                 };
                 c.dying = true;
                 if let Some(fd) = c.fd.as_ref().map(|f| f.as_raw_fd()) {
-                    if self.core.must_reset(k) {
+                    if self.w.core.must_reset(k) {
                         super::sys::reset_on_close(fd);
                     }
                     if c.recv_armed || c.send != NO_SEND {
@@ -864,7 +859,7 @@ impl<H: Handler> Loop<H> {
             work.clear();
             let mut rearm = std::mem::take(&mut self.rearm);
             for &k in &rearm {
-                if self.core.wants_read(k as usize) {
+                if self.w.core.wants_read(k as usize) {
                     self.resume_recv(k as usize);
                 }
             }
@@ -1011,7 +1006,7 @@ mod tests {
         );
         let (_tx, rx) = crossbeam_channel::unbounded();
         let prep = Prep::new(TcpListener::bind("127.0.0.1:0").expect("bind"), rx).expect("prep");
-        let (mut w, _rx) =
+        let mut w =
             prep.into_loop(core, &cfg, Arc::new(WorkerStats::default())).expect("io_uring loop");
 
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -1,0 +1,192 @@
+//! The handle other threads hold: what they may ask a worker ([`Command`]), how they wake it
+//! ([`Wake`]), and the counters each worker publishes ([`Stats`]). A leaf of the server layer:
+//! the core and the backends use it; it uses neither.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use crate::proto::{CloseCode, OpCode};
+
+use super::api::{ConnId, Post};
+
+/// Something another thread asks a worker to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Shutdown,
+    Post(Post),
+    Send(ConnId, OpCode, Vec<u8>),
+    Close(ConnId, CloseCode, String),
+}
+
+/// Wakes a worker's event loop from another thread.
+pub(crate) trait Wake: Send + Sync + std::fmt::Debug {
+    fn wake(&self) -> io::Result<()>;
+}
+
+#[derive(Debug)]
+pub(crate) struct WorkerLink {
+    pub(crate) tx: Sender<Command>,
+    pub(crate) waker: Arc<dyn Wake>,
+    pub(crate) stats: Arc<WorkerStats>,
+}
+
+/// Declares the per-worker counters once: the atomics a worker publishes into at the end of
+/// every loop turn (relaxed: cheap to write, good enough for a monitoring thread or a test)
+/// and the public snapshot [`Stats`] read from them.
+macro_rules! worker_stats {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        #[derive(Debug, Default)]
+        pub(crate) struct WorkerStats {
+            $(pub(crate) $name: AtomicUsize,)*
+        }
+
+        /// A snapshot of one worker's counters. Counters (`*_total` in the demo's `/metrics`)
+        /// only grow; `connections`, `memory_in_use`, `buffers_total` and `buffers_in_kernel`
+        /// are gauges.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: usize,)*
+        }
+
+        impl WorkerStats {
+            fn snapshot(&self) -> Stats {
+                Stats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl Stats {
+            /// Every field by name, in declaration order (for exporters such as `/metrics`).
+            pub fn fields(&self) -> impl Iterator<Item = (&'static str, usize)> {
+                [$((stringify!($name), self.$name),)*].into_iter()
+            }
+        }
+    };
+}
+
+worker_stats! {
+    /// Connections the worker holds (handshaking, open or closing).
+    connections,
+    /// io_uring: buffers in the provided-buffer ring (0 on epoll).
+    buffers_total,
+    /// io_uring: buffers lent to the kernel; at rest it equals `buffers_total` (none held by
+    /// the engine, none leaked).
+    buffers_in_kernel,
+    /// io_uring: times a receive found the ring empty (ENOBUFS) and was re-armed.
+    buffer_shortages,
+    /// Bytes of send queues and message-assembly buffers the worker holds now (what
+    /// `Config::worker_memory_budget` bounds).
+    memory_in_use,
+    /// Connections dropped because their handshake did not complete within
+    /// `handshake_timeout`.
+    handshake_timeouts,
+    /// Connections closed (1001) by `idle_timeout` or an unanswered auto-ping.
+    idle_timeouts,
+    /// Connections force-closed (reset) because their close did not complete within
+    /// `close_timeout` of being sent or received, whatever was still queued.
+    close_timeouts,
+    /// Handler callbacks that panicked (caught; the connection was closed with 1011).
+    handler_panics,
+    /// Data sends refused because the connection's queue would pass `max_backpressure`.
+    sends_dropped,
+    /// Sends and incoming messages refused because the worker's memory budget was reached
+    /// (an incoming message refused closes its connection with 1009).
+    budget_refusals,
+    /// Connections closed for a protocol violation by the peer (1002, 1007, 1009).
+    protocol_errors,
+    /// Handshake requests answered with an HTTP error (4xx, or 500 for a handler's mistake).
+    bad_handshakes,
+}
+
+#[derive(Debug)]
+pub(crate) struct HandleInner {
+    pub(crate) workers: Vec<WorkerLink>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) stopping: AtomicBool,
+}
+
+/// Controls a running server from any thread: shutdown, sends to a connection, posts to every
+/// worker. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    pub(crate) inner: Arc<HandleInner>,
+}
+
+impl ServerHandle {
+    fn command(&self, worker: usize, cmd: Command) -> bool {
+        let Some(w) = self.inner.workers.get(worker) else { return false };
+        if w.tx.send(cmd).is_err() {
+            return false;
+        }
+        if let Err(e) = w.waker.wake() {
+            log::warn!("waking worker {worker}: {e}");
+        }
+        true
+    }
+
+    /// Starts a graceful shutdown: workers stop accepting, send close 1001 to every connection,
+    /// wait for the close handshakes up to the shutdown timeout, and return from
+    /// [`crate::Server::run`].
+    pub fn shutdown(&self) {
+        if self.inner.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for i in 0..self.inner.workers.len() {
+            self.command(i, Command::Shutdown);
+        }
+    }
+
+    /// Whether a shutdown was asked for.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.stopping.load(Ordering::Acquire)
+    }
+
+    /// The address the server listens on (with the port resolved when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.inner.workers.len()
+    }
+
+    /// Each worker's counters, as of its last loop turn.
+    pub fn stats(&self) -> Vec<Stats> {
+        self.inner.workers.iter().map(|w| w.stats.snapshot()).collect()
+    }
+
+    /// Hands `post` to every worker's [`Handler::on_post`]. Returns how many workers took it.
+    pub fn post_all(&self, post: Post) -> usize {
+        (0..self.inner.workers.len())
+            .filter(|&i| self.command(i, Command::Post(post.clone())))
+            .count()
+    }
+
+    /// Hands `post` to one worker's [`Handler::on_post`].
+    pub fn post(&self, worker: usize, post: Post) -> bool {
+        self.command(worker, Command::Post(post))
+    }
+
+    /// Sends a text message to a connection on any worker. Returns false if its worker is gone;
+    /// a connection that closed meanwhile is skipped silently.
+    pub fn send_text(&self, id: ConnId, text: &str) -> bool {
+        self.command(id.worker(), Command::Send(id, OpCode::Text, text.as_bytes().to_vec()))
+    }
+
+    /// Sends a binary message to a connection on any worker.
+    pub fn send_binary(&self, id: ConnId, data: &[u8]) -> bool {
+        self.command(id.worker(), Command::Send(id, OpCode::Binary, data.to_vec()))
+    }
+
+    /// Starts the close handshake of a connection on any worker. Returns false if `code` may
+    /// not go on the wire (see [`crate::Conn::close`]: nothing is sent) or the worker is gone.
+    pub fn close(&self, id: ConnId, code: CloseCode, reason: &str) -> bool {
+        code.is_valid_on_wire()
+            && self.command(id.worker(), Command::Close(id, code, reason.to_owned()))
+    }
+}
