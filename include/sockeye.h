@@ -157,7 +157,7 @@ typedef struct sockeye_config {
     /**
      * Listen address, a NUL-terminated string owned by the caller: an IP address or host name
      * ("127.0.0.1", "::", "localhost"), used with `port`; or "host:port" ("0.0.0.0:8080",
-     * "[::1]:8080"), whose own port then wins over `port`. Default "127.0.0.1" (a static
+     * "\[::1\]:8080"), whose own port then wins over `port`. Default "127.0.0.1" (a static
      * string).
      */
     const char *address;

@@ -29,6 +29,7 @@
 // (proto/mask.rs), io_uring's memory lent to the kernel (io/uring.rs) and the backends' two
 // raw socket calls (io/sys.rs). A new unsafe block anywhere else does not compile.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub(crate) mod io;
 pub mod proto;

@@ -36,7 +36,7 @@ pub const SOCKEYE_BACKEND_IO_URING: sockeye_backend = 2;
 pub struct sockeye_config {
     /// Listen address, a NUL-terminated string owned by the caller: an IP address or host name
     /// ("127.0.0.1", "::", "localhost"), used with `port`; or "host:port" ("0.0.0.0:8080",
-    /// "[::1]:8080"), whose own port then wins over `port`. Default "127.0.0.1" (a static
+    /// "\[::1\]:8080"), whose own port then wins over `port`. Default "127.0.0.1" (a static
     /// string).
     pub address: *const c_char,
     /// Listen port, used when `address` has none. 0 picks a free port: ask

@@ -4,7 +4,7 @@
 //!
 //! What this crate owns: the translation between C and the Rust API — opaque handles, a
 //! callback table turned into a [`sockeye::Handler`], error codes. What it must never do:
-//! let a panic unwind into C (every `extern "C"` body runs inside [`guard`]), read a pointer it
+//! let a panic unwind into C (every `extern "C"` body runs inside `guard`), read a pointer it
 //! did not NULL-check, or keep a borrowed pointer past the call that lent it.
 //!
 //! The functions take raw pointers and are declared safe, as in rustls-ffi: they are called

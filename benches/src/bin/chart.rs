@@ -9,13 +9,22 @@
 //! Each JSONL line is one loadgen `--json` object plus `server`, `load` and `round` (and
 //! `noise_core_s`, `exit`, `failed`, added by `append`). Runs are grouped by (load, server); every
 //! number shown is the median over rounds, with the min–max range. It only reads and writes the
-//! files it is given; it never runs anything.
+//! files it is given; it never runs anything. The SVG is drawn with plotters' SVG backend (one
+//! small bar chart per load and measure); the aggregation and the markdown are this file's own.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use plotters::coord::Shift;
+use plotters::prelude::{
+    ChartBuilder, Color, DrawingArea, DrawingAreaErrorKind, DrawingBackend, EmptyElement, FontDesc,
+    FontFamily, FontStyle, FontTransform, IntoDrawingArea, IntoSegmentedCoord, LabelAreaPosition,
+    PathElement, RGBColor, Rectangle, SVGBackend, SegmentValue, ShapeStyle, Text, TextStyle,
+    TRANSPARENT, WHITE,
+};
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::{Map, Value};
 
 const HELP: &str = "\
@@ -107,7 +116,7 @@ fn chart_cmd(args: &[String]) -> Result<(), String> {
         None => print!("{table}"),
     }
     if let Some(path) = svg {
-        std::fs::write(path, render_svg(&summary, &source)).map_err(|e| format!("{path}: {e}"))?;
+        std::fs::write(path, render_svg(&summary, &source)?).map_err(|e| format!("{path}: {e}"))?;
     }
     Ok(())
 }
@@ -750,30 +759,57 @@ fn markdown(sum: &Summary, source: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SVG
+// SVG, drawn with plotters' SVG backend. Text goes into the SVG as `<text>` for the viewer to
+// set; plotters is built without a font feature, so nothing here reads a font file (its layout
+// estimates are only used for the legend's spacing).
 
-const WIDTH: f64 = 1200.0;
-const MARGIN: f64 = 28.0;
-const CELL_H: f64 = 250.0;
-const PLOT_TOP: f64 = 44.0;
-const PLOT_BOTTOM: f64 = 40.0;
-const AXIS_W: f64 = 52.0;
+const WIDTH: u32 = 1200;
+const MARGIN: i32 = 28;
+const CELL_H: i32 = 300;
+/// Above a cell's plot: its title and subtitle.
+const PLOT_TOP: i32 = 44;
+/// Below a cell's plot: the server names, turned upright.
+const PLOT_BOTTOM: i32 = 96;
+const AXIS_W: i32 = 52;
 const FONT: &str = "DejaVu Sans, Helvetica, Arial, sans-serif";
 
-fn colour(server: &str, index: usize) -> &'static str {
+fn colour(server: &str, index: usize) -> RGBColor {
     match server {
-        "sockeye-epoll" => "#1f4e9c",
-        "sockeye-io_uring" => "#4f9be8",
-        "tungstenite" => "#e07b24",
-        "fastwebsockets" => "#2f9e50",
-        "tokio-websockets" => "#9b59c5",
-        "raw" => "#8a8a8a",
-        _ => ["#c0392b", "#b8a000", "#16a3a3", "#7f5539", "#d35fa0"][index % 5],
+        "sockeye-epoll" => RGBColor(0x1f, 0x4e, 0x9c),
+        "sockeye-io_uring" => RGBColor(0x4f, 0x9b, 0xe8),
+        "tungstenite" => RGBColor(0xe0, 0x7b, 0x24),
+        "fastwebsockets" => RGBColor(0x2f, 0x9e, 0x50),
+        "tokio-websockets" => RGBColor(0x9b, 0x59, 0xc5),
+        "raw" => RGBColor(0x8a, 0x8a, 0x8a),
+        _ => [
+            RGBColor(0xc0, 0x39, 0x2b),
+            RGBColor(0xb8, 0xa0, 0x00),
+            RGBColor(0x16, 0xa3, 0xa3),
+            RGBColor(0x7f, 0x55, 0x39),
+            RGBColor(0xd3, 0x5f, 0xa0),
+        ][index % 5],
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+const INK: RGBColor = RGBColor(0x22, 0x22, 0x22);
+const RED: RGBColor = RGBColor(0xc0, 0x39, 0x2b);
+const GREY: [RGBColor; 5] = [
+    RGBColor(0x33, 0x33, 0x33),
+    RGBColor(0x55, 0x55, 0x55),
+    RGBColor(0x66, 0x66, 0x66),
+    RGBColor(0x77, 0x77, 0x77),
+    RGBColor(0x99, 0x99, 0x99),
+];
+
+/// Text of `px` pixels (plotters' SVG backend writes `font-size` as size ÷ 1.24), anchored at
+/// `h` horizontally and `v` vertically.
+fn font(px: f64, bold: bool, fill: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
+    let style = if bold { FontStyle::Bold } else { FontStyle::Normal };
+    TextStyle {
+        font: FontDesc::new(FontFamily::Name(FONT), px * 1.24, style),
+        color: fill.to_backend_color(),
+        pos: Pos::new(h, v),
+    }
 }
 
 /// Axis ticks: a 1/2/5 × 10ⁿ step giving about four intervals up to at least `max`.
@@ -791,31 +827,6 @@ fn nice_ticks(max: f64) -> (f64, Vec<f64>) {
     let top = (max / step).ceil() * step;
     let n = (top / step).round() as usize;
     (top, (0..=n).map(|i| i as f64 * step).collect())
-}
-
-#[derive(Debug)]
-struct Svg(String);
-
-impl Svg {
-    fn text(&mut self, x: f64, y: f64, size: f64, anchor: &str, extra: &str, s: &str) {
-        let _ = writeln!(
-            self.0,
-            r#"<text x="{x:.1}" y="{y:.1}" font-size="{size}" text-anchor="{anchor}" {extra}>{}</text>"#,
-            esc(s)
-        );
-    }
-    fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, fill: &str, extra: &str) {
-        let _ = writeln!(
-            self.0,
-            r#"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="{fill}" {extra}/>"#
-        );
-    }
-    fn line(&mut self, x1: f64, y1: f64, x2: f64, y2: f64, stroke: &str, width: f64) {
-        let _ = writeln!(
-            self.0,
-            r#"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="{stroke}" stroke-width="{width}"/>"#
-        );
-    }
 }
 
 /// One small bar chart: one bar per server (in `servers` order, gaps where a server has no
@@ -842,91 +853,113 @@ struct Bar<'a> {
 /// Other processes' CPU in a window (core-s) above which a run is marked noisy (`*`).
 const NOISY: f64 = 0.5;
 
-fn draw_cell(svg: &mut Svg, cell: &Cell<'_>, servers: &[String], x0: f64, y0: f64, w: f64) {
-    let plot_x = x0 + AXIS_W;
-    let plot_w = w - AXIS_W - 14.0;
-    let plot_y = y0 + PLOT_TOP;
-    let plot_h = CELL_H - PLOT_TOP - PLOT_BOTTOM;
-    svg.text(x0 + w / 2.0, y0 + 16.0, 14.0, "middle", r#"font-weight="bold""#, &cell.title);
-    svg.text(x0 + w / 2.0, y0 + 31.0, 11.0, "middle", r##"fill="#666""##, &cell.subtitle);
+type Drawn<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+fn draw_cell<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    cell: &Cell<'_>,
+    servers: &[String],
+) -> Drawn<DB> {
+    let (w, _) = area.dim_in_pixel();
+    let mid = w as i32 / 2;
+    area.draw(&Text::new(
+        cell.title.as_str(),
+        (mid, 11),
+        font(14.0, true, INK, HPos::Center, VPos::Center),
+    ))?;
+    area.draw(&Text::new(
+        cell.subtitle.as_str(),
+        (mid, 27),
+        font(11.0, false, GREY[2], HPos::Center, VPos::Center),
+    ))?;
+
     let max =
         cell.bars.iter().filter_map(|b| b.stat.map(|s| s.max.max(s.median))).fold(0.0, f64::max);
     // Headroom for the value printed above the tallest whisker.
     let (top, ticks) = nice_ticks(max * 1.15);
-    let y_of = |v: f64| plot_y + plot_h - (v / top) * plot_h;
-    for t in &ticks {
-        let y = y_of(*t);
-        svg.line(plot_x, y, plot_x + plot_w, y, if *t == 0.0 { "#444" } else { "#e3e3e3" }, 1.0);
-        svg.text(plot_x - 6.0, y + 4.0, 11.0, "end", r##"fill="#555""##, &tick_label(*t));
-    }
-    let n = servers.len().max(1) as f64;
-    let slot = plot_w / n;
+    let n = servers.len().max(1);
+    let mut chart = ChartBuilder::on(area)
+        .margin_top(PLOT_TOP)
+        .margin_right(14)
+        .y_label_area_size(AXIS_W)
+        .x_label_area_size(PLOT_BOTTOM)
+        // One segment per server: the range is inclusive.
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0f64..top)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .set_tick_mark_size(LabelAreaPosition::Bottom, 0)
+        .y_labels(ticks.len())
+        .y_label_formatter(&|v| tick_label(*v))
+        .y_label_style(font(11.0, false, GREY[1], HPos::Right, VPos::Center))
+        .x_label_formatter(&|_| String::new())
+        .bold_line_style(RGBColor(0xe3, 0xe3, 0xe3))
+        .light_line_style(TRANSPARENT)
+        .axis_style(RGBColor(0x44, 0x44, 0x44))
+        .draw()?;
+
+    let slot = chart.plotting_area().dim_in_pixel().0 as f64 / n as f64;
     let bar_w = (slot * 0.72).min(56.0);
+    let side = ((slot - bar_w) / 2.0).round().max(0.0) as u32;
+    let cap = (bar_w * 0.3).min(7.0).round() as i32;
+    let whisker = ShapeStyle::from(&INK).stroke_width(1);
+    let value_px = if slot < 42.0 { 10.0 } else { 11.5 };
     for (i, server) in servers.iter().enumerate() {
-        let cx = plot_x + slot * (i as f64 + 0.5);
+        let at = |v: f64| (SegmentValue::CenterOf(i), v);
         let bar = cell.bars.iter().find(|b| b.server == server);
-        let failed = bar.is_some_and(|b| b.failed);
         match bar.and_then(|b| b.stat) {
             Some(st) => {
-                let y = y_of(st.median);
-                let _ = writeln!(
-                    svg.0,
-                    r#"<rect x="{:.1}" y="{y:.1}" width="{bar_w:.1}" height="{:.1}" fill="{}"><title>{}: {}</title></rect>"#,
-                    cx - bar_w / 2.0,
-                    plot_y + plot_h - y,
-                    colour(server, i),
-                    esc(server),
-                    compact(st.median)
+                let mut rect = Rectangle::new(
+                    [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), st.median)],
+                    colour(server, i).filled(),
                 );
-                let mut label_y = y;
+                rect.set_margin(0, 0, side, side);
+                chart.draw_series([rect])?;
+                let mut label_at = st.median;
                 if st.n > 1 && st.max > st.min {
-                    let (ya, yb) = (y_of(st.max), y_of(st.min));
-                    let cap = (bar_w * 0.3).min(7.0);
-                    svg.line(cx, ya, cx, yb, "#222", 1.3);
-                    svg.line(cx - cap, ya, cx + cap, ya, "#222", 1.3);
-                    svg.line(cx - cap, yb, cx + cap, yb, "#222", 1.3);
-                    label_y = label_y.min(ya);
+                    chart.draw_series([
+                        EmptyElement::at(at(st.min))
+                            + PathElement::new(vec![(-cap, 0), (cap, 0)], whisker),
+                        EmptyElement::at(at(st.max))
+                            + PathElement::new(vec![(-cap, 0), (cap, 0)], whisker),
+                    ])?;
+                    chart.draw_series([PathElement::new(vec![at(st.min), at(st.max)], whisker)])?;
+                    label_at = label_at.max(st.max);
                 }
-                let size = if slot < 42.0 { 10.0 } else { 11.5 };
-                svg.text(
-                    cx,
-                    label_y - 4.0,
-                    size,
-                    "middle",
-                    if bar.is_some_and(|b| b.errors) {
-                        r##"font-weight="bold" fill="#c0392b""##
-                    } else {
-                        r#"font-weight="bold""#
-                    },
-                    &format!(
-                        "{}{}{}",
-                        compact(st.median),
-                        if bar.is_some_and(|b| b.noisy) { "*" } else { "" },
-                        if bar.is_some_and(|b| b.errors) { " !" } else { "" }
-                    ),
+                let errors = bar.is_some_and(|b| b.errors);
+                let label = format!(
+                    "{}{}{}",
+                    compact(st.median),
+                    if bar.is_some_and(|b| b.noisy) { "*" } else { "" },
+                    if errors { " !" } else { "" }
                 );
+                let style = font(
+                    value_px,
+                    true,
+                    if errors { RED } else { INK },
+                    HPos::Center,
+                    VPos::Bottom,
+                );
+                chart.draw_series([
+                    EmptyElement::at(at(label_at)) + Text::new(label, (0, -3), style)
+                ])?;
             }
             None => {
-                let label = if failed { "failed" } else { "n/a" };
-                let fill = if failed { r##"fill="#c0392b""## } else { r##"fill="#999""## };
-                svg.text(cx, plot_y + plot_h - 6.0, 10.0, "middle", fill, label);
+                let failed = bar.is_some_and(|b| b.failed);
+                let (label, fill) = if failed { ("failed", RED) } else { ("n/a", GREY[4]) };
+                let style = font(10.0, false, fill, HPos::Center, VPos::Bottom);
+                chart
+                    .draw_series([EmptyElement::at(at(0.0)) + Text::new(label, (0, -4), style)])?;
             }
         }
-        // Server name under its bar, turned so long names fit narrow slots.
-        let short = short_name(server);
-        svg.text(
-            cx + 3.0,
-            plot_y + plot_h + 12.0,
-            10.0,
-            "end",
-            &format!(
-                r##"fill="#333" transform="rotate(-30 {:.1} {:.1})""##,
-                cx + 3.0,
-                plot_y + plot_h + 12.0
-            ),
-            short,
-        );
+        // Server name under its bar, upright, ending at the axis.
+        let style = font(10.0, false, GREY[0], HPos::Right, VPos::Center)
+            .transform(FontTransform::Rotate270);
+        chart
+            .draw_series([EmptyElement::at(at(0.0))
+                + Text::new(short_name(server).to_string(), (0, 6), style)])?;
     }
+    Ok(())
 }
 
 fn short_name(server: &str) -> &str {
@@ -939,44 +972,39 @@ fn short_name(server: &str) -> &str {
     }
 }
 
-fn render_svg(sum: &Summary, source: &str) -> String {
-    // Servers that appear in some load of this chart, in table order.
-    let servers = &sum.servers;
-    let min_cell_w = AXIS_W + 14.0 + servers.len() as f64 * 44.0;
-    let fit = (((WIDTH - 2.0 * MARGIN) / min_cell_w).floor() as usize).max(1);
-
+/// The chart's panels, each a title and its cells: echo msg/s, echo server CPU per message,
+/// then idle memory and fan-out deliveries together.
+fn panels(sum: &Summary) -> Vec<(String, Vec<Cell<'_>>)> {
     type Pick = fn(&Group) -> Option<Stat>;
-    let mut panels: Vec<(String, Vec<Cell<'_>>)> = Vec::new();
     let cells = |loads: &[&String], pick: Pick, unit: &str| -> Vec<Cell<'_>> {
         loads
             .iter()
-            .map(|l| {
-                let gs = sum.load_groups(l);
-                Cell {
-                    title: describe(l),
-                    subtitle: format!("{l} · {unit}"),
-                    bars: gs
-                        .iter()
-                        .map(|g| Bar {
-                            server: g.server.as_str(),
-                            stat: pick(g),
-                            failed: g.failed == g.runs,
-                            noisy: g.noise.is_some_and(|n| n.max > NOISY),
-                            errors: g.errors + g.lost > 0,
-                        })
-                        .collect(),
-                }
+            .map(|l| Cell {
+                title: describe(l),
+                subtitle: format!("{l} · {unit}"),
+                bars: sum
+                    .load_groups(l)
+                    .iter()
+                    .map(|g| Bar {
+                        server: g.server.as_str(),
+                        stat: pick(g),
+                        failed: g.failed == g.runs,
+                        noisy: g.noise.is_some_and(|n| n.max > NOISY),
+                        errors: g.errors + g.lost > 0,
+                    })
+                    .collect(),
             })
             .collect()
     };
+    let mut panels = Vec::new();
     let echo = sum.loads_of(Kind::Echo);
     if !echo.is_empty() {
         panels.push((
-            "Echo throughput: round trips per second (higher is better)".into(),
+            "Echo throughput: round trips per second (higher is better)".to_string(),
             cells(&echo, |g| g.rate, "msg/s"),
         ));
         panels.push((
-            "Server CPU per round trip (lower is better)".into(),
+            "Server CPU per round trip (lower is better)".to_string(),
             cells(&echo, |g| g.server_us, "server µs/msg"),
         ));
     }
@@ -999,86 +1027,97 @@ fn render_svg(sum: &Summary, source: &str) -> String {
         }
         panels.push((t, last));
     }
+    panels
+}
 
+fn render_svg(sum: &Summary, source: &str) -> Result<String, String> {
+    let panels = panels(sum);
+    // Servers that appear in some load of this chart, in table order.
+    let servers = &sum.servers;
+    let inner_w = WIDTH as i32 - 2 * MARGIN;
+    let min_cell_w = AXIS_W + 14 + servers.len() as i32 * 44;
+    let fit = (inner_w / min_cell_w).max(1) as usize;
     // As many columns as the widest panel needs (and fit), each at most 480 px wide.
     let cols = panels.iter().map(|(_, cs)| cs.len()).max().unwrap_or(1).clamp(1, fit);
-    let cell_w = ((WIDTH - 2.0 * MARGIN) / cols as f64).min(480.0);
-    let legend_rows = 1.0;
-    let header_h = 74.0 + 24.0 * legend_rows;
-    let mut height = header_h;
-    for (_, cs) in &panels {
-        height += 34.0 + CELL_H * cs.len().div_ceil(cols) as f64 + 12.0;
-    }
-    height += 26.0;
+    let cell_w = (inner_w / cols as i32).min(480);
+    let header_h = 98;
+    let rows = |cs: &[Cell<'_>]| cs.len().div_ceil(cols) as i32;
+    let height =
+        header_h + panels.iter().map(|(_, cs)| 34 + CELL_H * rows(cs) + 12).sum::<i32>() + 26;
 
-    let mut svg = Svg(String::new());
-    let _ = writeln!(
-        svg.0,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0}" viewBox="0 0 {WIDTH} {height:.0}" font-family="{FONT}">"#
-    );
-    svg.rect(0.0, 0.0, WIDTH, height, "#ffffff", "");
-    svg.text(
-        MARGIN,
-        34.0,
-        22.0,
-        "start",
-        r#"font-weight="bold""#,
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (WIDTH, height as u32)).into_drawing_area();
+        draw_svg(&root, sum, source, &panels, cols, cell_w, header_h)
+            .and_then(|()| root.present())
+            .map_err(|e| format!("drawing the SVG: {e}"))?;
+    }
+    Ok(out)
+}
+
+fn draw_svg<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    sum: &Summary,
+    source: &str,
+    panels: &[(String, Vec<Cell<'_>>)],
+    cols: usize,
+    cell_w: i32,
+    header_h: i32,
+) -> Drawn<DB> {
+    let (width, height) = root.dim_in_pixel();
+    let (width, height) = (width as i32, height as i32);
+    root.fill(&WHITE)?;
+    let left = |px, bold, fill| font(px, bold, fill, HPos::Left, VPos::Bottom);
+    root.draw(&Text::new(
         "Sockeye vs other WebSocket servers",
-    );
-    svg.text(
-        MARGIN,
-        56.0,
-        12.5,
-        "start",
-        r##"fill="#555""##,
-        &format!(
-            "{source} · server on one core (taskset -c 0), loadgen on another (-c 1), loopback · {}",
-            if sum.rounds > 1 {
-                format!("bars: median of {} rounds, whiskers: min–max", sum.rounds)
-            } else {
-                "one round per bar".to_string()
-            }
+        (MARGIN, 34),
+        left(22.0, true, INK),
+    ))?;
+    let rounds = if sum.rounds > 1 {
+        format!("bars: median of {} rounds, whiskers: min–max", sum.rounds)
+    } else {
+        "one round per bar".to_string()
+    };
+    root.draw(&Text::new(
+        format!(
+            "{source} · server on one core (taskset -c 0), loadgen on another (-c 1), loopback · {rounds}"
         ),
-    );
+        (MARGIN, 56),
+        left(12.5, false, GREY[1]),
+    ))?;
     // Legend.
     let mut x = MARGIN;
-    let ly = 84.0;
-    for (i, s) in servers.iter().enumerate() {
-        svg.rect(x, ly - 11.0, 14.0, 14.0, colour(s, i), r#"rx="2""#);
-        svg.text(x + 19.0, ly + 1.0, 13.0, "start", "", s);
-        x += 19.0 + s.chars().count() as f64 * 7.6 + 22.0;
+    let ly = 84;
+    for (i, s) in sum.servers.iter().enumerate() {
+        root.draw(&Rectangle::new([(x, ly - 13), (x + 14, ly + 1)], colour(s, i).filled()))?;
+        let style = font(13.0, false, INK, HPos::Left, VPos::Center);
+        root.draw(&Text::new(s.as_str(), (x + 19, ly - 6), style.clone()))?;
+        let (w, _) = root.estimate_text_size(s, &style)?;
+        x += 19 + w as i32 + 22;
     }
 
     let mut y = header_h;
-    for (title, cs) in &panels {
-        svg.line(MARGIN, y + 4.0, WIDTH - MARGIN, y + 4.0, "#bbb", 1.0);
-        svg.text(MARGIN, y + 26.0, 16.0, "start", r#"font-weight="bold""#, title);
-        y += 34.0;
+    let rule = ShapeStyle::from(&RGBColor(0xbb, 0xbb, 0xbb)).stroke_width(1);
+    for (title, cs) in panels {
+        root.draw(&PathElement::new(vec![(MARGIN, y + 4), (width - MARGIN, y + 4)], rule))?;
+        root.draw(&Text::new(title.as_str(), (MARGIN, y + 26), left(16.0, true, INK)))?;
+        y += 34;
         for (i, c) in cs.iter().enumerate() {
-            let (row, col) = (i / cols, i % cols);
-            draw_cell(
-                &mut svg,
-                c,
-                servers,
-                MARGIN + col as f64 * cell_w,
-                y + row as f64 * CELL_H,
-                cell_w,
-            );
+            let (row, col) = ((i / cols) as i32, (i % cols) as i32);
+            let area =
+                root.clone().shrink((MARGIN + col * cell_w, y + row * CELL_H), (cell_w, CELL_H));
+            draw_cell(&area, c, &sum.servers)?;
         }
-        y += CELL_H * cs.len().div_ceil(cols) as f64 + 12.0;
+        y += CELL_H * cs.len().div_ceil(cols) as i32 + 12;
     }
-    svg.text(
-        MARGIN,
-        height - 10.0,
-        11.0,
-        "start",
-        r##"fill="#777""##,
-        &format!(
+    root.draw(&Text::new(
+        format!(
             "* a round had > {NOISY} core-s of other processes' CPU in its window (shared machine) · ! errors counted (see the table) · n/a: not run for that server (raw TCP has no idle or fan-out mode) · failed: no result"
         ),
-    );
-    svg.0.push_str("</svg>\n");
-    svg.0
+        (MARGIN, height - 10),
+        left(11.0, false, GREY[3]),
+    ))?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1086,6 +1125,12 @@ fn render_svg(sum: &Summary, source: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the SVG has a `<text>` element saying exactly `s` (plotters writes the text on
+    /// a line of its own).
+    fn svg_has_text(svg: &str, s: &str) -> bool {
+        svg.contains(&format!(">\n{s}\n</text>"))
+    }
 
     fn line(server: &str, load: &str, round: u32, rate: f64, us: f64) -> String {
         format!(
@@ -1145,7 +1190,10 @@ mod tests {
         assert!(
             md.contains("| echo-100x20 | sockeye-epoll | 160 (150–170) | 6.00 | 100 / 200 | 0 |")
         );
-        assert!(render_svg(&sum, "t.jsonl").contains(">n/a<"), "raw has no 100x20 run");
+        assert!(
+            svg_has_text(&render_svg(&sum, "t.jsonl").unwrap(), "n/a"),
+            "raw has no 100x20 run"
+        );
     }
 
     #[test]
@@ -1169,8 +1217,8 @@ mod tests {
         assert_eq!(ratio_cell(gs[0], &gs), "tungstenite 0.05");
         assert_eq!((gs[3].failed, gs[3].runs), (1, 1));
         assert_eq!(errors_cell(gs[3]), "0 (+1 failed runs)");
-        let svg = render_svg(&sum, "t.jsonl");
-        assert!(svg.contains(">failed<") && svg.ends_with("</svg>\n"));
+        let svg = render_svg(&sum, "t.jsonl").unwrap();
+        assert!(svg_has_text(&svg, "failed") && svg.ends_with("</svg>\n"));
     }
 
     #[test]

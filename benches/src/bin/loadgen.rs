@@ -16,7 +16,7 @@ mod hist;
 mod procstat;
 #[path = "../loadgen/report.rs"]
 mod report;
-#[path = "../loadgen/worker.rs"]
+#[path = "../loadgen/worker/mod.rs"]
 mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -160,14 +160,14 @@ impl ServerHandle {
         self.inner.workers.iter().map(|w| w.stats.snapshot()).collect()
     }
 
-    /// Hands `post` to every worker's [`Handler::on_post`]. Returns how many workers took it.
+    /// Hands `post` to every worker's [`crate::Handler::on_post`]. Returns how many workers took it.
     pub fn post_all(&self, post: Post) -> usize {
         (0..self.inner.workers.len())
             .filter(|&i| self.command(i, Command::Post(post.clone())))
             .count()
     }
 
-    /// Hands `post` to one worker's [`Handler::on_post`].
+    /// Hands `post` to one worker's [`crate::Handler::on_post`].
     pub fn post(&self, worker: usize, post: Post) -> bool {
         self.command(worker, Command::Post(post))
     }

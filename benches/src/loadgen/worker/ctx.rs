@@ -1,0 +1,94 @@
+//! `Ctx`: what one worker's connections share and update: the message pattern, the clock,
+//! the counters, the latency histogram.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::super::args::Mode;
+use super::super::hist::Histogram;
+use super::conn::splitmix;
+use super::fanout::FanShared;
+use super::{Errors, FanCounts};
+
+/// Worker-wide state the per-connection code needs (kept apart from the connection vector so
+/// both can be borrowed at once).
+pub(super) struct Ctx {
+    pub(super) mode: Mode,
+    pub(super) ws: bool,
+    pub(super) text: bool,
+    pub(super) size: usize,
+    pub(super) inflight: u64,
+    /// `size + 251` bytes: message `seq` uses `pattern[seq % 251 ..][.. size - prefix_len]`.
+    pub(super) pattern: Vec<u8>,
+    pub(super) prefix_len: usize,
+    pub(super) base: Instant,
+    pub(super) measuring: bool,
+    pub(super) sending: bool,
+    pub(super) hist: Histogram,
+    pub(super) msgs: u64,
+    pub(super) bytes: u64,
+    /// Verified echoes over the whole run (progress line).
+    pub(super) done: u64,
+    pub(super) errors: Errors,
+    pub(super) first_error: Option<String>,
+    pub(super) open: u64,
+    pub(super) opened: u64,
+    pub(super) clean_closes: u64,
+    // Fanout.
+    pub(super) fan: Arc<FanShared>,
+    pub(super) publishers: usize,
+    /// Messages/s per publisher; 0 = closed loop.
+    pub(super) rate: f64,
+    pub(super) fc: FanCounts,
+}
+
+impl Ctx {
+    pub(super) fn new(mode: Mode, text: bool, size: usize, inflight: u64, seed: &mut u64) -> Ctx {
+        let pattern: Vec<u8> = (0..size + 251)
+            .map(|_| {
+                let r = splitmix(seed);
+                if text {
+                    b'!' + (r % 94) as u8
+                } else {
+                    r as u8
+                }
+            })
+            .collect();
+        Ctx {
+            mode,
+            ws: mode != Mode::Raw,
+            text,
+            size,
+            inflight,
+            pattern,
+            prefix_len: size.min(if text { 16 } else { 8 }),
+            base: Instant::now(),
+            measuring: false,
+            sending: mode != Mode::Idle,
+            hist: Histogram::new(),
+            msgs: 0,
+            bytes: 0,
+            done: 0,
+            errors: Errors::default(),
+            first_error: None,
+            open: 0,
+            opened: 0,
+            clean_closes: 0,
+            fan: Arc::new(FanShared::default()),
+            publishers: 0,
+            rate: 0.0,
+            fc: FanCounts::default(),
+        }
+    }
+
+    pub(super) fn note(&mut self, what: String) {
+        if self.first_error.is_none() {
+            self.first_error = Some(what);
+        }
+    }
+
+    #[inline]
+    pub(super) fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+}
