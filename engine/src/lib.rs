@@ -20,7 +20,7 @@
 //!     }
 //! }
 //!
-//! fn main() -> std::io::Result<()> {
+//! fn main() -> Result<(), sockeye::Error> {
 //!     Server::builder().listen("127.0.0.1:9001").workers(2).handler(|| Echo).build()?.run()
 //! }
 //! ```
@@ -31,10 +31,12 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod error;
 pub(crate) mod io;
 pub mod proto;
 pub(crate) mod server;
 
+pub use error::Error;
 pub use proto::handshake::Request;
 pub use proto::CloseCode;
 pub use server::{

@@ -20,7 +20,7 @@ fn base() -> ServerBuilder<()> {
     Server::builder().listen("127.0.0.1:0").workers(1)
 }
 
-fn build(b: ServerBuilder<()>) -> io::Result<Server<Nop>> {
+fn build(b: ServerBuilder<()>) -> Result<Server<Nop>, sockeye::Error> {
     b.handler(|| Nop).build()
 }
 

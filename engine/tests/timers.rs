@@ -25,7 +25,7 @@ struct Running {
     addr: SocketAddr,
     handle: ServerHandle,
     opened: mpsc::Receiver<ConnId>,
-    thread: Option<thread::JoinHandle<std::io::Result<()>>>,
+    thread: Option<thread::JoinHandle<Result<(), sockeye::Error>>>,
 }
 
 impl Drop for Running {

@@ -66,21 +66,26 @@ pub extern "C" fn sockeye_strerror(code: c_int) -> *const c_char {
     guard(|| strerror(code).as_ptr())
 }
 
+/// Every result code with its description: `sockeye_strerror` and the tests read this one table.
+const DESCRIPTIONS: [(sockeye_result, &std::ffi::CStr); 11] = [
+    (SOCKEYE_OK, c"success"),
+    (SOCKEYE_ERR_NULL, c"a required pointer was NULL"),
+    (SOCKEYE_ERR_INVALID_ARGUMENT, c"invalid argument"),
+    (SOCKEYE_ERR_ADDRESS, c"the address could not be parsed or resolved"),
+    (SOCKEYE_ERR_UTF8, c"text is not valid UTF-8"),
+    (SOCKEYE_ERR_IO, c"I/O error (bind failed or a worker failed)"),
+    (SOCKEYE_ERR_BACKEND_UNAVAILABLE, c"the requested I/O backend is not available on this kernel"),
+    (SOCKEYE_ERR_ALREADY_RUN, c"the server was already run"),
+    (SOCKEYE_ERR_STOPPED, c"the server has stopped"),
+    (SOCKEYE_ERR_PANIC, c"a panic was caught at the C boundary (library bug)"),
+    (SOCKEYE_ERR_ADDRESS_IN_USE, c"the address is already in use (something else listens on it)"),
+];
+
 fn strerror(code: c_int) -> &'static std::ffi::CStr {
-    match code {
-        0 => c"success",
-        1 => c"a required pointer was NULL",
-        2 => c"invalid argument",
-        3 => c"the address could not be parsed or resolved",
-        4 => c"text is not valid UTF-8",
-        5 => c"I/O error (bind failed or a worker failed)",
-        6 => c"the requested I/O backend is not available on this kernel",
-        7 => c"the server was already run",
-        8 => c"the server has stopped",
-        9 => c"a panic was caught at the C boundary (library bug)",
-        10 => c"the address is already in use (something else listens on it)",
-        _ => c"unknown error",
-    }
+    DESCRIPTIONS
+        .iter()
+        .find(|(r, _)| *r as c_int == code)
+        .map_or(c"unknown error", |(_, text)| text)
 }
 
 /// Returns the library version ("MAJOR.MINOR.PATCH") as a NUL-terminated static string, never

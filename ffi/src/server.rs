@@ -3,7 +3,6 @@
 //! so freeing a running server stops it instead of pulling memory from under it.
 
 use std::ffi::{c_char, c_void};
-use std::io;
 use std::sync::{Arc, Mutex};
 
 use sockeye::{CloseCode, ConnId, Server, ServerHandle};
@@ -14,9 +13,9 @@ use crate::handler::{
 };
 use crate::{bytes, guard, opt_str, sockeye_result};
 use crate::{
-    SOCKEYE_ERR_ADDRESS_IN_USE, SOCKEYE_ERR_ALREADY_RUN, SOCKEYE_ERR_BACKEND_UNAVAILABLE,
-    SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_IO, SOCKEYE_ERR_NULL, SOCKEYE_ERR_STOPPED,
-    SOCKEYE_ERR_UTF8, SOCKEYE_OK,
+    SOCKEYE_ERR_ADDRESS, SOCKEYE_ERR_ADDRESS_IN_USE, SOCKEYE_ERR_ALREADY_RUN,
+    SOCKEYE_ERR_BACKEND_UNAVAILABLE, SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_IO,
+    SOCKEYE_ERR_NULL, SOCKEYE_ERR_STOPPED, SOCKEYE_ERR_UTF8, SOCKEYE_OK,
 };
 
 /// A server: its listeners are bound by `sockeye_server_new`, its workers run inside
@@ -52,11 +51,15 @@ unsafe fn server_ref<'s>(server: *const sockeye_server) -> Option<&'s ServerObj>
     unsafe { server.cast::<ServerObj>().as_ref() }
 }
 
-fn io_result(e: &io::Error) -> sockeye_result {
-    match e.kind() {
-        io::ErrorKind::Unsupported => SOCKEYE_ERR_BACKEND_UNAVAILABLE,
-        io::ErrorKind::InvalidInput => SOCKEYE_ERR_INVALID_ARGUMENT,
-        io::ErrorKind::AddrInUse => SOCKEYE_ERR_ADDRESS_IN_USE,
+/// The one mapping from the engine's errors to result codes.
+fn error_code(e: &sockeye::Error) -> sockeye_result {
+    match e {
+        sockeye::Error::Config(_) => SOCKEYE_ERR_INVALID_ARGUMENT,
+        sockeye::Error::Address(_) => SOCKEYE_ERR_ADDRESS,
+        sockeye::Error::AddrInUse(_) => SOCKEYE_ERR_ADDRESS_IN_USE,
+        sockeye::Error::Backend(_) => SOCKEYE_ERR_BACKEND_UNAVAILABLE,
+        sockeye::Error::Io(_) | sockeye::Error::WorkerPanicked => SOCKEYE_ERR_IO,
+        // `Error` is non-exhaustive: a kind added later is an I/O failure until mapped here.
         _ => SOCKEYE_ERR_IO,
     }
 }
@@ -103,7 +106,7 @@ pub extern "C" fn sockeye_server_new(
         let built = Server::builder().config(cfg).handler(move || CHandler { shared }).build();
         let server = match built {
             Ok(s) => s,
-            Err(e) => return io_result(&e),
+            Err(e) => return error_code(&e),
         };
         let obj =
             Arc::new(ServerObj { handle: server.handle(), pending: Mutex::new(Some(server)) });
@@ -138,7 +141,7 @@ pub extern "C" fn sockeye_server_run(server: *mut sockeye_server) -> sockeye_res
         };
         match srv.run() {
             Ok(()) => SOCKEYE_OK,
-            Err(e) => io_result(&e),
+            Err(e) => error_code(&e),
         }
     })
 }

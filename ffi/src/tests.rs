@@ -1,7 +1,7 @@
 //! The C ABI driven from Rust, as C would drive it: NULL arguments, bad configuration, the panic
 //! boundary, and a real server run on one thread, reached from another through connection ids.
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr::{null, null_mut};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -39,10 +39,13 @@ fn new_server(
 
 #[test]
 fn strerror_covers_every_code() {
-    for code in 0..=10 {
+    // Every variant of the enum (the highest is SOCKEYE_ERR_ADDRESS_IN_USE) has its own text.
+    let mut seen = std::collections::HashSet::new();
+    for code in 0..=SOCKEYE_ERR_ADDRESS_IN_USE as c_int {
         // SAFETY: sockeye_strerror returns a static NUL-terminated string.
         let s = unsafe { CStr::from_ptr(sockeye_strerror(code)) }.to_str().unwrap();
         assert!(!s.is_empty() && s != "unknown error", "code {code}");
+        assert!(seen.insert(s), "code {code} shares its text");
     }
     // SAFETY: as above.
     let s = unsafe { CStr::from_ptr(sockeye_strerror(-1)) };

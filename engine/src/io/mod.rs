@@ -35,16 +35,17 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::error::Error;
 use crate::server::api::Handler;
 use crate::server::config::{Backend, Config};
 use crate::server::core::Core;
 use crate::server::handle::{Command, ServerHandle, Wake, WorkerStats};
 
 /// Applies `SOCKEYE_BACKEND` and resolves `Auto` to a backend this kernel supports.
-pub(crate) fn resolve(asked: Backend) -> io::Result<Backend> {
+pub(crate) fn resolve(asked: Backend) -> Result<Backend, Error> {
     let asked = match std::env::var("SOCKEYE_BACKEND") {
         Ok(v) if !v.is_empty() => {
-            v.parse().map_err(|e: String| io::Error::new(io::ErrorKind::InvalidInput, e))?
+            v.parse().map_err(|e: String| Error::Backend(format!("SOCKEYE_BACKEND: {e}")))?
         }
         _ => asked,
     };
@@ -57,27 +58,18 @@ pub(crate) fn resolve(asked: Backend) -> io::Result<Backend> {
                 Ok(Backend::Epoll)
             }
         },
-        Backend::IoUring => uring::probe().map(|()| Backend::IoUring).map_err(|why| {
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("io_uring backend unavailable: {why}"),
-            )
-        }),
+        Backend::IoUring => uring::probe()
+            .map(|()| Backend::IoUring)
+            .map_err(|why| Error::Backend(format!("io_uring backend unavailable: {why}"))),
     }
 }
 
-/// Says which address a bind failed on; "in use" gets its reason spelled out.
-fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
+/// Says which address a bind failed on; "in use" is its own error.
+fn bind_error(addr: SocketAddr, e: io::Error) -> Error {
     if e.kind() == io::ErrorKind::AddrInUse {
-        io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!(
-                "{addr}: address already in use (another socket listens on it; servers that \
-                 mean to share a port all set share_port)"
-            ),
-        )
+        Error::AddrInUse(addr)
     } else {
-        io::Error::new(e.kind(), format!("binding {addr}: {e}"))
+        Error::Io(io::Error::new(e.kind(), format!("binding {addr}: {e}")))
     }
 }
 
@@ -86,7 +78,7 @@ fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
 /// not), and returns the address with port 0 resolved to a port no socket uses. The probe is
 /// closed on return; the workers' SO_REUSEPORT group then binds the address. What binds it in
 /// between wins the race; the probe is a check, not a lock.
-pub(crate) fn claim_port(addr: SocketAddr) -> io::Result<SocketAddr> {
+pub(crate) fn claim_port(addr: SocketAddr) -> Result<SocketAddr, Error> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // A given port may hold TIME_WAIT leftovers of an earlier server: they do not count. For
     // port 0, without it, the kernel picks a port nothing is bound to at all.
@@ -95,13 +87,16 @@ pub(crate) fn claim_port(addr: SocketAddr) -> io::Result<SocketAddr> {
         sock.set_only_v6(false)?;
     }
     sock.bind(&addr.into()).map_err(|e| bind_error(addr, e))?;
-    sock.local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other(format!("{addr}: the probe socket has no IP address")))
+    sock.local_addr()?.as_socket().ok_or_else(|| {
+        Error::Io(io::Error::other(format!("{addr}: the probe socket has no IP address")))
+    })
 }
 
 /// A non-blocking listener with SO_REUSEPORT, so every worker can bind the same address.
-pub(crate) fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+pub(crate) fn bind_listener(
+    addr: SocketAddr,
+    backlog: i32,
+) -> Result<std::net::TcpListener, Error> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;

@@ -12,11 +12,11 @@ pub(crate) mod handle;
 pub(crate) mod timer;
 pub(crate) mod worker;
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::error::Error;
 use crate::io as backend;
 use crate::proto::Limits;
 
@@ -55,7 +55,7 @@ impl<F> ServerBuilder<F> {
     /// # Panics
     /// Never; an address that cannot be parsed or resolved (`"127.0.0.1"` without a port,
     /// port 99999, an unknown host) makes [`ServerBuilder::build`] fail with
-    /// [`io::ErrorKind::InvalidInput`], naming it. The last call wins.
+    /// [`Error::Address`], naming it. The last call wins.
     pub fn listen(mut self, addr: impl std::net::ToSocketAddrs + std::fmt::Debug) -> Self {
         match addr.to_socket_addrs().map(|mut i| i.next()) {
             Ok(Some(a)) => {
@@ -147,18 +147,18 @@ where
     H: Handler,
 {
     /// Checks the configuration, binds the listeners and prepares the workers. Errors:
-    /// - [`io::ErrorKind::InvalidInput`]: the [`ServerBuilder::listen`] address could not be
-    ///   parsed or resolved, or a setting is out of range ([`Config::validate`]); the message
-    ///   names the address or the field;
-    /// - [`io::ErrorKind::AddrInUse`]: something already listens on the address (unless
-    ///   [`Config::share_port`] allows joining it), or it cannot be bound for another reason
-    ///   the kernel calls "in use";
-    /// - [`io::ErrorKind::Unsupported`]: the backend asked for is not available on this
-    ///   kernel;
-    /// - any other error from binding the address or setting up a worker.
-    pub fn build(self) -> io::Result<Server<H>> {
+    /// - [`Error::Address`]: the [`ServerBuilder::listen`] address could not be parsed or
+    ///   resolved (the message names it);
+    /// - [`Error::Config`]: a setting is out of range ([`Config::validate`] names the field);
+    /// - [`Error::AddrInUse`]: something already listens on the address (unless
+    ///   [`Config::share_port`] allows joining it);
+    /// - [`Error::Backend`]: the backend asked for is not available on this kernel;
+    /// - [`Error::Io`]: any other failure binding the address or setting up a worker.
+    ///
+    /// `Error` converts into `std::io::Error` (`?` in a `main` returning `io::Result`).
+    pub fn build(self) -> Result<Server<H>, Error> {
         if let Some(why) = self.bad_addr {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+            return Err(Error::Address(why));
         }
         let mut config = self.config;
         config.validate()?;
@@ -240,7 +240,9 @@ impl<H: Handler> Server<H> {
     }
 
     /// Runs the workers until a graceful shutdown completes. Blocks the calling thread.
-    pub fn run(self) -> io::Result<()> {
+    /// Errors: a worker failed ([`Error::Io`]) or panicked ([`Error::WorkerPanicked`]); the
+    /// other workers are then stopped.
+    pub fn run(self) -> Result<(), Error> {
         let mut threads = Vec::with_capacity(self.preps.len());
         for (i, (prep, stats)) in self.preps.into_iter().enumerate() {
             let cfg = Arc::clone(&self.config);
@@ -259,11 +261,11 @@ impl<H: Handler> Server<H> {
                 Ok(Err(e)) => {
                     log::error!("worker failed: {e}");
                     self.handle.shutdown();
-                    result = result.and(Err(e));
+                    result = result.and(Err(Error::Io(e)));
                 }
                 Err(_) => {
                     self.handle.shutdown();
-                    result = result.and(Err(io::Error::other("a worker thread panicked")));
+                    result = result.and(Err(Error::WorkerPanicked));
                 }
             }
         }

@@ -154,7 +154,7 @@ impl Handler for Probe {
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
     pub(crate) handle: ServerHandle,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    thread: Option<JoinHandle<Result<(), sockeye::Error>>>,
 }
 
 /// Starts a server on `127.0.0.1:0` with 2 workers, `configure` applied to the builder, and
@@ -203,17 +203,14 @@ pub(crate) fn start_probe(
 
 impl TestServer {
     /// Waits up to `limit` for `run()` to return (without asking it to). `None` if it did not.
-    pub(crate) fn join_within(&mut self, limit: Duration) -> Option<io::Result<()>> {
+    pub(crate) fn join_within(&mut self, limit: Duration) -> Option<Result<(), sockeye::Error>> {
         let t0 = Instant::now();
         loop {
             match &self.thread {
                 None => return Some(Ok(())),
                 Some(t) if t.is_finished() => {
                     let t = self.thread.take().expect("thread");
-                    return Some(
-                        t.join()
-                            .unwrap_or_else(|_| Err(io::Error::other("server thread panicked"))),
-                    );
+                    return Some(t.join().unwrap_or(Err(sockeye::Error::WorkerPanicked)));
                 }
                 Some(_) if t0.elapsed() >= limit => return None,
                 Some(_) => thread::sleep(Duration::from_millis(5)),
