@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check Sockeye has, on a fresh machine or a used one: installs what is missing, then
-# formatting, lints, unit and integration tests on BOTH backends, a short fuzz run of every
-# target, the Autobahn conformance suite against the demo on both backends, the end-to-end
+# formatting, lints, the docs (warnings denied) and the house's fences, unit and integration
+# tests on BOTH backends, the unsafe modules' tests under AddressSanitizer, a short fuzz run of
+# every target, the Autobahn conformance suite against the demo on both backends, the end-to-end
 # tests (Python, Node, nginx, headless Chromium), fault injection against the demo (both
 # backends) and the C ABI tests (ASan/UBSan, valgrind).
 #
@@ -13,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export CARGO_TERM_COLOR=never
-STAGES=${STAGES:-"setup fmt clippy unit header fuzz autobahn e2e faults cabi"}
+STAGES=${STAGES:-"setup fmt clippy doc unit asan header fuzz autobahn e2e faults cabi"}
 passed=0; failed=0; failures=()
 
 log() { printf '\n=== %s ===\n' "$*"; }
@@ -46,6 +47,17 @@ setup() {
 }
 
 fmt() { cargo fmt --all --check; }
+
+# The docs build with every warning denied (broken intra-doc links, missing docs), and the
+# house's fences hold: proto/ never reaches into io/ or server/ (it is tested as a codec).
+doc() {
+  if grep -rnE 'crate::(io|server)\b' engine/src/proto; then
+    echo "proto/ imports io/ or server/" >&2
+    return 1
+  fi
+  RUSTDOCFLAGS="-D warnings" cargo doc -p sockeye --no-deps --quiet &&
+    RUSTDOCFLAGS="-D warnings" cargo doc -p sockeye-ffi --no-deps --quiet
+}
 clippy() { cargo clippy --workspace --all-targets -- -D warnings; }
 
 unit() {
@@ -56,6 +68,8 @@ unit() {
 }
 
 header() { bash ffi/check-header.sh; }
+
+asan() { bash tests/asan.sh; }
 
 fuzz() { FUZZ_SECONDS=${FUZZ_SECONDS:-20} bash fuzz/run.sh; }
 
@@ -91,7 +105,9 @@ cabi() { bash tests/c/run.sh; }
 stage setup setup
 stage fmt fmt
 stage clippy clippy
+stage doc doc
 stage unit unit
+stage asan asan
 stage header header
 stage fuzz fuzz
 stage autobahn autobahn
