@@ -162,6 +162,10 @@ GET /metrics serves every worker's counters in the Prometheus text format.
   --max-backpressure BYTES
                      most bytes a connection may have queued; a send that would pass
                      it is dropped (engine default, 16 MiB: one largest message fits)
+  --memory-budget BYTES
+                     send queues and assembly buffers one worker may hold (engine default)
+  --buffer-cache BYTES
+                     freed buffers one worker keeps for reuse (engine default)
   --max-message-size BYTES
                      largest message accepted, close 1009 above it (engine default;
                      a single frame stays capped by the engine's max_frame_size)
@@ -211,6 +215,8 @@ fn main() {
     let mut handshake_timeout = defaults.limits.handshake_timeout;
     let mut max_backpressure = defaults.max_backpressure;
     let mut max_message_size = defaults.limits.max_message_size;
+    let mut memory_budget = defaults.worker_memory_budget;
+    let mut buffer_cache = defaults.buffer_cache;
     let mut chaos = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -245,6 +251,8 @@ fn main() {
             "--handshake-timeout" => handshake_timeout = seconds(&value("--handshake-timeout")),
             "--max-backpressure" => max_backpressure = number(&value("--max-backpressure")),
             "--max-message-size" => max_message_size = number(&value("--max-message-size")),
+            "--memory-budget" => memory_budget = number(&value("--memory-budget")),
+            "--buffer-cache" => buffer_cache = number(&value("--buffer-cache")),
             "--chaos" => chaos = true,
             "-h" | "--help" => {
                 println!("{HELP}");
@@ -267,6 +275,8 @@ fn main() {
         .close_timeout(close_timeout)
         .handshake_timeout(handshake_timeout)
         .max_message_size(max_message_size)
+        .worker_memory_budget(memory_budget)
+        .buffer_cache(buffer_cache)
         .uring_buffers(uring_buffers)
         .uring_buffer_size(uring_buffer_size)
         .uring_send_zc_threshold(zc_threshold)

@@ -43,7 +43,8 @@ const KIND: u64 = 0xff << 56;
 
 const BGID: u16 = 7;
 
-/// Whether this kernel offers everything the backend uses: the opcodes (probed), provided
+/// Whether this kernel offers everything the backend uses: exactly the opcodes it submits
+/// (SEND_ZC, optional, is probed apart in `zc_supported`), provided
 /// buffer rings (registered for real on a scratch ring) and the extended wait argument.
 ///
 /// Runs on a throwaway thread: tearing down a ring queues task work on the thread that made
@@ -70,7 +71,7 @@ fn probe_here() -> Result<(), String> {
         ("RECV", opcode::RecvMulti::CODE),
         ("SEND", opcode::Send::CODE),
         ("ASYNC_CANCEL", opcode::AsyncCancel2::CODE),
-        ("READ", opcode::Read::CODE),
+        ("POLL_ADD", opcode::PollAdd::CODE),
     ] {
         if !p.is_supported(code) {
             return Err(format!("kernel lacks IORING_OP_{name}"));

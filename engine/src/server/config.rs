@@ -74,6 +74,12 @@ pub struct Config {
     /// would need assembly closes its connection with 1009; the worker keeps serving
     /// everyone else. Default 256 MiB. Accepted: at least 1.
     pub worker_memory_budget: usize,
+    /// Bytes of freed buffers one worker keeps for reuse: half for send buffers (each at most
+    /// 256 KiB), half for message-assembly buffers (each at most 1 MiB). Not a limit on what
+    /// a peer can make the worker hold (that is `worker_memory_budget`): memory the worker
+    /// keeps warm after a burst, instead of returning it to the allocator. Default 16 MiB;
+    /// 0 keeps nothing.
+    pub buffer_cache: usize,
     /// Share the port with other servers of the same user: a server with `share_port` on joins
     /// the SO_REUSEPORT group already listening on the address (a deliberate hand-over, e.g. a
     /// new process taking over from an old one), and the kernel spreads new connections over
@@ -136,6 +142,7 @@ impl Default for Config {
             close_on_backpressure_limit: false,
             max_connections: 1 << 20,
             worker_memory_budget: 256 << 20,
+            buffer_cache: 16 << 20,
             share_port: false,
             backlog: 4096,
             read_buffer_size: 256 << 10,

@@ -148,7 +148,7 @@ pub(crate) struct CoreState<D> {
     /// Keys retired for good (tombstones in `conns`).
     retired: usize,
     pub(crate) now: Instant,
-    out_pool: Vec<Vec<u8>>,
+    out_pool: SendPool,
     dirty: Vec<u32>,
     /// Connections whose write side the backend must shut (flushed and closed).
     shut: Vec<u32>,
@@ -215,9 +215,9 @@ impl<D> CoreState<D> {
         }
     }
 
-    fn out_buf(out_pool: &mut Vec<Vec<u8>>, s: &mut Slot<D>) {
+    fn out_buf(out_pool: &mut SendPool, s: &mut Slot<D>) {
         if s.out.capacity() == 0 {
-            if let Some(b) = out_pool.pop() {
+            if let Some(b) = out_pool.take() {
                 s.out = b;
             }
         }
@@ -277,7 +277,8 @@ impl<D> CoreState<D> {
             }
             return SendStatus::Dropped;
         }
-        if !self.env.memory.fits(payload.len() as u64 + frame::MAX_HEADER_LEN as u64) {
+        let frame_len = payload.len() as u64 + frame::header_len(payload.len() as u64) as u64;
+        if !self.env.memory.fits(frame_len) {
             self.counts.budget_refusals += 1;
             self.requeued(key, before);
             return SendStatus::Dropped;
@@ -310,7 +311,7 @@ impl<D> CoreState<D> {
     /// for any queued bytes.
     fn write_now(
         write: WriteNow,
-        out_pool: &mut Vec<Vec<u8>>,
+        out_pool: &mut SendPool,
         s: &mut Slot<D>,
         frame: Option<(OpCode, &[u8])>,
     ) {
@@ -463,6 +464,10 @@ impl<H: Handler> Core<H> {
     ) -> Self {
         let mut env = Env::new(cfg.limits);
         env.memory.limit = cfg.worker_memory_budget;
+        // Half the cache for assembly buffers (kept up to 1 MiB each), half for send buffers.
+        const KEEP: usize = 1 << 20;
+        env.pool = crate::proto::BufPool::new(cfg.buffer_cache / 2 / KEEP, KEEP);
+        let send_cache = cfg.buffer_cache / 2;
         let wheel = Wheel::new(now, cfg.timer_tick);
         let capacity = cfg_conns(&cfg);
         Self {
@@ -477,7 +482,7 @@ impl<H: Handler> Core<H> {
                 gens: Vec::new(),
                 retired: 0,
                 now,
-                out_pool: Vec::new(),
+                out_pool: SendPool::new(send_cache),
                 dirty: Vec::new(),
                 shut: Vec::new(),
                 dead: Vec::new(),
@@ -1103,12 +1108,34 @@ impl<H: Handler> Core<H> {
     }
 }
 
-/// Gives an emptied send buffer back to the worker's pool: at most 256 buffers of at most
-/// 256 KiB are kept, the rest freed.
-fn recycle(out_pool: &mut Vec<Vec<u8>>, mut buf: Vec<u8>) {
-    if buf.capacity() > 0 && buf.capacity() <= (256 << 10) && out_pool.len() < 256 {
+/// Emptied send buffers kept for reuse, up to a byte limit (half of `Config::buffer_cache`);
+/// buffers over 256 KiB are always freed.
+#[derive(Debug)]
+struct SendPool {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl SendPool {
+    fn new(limit: usize) -> Self {
+        Self { bufs: Vec::new(), bytes: 0, limit }
+    }
+
+    fn take(&mut self) -> Option<Vec<u8>> {
+        let b = self.bufs.pop()?;
+        self.bytes -= b.capacity();
+        Some(b)
+    }
+}
+
+/// Gives an emptied send buffer back to the worker's pool, or frees it when the pool is full.
+fn recycle(pool: &mut SendPool, mut buf: Vec<u8>) {
+    let cap = buf.capacity();
+    if cap > 0 && cap <= (256 << 10) && pool.bytes + cap <= pool.limit {
         buf.clear();
-        out_pool.push(buf);
+        pool.bytes += cap;
+        pool.bufs.push(buf);
     }
 }
 
@@ -1117,8 +1144,9 @@ mod tests {
     use super::*;
 
     /// An idle connection's user-space footprint: the slot (protocol state included) plus its
-    /// slab tag. The budget is 256 bytes per idle connection; the slab's capacity is reserved
-    /// up front (untouched pages cost nothing), so the slot size is what a connection costs.
+    /// slab tag, held to 208 bytes (plus 4 for its key's generation); the slab's capacity is
+    /// reserved up front (untouched pages cost nothing), so the slot size is what a connection
+    /// costs.
     #[test]
     fn idle_slot_is_small() {
         let slot = std::mem::size_of::<Slot<()>>();

@@ -97,6 +97,8 @@ impl<F> ServerBuilder<F> {
         max_connections: usize => max_connections);
     setter!(/// Bytes of send queues and assembly buffers one worker may hold in all.
         worker_memory_budget: usize => worker_memory_budget);
+    setter!(/// Bytes of freed send and assembly buffers one worker keeps for reuse.
+        buffer_cache: usize => buffer_cache);
     setter!(/// Let other sockets join this server's SO_REUSEPORT group (off: the port is ours).
         share_port: bool => share_port);
     setter!(/// Submission queue entries per worker (io_uring).
