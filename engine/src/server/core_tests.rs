@@ -27,6 +27,8 @@ struct Seen {
     statuses: Vec<SendStatus>,
     /// Results of `Conn::close` asked for by a "close N" message.
     close_results: Vec<Result<(), crate::InvalidCloseCode>>,
+    /// Connections `on_drain` was called for, in order.
+    drains: Vec<usize>,
 }
 
 /// Echoes; panics on the text "boom"; tries a send from `on_close`.
@@ -55,6 +57,9 @@ impl Handler for TestHandler {
         let st = conn.send(msg);
         self.seen.statuses.push(st);
     }
+    fn on_drain(&mut self, conn: &mut Conn<'_, ()>) {
+        self.seen.drains.push(conn.key);
+    }
     fn on_close(&mut self, conn: &mut Conn<'_, ()>, code: CloseCode, _reason: &str) {
         self.seen.closes.push((conn.key, code.0));
         let st = conn.send_binary(&[7u8; 64 << 10]);
@@ -79,6 +84,9 @@ struct Client {
     /// Bytes the client wrote that its socket has not taken yet (a client with an unbounded
     /// user-space buffer: it writes all, whatever the server reads).
     outbox: Vec<u8>,
+    /// What the client's protocol answered by itself (pongs, the close echo), sent only when
+    /// the test says so (`Pair::answer`): a client that never answers is a case too.
+    replies: Vec<u8>,
     /// Whether the server end has seen EOF or an error already (hangup reported).
     hung: bool,
 }
@@ -141,6 +149,7 @@ impl Pair {
             proto,
             inbox: Vec::new(),
             outbox: Vec::new(),
+            replies: Vec::new(),
             hung: false,
         });
         self.clients.len() - 1
@@ -187,6 +196,12 @@ impl Pair {
         self.send_raw(c, &out);
     }
 
+    /// Sends what the client's protocol answered by itself (pongs, its close echo).
+    fn answer(&mut self, c: usize) {
+        let replies = std::mem::take(&mut self.clients[c].replies);
+        self.send_raw(c, &replies);
+    }
+
     fn send_close(&mut self, c: usize, code: u16) {
         let mut out = Vec::new();
         let limits = Limits::default();
@@ -222,9 +237,9 @@ impl Pair {
         let mut evs = Vec::new();
         let mut buf = std::mem::take(&mut cl.inbox);
         let mut pos = 0;
-        let mut out = Vec::new();
+        let out = &mut cl.replies;
         while pos < buf.len() {
-            let r = cl.proto.read(&mut buf[pos..], &mut out, &mut self.env).expect("server frames");
+            let r = cl.proto.read(&mut buf[pos..], out, &mut self.env).expect("server frames");
             pos += r.consumed;
             match r.event {
                 Some(PEvent::Text(t)) => evs.push((OpCode::Text, t.as_bytes().to_vec())),
@@ -622,4 +637,158 @@ fn close_with_a_code_that_may_not_be_sent_is_refused() {
     p.send_frame(c, OpCode::Text, b"close 4000");
     p.pump();
     assert_eq!(p.client_events(c), vec![(OpCode::Close, 4000u16.to_be_bytes().to_vec())]);
+}
+
+/// The handshake timeout holds to its deadline: not before it, and at it.
+/// (Moved from tests/timers.rs `handshake_timeout_closes_silent_sockets`, timed there.)
+#[test]
+fn handshake_timeout_fires_at_its_deadline_not_before() {
+    let mut p = Pair::new(Config {
+        limits: Limits { handshake_timeout: Duration::from_millis(300), ..Limits::default() },
+        timer_tick: Duration::from_millis(20),
+        ..cfg()
+    });
+    let c = p.connect();
+    p.send_raw(c, b"GET /echo HTTP/1.1\r\n");
+    p.advance(Duration::from_millis(250));
+    assert_eq!(p.len(), 1, "dropped before the handshake timeout");
+    p.advance(Duration::from_millis(80));
+    assert_eq!(p.len(), 0, "kept past the handshake timeout");
+    assert!(p.client_read(c), "the client did not see the socket close");
+}
+
+/// Idle timeout: close 1001 at the deadline (not before), then the close handshake ends the
+/// connection. Data from the peer moves the deadline. (Moved from tests/timers.rs
+/// `idle_timeout_sends_1001_then_closes`.)
+#[test]
+fn idle_timeout_sends_1001_at_its_deadline_then_closes() {
+    let mut p = Pair::new(Config {
+        idle_timeout: Some(Duration::from_millis(400)),
+        timer_tick: Duration::from_millis(20),
+        ..cfg()
+    });
+    let c = p.open();
+    p.advance(Duration::from_millis(300));
+    p.send_frame(c, OpCode::Text, b"still here");
+    p.pump();
+    assert_eq!(p.client_events(c), vec![(OpCode::Text, b"still here".to_vec())]);
+    p.advance(Duration::from_millis(300));
+    assert_eq!(p.client_events(c), vec![], "closed before the (moved) idle deadline");
+    p.advance(Duration::from_millis(150));
+    assert_eq!(p.client_events(c), vec![(OpCode::Close, 1001u16.to_be_bytes().to_vec())]);
+    assert_eq!(p.counts().idle_timeouts, 1);
+    p.answer(c); // the client's close echo
+    p.pump();
+    // The server shut its side after the handshake; the client closes, the slot is freed.
+    assert!(p.client_read(c), "no EOF after the close handshake");
+    let _ = p.clients[c].sock.shutdown(Shutdown::Both);
+    p.pump();
+    assert_eq!(p.len(), 0);
+}
+
+/// Auto-ping: a live peer that answers is kept across many intervals; a silent one gets one
+/// ping, then close 1001 after a second interval. (Moved from tests/timers.rs
+/// `auto_ping_keeps_live_peers_and_drops_silent_ones`.)
+#[test]
+fn auto_ping_keeps_live_peers_and_drops_silent_ones() {
+    let mut p = Pair::new(Config {
+        auto_ping: Some(Duration::from_millis(300)),
+        idle_timeout: None,
+        timer_tick: Duration::from_millis(20),
+        ..cfg()
+    });
+    let live = p.open();
+    let silent = p.open();
+    let mut pings = 0;
+    for _ in 0..20 {
+        p.advance(Duration::from_millis(100));
+        for (op, payload) in p.client_events(live) {
+            assert_eq!(op, OpCode::Ping, "the live peer got {op:?}");
+            pings += 1;
+            p.send_frame(live, OpCode::Pong, &payload);
+        }
+    }
+    p.pump();
+    assert!(pings >= 5, "only {pings} pings in 2 s at a 300 ms interval");
+    p.send_frame(live, OpCode::Text, b"hi");
+    p.pump();
+    assert_eq!(p.client_events(live), vec![(OpCode::Text, b"hi".to_vec())]);
+    let evs = p.client_events(silent);
+    assert_eq!(evs.first().map(|e| e.0), Some(OpCode::Ping));
+    assert_eq!(evs.last(), Some(&(OpCode::Close, 1001u16.to_be_bytes().to_vec())));
+    assert_eq!(evs.len(), 2, "{evs:?}");
+}
+
+/// A close we start, never answered: the connection is reset at the close timeout, and
+/// `on_close` hears 1006. (Moved from tests/timers.rs
+/// `close_handshake_timeout_drops_peers_that_never_answer`.)
+#[test]
+fn close_never_answered_is_reset_at_the_close_timeout() {
+    let mut p = Pair::new(Config {
+        limits: Limits { close_timeout: Duration::from_millis(300), ..Limits::default() },
+        timer_tick: Duration::from_millis(20),
+        ..cfg()
+    });
+    let c = p.open();
+    let id = p.core.state.id_of(p.clients[c].key);
+    p.core.close_id(id, CloseCode(4000), "bye");
+    p.pump();
+    assert_eq!(p.client_events(c), vec![(OpCode::Close, 4000u16.to_be_bytes().to_vec())]);
+    p.advance(Duration::from_millis(250));
+    assert_eq!(p.len(), 1, "reset before the close timeout");
+    p.advance(Duration::from_millis(80));
+    assert_eq!(p.len(), 0);
+    assert_eq!(p.seen().closes, vec![(p.clients[c].key, 1006)]);
+    assert_eq!(p.counts().close_timeouts, 1);
+}
+
+/// Backpressure then drain: a send behind bytes the socket refused reports `Backpressure`,
+/// and `on_drain` follows once the peer has read everything.
+#[test]
+fn on_drain_follows_backpressure_once_the_peer_reads() {
+    let mut p = Pair::new(cfg());
+    let c = p.open();
+    p.send_frame(c, OpCode::Binary, &vec![1u8; 4 << 20]);
+    p.pump();
+    p.send_frame(c, OpCode::Text, b"behind");
+    p.pump();
+    // The 4 MiB echo goes out at once (a direct write) and the socket refuses most of it.
+    assert_eq!(p.seen().statuses, vec![SendStatus::Backpressure, SendStatus::Backpressure]);
+    assert!(p.seen().drains.is_empty());
+    for _ in 0..1000 {
+        p.client_read(c);
+        p.pump();
+        if !p.seen().drains.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(p.seen().drains, vec![p.clients[c].key]);
+    let evs = p.client_events(c);
+    assert_eq!(evs.last(), Some(&(OpCode::Text, b"behind".to_vec())));
+}
+
+/// Graceful shutdown in the core: open connections get 1001, handshakes are dropped, and at
+/// the deadline what is left is reset with `on_close(1006)`.
+#[test]
+fn shutdown_closes_open_ones_with_1001_and_resets_the_rest_at_the_deadline() {
+    let mut p = Pair::new(cfg());
+    let answering = p.open();
+    let silent = p.open();
+    let _handshaking = p.connect();
+    p.pump();
+    assert_eq!(p.len(), 3);
+    p.core.begin_shutdown();
+    p.pump();
+    assert!(!p.core.has_room(), "a stopping worker still accepts");
+    assert_eq!(p.len(), 2, "the handshaking connection was kept");
+    for c in [answering, silent] {
+        assert_eq!(p.client_events(c), vec![(OpCode::Close, 1001u16.to_be_bytes().to_vec())]);
+    }
+    p.answer(answering);
+    p.pump();
+    p.core.kill_all();
+    p.pump();
+    assert_eq!(p.len(), 0);
+    let key = |c: usize| p.clients[c].key;
+    assert_eq!(p.seen().closes, vec![(key(answering), 1001), (key(silent), 1006)]);
 }
