@@ -45,7 +45,7 @@ typedef enum sockeye_result {
     /**
      * An argument is out of range: unknown opcode or backend, a close code that may not be
      * sent, a `sockeye_config` field outside its accepted range, a subprotocol the client did
-     * not offer, an id that names no worker.
+     * not offer, a worker index or connection id that names no worker.
      */
     SOCKEYE_ERR_INVALID_ARGUMENT = 2,
     /**
@@ -458,8 +458,8 @@ enum sockeye_send_status sockeye_conn_ping(struct sockeye_conn *conn, const uint
  * Starts the close handshake with `code` (1000..1003, 1007..1011 or 3000..4999) and
  * `reason`, a NUL-terminated UTF-8 string (copied; cut to 123 bytes; NULL means none).
  * `on_close` follows once the peer answers or the close timeout passes. Returns
- * `SOCKEYE_ERR_INVALID_ARGUMENT` for a code that may not be sent, `SOCKEYE_ERR_UTF8` for a
- * reason that is not UTF-8.
+ * `SOCKEYE_ERR_NULL` if `conn` is NULL, `SOCKEYE_ERR_INVALID_ARGUMENT` for a code that may not
+ * be sent, `SOCKEYE_ERR_UTF8` for a reason that is not UTF-8.
  */
 enum sockeye_result sockeye_conn_close(struct sockeye_conn *conn, uint16_t code, const char *reason);
 
@@ -471,8 +471,8 @@ size_t sockeye_conn_buffered_amount(struct sockeye_conn *conn);
 /**
  * The connection's id: a number valid on any thread for as long as the server lives, for
  * `sockeye_server_send` and `sockeye_server_close_conn`. An id whose connection has closed is
- * ignored by them (ids are not reused for a long time: 2^24 connections per worker). 0 if
- * `conn` is NULL.
+ * ignored by them, and never comes to name another connection (each slot's 32-bit generation
+ * is retired rather than wrapped). 0 if `conn` is NULL.
  */
 uint64_t sockeye_conn_id(struct sockeye_conn *conn);
 
@@ -504,9 +504,10 @@ const char *sockeye_request_query(const struct sockeye_request *req, size_t *len
 
 /**
  * The value of the first header called `name` (a NUL-terminated string, matched ASCII
- * case-insensitively), or NULL when there is none (or `req` or `name` is NULL). The value is a
- * NUL-terminated copy owned by the request, valid until `on_upgrade` returns; its length goes
- * to `*len` unless `len` is NULL (a value may in theory contain a NUL byte; `*len` is exact).
+ * case-insensitively), or NULL when there is none (or `req` or `name` is NULL, or `name` is not
+ * UTF-8). The value is a NUL-terminated copy owned by the request, valid until `on_upgrade`
+ * returns; its length goes to `*len` unless `len` is NULL (a value may in theory contain a NUL
+ * byte; `*len` is exact).
  */
 const char *sockeye_request_header(const struct sockeye_request *req, const char *name, size_t *len);
 
@@ -520,9 +521,10 @@ const char *sockeye_request_header(const struct sockeye_request *req, const char
 void sockeye_upgrade_set_user_data(struct sockeye_upgrade *upgrade, void *conn_user_data);
 
 /**
- * Confirms a subprotocol (sent back in `Sec-WebSocket-Protocol`). `protocol` is a
- * NUL-terminated string, copied; it must be one the client offered, else
- * `SOCKEYE_ERR_INVALID_ARGUMENT`.
+ * Confirms a subprotocol (sent back in `Sec-WebSocket-Protocol`; a later call replaces an
+ * earlier one). `protocol` is a NUL-terminated string, copied; it must be one the client
+ * offered, else `SOCKEYE_ERR_INVALID_ARGUMENT`. Returns `SOCKEYE_ERR_NULL` if `upgrade` or
+ * `protocol` is NULL, `SOCKEYE_ERR_UTF8` if `protocol` is not UTF-8.
  */
 enum sockeye_result sockeye_upgrade_set_protocol(struct sockeye_upgrade *upgrade, const char *protocol);
 
@@ -550,7 +552,8 @@ enum sockeye_result sockeye_server_new(const struct sockeye_config *config, cons
  * Runs the workers on their own threads and blocks until a graceful shutdown
  * (`sockeye_server_stop`, or `sockeye_server_free` from another thread) has completed. Call
  * it once per server, from any one thread. Returns `SOCKEYE_OK` after a clean shutdown,
- * `SOCKEYE_ERR_ALREADY_RUN` on a second call, `SOCKEYE_ERR_IO` if a worker failed.
+ * `SOCKEYE_ERR_NULL` if `server` is NULL, `SOCKEYE_ERR_ALREADY_RUN` on a second call,
+ * `SOCKEYE_ERR_IO` if a worker failed.
  */
 enum sockeye_result sockeye_server_run(struct sockeye_server *server);
 
@@ -559,7 +562,8 @@ enum sockeye_result sockeye_server_run(struct sockeye_server *server);
  * wait for the close handshakes up to `shutdown_timeout_ms`, and `sockeye_server_run`
  * returns. Thread-safe, callable from any thread (callbacks included) and more than once;
  * not async-signal-safe (from a signal, wake a thread that calls it). Stopping a server
- * before it runs makes `sockeye_server_run` return at once.
+ * before it runs makes `sockeye_server_run` return at once. Returns `SOCKEYE_ERR_NULL` if
+ * `server` is NULL, else `SOCKEYE_OK`.
  */
 enum sockeye_result sockeye_server_stop(struct sockeye_server *server);
 
@@ -591,7 +595,9 @@ enum sockeye_result sockeye_server_stats(const struct sockeye_server *server, si
  * The message is queued to the worker and sent on its next loop turn; a connection that has
  * closed meanwhile is skipped silently, and backpressure shows only to the worker (it drops
  * data sends over `max_backpressure`). Returns `SOCKEYE_ERR_STOPPED` once the server has
- * stopped, `SOCKEYE_ERR_INVALID_ARGUMENT` for an id naming no worker.
+ * stopped, `SOCKEYE_ERR_NULL` for a NULL `server` (or NULL `data` with `len` > 0),
+ * `SOCKEYE_ERR_INVALID_ARGUMENT` for an id naming no worker or an unknown opcode,
+ * `SOCKEYE_ERR_UTF8` for text that is not UTF-8.
  */
 enum sockeye_result sockeye_server_send(struct sockeye_server *server, uint64_t conn_id, sockeye_opcode opcode, const uint8_t *data, size_t len);
 

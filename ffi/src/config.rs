@@ -181,7 +181,8 @@ impl sockeye_config {
     }
 }
 
-/// "host:port" as a whole first, then `address` with `port`.
+/// "host:port" as a whole first (an IP address and port), then `address` with `port`, then
+/// `address` resolved as "host:port" (a host name with its own port).
 fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
     if let Ok(a) = address.parse::<SocketAddr>() {
         return Some(a);

@@ -1,12 +1,14 @@
-//! `sockeye_conn`: a connection as a callback sees it. The pointer is a stack object wrapping
-//! the engine's `&mut Conn`, so it lives exactly as long as the callback that received it;
-//! across threads and across time a connection is named by its `uint64_t` id instead.
+//! `sockeye_conn`: a connection as a callback sees it. The pointer points to a stack object
+//! (`ConnShim`) wrapping the engine's `&mut Conn`, so it lives exactly as long as the callback
+//! that received it; across threads and across time a connection is named by its `uint64_t` id
+//! instead.
 
 use std::ffi::{c_char, c_void};
 
-use sockeye::{CloseCode, Conn, SendStatus};
+use sockeye::{CloseCode, Conn, Message, SendStatus};
 
-use crate::handler::{sockeye_opcode, ConnData, SOCKEYE_OPCODE_BINARY, SOCKEYE_OPCODE_TEXT};
+use crate::opaque::{self, to_opaque, Opaque};
+use crate::types::{message, sockeye_opcode, ConnData, SOCKEYE_OPCODE_BINARY, SOCKEYE_OPCODE_TEXT};
 use crate::{
     bytes, guard, opt_str, sockeye_result, OnPanic, SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_NULL,
     SOCKEYE_OK,
@@ -58,26 +60,20 @@ impl From<SendStatus> for sockeye_send_status {
 }
 
 /// What a `sockeye_conn *` points to: the engine's view of the connection, borrowed for one
-/// callback.
+/// callback. It lives on the stack frame of the `Handler` method that calls C.
 pub(crate) struct ConnShim<'c, 'd> {
     pub(crate) conn: &'c mut Conn<'d, ConnData>,
 }
 
-impl ConnShim<'_, '_> {
-    pub(crate) fn as_ptr(&mut self) -> *mut sockeye_conn {
-        std::ptr::from_mut(self).cast()
-    }
+impl Opaque for sockeye_conn {
+    type Target<'c, 'd: 'c> = ConnShim<'c, 'd>;
 }
 
-/// Casts a connection pointer back to its shim.
-///
-/// # Safety
-/// `conn` must be NULL or a pointer a callback received, used during that callback on its
-/// thread.
-unsafe fn shim<'s>(conn: *mut sockeye_conn) -> Option<&'s mut ConnShim<'s, 's>> {
-    // SAFETY: a non-NULL `conn` points to the live shim on the callback's stack frame; the
-    // frame holds no other reference to it while C runs.
-    unsafe { conn.cast::<ConnShim<'s, 's>>().as_mut() }
+impl ConnShim<'_, '_> {
+    /// The pointer a callback receives for this shim; valid while the shim lives.
+    pub(crate) fn as_ptr(&mut self) -> *mut sockeye_conn {
+        to_opaque(std::ptr::from_mut(self))
+    }
 }
 
 /// Sends a message of `opcode` (`SOCKEYE_OPCODE_TEXT`, whose payload must be UTF-8, or
@@ -92,21 +88,20 @@ pub extern "C" fn sockeye_conn_send(
     len: usize,
 ) -> sockeye_send_status {
     guard(|| {
-        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
-        let Some(c) = (unsafe { shim(conn) }) else {
+        // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
+        // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
+        let Some(c) = (unsafe { opaque::as_mut(conn) }) else {
             return SOCKEYE_SEND_ERROR;
         };
         // SAFETY: `data` holds `len` readable bytes (documented contract).
         let Some(payload) = (unsafe { bytes(data, len) }) else {
             return SOCKEYE_SEND_ERROR;
         };
-        match opcode {
-            SOCKEYE_OPCODE_TEXT => match std::str::from_utf8(payload) {
-                Ok(t) => c.conn.send_text(t).into(),
-                Err(_) => SOCKEYE_SEND_ERROR,
-            },
-            SOCKEYE_OPCODE_BINARY => c.conn.send_binary(payload).into(),
-            _ => SOCKEYE_SEND_ERROR,
+        match message(opcode, payload) {
+            Ok(Message::Text(t)) => c.conn.send_text(t).into(),
+            Ok(Message::Binary(b)) => c.conn.send_binary(b).into(),
+            // An unknown opcode or text that is not UTF-8.
+            Err(_) => SOCKEYE_SEND_ERROR,
         }
     })
 }
@@ -142,8 +137,9 @@ pub extern "C" fn sockeye_conn_ping(
     len: usize,
 ) -> sockeye_send_status {
     guard(|| {
-        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
-        let Some(c) = (unsafe { shim(conn) }) else {
+        // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
+        // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
+        let Some(c) = (unsafe { opaque::as_mut(conn) }) else {
             return SOCKEYE_SEND_ERROR;
         };
         // SAFETY: `data` holds `len` readable bytes (documented contract).
@@ -157,8 +153,8 @@ pub extern "C" fn sockeye_conn_ping(
 /// Starts the close handshake with `code` (1000..1003, 1007..1011 or 3000..4999) and
 /// `reason`, a NUL-terminated UTF-8 string (copied; cut to 123 bytes; NULL means none).
 /// `on_close` follows once the peer answers or the close timeout passes. Returns
-/// `SOCKEYE_ERR_INVALID_ARGUMENT` for a code that may not be sent, `SOCKEYE_ERR_UTF8` for a
-/// reason that is not UTF-8.
+/// `SOCKEYE_ERR_NULL` if `conn` is NULL, `SOCKEYE_ERR_INVALID_ARGUMENT` for a code that may not
+/// be sent, `SOCKEYE_ERR_UTF8` for a reason that is not UTF-8.
 #[no_mangle]
 pub extern "C" fn sockeye_conn_close(
     conn: *mut sockeye_conn,
@@ -166,8 +162,9 @@ pub extern "C" fn sockeye_conn_close(
     reason: *const c_char,
 ) -> sockeye_result {
     guard(|| {
-        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
-        let Some(c) = (unsafe { shim(conn) }) else {
+        // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
+        // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
+        let Some(c) = (unsafe { opaque::as_mut(conn) }) else {
             return SOCKEYE_ERR_NULL;
         };
         // SAFETY: `reason` is NULL or NUL-terminated (documented contract).
@@ -186,20 +183,22 @@ pub extern "C" fn sockeye_conn_close(
 #[no_mangle]
 pub extern "C" fn sockeye_conn_buffered_amount(conn: *mut sockeye_conn) -> usize {
     guard(|| {
-        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
-        unsafe { shim(conn) }.map_or(0, |c| c.conn.buffered_amount())
+        // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
+        // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
+        unsafe { opaque::as_mut(conn) }.map_or(0, |c| c.conn.buffered_amount())
     })
 }
 
 /// The connection's id: a number valid on any thread for as long as the server lives, for
 /// `sockeye_server_send` and `sockeye_server_close_conn`. An id whose connection has closed is
-/// ignored by them (ids are not reused for a long time: 2^24 connections per worker). 0 if
-/// `conn` is NULL.
+/// ignored by them, and never comes to name another connection (each slot's 32-bit generation
+/// is retired rather than wrapped). 0 if `conn` is NULL.
 #[no_mangle]
 pub extern "C" fn sockeye_conn_id(conn: *mut sockeye_conn) -> u64 {
     guard(|| {
-        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
-        unsafe { shim(conn) }.map_or(0, |c| c.conn.id().to_u64())
+        // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
+        // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
+        unsafe { opaque::as_mut(conn) }.map_or(0, |c| c.conn.id().to_u64())
     })
 }
 
@@ -209,8 +208,9 @@ pub extern "C" fn sockeye_conn_id(conn: *mut sockeye_conn) -> u64 {
 #[no_mangle]
 pub extern "C" fn sockeye_conn_set_user_data(conn: *mut sockeye_conn, user_data: *mut c_void) {
     guard(|| {
-        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
-        if let Some(c) = unsafe { shim(conn) } {
+        // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
+        // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
+        if let Some(c) = unsafe { opaque::as_mut(conn) } {
             c.conn.data().user = user_data;
         }
     })
@@ -221,7 +221,8 @@ pub extern "C" fn sockeye_conn_set_user_data(conn: *mut sockeye_conn, user_data:
 #[no_mangle]
 pub extern "C" fn sockeye_conn_user_data(conn: *mut sockeye_conn) -> *mut c_void {
     guard(|| {
-        // SAFETY: `conn` is NULL or valid during the callback (documented contract).
-        unsafe { shim(conn) }.map_or(std::ptr::null_mut(), |c| c.conn.data().user)
+        // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
+        // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
+        unsafe { opaque::as_mut(conn) }.map_or(std::ptr::null_mut(), |c| c.conn.data().user)
     })
 }

@@ -1,5 +1,6 @@
 //! The callback table (`sockeye_callbacks`) and the [`sockeye::Handler`] that calls it, plus the
-//! objects a callback sees only while it runs: `sockeye_request` and `sockeye_upgrade`.
+//! objects `on_upgrade` sees only while it runs, `sockeye_request` and `sockeye_upgrade`, with
+//! their functions. (`sockeye_conn`, which the other callbacks see, is in `conn.rs`.)
 //!
 //! Callbacks into C are plain calls, made on a worker thread; nothing here may keep a pointer
 //! it lent to a callback after that callback returned.
@@ -11,16 +12,11 @@ use std::net::SocketAddr;
 use sockeye::{CloseCode, Conn, Handler, Message, Request, Upgrade};
 
 use crate::conn::{sockeye_conn, ConnShim};
+use crate::opaque::{self, to_opaque, Opaque};
+use crate::types::{opcode_and_bytes, sockeye_opcode, ConnData};
 use crate::{
     guard, opt_str, sockeye_result, SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_NULL, SOCKEYE_OK,
 };
-
-/// A message opcode: one of the `SOCKEYE_OPCODE_*` values.
-pub type sockeye_opcode = u32;
-/// A text message: the payload is UTF-8 (checked on receipt; checked again on send).
-pub const SOCKEYE_OPCODE_TEXT: sockeye_opcode = 1;
-/// A binary message.
-pub const SOCKEYE_OPCODE_BINARY: sockeye_opcode = 2;
 
 /// What `on_upgrade` returns to accept the connection. Any other value rejects it: an HTTP
 /// status from 400 to 599 is sent as is (404, 403, 401, 429, ...); anything else becomes 500.
@@ -103,19 +99,7 @@ pub struct sockeye_callbacks {
     pub on_close: sockeye_close_cb,
 }
 
-/// Per-connection data kept by the engine: the C program's `void *`.
-#[derive(Debug)]
-pub(crate) struct ConnData {
-    pub(crate) user: *mut c_void,
-}
-
-impl Default for ConnData {
-    fn default() -> Self {
-        Self { user: std::ptr::null_mut() }
-    }
-}
-
-/// The callback table and the server-wide user data, shared by every worker.
+/// The callback table and the server-wide user data; every worker's handler gets a copy.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shared {
     pub(crate) cb: sockeye_callbacks,
@@ -134,14 +118,16 @@ pub(crate) struct CHandler {
     pub(crate) shared: Shared,
 }
 
-struct RequestShim<'r, 'a> {
+/// What a `sockeye_request *` points to: the engine's request, borrowed for one `on_upgrade`.
+pub(crate) struct RequestShim<'r, 'a> {
     req: &'r Request<'a>,
     /// NUL-terminated copies handed to C, freed when the callback has returned.
     strings: RefCell<Vec<Box<[u8]>>>,
 }
 
 impl RequestShim<'_, '_> {
-    /// Keeps a NUL-terminated copy of `s` and returns a pointer to it.
+    /// Keeps a NUL-terminated copy of `s` until the callback returns, writes its length to
+    /// `*len` unless `len` is NULL, and returns a pointer to it.
     fn keep(&self, s: &[u8], len: *mut usize) -> *const c_char {
         let mut v = Vec::with_capacity(s.len() + 1);
         v.extend_from_slice(s);
@@ -157,10 +143,22 @@ impl RequestShim<'_, '_> {
     }
 }
 
-struct UpgradeShim<'r, 'a> {
+impl Opaque for sockeye_request {
+    type Target<'r, 'a: 'r> = RequestShim<'r, 'a>;
+}
+
+/// What a `sockeye_upgrade *` points to: the answer `on_upgrade` builds, read back when the
+/// callback returns.
+pub(crate) struct UpgradeShim<'r, 'a> {
     req: &'r Request<'a>,
+    /// The new connection's user data (`sockeye_upgrade_set_user_data`).
     user: *mut c_void,
+    /// The confirmed subprotocol (`sockeye_upgrade_set_protocol`).
     protocol: Option<String>,
+}
+
+impl Opaque for sockeye_upgrade {
+    type Target<'r, 'a: 'r> = UpgradeShim<'r, 'a>;
 }
 
 impl Handler for CHandler {
@@ -172,11 +170,11 @@ impl Handler for CHandler {
         };
         let shim = RequestShim { req, strings: RefCell::new(Vec::new()) };
         let mut up = UpgradeShim { req, user: std::ptr::null_mut(), protocol: None };
-        let up_ptr: *mut UpgradeShim<'_, '_> = &mut up;
+        let req_ptr = to_opaque::<sockeye_request>(&shim);
+        let up_ptr = to_opaque::<sockeye_upgrade>(std::ptr::from_mut(&mut up));
         // SAFETY: a C function pointer from the table, called with pointers to objects that
         // live on this stack frame until it returns (the documented lifetime).
-        let status =
-            unsafe { cb(self.shared.user, std::ptr::from_ref(&shim).cast(), up_ptr.cast()) };
+        let status = unsafe { cb(self.shared.user, req_ptr, up_ptr) };
         if status == SOCKEYE_UPGRADE_ACCEPT {
             Upgrade::Accept {
                 protocol: up.protocol,
@@ -200,10 +198,7 @@ impl Handler for CHandler {
 
     fn on_message(&mut self, conn: &mut Conn<'_, ConnData>, msg: Message<'_>) {
         if let Some(cb) = self.shared.cb.on_message {
-            let (op, data) = match msg {
-                Message::Text(t) => (SOCKEYE_OPCODE_TEXT, t.as_bytes()),
-                Message::Binary(b) => (SOCKEYE_OPCODE_BINARY, b),
-            };
+            let (op, data) = opcode_and_bytes(msg);
             let mut shim = ConnShim { conn };
             // SAFETY: a C callback, given the shim and the payload, both alive until it returns;
             // an empty slice's pointer is dangling but non-NULL and never read.
@@ -233,15 +228,6 @@ impl Handler for CHandler {
     }
 }
 
-/// Casts a request pointer back to the shim behind it.
-///
-/// # Safety
-/// `req` must be NULL or the pointer `on_upgrade` received, during that call.
-unsafe fn request<'s>(req: *const sockeye_request) -> Option<&'s RequestShim<'s, 's>> {
-    // SAFETY: a non-NULL `req` points to the live `RequestShim` (caller's contract).
-    unsafe { req.cast::<RequestShim<'s, 's>>().as_ref() }
-}
-
 /// The path of the request target, without the query ("/chat"). Returns a NUL-terminated
 /// string owned by the request, valid until `on_upgrade` returns, and writes its length to
 /// `*len` unless `len` is NULL. Returns NULL if `req` is NULL.
@@ -251,8 +237,9 @@ pub extern "C" fn sockeye_request_path(
     len: *mut usize,
 ) -> *const c_char {
     guard(|| {
-        // SAFETY: `req` is NULL or valid during the callback (documented contract).
-        let Some(r) = (unsafe { request(req) }) else {
+        // SAFETY: `req` is NULL or the pointer `on_upgrade` received, used during that call
+        // (documented contract); nothing changes the shim but through its `RefCell`.
+        let Some(r) = (unsafe { opaque::as_ref(req) }) else {
             return std::ptr::null();
         };
         r.keep(r.req.path().as_bytes(), len)
@@ -267,8 +254,9 @@ pub extern "C" fn sockeye_request_query(
     len: *mut usize,
 ) -> *const c_char {
     guard(|| {
-        // SAFETY: `req` is NULL or valid during the callback (documented contract).
-        let Some(r) = (unsafe { request(req) }) else {
+        // SAFETY: `req` is NULL or the pointer `on_upgrade` received, used during that call
+        // (documented contract); nothing changes the shim but through its `RefCell`.
+        let Some(r) = (unsafe { opaque::as_ref(req) }) else {
             return std::ptr::null();
         };
         match r.req.query() {
@@ -279,9 +267,10 @@ pub extern "C" fn sockeye_request_query(
 }
 
 /// The value of the first header called `name` (a NUL-terminated string, matched ASCII
-/// case-insensitively), or NULL when there is none (or `req` or `name` is NULL). The value is a
-/// NUL-terminated copy owned by the request, valid until `on_upgrade` returns; its length goes
-/// to `*len` unless `len` is NULL (a value may in theory contain a NUL byte; `*len` is exact).
+/// case-insensitively), or NULL when there is none (or `req` or `name` is NULL, or `name` is not
+/// UTF-8). The value is a NUL-terminated copy owned by the request, valid until `on_upgrade`
+/// returns; its length goes to `*len` unless `len` is NULL (a value may in theory contain a NUL
+/// byte; `*len` is exact).
 #[no_mangle]
 pub extern "C" fn sockeye_request_header(
     req: *const sockeye_request,
@@ -289,8 +278,9 @@ pub extern "C" fn sockeye_request_header(
     len: *mut usize,
 ) -> *const c_char {
     guard(|| {
-        // SAFETY: `req` is NULL or valid during the callback (documented contract).
-        let Some(r) = (unsafe { request(req) }) else {
+        // SAFETY: `req` is NULL or the pointer `on_upgrade` received, used during that call
+        // (documented contract); nothing changes the shim but through its `RefCell`.
+        let Some(r) = (unsafe { opaque::as_ref(req) }) else {
             return std::ptr::null();
         };
         if name.is_null() {
@@ -307,16 +297,6 @@ pub extern "C" fn sockeye_request_header(
     })
 }
 
-/// Casts an upgrade pointer back to the shim behind it.
-///
-/// # Safety
-/// `up` must be NULL or the pointer `on_upgrade` received, during that call.
-unsafe fn upgrade<'s>(up: *mut sockeye_upgrade) -> Option<&'s mut UpgradeShim<'s, 's>> {
-    // SAFETY: a non-NULL `up` points to the live `UpgradeShim`, which nothing else borrows
-    // while the callback runs (caller's contract).
-    unsafe { up.cast::<UpgradeShim<'s, 's>>().as_mut() }
-}
-
 /// Sets the new connection's user data: `sockeye_conn_user_data` returns it from `on_open`
 /// on. The library never dereferences or frees it; free it in `on_close`, which is called for
 /// every connection that opened. (If the handshake fails after an accept, no `on_open` and no
@@ -328,24 +308,27 @@ pub extern "C" fn sockeye_upgrade_set_user_data(
     conn_user_data: *mut c_void,
 ) {
     guard(|| {
-        // SAFETY: `upgrade` is NULL or valid during the callback (documented contract).
-        if let Some(u) = unsafe { self::upgrade(upgrade) } {
+        // SAFETY: `upgrade` is NULL or the pointer `on_upgrade` received, used during that call
+        // (documented contract); `on_upgrade` does not touch `up` until the callback returns.
+        if let Some(u) = unsafe { opaque::as_mut(upgrade) } {
             u.user = conn_user_data;
         }
     })
 }
 
-/// Confirms a subprotocol (sent back in `Sec-WebSocket-Protocol`). `protocol` is a
-/// NUL-terminated string, copied; it must be one the client offered, else
-/// `SOCKEYE_ERR_INVALID_ARGUMENT`.
+/// Confirms a subprotocol (sent back in `Sec-WebSocket-Protocol`; a later call replaces an
+/// earlier one). `protocol` is a NUL-terminated string, copied; it must be one the client
+/// offered, else `SOCKEYE_ERR_INVALID_ARGUMENT`. Returns `SOCKEYE_ERR_NULL` if `upgrade` or
+/// `protocol` is NULL, `SOCKEYE_ERR_UTF8` if `protocol` is not UTF-8.
 #[no_mangle]
 pub extern "C" fn sockeye_upgrade_set_protocol(
     upgrade: *mut sockeye_upgrade,
     protocol: *const c_char,
 ) -> sockeye_result {
     guard(|| {
-        // SAFETY: `upgrade` is NULL or valid during the callback (documented contract).
-        let Some(u) = (unsafe { self::upgrade(upgrade) }) else {
+        // SAFETY: `upgrade` is NULL or the pointer `on_upgrade` received, used during that call
+        // (documented contract); `on_upgrade` does not touch `up` until the callback returns.
+        let Some(u) = (unsafe { opaque::as_mut(upgrade) }) else {
             return SOCKEYE_ERR_NULL;
         };
         if protocol.is_null() {

@@ -4,8 +4,15 @@
 //!
 //! What this crate owns: the translation between C and the Rust API — opaque handles, a
 //! callback table turned into a [`sockeye::Handler`], error codes. What it must never do:
-//! let a panic unwind into C (every `extern "C"` body runs inside `guard`), read a pointer it
-//! did not NULL-check, or keep a borrowed pointer past the call that lent it.
+//! let a panic unwind into C (every `extern "C"` body runs inside `guard`, or forwards to a
+//! function whose body does), read a pointer it did not NULL-check, or keep a borrowed pointer
+//! past the call that lent it.
+//!
+//! Where things are: `config` (`sockeye_config`), `server` (`sockeye_server` and its
+//! thread-safe functions), `handler` (the callback table and the handler that calls it, with
+//! `sockeye_request` and `sockeye_upgrade`), `conn` (`sockeye_conn`), `types` (what those
+//! share: opcodes, per-connection data), `opaque` (the only casts between opaque C pointers and
+//! Rust objects), and here the result codes, the panic boundary and the pointer readers.
 //!
 //! The functions take raw pointers and are declared safe, as in rustls-ffi: they are called
 //! from C, where Rust's `unsafe` means nothing, and every doc comment (hence the header) states
@@ -19,7 +26,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub mod config;
 pub mod conn;
 pub mod handler;
+mod opaque;
 pub mod server;
+pub mod types;
 
 #[cfg(test)]
 mod tests;
@@ -35,7 +44,7 @@ pub enum sockeye_result {
     SOCKEYE_ERR_NULL = 1,
     /// An argument is out of range: unknown opcode or backend, a close code that may not be
     /// sent, a `sockeye_config` field outside its accepted range, a subprotocol the client did
-    /// not offer, an id that names no worker.
+    /// not offer, a worker index or connection id that names no worker.
     SOCKEYE_ERR_INVALID_ARGUMENT = 2,
     /// The listen address could not be parsed or resolved.
     SOCKEYE_ERR_ADDRESS = 3,
@@ -156,7 +165,8 @@ pub(crate) unsafe fn bytes<'a>(data: *const u8, len: usize) -> Option<&'a [u8]> 
     Some(unsafe { std::slice::from_raw_parts(data, len) })
 }
 
-/// Reads an optional NUL-terminated UTF-8 string: NULL gives `Ok("")`.
+/// Reads an optional NUL-terminated UTF-8 string: NULL gives `Ok("")`, a string that is not
+/// UTF-8 gives `Err(SOCKEYE_ERR_UTF8)`.
 ///
 /// # Safety
 /// A non-NULL `s` must point to a NUL-terminated string that stays unchanged while the returned

@@ -5,17 +5,17 @@
 use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Mutex};
 
-use sockeye::{CloseCode, ConnId, Server, ServerHandle};
+use sockeye::{CloseCode, ConnId, Message, Server, ServerHandle};
 
 use crate::config::sockeye_config;
-use crate::handler::{
-    sockeye_callbacks, sockeye_opcode, CHandler, Shared, SOCKEYE_OPCODE_BINARY, SOCKEYE_OPCODE_TEXT,
-};
+use crate::handler::{sockeye_callbacks, CHandler, Shared};
+use crate::opaque::{self, from_opaque, to_opaque, Opaque};
+use crate::types::{message, sockeye_opcode};
 use crate::{bytes, guard, opt_str, sockeye_result};
 use crate::{
     SOCKEYE_ERR_ADDRESS, SOCKEYE_ERR_ADDRESS_IN_USE, SOCKEYE_ERR_ALREADY_RUN,
     SOCKEYE_ERR_BACKEND_UNAVAILABLE, SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_IO,
-    SOCKEYE_ERR_NULL, SOCKEYE_ERR_STOPPED, SOCKEYE_ERR_UTF8, SOCKEYE_OK,
+    SOCKEYE_ERR_NULL, SOCKEYE_ERR_STOPPED, SOCKEYE_OK,
 };
 
 /// A server: its listeners are bound by `sockeye_server_new`, its workers run inside
@@ -27,11 +27,13 @@ pub struct sockeye_server {
     _private: [u8; 0],
 }
 
-/// What a `sockeye_server *` points to.
-struct ServerObj {
+/// What a `sockeye_server *` points to, inside an `Arc`: the caller's pointer holds one
+/// reference, a running `sockeye_server_run` another.
+pub(crate) struct ServerObj {
     /// Reaches the workers from any thread, before, during and after `run`.
     handle: ServerHandle,
-    /// The built server until `sockeye_server_run` takes it.
+    /// The built server until `sockeye_server_run` (which runs it) or `sockeye_server_free`
+    /// (which drops it) takes it.
     pending: Mutex<Option<Server<CHandler>>>,
 }
 
@@ -41,14 +43,8 @@ const _: () = {
     send::<Server<CHandler>>();
 };
 
-/// Borrows the object behind a server pointer.
-///
-/// # Safety
-/// `server` must be NULL or a pointer from `sockeye_server_new` not yet freed.
-unsafe fn server_ref<'s>(server: *const sockeye_server) -> Option<&'s ServerObj> {
-    // SAFETY: a non-NULL `server` came from `Arc::into_raw` and its reference is still held
-    // (caller's contract).
-    unsafe { server.cast::<ServerObj>().as_ref() }
+impl Opaque for sockeye_server {
+    type Target<'a, 'b: 'a> = ServerObj;
 }
 
 /// The one mapping from the engine's errors to result codes.
@@ -110,7 +106,7 @@ pub extern "C" fn sockeye_server_new(
         };
         let obj =
             Arc::new(ServerObj { handle: server.handle(), pending: Mutex::new(Some(server)) });
-        let p = Arc::into_raw(obj).cast_mut().cast::<sockeye_server>();
+        let p = to_opaque::<sockeye_server>(Arc::into_raw(obj));
         // SAFETY: `out` is non-NULL and points to a writable pointer (contract).
         unsafe { out.write(p) };
         SOCKEYE_OK
@@ -120,14 +116,15 @@ pub extern "C" fn sockeye_server_new(
 /// Runs the workers on their own threads and blocks until a graceful shutdown
 /// (`sockeye_server_stop`, or `sockeye_server_free` from another thread) has completed. Call
 /// it once per server, from any one thread. Returns `SOCKEYE_OK` after a clean shutdown,
-/// `SOCKEYE_ERR_ALREADY_RUN` on a second call, `SOCKEYE_ERR_IO` if a worker failed.
+/// `SOCKEYE_ERR_NULL` if `server` is NULL, `SOCKEYE_ERR_ALREADY_RUN` on a second call,
+/// `SOCKEYE_ERR_IO` if a worker failed.
 #[no_mangle]
 pub extern "C" fn sockeye_server_run(server: *mut sockeye_server) -> sockeye_result {
     guard(|| {
         if server.is_null() {
             return SOCKEYE_ERR_NULL;
         }
-        let ptr = server.cast_const().cast::<ServerObj>();
+        let ptr = from_opaque(server);
         // SAFETY: `ptr` came from `Arc::into_raw` and the caller still holds its reference, so
         // the count is at least 1; taking one more keeps the object alive while we run even if
         // the caller frees it meanwhile.
@@ -150,12 +147,14 @@ pub extern "C" fn sockeye_server_run(server: *mut sockeye_server) -> sockeye_res
 /// wait for the close handshakes up to `shutdown_timeout_ms`, and `sockeye_server_run`
 /// returns. Thread-safe, callable from any thread (callbacks included) and more than once;
 /// not async-signal-safe (from a signal, wake a thread that calls it). Stopping a server
-/// before it runs makes `sockeye_server_run` return at once.
+/// before it runs makes `sockeye_server_run` return at once. Returns `SOCKEYE_ERR_NULL` if
+/// `server` is NULL, else `SOCKEYE_OK`.
 #[no_mangle]
 pub extern "C" fn sockeye_server_stop(server: *mut sockeye_server) -> sockeye_result {
     guard(|| {
-        // SAFETY: `server` is NULL or a live server (documented contract).
-        let Some(obj) = (unsafe { server_ref(server) }) else {
+        // SAFETY: `server` is NULL or from `sockeye_server_new` and not yet freed (documented
+        // contract); its `Arc` keeps the object alive and nothing changes it but through locks.
+        let Some(obj) = (unsafe { opaque::as_ref(server) }) else {
             return SOCKEYE_ERR_NULL;
         };
         obj.handle.shutdown();
@@ -168,8 +167,9 @@ pub extern "C" fn sockeye_server_stop(server: *mut sockeye_server) -> sockeye_re
 #[no_mangle]
 pub extern "C" fn sockeye_server_local_port(server: *const sockeye_server) -> u16 {
     guard(|| {
-        // SAFETY: `server` is NULL or a live server (documented contract).
-        unsafe { server_ref(server) }.map_or(0, |o| o.handle.local_addr().port())
+        // SAFETY: `server` is NULL or from `sockeye_server_new` and not yet freed (documented
+        // contract); its `Arc` keeps the object alive and nothing changes it but through locks.
+        unsafe { opaque::as_ref(server) }.map_or(0, |o| o.handle.local_addr().port())
     })
 }
 
@@ -178,8 +178,9 @@ pub extern "C" fn sockeye_server_local_port(server: *const sockeye_server) -> u1
 #[no_mangle]
 pub extern "C" fn sockeye_server_worker_count(server: *const sockeye_server) -> usize {
     guard(|| {
-        // SAFETY: `server` is NULL or a live server (documented contract).
-        unsafe { server_ref(server) }.map_or(0, |o| o.handle.workers())
+        // SAFETY: `server` is NULL or from `sockeye_server_new` and not yet freed (documented
+        // contract); its `Arc` keeps the object alive and nothing changes it but through locks.
+        unsafe { opaque::as_ref(server) }.map_or(0, |o| o.handle.workers())
     })
 }
 
@@ -248,8 +249,9 @@ pub extern "C" fn sockeye_server_stats(
     out: *mut sockeye_stats,
 ) -> sockeye_result {
     guard(|| {
-        // SAFETY: `server` is NULL or a live server (documented contract).
-        let Some(obj) = (unsafe { server_ref(server) }) else { return SOCKEYE_ERR_NULL };
+        // SAFETY: `server` is NULL or from `sockeye_server_new` and not yet freed (documented
+        // contract); its `Arc` keeps the object alive and nothing changes it but through locks.
+        let Some(obj) = (unsafe { opaque::as_ref(server) }) else { return SOCKEYE_ERR_NULL };
         if out.is_null() {
             return SOCKEYE_ERR_NULL;
         }
@@ -263,7 +265,7 @@ pub extern "C" fn sockeye_server_stats(
     })
 }
 
-/// The worker a connection id belongs to, checked against the server.
+/// Reads a connection id from C: `None` when it names a worker this server does not have.
 fn conn_id(obj: &ServerObj, id: u64) -> Option<ConnId> {
     let id = ConnId::from_u64(id);
     (id.worker() < obj.handle.workers()).then_some(id)
@@ -276,7 +278,9 @@ fn conn_id(obj: &ServerObj, id: u64) -> Option<ConnId> {
 /// The message is queued to the worker and sent on its next loop turn; a connection that has
 /// closed meanwhile is skipped silently, and backpressure shows only to the worker (it drops
 /// data sends over `max_backpressure`). Returns `SOCKEYE_ERR_STOPPED` once the server has
-/// stopped, `SOCKEYE_ERR_INVALID_ARGUMENT` for an id naming no worker.
+/// stopped, `SOCKEYE_ERR_NULL` for a NULL `server` (or NULL `data` with `len` > 0),
+/// `SOCKEYE_ERR_INVALID_ARGUMENT` for an id naming no worker or an unknown opcode,
+/// `SOCKEYE_ERR_UTF8` for text that is not UTF-8.
 #[no_mangle]
 pub extern "C" fn sockeye_server_send(
     server: *mut sockeye_server,
@@ -286,8 +290,9 @@ pub extern "C" fn sockeye_server_send(
     len: usize,
 ) -> sockeye_result {
     guard(|| {
-        // SAFETY: `server` is NULL or a live server (documented contract).
-        let Some(obj) = (unsafe { server_ref(server) }) else {
+        // SAFETY: `server` is NULL or from `sockeye_server_new` and not yet freed (documented
+        // contract); its `Arc` keeps the object alive and nothing changes it but through locks.
+        let Some(obj) = (unsafe { opaque::as_ref(server) }) else {
             return SOCKEYE_ERR_NULL;
         };
         // SAFETY: `data` holds `len` readable bytes (documented contract).
@@ -297,13 +302,11 @@ pub extern "C" fn sockeye_server_send(
         let Some(id) = self::conn_id(obj, conn_id) else {
             return SOCKEYE_ERR_INVALID_ARGUMENT;
         };
-        let queued = match opcode {
-            SOCKEYE_OPCODE_TEXT => match std::str::from_utf8(payload) {
-                Ok(t) => obj.handle.send_text(id, t),
-                Err(_) => return SOCKEYE_ERR_UTF8,
-            },
-            SOCKEYE_OPCODE_BINARY => obj.handle.send_binary(id, payload),
-            _ => return SOCKEYE_ERR_INVALID_ARGUMENT,
+        let queued = match message(opcode, payload) {
+            Ok(Message::Text(t)) => obj.handle.send_text(id, t),
+            Ok(Message::Binary(b)) => obj.handle.send_binary(id, b),
+            // `SOCKEYE_ERR_INVALID_ARGUMENT` (unknown opcode) or `SOCKEYE_ERR_UTF8`.
+            Err(e) => return e,
         };
         if queued {
             SOCKEYE_OK
@@ -325,8 +328,9 @@ pub extern "C" fn sockeye_server_close_conn(
     reason: *const c_char,
 ) -> sockeye_result {
     guard(|| {
-        // SAFETY: `server` is NULL or a live server (documented contract).
-        let Some(obj) = (unsafe { server_ref(server) }) else {
+        // SAFETY: `server` is NULL or from `sockeye_server_new` and not yet freed (documented
+        // contract); its `Arc` keeps the object alive and nothing changes it but through locks.
+        let Some(obj) = (unsafe { opaque::as_ref(server) }) else {
             return SOCKEYE_ERR_NULL;
         };
         let Some(id) = self::conn_id(obj, conn_id) else {
@@ -361,7 +365,7 @@ pub extern "C" fn sockeye_server_free(server: *mut sockeye_server) {
         }
         // SAFETY: `server` came from `Arc::into_raw` in `sockeye_server_new` and this releases
         // the caller's reference, once (documented contract).
-        let obj = unsafe { Arc::from_raw(server.cast_const().cast::<ServerObj>()) };
+        let obj = unsafe { Arc::from_raw(from_opaque(server)) };
         let pending = obj.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
         if pending.is_none() {
             obj.handle.shutdown();

@@ -13,6 +13,7 @@ use crate::config::*;
 use crate::conn::*;
 use crate::handler::*;
 use crate::server::*;
+use crate::types::*;
 use crate::*;
 
 fn config(port: u16) -> sockeye_config {
