@@ -251,6 +251,12 @@ typedef struct sockeye_config {
      * server that checks, not from a program of the same user that sets SO_REUSEPORT itself.
      */
     bool share_port;
+    /**
+     * Bytes of freed send and message-assembly buffers one worker keeps for reuse (memory
+     * kept warm after a burst; not a limit on peers: that is `worker_memory_budget`). 0 keeps
+     * nothing. Default 16 MiB.
+     */
+    size_t buffer_cache;
 } sockeye_config;
 
 /**

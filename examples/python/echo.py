@@ -65,6 +65,7 @@ class Config(ctypes.Structure):
         ("shutdown_timeout_ms", c_uint32),
         ("worker_memory_budget", c_size_t),
         ("share_port", c_bool),
+        ("buffer_cache", c_size_t),
     ]
 
 

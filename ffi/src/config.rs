@@ -95,6 +95,10 @@ pub struct sockeye_config {
     /// listening there that share it too. A server with `share_port` false is safe from every
     /// server that checks, not from a program of the same user that sets SO_REUSEPORT itself.
     pub share_port: bool,
+    /// Bytes of freed send and message-assembly buffers one worker keeps for reuse (memory
+    /// kept warm after a burst; not a limit on peers: that is `worker_memory_budget`). 0 keeps
+    /// nothing. Default 16 MiB.
+    pub buffer_cache: usize,
 }
 
 fn ms(d: Duration) -> u32 {
@@ -127,6 +131,7 @@ impl sockeye_config {
             shutdown_timeout_ms: ms(c.shutdown_timeout),
             worker_memory_budget: c.worker_memory_budget,
             share_port: c.share_port,
+            buffer_cache: c.buffer_cache,
         }
     }
 
@@ -174,6 +179,7 @@ impl sockeye_config {
             shutdown_timeout: Duration::from_millis(u64::from(self.shutdown_timeout_ms)),
             worker_memory_budget: self.worker_memory_budget,
             share_port: self.share_port,
+            buffer_cache: self.buffer_cache,
             ..d
         };
         config.validate().map_err(|_| SOCKEYE_ERR_INVALID_ARGUMENT)?;

@@ -67,6 +67,7 @@ fn defaults_match_the_engine() {
     assert_eq!(c.max_connections, e.max_connections);
     assert_eq!(c.worker_memory_budget, e.worker_memory_budget);
     assert_eq!(c.share_port, e.share_port);
+    assert_eq!(c.buffer_cache, e.buffer_cache);
     assert!(!c.share_port);
     assert_eq!(c.backend, SOCKEYE_BACKEND_AUTO);
     // SAFETY: the default address is a static NUL-terminated string.
