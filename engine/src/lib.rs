@@ -36,6 +36,16 @@ pub(crate) mod io;
 pub mod proto;
 pub(crate) mod server;
 
+/// The worker core's test backend (socket pairs and a fake clock), for the fuzz targets.
+/// Test-only, no stability: compiled only with the `testing` feature (off by default).
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::server::core::testing::{
+        Client, Pair, Seen, TestHandler, HANDLER_PANIC, MAX_ASKED_SEND, REQUEST,
+    };
+}
+
 pub use error::Error;
 pub use proto::handshake::Request;
 pub use proto::CloseCode;

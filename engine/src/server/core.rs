@@ -1156,6 +1156,12 @@ mod tests {
     }
 }
 
+/// The test backend and fake clock the core's tests (and, with the `testing` feature, the
+/// fuzz targets) drive it with.
+#[cfg(any(test, feature = "testing"))]
+#[path = "core_harness.rs"]
+pub(crate) mod testing;
+
 #[cfg(test)]
 #[path = "core_tests.rs"]
 mod harness;

@@ -54,7 +54,7 @@ macro_rules! worker_stats {
         }
 
         impl WorkerStats {
-            fn snapshot(&self) -> Stats {
+            pub(crate) fn snapshot(&self) -> Stats {
                 Stats { $($name: self.$name.load(Ordering::Relaxed),)* }
             }
         }
