@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
-use crate::server::ConfigError;
+use crate::server::config::ConfigError;
 
 /// Why a server could not be built, or stopped with a failure.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use crate::proto::handshake::Request;
 use crate::proto::CloseCode;
 
 use super::core::CoreState;
-use super::ServerHandle;
+use super::handle::ServerHandle;
 
 /// A message, borrowed for the duration of the callback. When the whole message arrived in one
 /// read it points straight into the worker's read buffer (no copy was made).

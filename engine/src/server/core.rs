@@ -33,8 +33,8 @@ use crate::proto::{CloseCode, Connection, Decision, Env, OpCode, ProtocolError, 
 
 use super::api::{Conn, ConnId, Ctx, Handler, Message, Post, SendStatus, Upgrade};
 use super::config::Config;
+use super::handle::{ServerHandle, WorkerStats};
 use super::timer::Wheel;
-use super::{ServerHandle, WorkerStats};
 
 /// The backend's hook for a write at once: one non-blocking write of `parts`, in order, to the
 /// socket the backend lent as `fd`; returns the bytes taken (0 on any error, which the
