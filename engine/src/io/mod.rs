@@ -15,7 +15,8 @@
 //!   `Core::set_now`, feed every event to the core: `accept`, `on_data`, `on_hangup`,
 //!   `on_written` or `take_out`/`on_send_done`), `settle` (write what `take_dirty` names, shut
 //!   what `take_shut` names, drop what `take_dead` names, resetting those `must_reset` names,
-//!   then `Core::remove`), `resume_accepting`, `stop_accepting`, its own `publish_stats`;
+//!   then `Core::remove`), `resume_accepting`, `stop_accepting`, `publish_stats` (its own figures, into
+//!   `Worker::stats`);
 //! - the core's `WriteNow` hook (`sys::write_now`) for the direct write of large sends;
 //! - a probe saying whether this kernel can run it (`resolve` asks it).
 //!

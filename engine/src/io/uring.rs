@@ -319,8 +319,7 @@ impl Prep {
             zc_threshold,
             conns: Vec::new(),
             sends: slab::Slab::new(),
-            w: Worker::new(core, self.rx, Arc::clone(&stats), cfg.shutdown_timeout),
-            stats,
+            w: Worker::new(core, self.rx, stats, cfg.shutdown_timeout),
             cqes: VecDeque::with_capacity(1024),
             work: Vec::new(),
             rearm: Vec::new(),
@@ -390,8 +389,6 @@ struct Loop<H: Handler> {
     /// the completion (or, for zero copy, the notification) arrives.
     sends: slab::Slab<(Vec<u8>, usize)>,
     w: Worker<H>,
-    /// The worker's counters (the backend adds the buffer figures and shortages).
-    stats: Arc<WorkerStats>,
     /// Completions reaped and not yet handled: `(user_data, result, flags)`.
     cqes: VecDeque<(u64, i32, u32)>,
     work: Vec<u32>,
@@ -437,7 +434,8 @@ impl<H: Handler> Driver for Loop<H> {
         self.cancel_accept();
     }
 
-    fn publish_stats(&self, stats: &WorkerStats) {
+    fn publish_stats(&mut self) {
+        let stats = self.w.stats();
         stats.buffers_total.store(self.bufs.entries as usize, Ordering::Relaxed);
         stats.buffers_in_kernel.store(self.bufs.lent, Ordering::Relaxed);
     }
@@ -694,7 +692,7 @@ impl<H: Handler> Loop<H> {
         } else {
             match -res {
                 libc::ENOBUFS => {
-                    self.stats.buffer_shortages.fetch_add(1, Ordering::Relaxed);
+                    self.w.stats().buffer_shortages.fetch_add(1, Ordering::Relaxed);
                     // The ring ran dry; every buffer goes back as its completion is handled,
                     // so re-arm at the end of this turn.
                     self.rearm.push(key as u32);

@@ -49,10 +49,9 @@ pub(crate) trait Driver {
     fn resume_accepting(&mut self);
     /// The worker is stopping: stop accepting for good.
     fn stop_accepting(&mut self);
-    /// Publishes the backend's own figures (the core's are published by [`run`]).
-    fn publish_stats(&self, stats: &WorkerStats) {
-        let _ = stats;
-    }
+    /// Publishes the backend's own figures into the worker's counters (the core's are
+    /// published by [`run`]).
+    fn publish_stats(&mut self) {}
 }
 
 impl<H: Handler> std::fmt::Debug for Worker<H> {
@@ -82,6 +81,11 @@ impl<H: Handler> Worker<H> {
             stop_deadline: None,
             accept_retry: None,
         }
+    }
+
+    /// The counters this worker publishes into.
+    pub(crate) fn stats(&self) -> &WorkerStats {
+        &self.stats
     }
 
     /// Accepting failed for want of resources: pause it for [`ACCEPT_BACKOFF`] instead of
@@ -160,8 +164,7 @@ pub(crate) fn run<D: Driver>(d: &mut D) -> io::Result<()> {
         }
         let w = d.worker();
         w.core.publish_stats(&w.stats);
-        let stats = Arc::clone(&w.stats);
-        d.publish_stats(&stats);
+        d.publish_stats();
         let w = d.worker();
         if w.stopping && w.core.len() == 0 {
             return Ok(());
