@@ -80,14 +80,21 @@ class Cdp:
         """Poll a JS expression until it is truthy; returns its last value."""
         deadline = time.monotonic() + timeout
         while True:
-            v = await self.eval(session, expr)
+            try:
+                v = await self.eval(session, expr)
+            except RuntimeError:
+                # The page may still be navigating (about:blank, or its context was just
+                # replaced): that is "not yet", unless it lasts past the deadline.
+                if time.monotonic() > deadline:
+                    raise
+                v = None
             if v or time.monotonic() > deadline:
                 return v
             await asyncio.sleep(0.05)
 
 
 LOG_LINES = "[...document.querySelectorAll('#log .msg')].map(d => d.textContent)"
-STATUS = "document.getElementById('status').textContent"
+STATUS = "document.getElementById('status')?.textContent"
 
 
 async def open_tab(cdp, url):
