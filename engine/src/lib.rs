@@ -51,5 +51,6 @@ pub use proto::handshake::Request;
 pub use proto::CloseCode;
 pub use server::{
     Backend, Config, ConfigError, Conn, ConnId, Ctx, Handler, HttpResponse, InvalidCloseCode,
-    Message, NoHandler, Post, SendStatus, Server, ServerBuilder, ServerHandle, Stats, Upgrade,
+    Message, NoHandler, Post, SendStatus, Server, ServerBuilder, ServerHandle, Stats, TopicError,
+    Upgrade,
 };

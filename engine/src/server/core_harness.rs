@@ -141,6 +141,8 @@ fn handle() -> ServerHandle {
             workers: Vec::new(),
             local_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             stopping: AtomicBool::new(false),
+            topics: Arc::new(crate::server::topics::Registry::new(1)),
+            max_topic_len: Config::default().max_topic_len,
         }),
     }
 }
@@ -429,10 +431,10 @@ impl Pair {
                 moved |= self.read_server(c);
                 // Writable readiness: a blocked connection is flushed again.
                 let key = self.clients[c].key;
-                if self.clients[c].server.is_some() && !self.core.pending(key).is_empty() {
-                    let before = self.core.pending(key).len();
+                if self.clients[c].server.is_some() && self.core.pending_len(key) != 0 {
+                    let before = self.core.pending_len(key);
                     self.flush(key);
-                    moved |= self.core.pending(key).len() != before;
+                    moved |= self.core.pending_len(key) != before;
                 }
             }
             let mut work = Vec::new();
@@ -496,12 +498,13 @@ impl Pair {
     fn flush(&mut self, key: usize) {
         let Some(c) = self.client_index(key) else { return };
         loop {
-            let pending = self.core.pending(key).to_vec();
-            if pending.is_empty() {
+            let mut iov = [std::io::IoSlice::new(&[]); super::WRITE_SLICES];
+            let n = self.core.pending(key, &mut iov);
+            if n == 0 {
                 return;
             }
             let Some(s) = self.clients[c].server.as_mut() else { return };
-            match s.write(&pending) {
+            match s.write_vectored(&iov[..n]) {
                 Ok(n) => {
                     if self.core.on_written(key, n, false) {
                         self.read_server(c);
