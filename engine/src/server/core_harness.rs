@@ -42,10 +42,17 @@ pub struct Seen {
     pub(crate) close_results: Vec<Result<(), crate::InvalidCloseCode>>,
     /// Connections `on_drain` was called for, in order.
     pub(crate) drains: Vec<usize>,
+    /// Results of "sub T" (subscribe) and "pub"/"puball" (publish) messages.
+    pub(crate) subscribed: Vec<Result<bool, crate::TopicError>>,
+    pub(crate) published: Vec<Result<(), crate::TopicError>>,
+    /// The topics a connection held when `on_close` ran.
+    pub(crate) topics_at_close: Vec<Vec<Vec<u8>>>,
 }
 
 /// Echoes; panics on the text "boom" ([`HANDLER_PANIC`]); closes with code N on "close N";
-/// sends N bytes of binary on "send N"; tries a 64 KiB send from `on_close`.
+/// sends N bytes of binary on "send N"; tries a 64 KiB send from `on_close`. Pub/sub: "sub T"
+/// subscribes to T, "unsub T" unsubscribes, "pub T REST" publishes REST to T (others only),
+/// "puball T REST" publishes it to every subscriber, the sender included.
 #[derive(Debug, Default)]
 pub struct TestHandler {
     pub(crate) seen: Seen,
@@ -67,6 +74,25 @@ impl Handler for TestHandler {
                 self.seen.close_results.push(r);
                 return;
             }
+            if let Some(topic) = t.strip_prefix("sub ") {
+                self.seen.subscribed.push(conn.subscribe(topic));
+                return;
+            }
+            if let Some(topic) = t.strip_prefix("unsub ") {
+                conn.unsubscribe(topic);
+                return;
+            }
+            for (cmd, own) in [("pub ", false), ("puball ", true)] {
+                if let Some((topic, rest)) = t.strip_prefix(cmd).and_then(|r| r.split_once(' ')) {
+                    let r = if own {
+                        conn.publish_including_self(topic, rest)
+                    } else {
+                        conn.publish(topic, rest)
+                    };
+                    self.seen.published.push(r);
+                    return;
+                }
+            }
             if let Some(n) = t.strip_prefix("send ").and_then(|n| n.parse::<usize>().ok()) {
                 let st = conn.send_binary(&vec![b's'; n.min(MAX_ASKED_SEND)]);
                 self.seen.statuses.push(st);
@@ -81,6 +107,7 @@ impl Handler for TestHandler {
     }
     fn on_close(&mut self, conn: &mut Conn<'_, ()>, code: CloseCode, _reason: &str) {
         self.seen.closes.push((conn.key, code.0));
+        self.seen.topics_at_close.push(conn.topics().map(<[u8]>::to_vec).collect());
         let st = conn.send_binary(&[7u8; 64 << 10]);
         self.seen.send_in_on_close.push(st);
     }
@@ -135,14 +162,14 @@ pub struct Pair {
     pub(crate) sock_buf: Option<usize>,
 }
 
-fn handle() -> ServerHandle {
+fn handle(cfg: &Config) -> ServerHandle {
     ServerHandle {
         inner: Arc::new(HandleInner {
             workers: Vec::new(),
             local_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             stopping: AtomicBool::new(false),
             topics: Arc::new(crate::server::topics::Registry::new(1)),
-            max_topic_len: Config::default().max_topic_len,
+            max_topic_len: cfg.max_topic_len,
         }),
     }
 }
@@ -156,11 +183,12 @@ impl Pair {
     /// A core (worker 0) under `cfg`, its clock at now, no connection.
     pub fn new(cfg: Config) -> Self {
         let now = Instant::now();
+        let handle = handle(&cfg);
         let core = Core::new(
             now,
             0,
             Arc::new(cfg),
-            handle(),
+            handle,
             TestHandler::default(),
             crate::io::sys::write_now,
         );
@@ -374,6 +402,8 @@ impl Pair {
                 None => break,
             }
         }
+        // A frame cut by the socket: its start waits for the rest.
+        cl.inbox = buf.split_off(pos);
         evs
     }
 
