@@ -32,6 +32,11 @@
 #![warn(missing_docs)]
 
 mod error;
+
+/// The README's Rust examples, compiled as doc-tests so the front door stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
 pub(crate) mod io;
 pub mod proto;
 pub(crate) mod server;

@@ -781,8 +781,7 @@ impl<H: Handler> Loop<H> {
         else {
             return;
         };
-        let (sqe, msg) = if q.is_flat() {
-            let bytes = q.flat();
+        let (sqe, msg) = if let Some(bytes) = q.single() {
             let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
             let sqe = if len as usize >= self.zc_threshold {
                 opcode::SendZc::new(types::Fd(fd), ptr, len)

@@ -71,15 +71,14 @@ impl OutQ {
         self.refs.push((self.bytes.len(), Some(Rc::clone(f))));
     }
 
-    /// Whether the queue is one contiguous slice (no shared frame unsent).
-    pub(crate) fn is_flat(&self) -> bool {
-        self.head == self.refs.len()
-    }
-
-    /// The unsent owned bytes, when the queue is flat (see [`OutQ::is_flat`]).
-    pub(crate) fn flat(&self) -> &[u8] {
-        debug_assert!(self.is_flat());
-        &self.bytes[self.pos..]
+    /// The unsent bytes when they are one contiguous slice: owned bytes alone, or one shared
+    /// frame alone (the common fan-out case), so the backend can use a plain send.
+    pub(crate) fn single(&self) -> Option<&[u8]> {
+        match &self.refs[self.head..] {
+            [] => Some(&self.bytes[self.pos..]),
+            [(at, Some(f))] if *at == self.pos && *at == self.bytes.len() => Some(&f[self.off..]),
+            _ => None,
+        }
     }
 
     /// Fills `iov` with the unsent bytes in order, as many slices as fit; returns how many.
@@ -193,7 +192,13 @@ mod tests {
         assert_eq!(q.len(), 2 + 5 + 5 + 2 + 5);
         assert_eq!(drain(&q), b"abFRAMEFRAMEcdFRAME");
         assert_eq!(q.footprint(), 4 + 3 * REF_COST);
-        assert!(!q.is_flat());
+        assert!(q.single().is_none());
+        let mut one = OutQ::default();
+        one.push_frame(&f);
+        assert_eq!(one.single(), Some(&b"FRAME"[..]));
+        one.advance(2);
+        assert_eq!(one.single(), Some(&b"AME"[..]));
+        drop(one);
         // Every split point gives the same rest.
         let whole = drain(&q);
         for cut in 0..=whole.len() {
@@ -211,7 +216,7 @@ mod tests {
             assert_eq!(q2.len(), whole.len() - cut);
             let rest = q2.len();
             q2.advance(rest);
-            assert!(q2.is_empty() && q2.is_flat() && q2.footprint() == 0);
+            assert!(q2.is_empty() && q2.single() == Some(&[][..]) && q2.footprint() == 0);
         }
         // Sent frames are let go of: only the queue and the test hold `f`... until cleared.
         q.advance(q.len());
