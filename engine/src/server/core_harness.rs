@@ -588,7 +588,7 @@ impl Pair {
     /// Bytes queued for sending summed over every connection the core holds (what the
     /// accounting behind [`Pair::memory_in_use`] should agree with).
     pub fn queued_in_slots(&self) -> usize {
-        self.core.state.conns.iter().map(|(_, s)| super::pending_of(s)).sum()
+        self.core.state.conns.iter().map(|(_, s)| super::footprint_of(s)).sum()
     }
 
     /// What the core would publish as its worker's stats now.
