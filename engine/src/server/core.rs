@@ -55,7 +55,7 @@ const NO_TIMER: u64 = u64::MAX;
 const RETIRED_GEN: u32 = u32::MAX;
 
 /// Largest payload one send accepts: send queues count bytes in u32.
-const MAX_SEND: usize = 1 << 31;
+pub(crate) const MAX_SEND: usize = 1 << 31;
 
 /// The peer's address in 16 bytes instead of `SocketAddr`'s 32 (IPv6 peers are boxed).
 #[derive(Debug)]
