@@ -6,9 +6,10 @@
 //   c++ -std=c++17 -O2 -o chat chat.cpp $(pkg-config --cflags --libs sockeye) -lpthread
 //   ./chat [PORT [WORKERS]]        (or SOCKEYE_PORT / SOCKEYE_WORKERS; default 2 workers)
 //
-// Connections live on different worker threads, so the relay names them by id: every id is
-// kept in one mutex-protected set, and each line is sent with Server::send_text (the
-// thread-safe sockeye_server_send), which hands it to whichever worker holds the connection.
+// The room is a topic: each connection subscribes to it when it opens, and each line is
+// published to it with Conn::publish_including_self. The engine does the fan-out: the frame is
+// built once per worker, reaches the subscribers on every worker, and a subscription ends with
+// its connection, so the program keeps no list of members and no lock.
 #include <pthread.h>
 #include <signal.h>
 
@@ -16,25 +17,21 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <mutex>
-#include <string>
+#include <string_view>
 #include <thread>
-#include <unordered_set>
-#include <vector>
 
 #include <sockeye.hpp>
 
+static constexpr std::string_view ROOM = "chat";
+
 class Chat : public sockeye::Handler {
 public:
-    sockeye::Server *server = nullptr;  // set before run(); callbacks only happen during run()
-
     std::uint16_t on_upgrade(sockeye::Request &req, sockeye::Upgrade &) override {
         return req.path() == "/chat" ? SOCKEYE_UPGRADE_ACCEPT : 404;
     }
 
     void on_open(sockeye::Conn &conn) override {
-        std::lock_guard<std::mutex> lock(mu_);
-        members_.insert(conn.id());
+        if (conn.subscribe(ROOM) != SOCKEYE_OK) conn.close(1011, "cannot join the room");
     }
 
     void on_message(sockeye::Conn &conn, sockeye::Opcode op, std::string_view line) override {
@@ -42,22 +39,8 @@ public:
             conn.close(1003, "chat takes text");
             return;
         }
-        std::vector<std::uint64_t> to;
-        {
-            std::lock_guard<std::mutex> lock(mu_);
-            to.assign(members_.begin(), members_.end());
-        }
-        for (std::uint64_t id : to) server->send_text(id, line);  // copies `line`
+        conn.publish_including_self(ROOM, sockeye::Opcode::Text, line);  // copies `line`
     }
-
-    void on_close(sockeye::Conn &conn, std::uint16_t, std::string_view) override {
-        std::lock_guard<std::mutex> lock(mu_);
-        members_.erase(conn.id());
-    }
-
-private:
-    std::mutex mu_;
-    std::unordered_set<std::uint64_t> members_;
 };
 
 static long arg_or_env(int argc, char **argv, int i, const char *env, long dflt) {
@@ -88,7 +71,6 @@ int main(int argc, char **argv) {
                                    .port(static_cast<std::uint16_t>(port))
                                    .workers(static_cast<std::uint32_t>(workers)),
                                chat);
-        chat.server = &server;
         std::printf("listening on ws://127.0.0.1:%u/chat (%zu workers)\n", unsigned(server.port()),
                     server.workers());
         std::fflush(stdout);
