@@ -105,6 +105,8 @@ worker_stats! {
     budget_refusals,
     /// Connections closed for a protocol violation by the peer (1002, 1007, 1009).
     protocol_errors,
+    /// Handshake requests answered with an HTTP error (4xx, or 500 for a handler's mistake).
+    bad_handshakes,
     /// Data messages received (text and binary, whole).
     messages_in,
     /// Data messages queued to connections: sends, and published messages once per
@@ -119,8 +121,6 @@ worker_stats! {
     backpressure_closes,
     /// Topic subscriptions the worker holds now (a gauge).
     subscriptions,
-    /// Handshake requests answered with an HTTP error (4xx, or 500 for a handler's mistake).
-    bad_handshakes,
 }
 
 #[derive(Debug)]
