@@ -1014,7 +1014,9 @@ impl<H: Handler> Core<H> {
         }
     }
 
-    /// How many bytes wait for this connection's socket (not counting any in flight).
+    /// How many bytes wait for this connection's socket (not counting any in flight). Only
+    /// the test harness asks (the backends take [`Core::pending`]).
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn pending_len(&self, key: usize) -> usize {
         match self.state.conns.get(key) {
             Some(Slot { flags, out: Some(q), .. }) if flags & DEAD == 0 => q.len(),
