@@ -612,16 +612,15 @@ impl Connection {
                 // A well-formed GET that is not an upgrade may be answered as plain HTTP.
                 let plain = if e.is_plain_http() {
                     match handshake::parse_http(source, max) {
-                        Ok(Parsed::Complete(req, _)) => match decide(
-                            &req,
-                            &mut Negotiation { upgrade: false, deflate: None },
-                        ) {
-                            Decision::Respond { status, content_type, body } => {
-                                handshake::write_response(status, &content_type, &body, out);
-                                Some(())
+                        Ok(Parsed::Complete(req, _)) => {
+                            match decide(&req, &mut Negotiation { upgrade: false, deflate: None }) {
+                                Decision::Respond { status, content_type, body } => {
+                                    handshake::write_response(status, &content_type, &body, out);
+                                    Some(())
+                                }
+                                _ => None,
                             }
-                            _ => None,
-                        },
+                        }
                         _ => None,
                     }
                 } else {
@@ -1153,7 +1152,12 @@ impl Connection {
 
     /// Inflates the next piece of a compressed message into the assembly buffer, checking
     /// what it inflates to as UTF-8 when it is text.
-    fn inflate_chunk(&mut self, input: &[u8], text: bool, env: &mut Env) -> Result<(), ProtocolError> {
+    fn inflate_chunk(
+        &mut self,
+        input: &[u8],
+        text: bool,
+        env: &mut Env,
+    ) -> Result<(), ProtocolError> {
         let Some(d) = self.deflate.as_deref_mut() else {
             return Err(ProtocolError::ReservedBitsSet);
         };
@@ -1187,3 +1191,7 @@ fn head_may_end(buf: &[u8], from: usize) -> bool {
 #[cfg(test)]
 #[path = "conn_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "deflate_tests.rs"]
+mod deflate_tests;

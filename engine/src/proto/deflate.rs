@@ -97,14 +97,18 @@ impl Contexts {
         out: &mut Vec<u8>,
     ) -> bool {
         let c = self.compressor(bits, level);
-        let ok = write_compressed(c, op, payload, None, out);
+        let ok = write_compressed(c, op, payload, None, true, out);
         c.reset();
         ok
     }
 }
 
 fn new_compressor(bits: u8, level: u8) -> Compress {
-    Compress::new_with_window_bits(Compression::new(u32::from(level.min(9))), false, bits.clamp(9, 15))
+    Compress::new_with_window_bits(
+        Compression::new(u32::from(level.min(9))),
+        false,
+        bits.clamp(9, 15),
+    )
 }
 
 /// How each direction works from this side: which window size and whether the context is
@@ -229,8 +233,9 @@ impl DeflateState {
         }
         if self.dir.send_takeover || cfg.memory == DeflateMemory::Dedicated {
             let c = self.compressor.get_or_insert_with(|| new_compressor(bits, cfg.level));
-            let ok = write_compressed(c, op, payload, mask, out);
-            if !ok || !self.dir.send_takeover {
+            let kept = self.dir.send_takeover;
+            let ok = write_compressed(c, op, payload, mask, !kept, out);
+            if !ok || !kept {
                 // A message sent uncompressed while the window holds it would let the next
                 // one refer to bytes the peer never inflated: start afresh instead.
                 c.reset();
@@ -238,7 +243,7 @@ impl DeflateState {
             ok
         } else {
             let c = shared.compressor(bits, cfg.level);
-            let ok = write_compressed(c, op, payload, mask, out);
+            let ok = write_compressed(c, op, payload, mask, true, out);
             c.reset();
             ok
         }
@@ -277,7 +282,12 @@ impl DeflateState {
 
     /// Ends the message (complete or abandoned): gives back the reservation and, without
     /// context takeover, the inflater.
-    pub(crate) fn end_message(&mut self, cfg_memory: DeflateMemory, shared: &mut Contexts, memory: &mut Memory) {
+    pub(crate) fn end_message(
+        &mut self,
+        cfg_memory: DeflateMemory,
+        shared: &mut Contexts,
+        memory: &mut Memory,
+    ) {
         memory.assembly = memory.assembly.saturating_sub(self.reserved);
         self.reserved = 0;
         let reset = self.ended || !self.dir.recv_takeover;
@@ -308,14 +318,17 @@ impl DeflateState {
 }
 
 /// Compresses `payload` as one whole message with `c` and appends the frame to `out`: header
-/// with RSV1, then the deflate data without its final `00 00 ff ff`. A message that would not
-/// get smaller is not written and `false` comes back; `c` then holds it in its window, so the
-/// caller resets `c` before compressing another message for the same peer.
+/// with RSV1, then the deflate data without its final `00 00 ff ff`. With `must_shrink`, a
+/// message that would not get smaller is not written and `false` comes back; `c` then holds
+/// it in its window, so the caller resets `c` before compressing another message for the same
+/// peer. (Where the window is kept, a message that does not shrink is sent compressed all the
+/// same: its bytes are in the window, and the next messages may refer to them.)
 pub fn write_compressed(
     c: &mut Compress,
     op: super::OpCode,
     payload: &[u8],
     mask: Option<[u8; 4]>,
+    must_shrink: bool,
     out: &mut Vec<u8>,
 ) -> bool {
     let hmax = if mask.is_some() { super::frame::MAX_HEADER_LEN } else { 10 };
@@ -327,7 +340,7 @@ pub fn write_compressed(
         return false;
     }
     let clen = out.len() - body;
-    if clen >= payload.len() {
+    if must_shrink && clen >= payload.len() {
         out.truncate(start);
         return false;
     }
@@ -474,7 +487,10 @@ mod tests {
     #[test]
     fn rfc_hello() {
         // RFC 7692 §7.2.3.1.
-        assert_eq!(inflate_all(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], 1 << 20).unwrap(), b"Hello");
+        assert_eq!(
+            inflate_all(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], 1 << 20).unwrap(),
+            b"Hello"
+        );
         let mut c = Compress::new(Compression::default(), false);
         let mut out = Vec::new();
         assert!(compress_into(&mut c, b"Hello", &mut out));
@@ -498,7 +514,10 @@ mod tests {
     #[test]
     fn corrupt_stream() {
         // BTYPE 11 is reserved.
-        assert_eq!(inflate_all(&[0xff, 0xff, 0xff], 100), Err(ProtocolError::InvalidCompressedData));
+        assert_eq!(
+            inflate_all(&[0xff, 0xff, 0xff], 100),
+            Err(ProtocolError::InvalidCompressedData)
+        );
     }
 
     #[test]

@@ -519,17 +519,17 @@ mod tests {
     fn declined_offers_fall_back_to_the_next() {
         // RFC 7692 §7.1.3's fallback example, with the first offer made unacceptable.
         let cases: &[&str] = &[
-            "permessage-deflate; foo",                                // unknown parameter
+            "permessage-deflate; foo", // unknown parameter
             "permessage-deflate; server_max_window_bits=10; server_max_window_bits=10", // twice
             "permessage-deflate; client_no_context_takeover; client_no_context_takeover",
-            "permessage-deflate; server_max_window_bits",             // value required
-            "permessage-deflate; server_max_window_bits=7",           // out of range
+            "permessage-deflate; server_max_window_bits", // value required
+            "permessage-deflate; server_max_window_bits=7", // out of range
             "permessage-deflate; server_max_window_bits=16",
-            "permessage-deflate; server_max_window_bits=010",         // leading zero
+            "permessage-deflate; server_max_window_bits=010", // leading zero
             "permessage-deflate; server_max_window_bits=1a",
             "permessage-deflate; client_max_window_bits=0",
             "permessage-deflate; client_max_window_bits=99",
-            "permessage-deflate; server_no_context_takeover=1",       // no value defined
+            "permessage-deflate; server_no_context_takeover=1", // no value defined
             "permessage-deflate; client_no_context_takeover=\"x\"",
         ];
         for first in cases {
@@ -554,7 +554,8 @@ mod tests {
 
     #[test]
     fn quoted_values_and_whitespace() {
-        let got = neg(&on(), &["permessage-deflate ;\tserver_max_window_bits = \"10\" ; x=\"\\a\""]);
+        let got =
+            neg(&on(), &["permessage-deflate ;\tserver_max_window_bits = \"10\" ; x=\"\\a\""]);
         assert_eq!(got, None, "x is unknown");
         let got = neg(&on(), &["permessage-deflate ;\tserver_max_window_bits = \"1\\0\" "]);
         assert_eq!(got, Some(pmd(false, false, 10, 15)));
@@ -573,7 +574,10 @@ mod tests {
         let got = neg(&on(), &["PerMessage-Deflate; Server_Max_Window_Bits=11"]);
         assert_eq!(got, Some(pmd(false, false, 11, 15)));
         // ...so differently-cased duplicates are duplicates.
-        let got = neg(&on(), &["permessage-deflate; server_max_window_bits=11; SERVER_MAX_WINDOW_BITS=11"]);
+        let got = neg(
+            &on(),
+            &["permessage-deflate; server_max_window_bits=11; SERVER_MAX_WINDOW_BITS=11"],
+        );
         assert_eq!(got, None);
     }
 
