@@ -96,6 +96,9 @@ impl Contexts {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> bool {
+        if !(9..=15).contains(&bits) {
+            return false; // no compressor can honour a window of 8 or less
+        }
         let c = self.compressor(bits, level);
         let ok = write_compressed(c, op, payload, None, true, out);
         c.reset();
