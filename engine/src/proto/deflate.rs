@@ -47,10 +47,10 @@ const MAX_POOLED_INFLATERS: usize = 16;
 #[derive(Debug, Default)]
 pub struct Contexts {
     /// Index `bits - 9`: window sizes 9..=15.
-    compressors: [Option<Compress>; 7],
+    compressors: [Option<Box<Compress>>; 7],
     /// Level of the compressors above (they are made again if it changes).
     level: u8,
-    inflaters: Vec<Decompress>,
+    inflaters: Vec<Box<Decompress>>,
 }
 
 impl Contexts {
@@ -64,11 +64,12 @@ impl Contexts {
         self.compressors.iter().flatten().count()
     }
 
-    fn lend_inflater(&mut self) -> Decompress {
-        self.inflaters.pop().unwrap_or_else(|| Decompress::new_with_window_bits(false, 15))
+    fn lend_inflater(&mut self) -> Box<Decompress> {
+        let fresh = || Box::new(Decompress::new_with_window_bits(false, 15));
+        self.inflaters.pop().unwrap_or_else(fresh)
     }
 
-    fn give_back(&mut self, mut inf: Decompress) {
+    fn give_back(&mut self, mut inf: Box<Decompress>) {
         if self.inflaters.len() < MAX_POOLED_INFLATERS {
             inf.reset(false);
             self.inflaters.push(inf);
@@ -106,12 +107,9 @@ impl Contexts {
     }
 }
 
-fn new_compressor(bits: u8, level: u8) -> Compress {
-    Compress::new_with_window_bits(
-        Compression::new(u32::from(level.min(9))),
-        false,
-        bits.clamp(9, 15),
-    )
+fn new_compressor(bits: u8, level: u8) -> Box<Compress> {
+    let level = Compression::new(u32::from(level.min(9)));
+    Box::new(Compress::new_with_window_bits(level, false, bits.clamp(9, 15)))
 }
 
 /// How each direction works from this side: which window size and whether the context is
@@ -159,9 +157,11 @@ pub(crate) struct DeflateState {
     params: PerMessageDeflate,
     dir: Directions,
     /// The dedicated compressor (send context takeover, or [`DeflateMemory::Dedicated`]).
-    compressor: Option<Compress>,
+    /// Boxed, like the inflater: the streams are about 150 bytes each, and a connection
+    /// without context takeover holds neither between messages.
+    compressor: Option<Box<Compress>>,
     /// The dedicated inflater, or the one lent for the message in progress.
-    inflater: Option<Decompress>,
+    inflater: Option<Box<Decompress>>,
     /// The inflater is lent by the worker and goes back when the message ends.
     lent: bool,
     /// The peer ended the deflate stream (BFINAL) in this message: what follows in the
@@ -171,15 +171,18 @@ pub(crate) struct DeflateState {
     reserved: usize,
 }
 
-/// Rough heap held by a compressor at `bits`, for accounting (zlib's formula at memLevel 8:
-/// window and prev at 2 × 2^bits each, a 64 Ki-entry hash head, the pending buffer).
+/// Heap held by a flate2/zlib-rs compressor at `bits`, for accounting: 251 008 bytes at 9
+/// bits to 380 032 at 15, whatever the level (zlib-rs 0.6.8, measured by the `deflate_mem`
+/// bench: a fixed part, hash tables and buffers at memLevel 8, plus 4 bytes per window byte).
 pub fn compressor_bytes(bits: u8) -> usize {
-    (4usize << bits) + (128 << 10) + (64 << 10)
+    248_960 + (4usize << bits.clamp(9, 15))
 }
 
-/// Rough heap held by an inflater at `bits` once it has inflated (state plus window).
-pub fn inflater_bytes(bits: u8) -> usize {
-    (1usize << bits) + (8 << 10)
+/// Heap held by a flate2/zlib-rs inflater once it has inflated: 47 552 bytes at every window
+/// size (zlib-rs 0.6.8, measured by the `deflate_mem` bench; its window is allocated at the
+/// largest size, so `client_max_window_bits` saves the peer memory, not us).
+pub fn inflater_bytes(_bits: u8) -> usize {
+    47_552
 }
 
 impl DeflateState {
@@ -257,7 +260,8 @@ impl DeflateState {
         self.ended = false;
         if self.inflater.is_none() {
             if self.dir.recv_takeover {
-                self.inflater = Some(Decompress::new_with_window_bits(false, self.dir.recv_bits));
+                let bits = self.dir.recv_bits;
+                self.inflater = Some(Box::new(Decompress::new_with_window_bits(false, bits)));
             } else {
                 self.inflater = Some(shared.lend_inflater());
                 self.lent = true;
