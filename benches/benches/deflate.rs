@@ -33,7 +33,7 @@ fn json(size: usize) -> Vec<u8> {
             43_000 + (i * 37) % 500,
             (i * 13) % 100,
             (i * 7919) % 10_000,
-            if i % 3 == 0 { "sell" } else { "buy" },
+            if i.is_multiple_of(3) { "sell" } else { "buy" },
             1_700_000_000_000u64 + i * 17,
             880_000 + i
         ));

@@ -50,6 +50,8 @@ pub struct Contexts {
     compressors: [Option<Box<Compress>>; 7],
     /// Level of the compressors above (they are made again if it changes).
     level: u8,
+    /// Boxed: they move between this pool and a connection's state as they are.
+    #[allow(clippy::vec_box)]
     inflaters: Vec<Box<Decompress>>,
 }
 
