@@ -11,6 +11,13 @@
 //! reads or fragments is copied, into an assembly buffer taken from a [`BufPool`] and handed over
 //! as an owned value the caller may give back to the pool.
 //!
+//! permessage-deflate (RFC 7692), when the handshake negotiated it ([`Connection::deflate`]):
+//! a message with RSV1 on its first frame is inflated as its bytes arrive, into an owned buffer
+//! that never grows past `max_message_size` (the limit applies to the inflated size), and
+//! handed over like an assembled message; [`Connection::send_message`] compresses what the
+//! application sends. The per-connection state sits behind one pointer, so a connection
+//! without compression pays 8 bytes for it; the contexts are [`super::deflate`]'s.
+//!
 //! What this module never does: allocate per message on the fast path, grow a buffer past the
 //! configured limits, or decide on its own which close code an error gets (see [`super::error`]).
 

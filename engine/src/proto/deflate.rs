@@ -87,22 +87,24 @@ impl Contexts {
         self.compressors[i].get_or_insert_with(|| new_compressor(bits, level))
     }
 
-    /// Compresses `payload` with the shared compressor for `bits` and appends the frame
-    /// (RSV1 set, unmasked: server role) to `out`; `false`, with nothing written, when the
-    /// message would not shrink. Every connection whose [`super::Connection::shared_send_bits`]
-    /// is `Some(bits)` may be sent the same frame: this is how a fan-out compresses once.
+    /// Compresses `payload` with the shared compressor for `bits` at `cfg.level` and appends
+    /// the frame (RSV1 set, unmasked: server role) to `out`; `false`, with nothing written,
+    /// when the message is shorter than `cfg.min_size`, `bits` is outside 9..=15, or the
+    /// message would not shrink: send it uncompressed then. Every connection whose
+    /// [`super::Connection::shared_send_bits`] is `Some(bits)` may be sent the same frame: this
+    /// is how a fan-out compresses a message once for all of them.
     pub fn write_shared_frame(
         &mut self,
+        cfg: &DeflateConfig,
         bits: u8,
-        level: u8,
         op: super::OpCode,
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> bool {
-        if !(9..=15).contains(&bits) {
+        if !(9..=15).contains(&bits) || payload.len() < cfg.min_size {
             return false; // no compressor can honour a window of 8 or less
         }
-        let c = self.compressor(bits, level);
+        let c = self.compressor(bits, cfg.level);
         let ok = write_compressed(c, op, payload, None, true, out);
         c.reset();
         ok

@@ -690,7 +690,26 @@ fn shared_frames_for_fan_out() {
     assert_eq!(kept.shared_send_bits(), None);
     let msg = "a message for every subscriber, compressed once ".repeat(4);
     let mut frame_bytes = Vec::new();
-    assert!(env.contexts.write_shared_frame(12, 1, OpCode::Text, msg.as_bytes(), &mut frame_bytes));
+    assert!(env.contexts.write_shared_frame(
+        &env.deflate,
+        12,
+        OpCode::Text,
+        msg.as_bytes(),
+        &mut frame_bytes
+    ));
+    // Below min_size, or at a window no compressor has, nothing is written.
+    env.deflate.min_size = 1000;
+    let mut none = Vec::new();
+    assert!(!env.contexts.write_shared_frame(&env.deflate, 12, OpCode::Text, b"x", &mut none));
+    env.deflate.min_size = 0;
+    assert!(!env.contexts.write_shared_frame(
+        &env.deflate,
+        8,
+        OpCode::Text,
+        msg.as_bytes(),
+        &mut none
+    ));
+    assert!(none.is_empty());
     for p in [pmd(true, false, 12, 15), pmd(true, true, 12, 15)] {
         let mut c = client(p);
         let (evs, _, err) =
