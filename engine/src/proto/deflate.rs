@@ -334,7 +334,7 @@ impl DeflateState {
 /// it in its window, so the caller resets `c` before compressing another message for the same
 /// peer. (Where the window is kept, a message that does not shrink is sent compressed all the
 /// same: its bytes are in the window, and the next messages may refer to them.)
-pub fn write_compressed(
+pub(crate) fn write_compressed(
     c: &mut Compress,
     op: super::OpCode,
     payload: &[u8],
@@ -369,7 +369,7 @@ pub fn write_compressed(
 /// Appends the deflate data of one message (sync-flushed, tail removed) to `out`. `false` if
 /// the compressor failed (it never should); `out` is then left longer, and the caller
 /// truncates.
-pub fn compress_into(c: &mut Compress, payload: &[u8], out: &mut Vec<u8>) -> bool {
+pub(crate) fn compress_into(c: &mut Compress, payload: &[u8], out: &mut Vec<u8>) -> bool {
     // zlib's compressBound plus room for the sync flush's empty block.
     let bound = payload.len() + (payload.len() >> 12) + (payload.len() >> 14) + 32;
     let mut input = payload;
@@ -401,7 +401,7 @@ pub fn compress_into(c: &mut Compress, payload: &[u8], out: &mut Vec<u8>) -> boo
 /// buffer would take `memory` past its limit (growth is added to `memory.assembly` and to
 /// `reserved`, for the caller to give back), [`ProtocolError::InvalidCompressedData`] for a
 /// corrupt stream.
-pub fn inflate(
+pub(crate) fn inflate(
     inf: &mut Decompress,
     mut input: &[u8],
     out: &mut Vec<u8>,
