@@ -38,8 +38,8 @@
 #              benches/peers/target/release (PEERS_DIR overrides)
 #   BUN        the bun binary [benches/peers/bun/.bun/...: what benches/peers/bun/install.sh
 #              installs]; BUN=none leaves Bun out
-#   UWS        the peer-uws binary [benches/peers/uws/build/peer-uws: what
-#              benches/peers/uws/build.sh UWS_DIR USOCKETS_DIR builds]; UWS=none leaves it out
+#   UWS        the peer-uws binary [benches/peers/uws/build/peer-uws, compiled from
+#              benches/peers/uws/peer-uws.cpp]; UWS=none leaves it out
 #   FANOUT_ARGS extra loadgen flags for the fanout loads
 #
 # Servers whose binary is missing (Bun not installed, peer-uws not built) are skipped with a
@@ -171,7 +171,7 @@ for s in ${SERVERS:-$ALL_SERVERS}; do
             warn "skipping bun: not installed (benches/peers/bun/install.sh installs it; or BUN=/path/to/bun)"
     elif [[ $s == uws ]]; then
         [[ ${UWS:-} == none ]] ||
-            warn "skipping uws: no $bin (benches/peers/uws/build.sh UWS_DIR USOCKETS_DIR builds it)"
+            warn "skipping uws: no $bin (compile benches/peers/uws/peer-uws.cpp there; see benches/peers/README.md)"
     else
         warn "skipping $s: no $bin"
     fi

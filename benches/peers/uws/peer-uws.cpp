@@ -11,8 +11,8 @@
 //
 //   peer-uws [--addr HOST:PORT]     (default 127.0.0.1:9400)
 //
-// Built by build.sh from a uWebSockets and a uSockets source tree given on its command line;
-// neither is part of this repository.
+// Compiled against a uWebSockets and a uSockets source tree that you provide (neither is part
+// of this repository) into benches/peers/uws/build/peer-uws; see benches/peers/README.md.
 
 #include "App.h"
 
