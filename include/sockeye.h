@@ -279,6 +279,41 @@ typedef struct sockeye_config {
      * Default 256.
      */
     size_t max_topic_len;
+    /**
+     * permessage-deflate (RFC 7692): negotiate it with clients that offer it. Default false.
+     */
+    bool deflate;
+    /**
+     * Compress with one per-worker compressor reset for every message (no window kept per
+     * connection) even when the client allows more. Default true.
+     */
+    bool deflate_server_no_context_takeover;
+    /**
+     * Ask clients to reset their compressor per message, so no inflate window is kept per
+     * idle connection. Default false.
+     */
+    bool deflate_client_no_context_takeover;
+    /**
+     * Largest window the server compresses with (2^bits). Accepted: 9 to 15. Default 15.
+     */
+    uint8_t deflate_server_max_window_bits;
+    /**
+     * Largest window the server asks clients to compress with. Accepted: 8 to 15. Default 15.
+     */
+    uint8_t deflate_client_max_window_bits;
+    /**
+     * zlib level, 0 to 9 (1 fastest). Default 1.
+     */
+    uint8_t deflate_level;
+    /**
+     * Keep a connection's compression contexts between messages (dedicated) instead of
+     * lending them per message from the worker (lean, the default: false).
+     */
+    bool deflate_dedicated;
+    /**
+     * Messages shorter than this go uncompressed. Default 512.
+     */
+    size_t deflate_min_size;
 } sockeye_config;
 
 /**

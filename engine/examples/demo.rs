@@ -330,6 +330,9 @@ worker's counters in the Prometheus text format.
                      most bytes a connection may have queued; a send or published
                      line that would pass it is dropped for that connection (engine
                      default, 16 MiB: one largest message fits)
+  --deflate          negotiate permessage-deflate (RFC 7692) with clients that offer it
+                     (browsers do): one shared compressor per worker, messages of 512
+                     bytes or more compressed, a published line compressed once
   --close-slow-subscribers
                      close (1008) a connection over --max-backpressure instead of
                      dropping the message for it: a slow chat or /stats member, and
@@ -393,6 +396,7 @@ fn main() {
     let mut memory_budget = defaults.worker_memory_budget;
     let mut buffer_cache = defaults.buffer_cache;
     let mut close_slow = defaults.close_on_backpressure_limit;
+    let mut deflate = false;
     let mut max_topic_len = defaults.max_topic_len;
     let mut chaos = false;
     let mut args = std::env::args().skip(1);
@@ -428,6 +432,7 @@ fn main() {
             "--handshake-timeout" => handshake_timeout = seconds(&value("--handshake-timeout")),
             "--max-backpressure" => max_backpressure = number(&value("--max-backpressure")),
             "--close-slow-subscribers" => close_slow = true,
+            "--deflate" => deflate = true,
             "--max-topic-len" => max_topic_len = number(&value("--max-topic-len")),
             "--max-message-size" => max_message_size = number(&value("--max-message-size")),
             "--memory-budget" => memory_budget = number(&value("--memory-budget")),
@@ -451,6 +456,7 @@ fn main() {
         .backend(backend)
         .max_backpressure(max_backpressure)
         .close_on_backpressure_limit(close_slow)
+        .deflate(sockeye::DeflateConfig { enabled: deflate, ..defaults.deflate })
         .max_topic_len(max_topic_len)
         .idle_timeout(idle_timeout)
         .close_timeout(close_timeout)

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from ctypes import POINTER, c_bool, c_char_p, c_int, c_size_t, c_uint16, c_uint32, c_uint64, c_void_p
+from ctypes import POINTER, c_bool, c_char_p, c_int, c_size_t, c_uint16, c_uint32, c_uint64, c_uint8, c_void_p
 
 # ---------------------------------------------------------------- the C API, as in sockeye.h --
 
@@ -67,6 +67,14 @@ class Config(ctypes.Structure):
         ("share_port", c_bool),
         ("buffer_cache", c_size_t),
         ("max_topic_len", c_size_t),
+        ("deflate", c_bool),
+        ("deflate_server_no_context_takeover", c_bool),
+        ("deflate_client_no_context_takeover", c_bool),
+        ("deflate_server_max_window_bits", c_uint8),
+        ("deflate_client_max_window_bits", c_uint8),
+        ("deflate_level", c_uint8),
+        ("deflate_dedicated", c_bool),
+        ("deflate_min_size", c_size_t),
     ]
 
 

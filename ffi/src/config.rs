@@ -7,7 +7,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use sockeye::proto::Limits;
-use sockeye::{Backend, Config};
+use sockeye::{Backend, Config, DeflateConfig, DeflateMemory};
 
 use crate::{
     guard, sockeye_result, SOCKEYE_ERR_ADDRESS, SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_NULL,
@@ -106,6 +106,25 @@ pub struct sockeye_config {
     /// take; a longer one is refused with `SOCKEYE_ERR_TOPIC_TOO_LONG`. Accepted: 1 to 65536.
     /// Default 256.
     pub max_topic_len: usize,
+    /// permessage-deflate (RFC 7692): negotiate it with clients that offer it. Default false.
+    pub deflate: bool,
+    /// Compress with one per-worker compressor reset for every message (no window kept per
+    /// connection) even when the client allows more. Default true.
+    pub deflate_server_no_context_takeover: bool,
+    /// Ask clients to reset their compressor per message, so no inflate window is kept per
+    /// idle connection. Default false.
+    pub deflate_client_no_context_takeover: bool,
+    /// Largest window the server compresses with (2^bits). Accepted: 9 to 15. Default 15.
+    pub deflate_server_max_window_bits: u8,
+    /// Largest window the server asks clients to compress with. Accepted: 8 to 15. Default 15.
+    pub deflate_client_max_window_bits: u8,
+    /// zlib level, 0 to 9 (1 fastest). Default 1.
+    pub deflate_level: u8,
+    /// Keep a connection's compression contexts between messages (dedicated) instead of
+    /// lending them per message from the worker (lean, the default: false).
+    pub deflate_dedicated: bool,
+    /// Messages shorter than this go uncompressed. Default 512.
+    pub deflate_min_size: usize,
 }
 
 fn ms(d: Duration) -> u32 {
@@ -140,6 +159,14 @@ impl sockeye_config {
             share_port: c.share_port,
             buffer_cache: c.buffer_cache,
             max_topic_len: c.max_topic_len,
+            deflate: c.deflate.enabled,
+            deflate_server_no_context_takeover: c.deflate.server_no_context_takeover,
+            deflate_client_no_context_takeover: c.deflate.client_no_context_takeover,
+            deflate_server_max_window_bits: c.deflate.server_max_window_bits,
+            deflate_client_max_window_bits: c.deflate.client_max_window_bits,
+            deflate_level: c.deflate.level,
+            deflate_dedicated: c.deflate.memory == DeflateMemory::Dedicated,
+            deflate_min_size: c.deflate.min_size,
         }
     }
 
@@ -189,6 +216,21 @@ impl sockeye_config {
             share_port: self.share_port,
             buffer_cache: self.buffer_cache,
             max_topic_len: self.max_topic_len,
+            deflate: DeflateConfig {
+                enabled: self.deflate,
+                server_no_context_takeover: self.deflate_server_no_context_takeover,
+                client_no_context_takeover: self.deflate_client_no_context_takeover,
+                server_max_window_bits: self.deflate_server_max_window_bits,
+                client_max_window_bits: self.deflate_client_max_window_bits,
+                level: self.deflate_level,
+                memory: if self.deflate_dedicated {
+                    DeflateMemory::Dedicated
+                } else {
+                    DeflateMemory::Lean
+                },
+                min_size: self.deflate_min_size,
+                ..d.deflate
+            },
             ..d
         };
         config.validate().map_err(|_| SOCKEYE_ERR_INVALID_ARGUMENT)?;

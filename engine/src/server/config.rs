@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::proto::Limits;
+use crate::proto::{DeflateConfig, Limits};
 
 /// Which I/O backend the workers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +71,12 @@ pub struct Config {
     /// `Stats::backpressure_closes`). Either way a slow subscriber never slows the others,
     /// the publisher or the worker.
     pub close_on_backpressure_limit: bool,
+    /// permessage-deflate (RFC 7692): off by default. Enabled, an offer a browser makes is
+    /// accepted per these preferences (see [`DeflateConfig`] for each one and what it costs);
+    /// data messages of at least `min_size` bytes go out compressed to connections that
+    /// negotiated it, a published message is compressed once per worker for all subscribers
+    /// that share parameters, and `max_message_size` bounds the inflated size.
+    pub deflate: DeflateConfig,
     /// Longest topic name ([`crate::Conn::subscribe`], `publish`), in bytes; a longer one is
     /// refused with [`crate::TopicError::TooLong`]. Default 256. Accepted: 1..=65536.
     pub max_topic_len: usize,
@@ -149,6 +155,7 @@ impl Default for Config {
             max_backpressure: 16 << 20,
             close_on_backpressure_limit: false,
             max_topic_len: 256,
+            deflate: DeflateConfig::default(),
             max_connections: 1 << 20,
             worker_memory_budget: 256 << 20,
             buffer_cache: 16 << 20,
@@ -318,6 +325,7 @@ impl Config {
         at_least_one("max_backpressure", self.max_backpressure)?;
         in_range("max_connections", self.max_connections, 1, MAX_CONNECTIONS)?;
         in_range("max_topic_len", self.max_topic_len, 1, MAX_TOPIC_LEN)?;
+        self.deflate.validate().map_err(|r| ConfigError::new("deflate", r.to_owned()))?;
         at_least_one("worker_memory_budget", self.worker_memory_budget)?;
         in_range("read_buffer_size", self.read_buffer_size, MIN_READ_BUFFER, MAX_READ_BUFFER)?;
         timeout("shutdown_timeout", self.shutdown_timeout, Duration::ZERO)?;

@@ -312,7 +312,16 @@ impl<D> CoreState<D> {
             self.requeued(key, before);
             return SendStatus::Dropped;
         }
-        if payload.len() >= self.cfg.direct_write_min
+        let compressed = s.proto.deflate().is_some();
+        if compressed {
+            // Compressed (when it is worth it) into the queue: the frame differs from the
+            // payload, so there is nothing to write straight from the sender's memory.
+            let out = Self::out_q(&mut self.out_pool, &mut s.out).bytes_mut();
+            if s.proto.send_message(op, payload, out, &mut self.env).is_err() {
+                self.requeued(key, before);
+                return SendStatus::Closed;
+            }
+        } else if payload.len() >= self.cfg.direct_write_min
             && s.inflight == 0
             // Blocked: the bytes wait their turn. Read-paused: the drain that resumes reading
             // runs in the backend's flush (`on_written`), which must see the queue.
@@ -429,10 +438,57 @@ impl<D> CoreState<D> {
         let subs = self.topics.take_subs(tid);
         let mut reached = 0;
         if subs.iter().any(|&k| Some(k as usize) != exclude) {
-            let f = build_frame(op, payload);
+            // Built at the first subscriber that needs it: the plain frame, and one compressed
+            // frame per window size among subscribers that negotiated compression without
+            // server context takeover (`None` inside: the message does not compress).
+            let mut plain: Option<Frame> = None;
+            let mut packed: [Option<Option<Frame>>; 16] = Default::default();
             let mut close = std::mem::take(&mut self.to_close);
             for &k in &subs {
-                if Some(k as usize) != exclude && self.deliver(k as usize, &f, &mut close) {
+                let key = k as usize;
+                if Some(key) == exclude {
+                    continue;
+                }
+                let proto = &self.conns[key].proto;
+                let shared = match (proto.deflate(), proto.shared_send_bits()) {
+                    (None, _) => None,
+                    (Some(_), Some(bits)) => {
+                        let slot = &mut packed[usize::from(bits & 15)];
+                        if slot.is_none() {
+                            let mut v = Vec::new();
+                            let cfg = &self.cfg.deflate;
+                            let ok = self
+                                .env
+                                .contexts
+                                .write_shared_frame(cfg, bits, op, payload, &mut v);
+                            *slot = Some(ok.then(|| Frame::from(v)));
+                        }
+                        slot.clone().flatten()
+                    }
+                    (Some(_), None) => {
+                        // A window of its own (server context takeover): compressed for it
+                        // alone, by its own compressor.
+                        let drops = self.counts.sends_dropped;
+                        match self.send(key, op, payload) {
+                            SendStatus::Sent | SendStatus::Backpressure => {
+                                reached += 1;
+                                self.counts.messages_out -= 1; // counted with `reached` below
+                            }
+                            SendStatus::Dropped if self.counts.sends_dropped > drops => {
+                                // A publish drop, not a send's (the policy is the same).
+                                self.counts.sends_dropped = drops;
+                                self.counts.publish_drops += 1;
+                            }
+                            SendStatus::Dropped | SendStatus::Closed => {}
+                        }
+                        continue;
+                    }
+                };
+                let f = match shared {
+                    Some(f) => f,
+                    None => plain.get_or_insert_with(|| build_frame(op, payload)).clone(),
+                };
+                if self.deliver(key, &f, &mut close) {
                     reached += 1;
                 }
             }
@@ -639,6 +695,7 @@ impl<H: Handler> Core<H> {
     ) -> Self {
         let mut env = Env::new(cfg.limits);
         env.memory.limit = cfg.worker_memory_budget;
+        env.deflate = cfg.deflate;
         // Half the cache for assembly buffers (kept up to 1 MiB each), half for send buffers.
         const KEEP: usize = 1 << 20;
         env.pool = crate::proto::BufPool::new(cfg.buffer_cache / 2 / KEEP, KEEP);

@@ -97,6 +97,8 @@ impl<F> ServerBuilder<F> {
         max_backpressure: usize => max_backpressure);
     setter!(/// Close a connection (1008) when one of its sends is dropped.
         close_on_backpressure_limit: bool => close_on_backpressure_limit);
+    setter!(/// permessage-deflate preferences (off by default).
+        deflate: crate::proto::DeflateConfig => deflate);
     setter!(/// Longest topic name, in bytes.
         max_topic_len: usize => max_topic_len);
     setter!(/// Connections per worker.
