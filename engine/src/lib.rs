@@ -48,7 +48,7 @@ pub mod testing {
 
 pub use error::Error;
 pub use proto::handshake::Request;
-pub use proto::CloseCode;
+pub use proto::{CloseCode, Limits};
 pub use server::{
     Backend, Config, ConfigError, Conn, ConnId, Ctx, Handler, HttpResponse, InvalidCloseCode,
     Message, NoHandler, Post, SendStatus, Server, ServerBuilder, ServerHandle, Stats, Upgrade,

@@ -189,3 +189,38 @@ fn servers_that_share_the_port_both_build() {
     // A third that did not ask to share still finds the port taken.
     refused(Server::builder().listen(addr).workers(1), io::ErrorKind::AddrInUse, "in use");
 }
+
+/// The defaults are the ones the rendered docs of `Config`, `Limits` and the builder's setters
+/// state (a change here must change those docs too).
+#[test]
+fn defaults_are_the_documented_ones() {
+    let c = Config::default();
+    assert_eq!(c.addr, SocketAddr::from(([127, 0, 0, 1], 9001)));
+    assert_eq!(c.workers, 0);
+    assert_eq!(c.backend, sockeye::Backend::Auto);
+    let l = c.limits;
+    assert_eq!(l, sockeye::Limits::default());
+    assert_eq!(l.max_frame_size, 16 << 20);
+    assert_eq!(l.max_message_size, 16 << 20);
+    assert_eq!(l.max_fragments, 131_072);
+    assert_eq!(l.max_handshake_bytes, 8192);
+    assert_eq!(l.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(l.close_timeout, Duration::from_secs(5));
+    assert_eq!(c.idle_timeout, Some(Duration::from_secs(120)));
+    assert_eq!(c.auto_ping, None);
+    assert_eq!(c.max_backpressure, 16 << 20);
+    assert!(!c.close_on_backpressure_limit);
+    assert_eq!(c.max_connections, 1 << 20);
+    assert_eq!(c.worker_memory_budget, 256 << 20);
+    assert_eq!(c.buffer_cache, 16 << 20);
+    assert!(!c.share_port);
+    assert_eq!(c.backlog, 4096);
+    assert_eq!(c.read_buffer_size, 256 << 10);
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(c.timer_tick, Duration::from_millis(250));
+    assert_eq!(c.uring_entries, 4096);
+    assert_eq!(c.uring_buffers, 128);
+    assert_eq!(c.uring_buffer_size, 64 << 10);
+    assert_eq!(c.direct_write_min, 32 << 10);
+    assert_eq!(c.uring_send_zc_threshold, usize::MAX);
+}
