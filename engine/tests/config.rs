@@ -190,6 +190,22 @@ fn servers_that_share_the_port_both_build() {
     refused(Server::builder().listen(addr).workers(1), io::ErrorKind::AddrInUse, "in use");
 }
 
+/// `Server::config` reports what is in force: a `workers(0)` server says how many workers it
+/// started (one per core), not 0; the backend is resolved; the port asked as 0 is the bound one.
+#[test]
+fn server_config_reports_the_resolved_worker_count() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4096);
+    let s = build(Server::builder().listen("127.0.0.1:0").workers(0)).expect("workers(0)");
+    assert_eq!(s.config().workers, cores, "workers(0) resolves to one per core");
+    assert_eq!(s.config().worker_count(), cores);
+    assert_eq!(s.handle().workers(), cores);
+    assert_ne!(s.config().backend, sockeye::Backend::Auto, "the backend is resolved");
+    assert_eq!(s.config().addr, s.local_addr());
+    assert_ne!(s.local_addr().port(), 0);
+    let two = build(base().workers(2)).expect("workers(2)");
+    assert_eq!(two.config().workers, 2);
+}
+
 /// The defaults are the ones the rendered docs of `Config`, `Limits` and the builder's setters
 /// state (a change here must change those docs too).
 #[test]

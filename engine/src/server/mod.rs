@@ -219,6 +219,8 @@ where
         config.validate()?;
         config.backend = backend::resolve(config.backend)?;
         let n = config.worker_count();
+        // What `Server::config` reports: the count in force, not the 0 that asked for it.
+        config.workers = n;
         let mut preps = Vec::with_capacity(n);
         let mut links = Vec::with_capacity(n);
         // Unless sharing was asked for, make sure the port is ours: nothing may listen there
