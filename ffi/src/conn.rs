@@ -211,7 +211,7 @@ pub extern "C" fn sockeye_conn_set_user_data(conn: *mut sockeye_conn, user_data:
         // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
         // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
         if let Some(c) = unsafe { opaque::as_mut(conn) } {
-            c.conn.data().user = user_data;
+            c.conn.data_mut().user = user_data;
         }
     })
 }

@@ -273,8 +273,53 @@ impl<D> Conn<'_, D> {
     pub fn peer_addr(&self) -> SocketAddr {
         self.core.peer_addr(self.key)
     }
-    /// The user data set at upgrade.
-    pub fn data(&mut self) -> &mut D {
+    /// The user data set at upgrade ([`Upgrade::accept`]), shared: other `&self` methods
+    /// ([`Conn::handle`], [`Conn::id`], [`Conn::peer_addr`]) may be called while it is
+    /// borrowed.
+    ///
+    /// ```
+    /// use sockeye::{Conn, Handler, Message};
+    ///
+    /// #[derive(Default)]
+    /// enum Role {
+    ///     #[default]
+    ///     Reader,
+    ///     Writer,
+    /// }
+    ///
+    /// struct App;
+    /// impl Handler for App {
+    ///     type Data = Role;
+    ///     fn on_message(&mut self, conn: &mut Conn<'_, Role>, msg: Message<'_>) {
+    ///         match conn.data() {
+    ///             // `data()` borrows `conn` shared, so `handle()` is still at hand.
+    ///             Role::Writer => {
+    ///                 conn.handle().post_all(std::sync::Arc::new(msg.as_bytes().to_vec()));
+    ///             }
+    ///             Role::Reader => {}
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn data(&self) -> &D {
+        self.core.data(self.key)
+    }
+    /// The user data set at upgrade, to change it.
+    ///
+    /// ```
+    /// use sockeye::{Conn, Handler, Message};
+    ///
+    /// struct Counter;
+    /// impl Handler for Counter {
+    ///     type Data = u64; // messages seen on this connection
+    ///     fn on_message(&mut self, conn: &mut Conn<'_, u64>, _msg: Message<'_>) {
+    ///         *conn.data_mut() += 1;
+    ///         let n = *conn.data();
+    ///         conn.send_text(&format!("message {n}"));
+    ///     }
+    /// }
+    /// ```
+    pub fn data_mut(&mut self) -> &mut D {
         self.core.data_mut(self.key)
     }
     /// A handle to the server, for cross-thread work.

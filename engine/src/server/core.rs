@@ -195,6 +195,10 @@ impl<D> CoreState<D> {
         self.conns.len() - self.retired
     }
 
+    pub(crate) fn data(&self, key: usize) -> &D {
+        &self.conns[key].data
+    }
+
     pub(crate) fn data_mut(&mut self, key: usize) -> &mut D {
         &mut self.conns[key].data
     }
