@@ -61,18 +61,32 @@ impl ConnId {
     pub fn worker(&self) -> usize {
         self.worker as usize
     }
-    /// Packs the id into a u64 (worker:12, key:20, generation:32 bits; the builder keeps
-    /// `workers` ≤ 4096 and `max_connections` ≤ 2^20 so nothing is lost), for hosts that want
-    /// a number.
+    /// Packs the id into a u64, for hosts that want a number (the C ABI's `uint64_t` ids are
+    /// these). Bits 63..52: the worker index (the builder keeps `workers` ≤ 4096); bits
+    /// 51..32: the connection's slot in its worker (`max_connections` ≤ 2^20); bits 31..0: the
+    /// slot's generation plus one, wrapping. The value 0 never names a connection (it would be
+    /// the generation that retires a slot), so hosts may use it as "none".
+    ///
+    /// ```
+    /// # use sockeye::ConnId;
+    /// # let id = ConnId::from_u64(0x0010_0000_0000_0001);
+    /// let n = id.to_u64();
+    /// assert_eq!((n >> 52) as usize, id.worker());
+    /// assert_eq!(ConnId::from_u64(n), id);
+    /// ```
     pub fn to_u64(&self) -> u64 {
         (u64::from(self.worker & 0xfff) << 52)
             | (u64::from(self.key & 0xf_ffff) << 32)
-            | u64::from(self.gen)
+            | u64::from(self.gen.wrapping_add(1))
     }
-    /// Unpacks an id made by [`ConnId::to_u64`]; an id that names no open connection is ignored
-    /// wherever it is used.
+    /// Unpacks an id made by [`ConnId::to_u64`]; an id that names no open connection (0
+    /// among them) is ignored wherever it is used.
     pub fn from_u64(v: u64) -> Self {
-        ConnId { worker: (v >> 52) as u32, key: ((v >> 32) & 0xf_ffff) as u32, gen: v as u32 }
+        ConnId {
+            worker: (v >> 52) as u32,
+            key: ((v >> 32) & 0xf_ffff) as u32,
+            gen: (v as u32).wrapping_sub(1),
+        }
     }
 }
 
