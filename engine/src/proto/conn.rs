@@ -102,6 +102,9 @@ pub enum Decision {
         status: u16,
         /// The Content-Type header.
         content_type: String,
+        /// Extra response headers, after the engine's own (filtered as by
+        /// [`handshake::write_response_with`]).
+        headers: Vec<(String, String)>,
         /// The body.
         body: Vec<u8>,
     },
@@ -490,8 +493,16 @@ impl Connection {
                 let plain = if e.is_plain_http() {
                     match handshake::parse_http(source, max) {
                         Ok(Parsed::Complete(req, _)) => match decide(&req, false) {
-                            Decision::Respond { status, content_type, body } => {
-                                handshake::write_response(status, &content_type, &body, out);
+                            Decision::Respond { status, content_type, headers, body } => {
+                                let extra: Vec<(&str, &str)> =
+                                    headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                                handshake::write_response_with(
+                                    status,
+                                    &content_type,
+                                    &extra,
+                                    &body,
+                                    out,
+                                );
                                 Some(())
                             }
                             _ => None,

@@ -32,17 +32,73 @@ impl<'a> Message<'a> {
     }
 }
 
-/// What became of a send.
+/// What became of a send, as uWebSockets' `send` reports it (SUCCESS / BACKPRESSURE /
+/// DROPPED), plus the two cases a WebSocket library's `Result` would give as errors: the
+/// connection is gone, or the message went to another thread.
+///
+/// Only `Sent` and `Backpressure` mean the message is queued; a producer that sends a lot
+/// stops at `Backpressure` (or `Dropped`) and goes on in [`crate::Handler::on_drain`]:
+///
+/// ```
+/// use sockeye::{Conn, Handler, Message, SendStatus};
+///
+/// /// Streams `left` chunks to every connection, never queueing more than the socket refuses.
+/// struct Producer;
+///
+/// #[derive(Default)]
+/// struct Left(u32);
+///
+/// fn pump(conn: &mut Conn<'_, Left>) {
+///     let chunk = [0u8; 64 << 10];
+///     while conn.data().0 > 0 {
+///         match conn.send_binary(&chunk) {
+///             SendStatus::Sent => conn.data_mut().0 -= 1,
+///             // Queued, but the socket is full: on_drain calls pump again.
+///             SendStatus::Backpressure => {
+///                 conn.data_mut().0 -= 1;
+///                 return;
+///             }
+///             // Not queued (the queue is over max_backpressure): retry it on drain.
+///             SendStatus::Dropped => return,
+///             SendStatus::Closed | SendStatus::Forwarded => return,
+///         }
+///     }
+/// }
+///
+/// impl Handler for Producer {
+///     type Data = Left;
+///     fn on_open(&mut self, conn: &mut Conn<'_, Left>) {
+///         conn.data_mut().0 = 1000;
+///         pump(conn);
+///     }
+///     fn on_drain(&mut self, conn: &mut Conn<'_, Left>) {
+///         pump(conn);
+///     }
+///     fn on_message(&mut self, _: &mut Conn<'_, Left>, _: Message<'_>) {}
+/// }
+/// ```
+///
+/// `examples/backpressure.rs` is the whole program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendStatus {
-    /// Queued behind nothing: it leaves in this loop turn's write.
+    /// Queued behind nothing the socket refused: it leaves with this loop turn's write (sends
+    /// are corked: everything a callback sends goes out in one write per connection).
     Sent,
-    /// Queued behind data the socket has not taken yet (backpressure); `on_drain` follows.
+    /// Queued, behind bytes the socket has refused (backpressure): it goes once the peer
+    /// reads. [`crate::Handler::on_drain`] follows when the queue is empty again.
     Backpressure,
-    /// Not queued: the connection already has more than `max_backpressure` bytes waiting.
+    /// Not queued: it would take the connection's queue past `max_backpressure` (or the
+    /// worker's memory budget). The connection stays open unless
+    /// `close_on_backpressure_limit` is set.
     Dropped,
-    /// Not queued: the connection is closing or closed.
+    /// Not queued: the connection is closing or closed (or the id names no connection).
     Closed,
+    /// Handed to another worker: [`Ctx::send_text`] to a connection another worker holds
+    /// copies the message into that worker's command channel (as [`ServerHandle::send_text`]
+    /// does), and that worker sends it in its next loop turn. Whether it is sent, dropped or
+    /// skipped there (the connection closed meanwhile) is not reported back. [`Conn`]'s sends
+    /// never return it.
+    Forwarded,
 }
 
 /// Identifies a connection across threads. Stale ids (the connection closed, its slot reused)

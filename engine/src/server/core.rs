@@ -667,6 +667,7 @@ impl<H: Handler> Core<H> {
                     Ok(Some(r)) => Decision::Respond {
                         status: r.status,
                         content_type: r.content_type,
+                        headers: r.headers,
                         body: r.body,
                     },
                     Ok(None) => Decision::Reject { status: 400 },
