@@ -109,6 +109,12 @@ typedef enum sockeye_send_status {
      * panic.
      */
     SOCKEYE_SEND_ERROR = 4,
+    /**
+     * Handed to the worker that holds the connection (another thread), which sends it in its
+     * next loop turn; what becomes of it there is not reported back. The sends of a
+     * `sockeye_conn` never return it.
+     */
+    SOCKEYE_SEND_FORWARDED = 5,
 } sockeye_send_status;
 
 /**

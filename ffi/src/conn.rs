@@ -38,6 +38,10 @@ pub enum sockeye_send_status {
     /// Not queued: a NULL pointer, an unknown opcode, text that is not UTF-8, or a caught
     /// panic.
     SOCKEYE_SEND_ERROR = 4,
+    /// Handed to the worker that holds the connection (another thread), which sends it in its
+    /// next loop turn; what becomes of it there is not reported back. The sends of a
+    /// `sockeye_conn` never return it.
+    SOCKEYE_SEND_FORWARDED = 5,
 }
 
 pub use sockeye_send_status::*;
@@ -55,6 +59,7 @@ impl From<SendStatus> for sockeye_send_status {
             SendStatus::Backpressure => SOCKEYE_SEND_BACKPRESSURE,
             SendStatus::Dropped => SOCKEYE_SEND_DROPPED,
             SendStatus::Closed => SOCKEYE_SEND_CLOSED,
+            SendStatus::Forwarded => SOCKEYE_SEND_FORWARDED,
         }
     }
 }

@@ -206,20 +206,51 @@ impl<D> Upgrade<D> {
 
 /// A plain HTTP response to a request that is not a WebSocket upgrade (see
 /// [`Handler::on_http`]). The connection closes after it.
+///
+/// The engine writes the status line, `Connection: close`, `Content-Type` and
+/// `Content-Length` itself; [`HttpResponse::with_header`] adds any other header.
+///
+/// ```
+/// use sockeye::HttpResponse;
+///
+/// let page = HttpResponse::new(200, "text/html; charset=utf-8", "<h1>hi</h1>")
+///     .with_header("Cache-Control", "no-store");
+/// let moved = HttpResponse::new(301, "text/plain", "moved").with_header("Location", "/app/");
+/// assert_eq!(moved.headers, [("Location".to_string(), "/app/".to_string())]);
+/// # let _ = page;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HttpResponse {
-    /// The status code.
+    /// The status code (anything outside 200..=599 is sent as 500).
     pub status: u16,
-    /// The Content-Type header.
+    /// The Content-Type header (left out when empty).
     pub content_type: String,
-    /// The body.
+    /// Extra headers, sent after the engine's own. Skipped on the wire: a name that is not an
+    /// HTTP token, a value holding CR, LF or NUL (no header injection), and the headers the
+    /// engine owns: `Connection`, `Content-Type` (set [`HttpResponse::content_type`]),
+    /// `Content-Length`, `Transfer-Encoding`, and `Allow` / `Upgrade` /
+    /// `Sec-WebSocket-Version` on the 405 / 426 that carry them.
+    pub headers: Vec<(String, String)>,
+    /// The body (not sent for 204 and 304).
     pub body: Vec<u8>,
 }
 
 impl HttpResponse {
-    /// A response with this status, content type and body.
+    /// A response with this status, content type and body, and no extra headers.
     pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
-        Self { status, content_type: content_type.to_owned(), body: body.into() }
+        Self {
+            status,
+            content_type: content_type.to_owned(),
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// Adds a header (see [`HttpResponse::headers`] for those the engine leaves out).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
     }
 }
 
@@ -423,13 +454,31 @@ impl<D> Ctx<'_, D> {
         let key = self.core.key_of(id)?;
         Some(Conn { core: self.core, key })
     }
-    /// Sends a text message to a connection of this worker.
+    /// Sends a text message to the connection `id`, wherever it is. On this worker it is
+    /// queued at once, as [`Conn::send_text`] would (`Sent`, `Backpressure`, `Dropped`, or
+    /// `Closed` when `id` names no open connection). On another worker it is copied and handed
+    /// to that worker, as [`ServerHandle::send_text`] does, and sent in its next loop turn:
+    /// the answer is then [`SendStatus::Forwarded`] (what becomes of it there is not reported
+    /// back), or `Closed` if `id` names no worker of this server.
     pub fn send_text(&mut self, id: ConnId, text: &str) -> SendStatus {
-        self.conn(id).map_or(SendStatus::Closed, |mut c| c.send_text(text))
+        self.send(id, Message::Text(text))
     }
-    /// Sends a binary message to a connection of this worker.
+    /// Sends a binary message to the connection `id`, wherever it is (see
+    /// [`Ctx::send_text`]).
     pub fn send_binary(&mut self, id: ConnId, data: &[u8]) -> SendStatus {
-        self.conn(id).map_or(SendStatus::Closed, |mut c| c.send_binary(data))
+        self.send(id, Message::Binary(data))
+    }
+    /// Sends a message of the same kind to the connection `id`, wherever it is (see
+    /// [`Ctx::send_text`]).
+    pub fn send(&mut self, id: ConnId, msg: Message<'_>) -> SendStatus {
+        if id.worker != self.core.worker {
+            let handed = match msg {
+                Message::Text(t) => self.core.handle.send_text(id, t),
+                Message::Binary(b) => self.core.handle.send_binary(id, b),
+            };
+            return if handed { SendStatus::Forwarded } else { SendStatus::Closed };
+        }
+        self.conn(id).map_or(SendStatus::Closed, |mut c| c.send(msg))
     }
     /// A handle to the server.
     pub fn handle(&self) -> &ServerHandle {
