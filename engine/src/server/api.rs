@@ -168,7 +168,43 @@ impl fmt::Display for InvalidCloseCode {
 
 impl std::error::Error for InvalidCloseCode {}
 
-/// The answer to an upgrade request.
+/// The answer to an upgrade request, from [`Handler::on_upgrade`]: accept (with the
+/// connection's user data, maybe a subprotocol and extra headers) or reject with an HTTP
+/// status.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use sockeye::{Conn, Handler, Message, Request, Upgrade};
+///
+/// struct Api;
+///
+/// impl Handler for Api {
+///     type Data = String; // the user, from the token
+///
+///     fn on_upgrade(&mut self, req: &Request<'_>, _peer: SocketAddr) -> Upgrade<String> {
+///         if req.path() != "/api" {
+///             return Upgrade::reject(404);
+///         }
+///         let Some(user) = req.query().and_then(|q| q.strip_prefix("token=")) else {
+///             return Upgrade::reject(401);
+///         };
+///         // Confirm a subprotocol only if the client offered it (else the answer is 500).
+///         if req.protocols().any(|p| p == "api.v1") {
+///             Upgrade::accept(user.to_owned()).with_protocol("api.v1")
+///         } else {
+///             Upgrade::accept(user.to_owned())
+///         }
+///     }
+///
+///     fn on_message(&mut self, conn: &mut Conn<'_, String>, _msg: Message<'_>) {
+///         let hello = format!("hello, {}", conn.data());
+///         conn.send_text(&hello);
+///     }
+/// }
+/// ```
+///
+/// `examples/rooms.rs` routes by path and query, picks among subprotocols and rejects with
+/// 400, 403 and 404.
 #[derive(Debug)]
 pub enum Upgrade<D> {
     /// Accept the connection.
@@ -260,8 +296,70 @@ pub type Post = Arc<dyn Any + Send + Sync>;
 /// The application: one instance per worker thread, created on that thread by the factory given
 /// to [`crate::ServerBuilder::handler`]. Callbacks run on the worker's thread and must not
 /// block.
+///
+/// A connection's life, callback by callback: [`Handler::on_upgrade`] decides its handshake
+/// (a plain HTTP GET goes to [`Handler::on_http`] instead); [`Handler::on_open`] once it is
+/// open; then any number of [`Handler::on_message`], [`Handler::on_ping`],
+/// [`Handler::on_pong`] and [`Handler::on_drain`]; and [`Handler::on_close`] exactly once.
+/// [`Handler::on_post`] is the worker's, not a connection's: it receives what other threads
+/// post through the [`ServerHandle`].
+///
+/// Only `on_message` must be written; every other callback has a default that does nothing
+/// (and `on_upgrade` accepts every request with `Data::default()`). State shared by a
+/// worker's connections lives in `self`, without locks; state of one connection lives in
+/// its [`Handler::Data`], reached with [`Conn::data`] / [`Conn::data_mut`].
+///
+/// ```no_run
+/// use std::collections::HashSet;
+/// use std::net::SocketAddr;
+/// use sockeye::{CloseCode, Conn, ConnId, Handler, Message, Request, Server, Upgrade};
+///
+/// /// One per worker: the connections it holds that want the news.
+/// #[derive(Default)]
+/// struct News {
+///     readers: HashSet<ConnId>,
+/// }
+///
+/// impl Handler for News {
+///     type Data = (); // nothing per connection
+///
+///     fn on_upgrade(&mut self, req: &Request<'_>, _peer: SocketAddr) -> Upgrade<()> {
+///         if req.path() == "/news" { Upgrade::accept(()) } else { Upgrade::reject(404) }
+///     }
+///
+///     fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+///         self.readers.insert(conn.id());
+///         conn.send_text("welcome");
+///     }
+///
+///     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+///         if let Message::Text("bye") = msg {
+///             let _ = conn.close(CloseCode::NORMAL, "bye");
+///         }
+///     }
+///
+///     fn on_close(&mut self, conn: &mut Conn<'_, ()>, _code: CloseCode, _reason: &str) {
+///         self.readers.remove(&conn.id());
+///     }
+/// }
+///
+/// fn main() -> Result<(), sockeye::Error> {
+///     Server::builder().listen("127.0.0.1:9001").handler(News::default).build()?.run()
+/// }
+/// ```
+///
+/// The crate's front page lists the examples, from echo to rooms, pushes, backpressure and
+/// shutdown.
 pub trait Handler: 'static {
-    /// Per-connection user data, set by [`Handler::on_upgrade`].
+    /// Per-connection user data, set by [`Handler::on_upgrade`] ([`Upgrade::accept`]) and
+    /// read in every later callback with [`Conn::data`] / [`Conn::data_mut`]; dropped when
+    /// the connection is gone, after [`Handler::on_close`].
+    ///
+    /// Why `Default`: the worker holds a slot for a connection from the moment it is
+    /// accepted, before `on_upgrade` has chosen its data, and keeps a retired slot as a
+    /// tombstone; those slots hold `Data::default()`, which no callback ever sees. Data
+    /// without a natural default can be wrapped in an `Option` (`None` never reaches a
+    /// callback of an opened connection).
     type Data: Default + 'static;
 
     /// Decides about an upgrade request. The default accepts every request.
@@ -319,7 +417,38 @@ pub trait Handler: 'static {
     }
 }
 
-/// A handler's view of one connection during a callback.
+/// A handler's view of one connection during a callback: send to it, close it, read and
+/// change its user data, reach its worker ([`Conn::ctx`]) and the server ([`Conn::handle`]).
+/// It lives as long as the callback; to reach the connection later or from another thread,
+/// keep its [`Conn::id`].
+///
+/// ```
+/// use sockeye::{CloseCode, Conn, Handler, Message, SendStatus};
+///
+/// struct Guarded;
+///
+/// impl Handler for Guarded {
+///     type Data = u32; // messages so far
+///
+///     fn on_message(&mut self, conn: &mut Conn<'_, u32>, msg: Message<'_>) {
+///         *conn.data_mut() += 1;
+///         if *conn.data() > 1000 {
+///             // Refused only for a code that may not go on the wire (1005, 1006, ...).
+///             let _ = conn.close(CloseCode::POLICY, "too chatty");
+///             return;
+///         }
+///         if conn.send(msg) == SendStatus::Dropped {
+///             // Over max_backpressure: this peer does not read what it is sent.
+///             let _ = conn.close(CloseCode::POLICY, "read your messages");
+///         }
+///         log_peer(conn);
+///     }
+/// }
+///
+/// fn log_peer(conn: &Conn<'_, u32>) {
+///     let _ = (conn.id(), conn.peer_addr(), conn.buffered_amount());
+/// }
+/// ```
 pub struct Conn<'a, D> {
     pub(crate) core: &'a mut CoreState<D>,
     pub(crate) key: usize,
@@ -433,7 +562,40 @@ impl<D> Conn<'_, D> {
     }
 }
 
-/// A handler's view of its worker: its connections by id, and the server handle.
+/// A handler's view of its worker: its connections by id, and the server handle. A
+/// [`Handler::on_post`] gets one; any other callback gets one from [`Conn::ctx`].
+///
+/// Sends by id reach connections of any worker: one this worker holds is queued at once, one
+/// another worker holds is forwarded to it ([`SendStatus::Forwarded`]).
+///
+/// ```
+/// use std::collections::HashSet;
+/// use sockeye::{Conn, ConnId, Ctx, Handler, Message, Post};
+///
+/// /// An alert posted to every worker with `ServerHandle::post_all`.
+/// struct Alert(String);
+///
+/// #[derive(Default)]
+/// struct Alerts {
+///     watchers: HashSet<ConnId>, // this worker's
+/// }
+///
+/// impl Handler for Alerts {
+///     type Data = ();
+///     fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+///         self.watchers.insert(conn.id());
+///     }
+///     fn on_message(&mut self, _: &mut Conn<'_, ()>, _: Message<'_>) {}
+///     fn on_post(&mut self, ctx: &mut Ctx<'_, ()>, post: &Post) {
+///         let Some(Alert(text)) = post.downcast_ref::<Alert>() else { return };
+///         // Each worker sends to the connections it holds: no copy crosses threads.
+///         self.watchers.retain(|&id| ctx.conn(id).is_some()); // drop the closed ones
+///         for &id in &self.watchers {
+///             ctx.send_text(id, text);
+///         }
+///     }
+/// }
+/// ```
 pub struct Ctx<'a, D> {
     pub(crate) core: &'a mut CoreState<D>,
 }
