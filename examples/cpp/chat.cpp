@@ -1,14 +1,15 @@
 // chat.cpp: a Sockeye chat server in C++ (through include/sockeye.hpp). Every text line a
 // client sends on ws://127.0.0.1:PORT/chat goes to every /chat connection on every worker,
-// the sender included; binary messages are refused with close 1003. Stops gracefully on
-// SIGINT or SIGTERM.
+// the sender included; binary messages are refused with close 1003. GET / answers a short
+// text page. Stops gracefully on SIGINT or SIGTERM.
 //
-//   c++ -std=c++17 -O2 -o chat chat.cpp $(pkg-config --cflags --libs sockeye) -lpthread
+//   c++ -std=c++17 -O2 -pthread -o chat chat.cpp $(pkg-config --cflags --libs sockeye)
 //   ./chat [PORT [WORKERS]]        (or SOCKEYE_PORT / SOCKEYE_WORKERS; default 2 workers)
 //
-// Connections live on different worker threads, so the relay names them by id: every id is
-// kept in one mutex-protected set, and each line is sent with Server::send_text (the
-// thread-safe sockeye_server_send), which hands it to whichever worker holds the connection.
+// Connections live on different worker threads, and no lock is needed to relay between
+// them: each worker keeps the ids of the connections it holds (indexed by Conn::worker(),
+// only ever touched on that worker's thread), and a line is posted once to every worker
+// (Server::post), whose callback sends it to that worker's members (Worker::send_text).
 #include <pthread.h>
 #include <signal.h>
 
@@ -16,7 +17,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <mutex>
+#include <memory>
 #include <string>
 #include <thread>
 #include <unordered_set>
@@ -27,37 +28,39 @@
 class Chat : public sockeye::Handler {
 public:
     sockeye::Server *server = nullptr;  // set before run(); callbacks only happen during run()
+    // One set per worker, sized before run(); set i is only used on worker i's thread.
+    std::vector<std::unordered_set<std::uint64_t>> members;
 
     std::uint16_t on_upgrade(sockeye::Request &req, sockeye::Upgrade &) override {
         return req.path() == "/chat" ? SOCKEYE_UPGRADE_ACCEPT : 404;
     }
 
-    void on_open(sockeye::Conn &conn) override {
-        std::lock_guard<std::mutex> lock(mu_);
-        members_.insert(conn.id());
+    std::uint16_t on_http(sockeye::Request &req, sockeye::HttpResponse &resp) override {
+        if (req.path() != "/") return 0;  // the default 400
+        resp.body("text/plain", "chat: connect to ws://HOST/chat\n");
+        resp.header("Cache-Control", "no-store");
+        return 200;
     }
+
+    void on_open(sockeye::Conn &conn) override { members[conn.worker()].insert(conn.id()); }
 
     void on_message(sockeye::Conn &conn, sockeye::Opcode op, std::string_view line) override {
         if (op != sockeye::Opcode::Text) {
             conn.close(1003, "chat takes text");
             return;
         }
-        std::vector<std::uint64_t> to;
-        {
-            std::lock_guard<std::mutex> lock(mu_);
-            to.assign(members_.begin(), members_.end());
+        // One copy of the line, shared by the posts to every worker.
+        auto text = std::make_shared<const std::string>(line);  // `line` is lent: copied
+        for (std::size_t w = 0; w < members.size(); w++) {
+            server->post(w, [this, text](sockeye::Worker &worker) {
+                for (std::uint64_t id : members[worker.index()]) worker.send_text(id, *text);
+            });
         }
-        for (std::uint64_t id : to) server->send_text(id, line);  // copies `line`
     }
 
     void on_close(sockeye::Conn &conn, std::uint16_t, std::string_view) override {
-        std::lock_guard<std::mutex> lock(mu_);
-        members_.erase(conn.id());
+        members[conn.worker()].erase(conn.id());
     }
-
-private:
-    std::mutex mu_;
-    std::unordered_set<std::uint64_t> members_;
 };
 
 static long arg_or_env(int argc, char **argv, int i, const char *env, long dflt) {
@@ -89,6 +92,7 @@ int main(int argc, char **argv) {
                                    .workers(static_cast<std::uint32_t>(workers)),
                                chat);
         chat.server = &server;
+        chat.members.resize(server.workers());
         std::printf("listening on ws://127.0.0.1:%u/chat (%zu workers)\n", unsigned(server.port()),
                     server.workers());
         std::fflush(stdout);
