@@ -4,16 +4,19 @@
 #   tests/c/run.sh
 #
 # 1. installs libsockeye into a temp prefix (ffi/install.sh) and builds, against the installed
-#    library via pkg-config: examples/c/echo.c and examples/cpp/chat.cpp with
-#    -fsanitize=address,undefined, echo.c plain (for valgrind) and echo.c linked statically,
-#    and tests/c/config.c with the sanitizers;
+#    library via pkg-config, with the link line docs/c-api.md gives (`-pthread` and
+#    `pkg-config --cflags --libs sockeye`): examples/c/echo.c, examples/c/rooms.c and
+#    examples/cpp/chat.cpp with -fsanitize=address,undefined, echo.c plain (for valgrind) and
+#    echo.c linked statically, and tests/c/config.c with the sanitizers;
 # 2. runs config.c: a second server on a taken port gets SOCKEYE_ERR_ADDRESS_IN_USE (unless
 #    both set share_port), out-of-range fields get SOCKEYE_ERR_INVALID_ARGUMENT;
 # 3. starts each server on a free port (port 0; the server prints the one it got), drives it
 #    with Python `websockets` and a raw socket (tests/c/drive.py), stops it with SIGINT or
 #    SIGTERM, and requires exit status 0 and no sanitizer report on stderr:
 #    - ASan echo on every backend in CABI_BACKENDS (default "epoll io_uring"; io_uring is
-#      skipped where the kernel lacks it), ASan chat (2 workers, 3 clients), the static echo;
+#      skipped where the kernel lacks it), ASan rooms (2 workers: 404/400/403, subprotocol
+#      choice, fan-out through posts to every worker, 1003, GET /) and ASan chat (2 workers,
+#      3 clients) on the same backends, the static echo;
 #    - echo under `valgrind --leak-check=full --error-exitcode=1` (epoll: valgrind does not
 #      know io_uring), with no "definitely lost" bytes;
 #    - examples/python/echo.py (ctypes) against the installed libsockeye.so.
@@ -90,11 +93,12 @@ build() {
         fail "build $name"
     fi
 }
-build echo-asan cc -std=c11 -Wall -Wextra -Werror -g "${SAN[@]}" -o "$WORK/echo-asan" "$ROOT/examples/c/echo.c" "${PC[@]}"
-build chat-asan c++ -std=c++17 -Wall -Wextra -Werror -g "${SAN[@]}" -o "$WORK/chat-asan" "$ROOT/examples/cpp/chat.cpp" "${PC[@]}"
-build config-asan cc -std=c11 -Wall -Wextra -Werror -g "${SAN[@]}" -o "$WORK/config-asan" "$HERE/config.c" "${PC[@]}"
-build echo cc -std=c11 -Wall -Wextra -Werror -O1 -g -o "$WORK/echo" "$ROOT/examples/c/echo.c" "${PC[@]}"
-build echo-static cc -std=c11 -Wall -Wextra -Werror -O1 -o "$WORK/echo-static" "$ROOT/examples/c/echo.c" \
+build echo-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/echo-asan" "$ROOT/examples/c/echo.c" "${PC[@]}"
+build rooms-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/rooms-asan" "$ROOT/examples/c/rooms.c" "${PC[@]}"
+build chat-asan c++ -std=c++17 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/chat-asan" "$ROOT/examples/cpp/chat.cpp" "${PC[@]}"
+build config-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/config-asan" "$HERE/config.c" "${PC[@]}"
+build echo cc -std=c11 -Wall -Wextra -Werror -O1 -g -pthread -o "$WORK/echo" "$ROOT/examples/c/echo.c" "${PC[@]}"
+build echo-static cc -std=c11 -Wall -Wextra -Werror -O1 -pthread -o "$WORK/echo-static" "$ROOT/examples/c/echo.c" \
     $(pkg-config --cflags sockeye) "$PREFIX/lib/libsockeye.a" "${PC_STATIC_LIBS[@]}"
 if [ -x "$WORK/echo-static" ] && readelf -d "$WORK/echo-static" | grep -q 'NEEDED.*libsockeye'; then
     fail "echo-static is not static (it needs libsockeye.so)"
@@ -188,6 +192,11 @@ fi
 if [ -x "$WORK/echo-asan" ]; then
     for b in $BACKENDS; do
         scenario "echo-asan-$b" echo /echo INT env SOCKEYE_BACKEND="$b" "$WORK/echo-asan" 0 2
+    done
+fi
+if [ -x "$WORK/rooms-asan" ]; then
+    for b in $BACKENDS; do
+        scenario "rooms-asan-$b" rooms / INT env SOCKEYE_BACKEND="$b" "$WORK/rooms-asan" 0 2
     done
 fi
 if [ -x "$WORK/chat-asan" ]; then
