@@ -564,8 +564,8 @@ void sockeye_conn_set_user_data(struct sockeye_conn *conn, void *user_data);
 void *sockeye_conn_user_data(struct sockeye_conn *conn);
 
 /**
- * Writes the peer's address as text, "IP:PORT" ("203.0.113.7:51234") or "[IPv6]:PORT"
- * ("[2001:db8::1]:443"), NUL-terminated, into the `cap` bytes at `buf`, and its length (without
+ * Writes the peer's address as text, "IP:PORT" ("203.0.113.7:51234") or "\[IPv6\]:PORT"
+ * ("\[2001:db8::1\]:443"), NUL-terminated, into the `cap` bytes at `buf`, and its length (without
  * the NUL) into `*len` unless `len` is NULL. `buf` stays the caller's; `SOCKEYE_PEER_ADDR_MAX`
  * bytes always suffice. Returns `SOCKEYE_ERR_NULL` if `conn` or `buf` is NULL,
  * `SOCKEYE_ERR_INVALID_ARGUMENT` if `cap` is too small (then nothing is written).

@@ -132,7 +132,7 @@ public:
     std::uint64_t id() const noexcept { return sockeye_conn_id(c_); }
     /// The worker that holds the connection and runs its callbacks.
     std::size_t worker() const noexcept { return sockeye_conn_worker(c_); }
-    /// The peer's address, "IP:PORT" or "[IPv6]:PORT".
+    /// The peer's address, "IP:PORT" or "[IPv6]:PORT" (empty if it cannot be read).
     std::string peer_addr() const {
         char buf[SOCKEYE_PEER_ADDR_MAX];
         std::size_t len = 0;

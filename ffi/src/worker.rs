@@ -1,7 +1,7 @@
 //! Posts to a worker from any thread (`sockeye_server_post`), and `sockeye_worker`: a worker
 //! as the posted callback sees it, to send to its connections by id.
 //!
-//! A post is a [`CPost`] in the worker's command channel. Its callback runs exactly once: on
+//! A post is a `CPost` in the worker's command channel. Its callback runs exactly once: on
 //! the worker, or, when the post cannot run there any more (the server stopped first), with a
 //! NULL worker from whichever thread drops it, so the C program can always free its argument.
 
