@@ -88,6 +88,19 @@ typedef enum sockeye_result {
      * `share_port` is false, or the listener there does not share its port).
      */
     SOCKEYE_ERR_ADDRESS_IN_USE = 10,
+    /**
+     * A topic name is longer than the server's `max_topic_len` (see `sockeye_config`).
+     */
+    SOCKEYE_ERR_TOPIC_TOO_LONG = 11,
+    /**
+     * The connection is closing or closed: it can no longer subscribe (`on_close`, or after
+     * `sockeye_conn_close`).
+     */
+    SOCKEYE_ERR_CLOSED = 12,
+    /**
+     * A message is larger than one send takes (2 GiB).
+     */
+    SOCKEYE_ERR_MESSAGE_TOO_LARGE = 13,
 } sockeye_result;
 
 /**
@@ -243,11 +256,14 @@ typedef struct sockeye_config {
     uint32_t auto_ping_ms;
     /**
      * Bytes a connection may have queued for sending before further data sends are dropped
-     * (`SOCKEYE_SEND_DROPPED`). Accepted: at least 1. Default 16 MiB.
+     * (`SOCKEYE_SEND_DROPPED`), and published messages skip it (`publish_drops` in
+     * `sockeye_stats`). Accepted: at least 1. Default 16 MiB.
      */
     size_t max_backpressure;
     /**
-     * Close the connection (1008) when one of its sends is dropped over `max_backpressure`.
+     * Close the connection (1008) when one of its sends, or a message published to it, is
+     * dropped over `max_backpressure` (`backpressure_closes` in `sockeye_stats`). Default
+     * false.
      */
     bool close_on_backpressure_limit;
     /**
@@ -283,6 +299,12 @@ typedef struct sockeye_config {
      * nothing. Default 16 MiB.
      */
     size_t buffer_cache;
+    /**
+     * Longest topic name, in bytes, that `sockeye_conn_subscribe` and the publish functions
+     * take; a longer one is refused with `SOCKEYE_ERR_TOPIC_TOO_LONG`. Accepted: 1 to 65536.
+     * Default 256.
+     */
+    size_t max_topic_len;
 } sockeye_config;
 
 /**
@@ -378,7 +400,8 @@ typedef struct sockeye_callbacks {
 
 /**
  * One worker's counters, as of its last loop turn (see `sockeye_server_stats`). Counters only
- * grow; `connections`, `memory_in_use`, `buffers_total` and `buffers_in_kernel` are gauges.
+ * grow; `connections`, `memory_in_use`, `buffers_total`, `buffers_in_kernel` and
+ * `subscriptions` are gauges. Fields are only ever added at the end.
  */
 typedef struct sockeye_stats {
     /**
@@ -434,6 +457,32 @@ typedef struct sockeye_stats {
      * Handshake requests refused as malformed, or failed by the application (500).
      */
     size_t bad_handshakes;
+    /**
+     * Data messages received (text and binary, whole).
+     */
+    size_t messages_in;
+    /**
+     * Data messages queued to connections: sends, and published messages once per subscriber
+     * reached.
+     */
+    size_t messages_out;
+    /**
+     * Published messages queued to a subscriber of this worker (one per subscriber reached).
+     */
+    size_t deliveries;
+    /**
+     * Published messages dropped for a subscriber whose queue was over `max_backpressure`.
+     */
+    size_t publish_drops;
+    /**
+     * Connections closed with 1008 because their queue was over `max_backpressure` (with
+     * `close_on_backpressure_limit` set).
+     */
+    size_t backpressure_closes;
+    /**
+     * Topic subscriptions the worker holds now (a gauge).
+     */
+    size_t subscriptions;
 } sockeye_stats;
 
 /**
@@ -492,8 +541,9 @@ const char *sockeye_version(void);
  * "127.0.0.1", port 9001, one worker per core, automatic backend, 16 MiB messages and frames,
  * 10 s handshake timeout, 5 s close timeout, 120 s idle timeout, no auto-ping, 16 MiB
  * backpressure limit, 1048576 connections per worker, 5 s shutdown timeout, 256 MiB worker
- * memory budget, port not shared. `out` is written, never read, and stays owned by
- * the caller. Returns `SOCKEYE_ERR_NULL` if `out` is NULL.
+ * memory budget, port not shared, 16 MiB buffer cache, topic names up to 256 bytes. `out` is
+ * written, never read, and stays owned by the caller. Returns `SOCKEYE_ERR_NULL` if `out` is
+ * NULL.
  */
 enum sockeye_result sockeye_config_default(struct sockeye_config *out);
 
@@ -746,6 +796,92 @@ enum sockeye_result sockeye_server_close_conn(struct sockeye_server *server, uin
  * returns. Either way the pointer must not be used again, by any thread, once this is called.
  */
 void sockeye_server_free(struct sockeye_server *server);
+
+/**
+ * Subscribes the connection to the topic named by the `topic_len` bytes at `topic` (any bytes,
+ * not NUL-terminated; copied; `topic` may be NULL when `topic_len` is 0). Subscribing again
+ * to a topic it already has is not an error (`sockeye_conn_is_subscribed` tells the two
+ * apart). A subscription ends with `sockeye_conn_unsubscribe` or with the connection, right
+ * after its `on_close`. Call it from a callback that received `conn`, typically `on_open`.
+ *
+ * Returns `SOCKEYE_OK`; `SOCKEYE_ERR_NULL` if `conn` is NULL (or `topic` is, with
+ * `topic_len` > 0); `SOCKEYE_ERR_TOPIC_TOO_LONG` if `topic_len` is over `max_topic_len`;
+ * `SOCKEYE_ERR_CLOSED` if the connection is closing or closed (`on_close`, or after
+ * `sockeye_conn_close`).
+ */
+enum sockeye_result sockeye_conn_subscribe(struct sockeye_conn *conn, const char *topic, size_t topic_len);
+
+/**
+ * Unsubscribes the connection from the topic named by the `topic_len` bytes at `topic`
+ * (read during the call only). Returns true if it was subscribed; false if it was not, or if
+ * `conn` is NULL (or `topic` is, with `topic_len` > 0).
+ */
+bool sockeye_conn_unsubscribe(struct sockeye_conn *conn, const char *topic, size_t topic_len);
+
+/**
+ * Whether the connection is subscribed to the topic named by the `topic_len` bytes at
+ * `topic` (read during the call only). False if `conn` is NULL (or `topic` is, with
+ * `topic_len` > 0).
+ */
+bool sockeye_conn_is_subscribed(struct sockeye_conn *conn, const char *topic, size_t topic_len);
+
+/**
+ * Subscribers of the topic named by the `topic_len` bytes at `topic` on the worker that
+ * holds `conn` (exact: this worker's own count, as of now); `sockeye_server_subscriber_count`
+ * sums every worker. 0 if `conn` is NULL (or `topic` is, with `topic_len` > 0).
+ */
+size_t sockeye_conn_subscriber_count(struct sockeye_conn *conn, const char *topic, size_t topic_len);
+
+/**
+ * Publishes a message to every subscriber of a topic, on every worker, except `conn` itself
+ * (as `ws.publish` in uWebSockets and Bun; `sockeye_conn_publish_including_self` includes
+ * it). The topic is the `topic_len` bytes at `topic`; the message is `opcode`
+ * (`SOCKEYE_OPCODE_TEXT`, UTF-8 checked, or `SOCKEYE_OPCODE_BINARY`) with the `len` bytes at
+ * `data`. Both are copied before the call returns (either pointer may be NULL when its length
+ * is 0). The frame is built once per worker and shared by its subscribers; a subscriber whose
+ * queue is over `max_backpressure` loses the message (counted in `publish_drops`), or is
+ * closed with 1008 when `close_on_backpressure_limit` is set, and never slows the others.
+ * Messages one connection publishes to one topic reach every subscriber in order. A topic
+ * nobody subscribes to is not an error: the message goes nowhere.
+ *
+ * Returns `SOCKEYE_OK`; `SOCKEYE_ERR_NULL` for a NULL `conn` (or a NULL `topic` or `data`
+ * with a length > 0); `SOCKEYE_ERR_INVALID_ARGUMENT` for an unknown opcode;
+ * `SOCKEYE_ERR_UTF8` for text that is not UTF-8; `SOCKEYE_ERR_TOPIC_TOO_LONG` for a topic
+ * over `max_topic_len`; `SOCKEYE_ERR_MESSAGE_TOO_LARGE` for a message over 2 GiB.
+ */
+enum sockeye_result sockeye_conn_publish(struct sockeye_conn *conn, const char *topic, size_t topic_len, sockeye_opcode opcode, const uint8_t *data, size_t len);
+
+/**
+ * Same as `sockeye_conn_publish`, but `conn` gets the message too if it is a subscriber of
+ * the topic (a chat room that echoes every line to everyone, the sender included).
+ */
+enum sockeye_result sockeye_conn_publish_including_self(struct sockeye_conn *conn, const char *topic, size_t topic_len, sockeye_opcode opcode, const uint8_t *data, size_t len);
+
+/**
+ * Publishes a message to every subscriber of a topic, on every worker. Thread-safe: callable
+ * from any thread, callbacks included, while the server lives (a thread of your own that
+ * publishes must be done before `sockeye_server_free`). Topic and message are as for
+ * `sockeye_conn_publish` and copied before the call returns (once, whatever the number of
+ * workers and subscribers); each worker that holds a subscriber sends the message on its next
+ * loop turn. Messages published from one thread to one topic reach each subscriber in the
+ * order they were published.
+ *
+ * Returns `SOCKEYE_OK` (also when nobody subscribes: the message goes nowhere);
+ * `SOCKEYE_ERR_NULL` for a NULL `server` (or a NULL `topic` or `data` with a length > 0);
+ * `SOCKEYE_ERR_INVALID_ARGUMENT` for an unknown opcode; `SOCKEYE_ERR_UTF8` for text that is
+ * not UTF-8; `SOCKEYE_ERR_MESSAGE_TOO_LARGE` for a length no buffer can have;
+ * `SOCKEYE_ERR_STOPPED` once a shutdown has begun (`sockeye_server_stop`; nothing is
+ * published); else `SOCKEYE_ERR_TOPIC_TOO_LONG` for a topic over `max_topic_len`.
+ */
+enum sockeye_result sockeye_server_publish(struct sockeye_server *server, const char *topic, size_t topic_len, sockeye_opcode opcode, const uint8_t *data, size_t len);
+
+/**
+ * Subscribers of the topic named by the `topic_len` bytes at `topic` (read during the call
+ * only) over all workers. Thread-safe. Each worker's part is exact as of its last subscribe
+ * or unsubscribe; the sum is read without stopping the workers. 0 if `server` is NULL (or
+ * `topic` is, with `topic_len` > 0).
+ */
+size_t sockeye_server_subscriber_count(const struct sockeye_server *server, const char *topic, size_t topic_len);
 
 /**
  * Runs `cb(user_data, worker, arg)` on worker `worker` (0 ≤ `worker` <

@@ -13,13 +13,13 @@
 // It covers the whole C API: every callback (on_upgrade, on_http, on_open, on_message,
 // on_ping, on_pong, on_drain, on_close), the request (path, query, headers, every offered
 // subprotocol), the connection (send, ping, close, id, worker, peer address, user data, its
-// server), and the server's thread-safe calls (send and close by id, post to a worker, stats,
-// stop).
+// server, subscribe and publish), and the server's thread-safe calls (send and close by id,
+// publish, post to a worker, stats, stop).
 //
 // Ownership is the C API's: a Server owns its sockeye_server (freed by the destructor);
 // Request, Upgrade, HttpResponse, Conn and Worker are views valid only inside the callback that
-// received them; the Handler is borrowed and must outlive the Server. Handler methods run on worker threads,
-// concurrently when there are several workers. An exception escaping a Handler method is
+// received them; the Handler is borrowed and must outlive the Server. Handler methods run on
+// worker threads, concurrently when there are several workers. An exception escaping a Handler method is
 // caught at the boundary (it must never unwind into the library): a throwing on_upgrade
 // rejects with 500, any other closes the connection with 1011.
 #ifndef SOCKEYE_HPP
@@ -124,7 +124,8 @@ private:
 };
 
 /// A connection: a view valid only inside the callback that received it. Keep id() to reach
-/// the connection later or from another thread through Server::send.
+/// the connection later or from another thread through Server::send, or subscribe it to a
+/// topic and reach every subscriber with publish (here) or Server::publish (any thread).
 class Conn {
 public:
     explicit Conn(sockeye_conn *c) noexcept : c_(c) {}
@@ -157,6 +158,34 @@ public:
     std::size_t buffered_amount() const noexcept { return sockeye_conn_buffered_amount(c_); }
     void *user_data() const noexcept { return sockeye_conn_user_data(c_); }
     void set_user_data(void *p) noexcept { sockeye_conn_set_user_data(c_, p); }
+
+    /// Subscribes to `topic` (any bytes, copied). SOCKEYE_OK also when already subscribed;
+    /// SOCKEYE_ERR_TOPIC_TOO_LONG over max_topic_len, SOCKEYE_ERR_CLOSED once closing.
+    sockeye_result subscribe(std::string_view topic) noexcept {
+        return sockeye_conn_subscribe(c_, topic.data(), topic.size());
+    }
+    /// False if it was not subscribed.
+    bool unsubscribe(std::string_view topic) noexcept {
+        return sockeye_conn_unsubscribe(c_, topic.data(), topic.size());
+    }
+    bool is_subscribed(std::string_view topic) const noexcept {
+        return sockeye_conn_is_subscribed(c_, topic.data(), topic.size());
+    }
+    /// Publishes to every subscriber of `topic` on every worker but this connection (copied).
+    sockeye_result publish(std::string_view topic, Opcode op, std::string_view data) noexcept {
+        return sockeye_conn_publish(c_, topic.data(), topic.size(), static_cast<sockeye_opcode>(op),
+                                    reinterpret_cast<const std::uint8_t *>(data.data()), data.size());
+    }
+    /// Publishes to every subscriber of `topic`, this connection included if it is one.
+    sockeye_result publish_including_self(std::string_view topic, Opcode op, std::string_view data) noexcept {
+        return sockeye_conn_publish_including_self(
+            c_, topic.data(), topic.size(), static_cast<sockeye_opcode>(op),
+            reinterpret_cast<const std::uint8_t *>(data.data()), data.size());
+    }
+    /// Subscribers of `topic` on this connection's worker (Server::subscriber_count: all).
+    std::size_t subscriber_count(std::string_view topic) const noexcept {
+        return sockeye_conn_subscriber_count(c_, topic.data(), topic.size());
+    }
     sockeye_conn *get() const noexcept { return c_; }
 
 private:
@@ -284,6 +313,18 @@ public:
     /// Closes any connection by id, from any thread.
     sockeye_result close(std::uint64_t id, std::uint16_t code = 1000, const char *reason = nullptr) noexcept {
         return sockeye_server_close_conn(s_, id, code, reason);
+    }
+    /// Publishes to every subscriber of `topic` on every worker, from any thread (copied).
+    sockeye_result publish(std::string_view topic, Opcode op, std::string_view data) noexcept {
+        return sockeye_server_publish(s_, topic.data(), topic.size(), static_cast<sockeye_opcode>(op),
+                                      reinterpret_cast<const std::uint8_t *>(data.data()), data.size());
+    }
+    sockeye_result publish_text(std::string_view topic, std::string_view text) noexcept {
+        return publish(topic, Opcode::Text, text);
+    }
+    /// Subscribers of `topic` over all workers; thread-safe.
+    std::size_t subscriber_count(std::string_view topic) const noexcept {
+        return sockeye_server_subscriber_count(s_, topic.data(), topic.size());
     }
     /// Runs `f(Worker &)` on worker `worker` in its next loop turn, from any thread (callbacks
     /// included). `f` is moved to the heap and destroyed after it ran, or without running if

@@ -1,49 +1,115 @@
-//! The demo server: `/echo` echoes, `/chat` relays every text line to everyone on `/chat` across
-//! all workers, `/` serves a browser chat client, `/metrics` the engine's per-worker counters
-//! (Prometheus text format). `--chaos` adds `/panic`, whose handler panics on every message
-//! (fault injection, tests/faults/). Embedded defaults; `--help` for options.
+//! The demo server: `/echo` echoes; `/chat` is a chat room on pub/sub (`?room=NAME`, `chat` by
+//! default): every text line is published to the room, the sender included, whichever worker
+//! holds each member; `/stats` streams the server's live stats (topic `$stats`, JSON once a
+//! second, published by a thread outside the workers); `/` serves a browser chat client that
+//! draws them; `/metrics` the engine's per-worker counters (Prometheus text format). `--chaos`
+//! adds `/panic`, whose handler panics on every message (fault injection, tests/faults/).
+//! Embedded defaults; `--help` for options.
 //!
 //! ```sh
 //! cargo run --release --example demo
 //! ```
 
-use std::collections::HashSet;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use sockeye::{
-    Backend, CloseCode, Conn, ConnId, Ctx, Handler, HttpResponse, Message, Post, Request, Server,
-    ServerHandle, Upgrade,
+    Backend, CloseCode, Conn, Handler, HttpResponse, Message, Request, Server, ServerHandle, Stats,
+    Upgrade,
 };
 
 const PAGE: &str = include_str!("demo.html");
+
+/// The room of a `/chat` request without `?room=`.
+const DEFAULT_ROOM: &str = "chat";
+/// Longest room name, in bytes.
+const MAX_ROOM_LEN: usize = 64;
+/// The topic the stats thread publishes to and `/stats` subscribes to. A room name cannot
+/// collide with it: `$` is not allowed in one.
+const STATS_TOPIC: &str = "$stats";
+/// How often the stats thread publishes.
+const STATS_PERIOD: Duration = Duration::from_secs(1);
+
+/// A chat room's name, 1..=64 bytes of `[A-Za-z0-9_-]`, held inline so that a connection's
+/// [`Route`] stays `Copy` (no allocation per connection or per line).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Room {
+    len: u8,
+    name: [u8; MAX_ROOM_LEN],
+}
+
+impl Room {
+    /// `None` unless `name` is 1..=64 bytes of `[A-Za-z0-9_-]`.
+    fn parse(name: &str) -> Option<Room> {
+        let b = name.as_bytes();
+        let ok = (1..=MAX_ROOM_LEN).contains(&b.len())
+            && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-');
+        if !ok {
+            return None;
+        }
+        let mut room = Room { len: b.len() as u8, name: [0; MAX_ROOM_LEN] };
+        room.name[..b.len()].copy_from_slice(b);
+        Some(room)
+    }
+
+    /// The room's topic: its name.
+    fn topic(&self) -> &[u8] {
+        &self.name[..usize::from(self.len)]
+    }
+
+    /// The room a `/chat` request's query names: `room=NAME`, or [`DEFAULT_ROOM`] without
+    /// one; other parameters are ignored. `None` (answered 400) for a bad name or a repeated
+    /// `room`.
+    fn from_query(query: Option<&str>) -> Option<Room> {
+        let mut room = None;
+        for pair in query.unwrap_or("").split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if key == "room" {
+                if room.is_some() {
+                    return None;
+                }
+                room = Some(Room::parse(value)?);
+            }
+        }
+        room.or_else(|| Room::parse(DEFAULT_ROOM))
+    }
+}
+
+impl fmt::Debug for Room {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Room({})", String::from_utf8_lossy(self.topic()))
+    }
+}
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Route {
     #[default]
     Echo,
-    Chat,
+    Chat(Room),
+    /// Read-only: the `$stats` stream.
+    Stats,
     /// `--chaos` only: every message makes the handler panic.
     Panic,
 }
 
-/// A chat line on its way to every worker.
-struct ChatLine(String);
-
-/// One per worker: knows which of this worker's connections are in the chat.
+/// One per worker. The chat needs no state of its own: the engine's topics hold the rooms.
 struct Demo {
-    chat: HashSet<ConnId>,
     /// The server's handle, set once `build()` returned (for `/metrics`).
     server: Arc<OnceLock<ServerHandle>>,
     /// `--chaos`: serve `/panic`.
     chaos: bool,
+    /// `Config::max_topic_len`: a room longer than it is refused at the upgrade.
+    max_topic_len: usize,
 }
 
 /// The `Stats` fields that are gauges (they go down as well as up); every other field is a
 /// counter and is exported as `sockeye_<name>_total`.
-const GAUGES: &[&str] = &["connections", "memory_in_use", "buffers_total", "buffers_in_kernel"];
+const GAUGES: &[&str] =
+    &["connections", "memory_in_use", "buffers_total", "buffers_in_kernel", "subscriptions"];
 
 fn metric_help(name: &str) -> &'static str {
     match name {
@@ -59,6 +125,12 @@ fn metric_help(name: &str) -> &'static str {
         "sends_dropped" => "Data sends refused over max_backpressure.",
         "budget_refusals" => "Sends and messages refused over the worker memory budget.",
         "protocol_errors" => "Connections closed for a protocol violation by the peer.",
+        "messages_in" => "Data messages received (text and binary, whole).",
+        "messages_out" => "Data messages queued: sends, and publishes once per subscriber.",
+        "deliveries" => "Published messages queued to a subscriber (one per subscriber).",
+        "publish_drops" => "Published messages dropped for a subscriber over max_backpressure.",
+        "backpressure_closes" => "Connections closed with 1008 for a queue over max_backpressure.",
+        "subscriptions" => "Topic subscriptions the worker holds.",
         "bad_handshakes" => "Handshake requests answered with an HTTP error.",
         _ => "A sockeye per-worker counter.",
     }
@@ -84,13 +156,100 @@ fn metrics_text(stats: &[sockeye::Stats]) -> String {
     out
 }
 
+/// The sums over every worker that the stats thread turns into rates.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    messages_in: usize,
+    messages_out: usize,
+    deliveries: usize,
+    publish_drops: usize,
+}
+
+impl Totals {
+    fn of(stats: &[Stats]) -> Self {
+        stats.iter().fold(Totals::default(), |t, s| Totals {
+            messages_in: t.messages_in + s.messages_in,
+            messages_out: t.messages_out + s.messages_out,
+            deliveries: t.deliveries + s.deliveries,
+            publish_drops: t.publish_drops + s.publish_drops,
+        })
+    }
+}
+
+/// The `$stats` message: a small JSON object. Totals are sums over the workers, `*_per_s`
+/// the change since the previous message divided by the seconds between the two snapshots.
+/// Everything in it is a number or a fixed name: nothing needs escaping.
+fn stats_json(backend: &str, stats: &[Stats], now: Totals, prev: Totals, secs: f64) -> String {
+    let rate =
+        |a: usize, b: usize| if secs > 0.0 { a.saturating_sub(b) as f64 / secs } else { 0.0 };
+    let mut out =
+        format!("{{\"backend\":\"{backend}\",\"workers\":{},\"connections\":[", stats.len());
+    for (i, s) in stats.iter().enumerate() {
+        let _ = write!(out, "{}{}", if i == 0 { "" } else { "," }, s.connections);
+    }
+    let subscriptions: usize = stats.iter().map(|s| s.subscriptions).sum();
+    let _ = write!(
+        out,
+        "],\"subscriptions\":{subscriptions},\"messages_in\":{},\"messages_out\":{},\
+         \"deliveries\":{},\"publish_drops\":{},\"in_per_s\":{:.1},\"out_per_s\":{:.1},\
+         \"deliveries_per_s\":{:.1},\"publish_drops_per_s\":{:.1}}}",
+        now.messages_in,
+        now.messages_out,
+        now.deliveries,
+        now.publish_drops,
+        rate(now.messages_in, prev.messages_in),
+        rate(now.messages_out, prev.messages_out),
+        rate(now.deliveries, prev.deliveries),
+        rate(now.publish_drops, prev.publish_drops),
+    );
+    out
+}
+
+/// The stats thread: once a second publishes [`stats_json`] to [`STATS_TOPIC`] through the
+/// handle, like any thread outside the workers may. Ends when `stop` fires or is dropped, or
+/// when a shutdown begins.
+fn stats_loop(handle: &ServerHandle, backend: &str, stop: &mpsc::Receiver<()>) {
+    let mut then = Instant::now();
+    let mut prev = Totals::of(&handle.stats());
+    let mut next = then + STATS_PERIOD;
+    loop {
+        match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if handle.is_shutting_down() {
+            return;
+        }
+        let stats = handle.stats();
+        let now = Instant::now();
+        let totals = Totals::of(&stats);
+        let json = stats_json(backend, &stats, totals, prev, (now - then).as_secs_f64());
+        if let Err(e) = handle.publish(STATS_TOPIC, json.as_str()) {
+            log::warn!("stats thread: cannot publish to {STATS_TOPIC}: {e}; stopping");
+            return;
+        }
+        (prev, then) = (totals, now);
+        // Keep a steady beat; after a long stall (a suspended process) start afresh.
+        next += STATS_PERIOD;
+        if next < now {
+            next = now + STATS_PERIOD;
+        }
+    }
+}
+
 impl Handler for Demo {
     type Data = Route;
 
     fn on_upgrade(&mut self, req: &Request<'_>, _peer: SocketAddr) -> Upgrade<Route> {
         match req.path() {
             "/echo" => Upgrade::accept(Route::Echo),
-            "/chat" => Upgrade::accept(Route::Chat),
+            "/chat" => match Room::from_query(req.query()) {
+                Some(room) if room.topic().len() <= self.max_topic_len => {
+                    Upgrade::accept(Route::Chat(room))
+                }
+                _ => Upgrade::reject(400),
+            },
+            "/stats" => Upgrade::accept(Route::Stats),
             "/panic" if self.chaos => Upgrade::accept(Route::Panic),
             _ => Upgrade::reject(404),
         }
@@ -110,8 +269,16 @@ impl Handler for Demo {
     }
 
     fn on_open(&mut self, conn: &mut Conn<'_, Route>) {
-        if *conn.data() == Route::Chat {
-            self.chat.insert(conn.id());
+        let subscribed = match *conn.data() {
+            Route::Chat(room) => conn.subscribe(room.topic()),
+            Route::Stats => conn.subscribe(STATS_TOPIC),
+            Route::Echo | Route::Panic => return,
+        };
+        // Rooms were checked against max_topic_len at the upgrade: only a `--max-topic-len`
+        // too short for `$stats` gets here.
+        if let Err(e) = subscribed {
+            log::debug!("{:?}: cannot subscribe: {e}", conn.id());
+            let _ = conn.close(CloseCode::INTERNAL_ERROR, &format!("cannot subscribe: {e}"));
         }
     }
 
@@ -120,35 +287,35 @@ impl Handler for Demo {
             (Route::Echo, m) => {
                 conn.send(m);
             }
-            (Route::Chat, Message::Text(line)) => {
-                conn.handle().post_all(Arc::new(ChatLine(line.to_owned())));
+            (Route::Chat(room), Message::Text(line)) => {
+                // To every member on every worker, this connection included; a member whose
+                // queue is full loses the line (or is closed, --close-slow-subscribers).
+                if let Err(e) = conn.publish_including_self(room.topic(), line) {
+                    let _ = conn.close(CloseCode::TOO_BIG, &format!("cannot publish: {e}"));
+                }
             }
-            (Route::Chat, Message::Binary(_)) => {
+            (Route::Chat(_), Message::Binary(_)) => {
                 let _ = conn.close(CloseCode::UNSUPPORTED, "chat takes text"); // a valid code
             }
-            (Route::Panic, _) => panic!("--chaos: /panic panics on every message"),
-        }
-    }
-
-    fn on_close(&mut self, conn: &mut Conn<'_, Route>, _code: CloseCode, _reason: &str) {
-        self.chat.remove(&conn.id());
-    }
-
-    fn on_post(&mut self, ctx: &mut Ctx<'_, Route>, post: &Post) {
-        if let Some(ChatLine(line)) = post.downcast_ref::<ChatLine>() {
-            for &id in &self.chat {
-                ctx.send_text(id, line);
+            (Route::Stats, _) => {
+                let _ = conn.close(CloseCode::UNSUPPORTED, "stats is read-only");
             }
+            (Route::Panic, _) => panic!("--chaos: /panic panics on every message"),
         }
     }
 }
 
 const HELP: &str = "\
-sockeye demo: /echo, /chat and a browser chat page at /
+sockeye demo: /echo, /chat rooms, /stats and a browser chat page at /
 
 USAGE: demo [--addr ADDR] [--workers N] [--backend auto|epoll|io_uring] [OPTIONS]
 
-GET /metrics serves every worker's counters in the Prometheus text format.
+/echo echoes every message. /chat?room=NAME joins a chat room (NAME: 1 to 64 of
+A-Z a-z 0-9 _ -, else the upgrade is refused with 400; without ?room= the room is
+\"chat\"): every text line goes to everyone in the room, the sender included, on
+every worker; binary closes with 1003. /stats streams the server's stats as JSON
+once a second (topic $stats), which the page at / draws. GET /metrics serves every
+worker's counters in the Prometheus text format.
 
   --addr ADDR        listen address (default 127.0.0.1:9001)
   --workers N        worker threads (default: one per core)
@@ -160,8 +327,16 @@ GET /metrics serves every worker's counters in the Prometheus text format.
   --handshake-timeout SECS
                      time a client has to send its handshake (engine default)
   --max-backpressure BYTES
-                     most bytes a connection may have queued; a send that would pass
-                     it is dropped (engine default, 16 MiB: one largest message fits)
+                     most bytes a connection may have queued; a send or published
+                     line that would pass it is dropped for that connection (engine
+                     default, 16 MiB: one largest message fits)
+  --close-slow-subscribers
+                     close (1008) a connection over --max-backpressure instead of
+                     dropping the message for it: a slow chat or /stats member, and
+                     an /echo client that does not read (off by default)
+  --max-topic-len BYTES
+                     longest topic name (engine default 256); a room longer than it
+                     is refused with 400, and under 6 /stats cannot subscribe
   --memory-budget BYTES
                      send queues and assembly buffers one worker may hold (engine default)
   --buffer-cache BYTES
@@ -217,6 +392,8 @@ fn main() {
     let mut max_message_size = defaults.limits.max_message_size;
     let mut memory_budget = defaults.worker_memory_budget;
     let mut buffer_cache = defaults.buffer_cache;
+    let mut close_slow = defaults.close_on_backpressure_limit;
+    let mut max_topic_len = defaults.max_topic_len;
     let mut chaos = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -250,6 +427,8 @@ fn main() {
             "--close-timeout" => close_timeout = seconds(&value("--close-timeout")),
             "--handshake-timeout" => handshake_timeout = seconds(&value("--handshake-timeout")),
             "--max-backpressure" => max_backpressure = number(&value("--max-backpressure")),
+            "--close-slow-subscribers" => close_slow = true,
+            "--max-topic-len" => max_topic_len = number(&value("--max-topic-len")),
             "--max-message-size" => max_message_size = number(&value("--max-message-size")),
             "--memory-budget" => memory_budget = number(&value("--memory-budget")),
             "--buffer-cache" => buffer_cache = number(&value("--buffer-cache")),
@@ -271,6 +450,8 @@ fn main() {
         .workers(workers)
         .backend(backend)
         .max_backpressure(max_backpressure)
+        .close_on_backpressure_limit(close_slow)
+        .max_topic_len(max_topic_len)
         .idle_timeout(idle_timeout)
         .close_timeout(close_timeout)
         .handshake_timeout(handshake_timeout)
@@ -281,7 +462,7 @@ fn main() {
         .uring_buffer_size(uring_buffer_size)
         .uring_send_zc_threshold(zc_threshold)
         .direct_write_min(direct_write_min)
-        .handler(move || Demo { chat: HashSet::new(), server: Arc::clone(&cell), chaos })
+        .handler(move || Demo { server: Arc::clone(&cell), chaos, max_topic_len })
         .build()
     {
         Ok(s) => s,
@@ -290,26 +471,50 @@ fn main() {
             std::process::exit(1)
         }
     };
+    // First thing once the port listens: tests wait for this line to learn the backend.
+    let cfg = server.config();
+    log::info!(
+        "listening on ws://{} ({} workers, {:?}): /echo, /chat, /stats, and http://{}/ for the chat page",
+        server.local_addr(),
+        cfg.worker_count(),
+        cfg.backend,
+        server.local_addr()
+    );
     let handle = server.handle();
     let _ = handle_cell.set(handle.clone());
     if chaos {
         log::warn!("--chaos: /panic panics on every message");
     }
+    let backend = match cfg.backend {
+        Backend::Epoll => "epoll",
+        Backend::IoUring => "io_uring",
+        Backend::Auto => "auto", // resolved by build(): not seen
+    };
+    // The stats thread, outside the workers; dropping `stop_stats` ends it at once.
+    let (stop_stats, stop_rx) = mpsc::channel::<()>();
+    let stats_thread = if STATS_TOPIC.len() > cfg.max_topic_len {
+        log::warn!("--max-topic-len {}: {STATS_TOPIC} does not fit, no stats", cfg.max_topic_len);
+        None
+    } else {
+        let h = handle.clone();
+        thread::Builder::new()
+            .name("demo-stats".into())
+            .spawn(move || stats_loop(&h, backend, &stop_rx))
+            .map_err(|e| log::warn!("no stats thread: {e}"))
+            .ok()
+    };
     if let Err(e) = ctrlc::set_handler(move || {
         log::info!("shutting down");
         handle.shutdown();
     }) {
         log::warn!("no Ctrl-C handler: {e}");
     }
-    let cfg = server.config();
-    log::info!(
-        "listening on ws://{} ({} workers, {:?}): /echo, /chat, and http://{}/ for the chat page",
-        server.local_addr(),
-        cfg.worker_count(),
-        cfg.backend,
-        server.local_addr()
-    );
-    if let Err(e) = server.run() {
+    let result = server.run();
+    drop(stop_stats);
+    if let Some(t) = stats_thread {
+        let _ = t.join();
+    }
+    if let Err(e) = result {
         log::error!("{e}");
         std::process::exit(1);
     }

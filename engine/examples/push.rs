@@ -16,7 +16,9 @@
 //!
 //! One copy per connection is fine for a few thousand subscribers. For more, post one value
 //! per worker (`ServerHandle::post_all`) and let each worker's `on_post` send it to the
-//! connections it holds, as `examples/rooms.rs` does (the engine's pub/sub does that too).
+//! connections it holds, as `examples/rooms.rs` does, or publish to a topic the connections
+//! subscribed to (`ServerHandle::publish`: the engine's pub/sub builds the frame once per
+//! worker).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

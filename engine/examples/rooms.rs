@@ -23,7 +23,10 @@
 //! - **Fan-out across workers by hand**: each worker keeps the members *it* holds (no lock);
 //!   a line is posted once to every worker (`ServerHandle::post_all`), and each worker's
 //!   `on_post` sends it to its own members through the `Ctx`. The message crosses to each
-//!   worker once, not once per member. (The engine's own pub/sub will do this for you.)
+//!   worker once, not once per member. The engine's pub/sub ([`Conn::subscribe`] and
+//!   [`Conn::publish_including_self`], as the demo's `/chat` uses them) does this fan-out for
+//!   you, building the frame once per worker; by hand, as here, each member can get its own
+//!   format.
 //! - **Plain HTTP on the same port**: `GET /` answers a short text page (`on_http`), with a
 //!   header of its own.
 //!

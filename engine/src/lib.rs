@@ -50,7 +50,7 @@
 //! | `push.rs` | a thread outside the workers pushing to connections through a [`ServerHandle`] |
 //! | `backpressure.rs` | a producer that stops at [`SendStatus::Backpressure`] and resumes in `on_drain` |
 //! | `shutdown.rs` | Ctrl-C starts a graceful shutdown, a second Ctrl-C exits; what is async-signal-safe |
-//! | `demo.rs` | all of it together: `/echo`, a cross-worker `/chat` with a browser page, `/metrics` |
+//! | `demo.rs` | all of it together: `/echo`, `/chat` rooms on pub/sub with a browser page, `/stats` pushed from a thread, `/metrics` |
 //!
 //! The C API (`include/sockeye.h`, crate `sockeye-ffi`) has the same shape; see
 //! `docs/c-api.md` and `examples/c/`.
@@ -62,6 +62,11 @@
 #![warn(missing_docs)]
 
 mod error;
+
+/// The README's Rust examples, compiled as doc-tests so the front door stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
 pub(crate) mod io;
 pub mod proto;
 pub(crate) mod server;
@@ -81,5 +86,6 @@ pub use proto::handshake::Request;
 pub use proto::{CloseCode, Limits};
 pub use server::{
     Backend, Config, ConfigError, Conn, ConnId, Ctx, Handler, HttpResponse, InvalidCloseCode,
-    Message, NoHandler, Post, SendStatus, Server, ServerBuilder, ServerHandle, Stats, Upgrade,
+    Message, NoHandler, Post, SendStatus, Server, ServerBuilder, ServerHandle, Stats, TopicError,
+    Upgrade,
 };

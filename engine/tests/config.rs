@@ -226,6 +226,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.auto_ping, None);
     assert_eq!(c.max_backpressure, 16 << 20);
     assert!(!c.close_on_backpressure_limit);
+    assert_eq!(c.max_topic_len, 256);
     assert_eq!(c.max_connections, 1 << 20);
     assert_eq!(c.worker_memory_budget, 256 << 20);
     assert_eq!(c.buffer_cache, 16 << 20);

@@ -6,10 +6,10 @@
 //   c++ -std=c++17 -O2 -pthread -o chat chat.cpp $(pkg-config --cflags --libs sockeye)
 //   ./chat [PORT [WORKERS]]        (or SOCKEYE_PORT / SOCKEYE_WORKERS; default 2 workers)
 //
-// Connections live on different worker threads, and no lock is needed to relay between
-// them: each worker keeps the ids of the connections it holds (indexed by Conn::worker(),
-// only ever touched on that worker's thread), and a line is posted once to every worker
-// (Server::post), whose callback sends it to that worker's members (Worker::send_text).
+// The room is a topic: each connection subscribes to it when it opens, and each line is
+// published to it with Conn::publish_including_self. The engine does the fan-out: the frame is
+// built once per worker, reaches the subscribers on every worker, and a subscription ends with
+// its connection, so the program keeps no list of members and no lock.
 #include <pthread.h>
 #include <signal.h>
 
@@ -17,20 +17,15 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <memory>
-#include <string>
+#include <string_view>
 #include <thread>
-#include <unordered_set>
-#include <vector>
 
 #include <sockeye.hpp>
 
+static constexpr std::string_view ROOM = "chat";
+
 class Chat : public sockeye::Handler {
 public:
-    sockeye::Server *server = nullptr;  // set before run(); callbacks only happen during run()
-    // One set per worker, sized before run(); set i is only used on worker i's thread.
-    std::vector<std::unordered_set<std::uint64_t>> members;
-
     std::uint16_t on_upgrade(sockeye::Request &req, sockeye::Upgrade &) override {
         return req.path() == "/chat" ? SOCKEYE_UPGRADE_ACCEPT : 404;
     }
@@ -42,24 +37,16 @@ public:
         return 200;
     }
 
-    void on_open(sockeye::Conn &conn) override { members[conn.worker()].insert(conn.id()); }
+    void on_open(sockeye::Conn &conn) override {
+        if (conn.subscribe(ROOM) != SOCKEYE_OK) conn.close(1011, "cannot join the room");
+    }
 
     void on_message(sockeye::Conn &conn, sockeye::Opcode op, std::string_view line) override {
         if (op != sockeye::Opcode::Text) {
             conn.close(1003, "chat takes text");
             return;
         }
-        // One copy of the line, shared by the posts to every worker.
-        auto text = std::make_shared<const std::string>(line);  // `line` is lent: copied
-        for (std::size_t w = 0; w < members.size(); w++) {
-            server->post(w, [this, text](sockeye::Worker &worker) {
-                for (std::uint64_t id : members[worker.index()]) worker.send_text(id, *text);
-            });
-        }
-    }
-
-    void on_close(sockeye::Conn &conn, std::uint16_t, std::string_view) override {
-        members[conn.worker()].erase(conn.id());
+        conn.publish_including_self(ROOM, sockeye::Opcode::Text, line);  // copies `line`
     }
 };
 
@@ -91,8 +78,6 @@ int main(int argc, char **argv) {
                                    .port(static_cast<std::uint16_t>(port))
                                    .workers(static_cast<std::uint32_t>(workers)),
                                chat);
-        chat.server = &server;
-        chat.members.resize(server.workers());
         std::printf("listening on ws://127.0.0.1:%u/chat (%zu workers)\n", unsigned(server.port()),
                     server.workers());
         std::fflush(stdout);

@@ -66,6 +66,7 @@ class Config(ctypes.Structure):
         ("worker_memory_budget", c_size_t),
         ("share_port", c_bool),
         ("buffer_cache", c_size_t),
+        ("max_topic_len", c_size_t),
     ]
 
 

@@ -72,9 +72,12 @@ pub struct sockeye_config {
     /// 0 turns it off (the default). Accepted: 0 to 604800000 (7 days).
     pub auto_ping_ms: u32,
     /// Bytes a connection may have queued for sending before further data sends are dropped
-    /// (`SOCKEYE_SEND_DROPPED`). Accepted: at least 1. Default 16 MiB.
+    /// (`SOCKEYE_SEND_DROPPED`), and published messages skip it (`publish_drops` in
+    /// `sockeye_stats`). Accepted: at least 1. Default 16 MiB.
     pub max_backpressure: usize,
-    /// Close the connection (1008) when one of its sends is dropped over `max_backpressure`.
+    /// Close the connection (1008) when one of its sends, or a message published to it, is
+    /// dropped over `max_backpressure` (`backpressure_closes` in `sockeye_stats`). Default
+    /// false.
     pub close_on_backpressure_limit: bool,
     /// Connections per worker; over it the worker stops accepting until one closes. Accepted:
     /// 1..1048576. Default 1048576.
@@ -99,6 +102,10 @@ pub struct sockeye_config {
     /// kept warm after a burst; not a limit on peers: that is `worker_memory_budget`). 0 keeps
     /// nothing. Default 16 MiB.
     pub buffer_cache: usize,
+    /// Longest topic name, in bytes, that `sockeye_conn_subscribe` and the publish functions
+    /// take; a longer one is refused with `SOCKEYE_ERR_TOPIC_TOO_LONG`. Accepted: 1 to 65536.
+    /// Default 256.
+    pub max_topic_len: usize,
 }
 
 fn ms(d: Duration) -> u32 {
@@ -132,6 +139,7 @@ impl sockeye_config {
             worker_memory_budget: c.worker_memory_budget,
             share_port: c.share_port,
             buffer_cache: c.buffer_cache,
+            max_topic_len: c.max_topic_len,
         }
     }
 
@@ -180,6 +188,7 @@ impl sockeye_config {
             worker_memory_budget: self.worker_memory_budget,
             share_port: self.share_port,
             buffer_cache: self.buffer_cache,
+            max_topic_len: self.max_topic_len,
             ..d
         };
         config.validate().map_err(|_| SOCKEYE_ERR_INVALID_ARGUMENT)?;
@@ -203,8 +212,9 @@ fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
 /// "127.0.0.1", port 9001, one worker per core, automatic backend, 16 MiB messages and frames,
 /// 10 s handshake timeout, 5 s close timeout, 120 s idle timeout, no auto-ping, 16 MiB
 /// backpressure limit, 1048576 connections per worker, 5 s shutdown timeout, 256 MiB worker
-/// memory budget, port not shared. `out` is written, never read, and stays owned by
-/// the caller. Returns `SOCKEYE_ERR_NULL` if `out` is NULL.
+/// memory budget, port not shared, 16 MiB buffer cache, topic names up to 256 bytes. `out` is
+/// written, never read, and stays owned by the caller. Returns `SOCKEYE_ERR_NULL` if `out` is
+/// NULL.
 #[no_mangle]
 pub extern "C" fn sockeye_config_default(out: *mut sockeye_config) -> sockeye_result {
     guard(|| {

@@ -12,7 +12,9 @@
 //! thread-safe functions), `handler` (the callback table and the handler that calls it, with
 //! `sockeye_request` and `sockeye_upgrade`), `conn` (`sockeye_conn`), `http`
 //! (`sockeye_http_response`, for `on_http`), `worker` (`sockeye_server_post` and
-//! `sockeye_worker`), `types` (what those share: opcodes, per-connection data), `opaque` (the only casts between opaque C pointers and
+//! `sockeye_worker`), `topics` (pub/sub: the `sockeye_conn_subscribe` / `sockeye_*_publish`
+//! family), `types` (what those share: opcodes, per-connection data), `opaque` (the only casts
+//! between opaque C pointers and
 //! Rust objects), and here the result codes, the panic boundary and the pointer readers.
 //!
 //! The functions take raw pointers and are declared safe, as in rustls-ffi: they are called
@@ -30,11 +32,14 @@ pub mod handler;
 pub mod http;
 mod opaque;
 pub mod server;
+pub mod topics;
 pub mod types;
 pub mod worker;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_topics;
 
 /// What a call returned. `SOCKEYE_OK` is 0; every other value is an error that
 /// `sockeye_strerror` describes.
@@ -67,6 +72,13 @@ pub enum sockeye_result {
     /// The listen address is taken: something already listens on it (and this server's
     /// `share_port` is false, or the listener there does not share its port).
     SOCKEYE_ERR_ADDRESS_IN_USE = 10,
+    /// A topic name is longer than the server's `max_topic_len` (see `sockeye_config`).
+    SOCKEYE_ERR_TOPIC_TOO_LONG = 11,
+    /// The connection is closing or closed: it can no longer subscribe (`on_close`, or after
+    /// `sockeye_conn_close`).
+    SOCKEYE_ERR_CLOSED = 12,
+    /// A message is larger than one send takes (2 GiB).
+    SOCKEYE_ERR_MESSAGE_TOO_LARGE = 13,
 }
 
 pub use sockeye_result::*;
@@ -79,7 +91,7 @@ pub extern "C" fn sockeye_strerror(code: c_int) -> *const c_char {
 }
 
 /// Every result code with its description: `sockeye_strerror` and the tests read this one table.
-const DESCRIPTIONS: [(sockeye_result, &std::ffi::CStr); 11] = [
+const DESCRIPTIONS: [(sockeye_result, &std::ffi::CStr); 14] = [
     (SOCKEYE_OK, c"success"),
     (SOCKEYE_ERR_NULL, c"a required pointer was NULL"),
     (SOCKEYE_ERR_INVALID_ARGUMENT, c"invalid argument"),
@@ -91,6 +103,9 @@ const DESCRIPTIONS: [(sockeye_result, &std::ffi::CStr); 11] = [
     (SOCKEYE_ERR_STOPPED, c"the server has stopped"),
     (SOCKEYE_ERR_PANIC, c"a panic was caught at the C boundary (library bug)"),
     (SOCKEYE_ERR_ADDRESS_IN_USE, c"the address is already in use (something else listens on it)"),
+    (SOCKEYE_ERR_TOPIC_TOO_LONG, c"the topic name is longer than max_topic_len"),
+    (SOCKEYE_ERR_CLOSED, c"the connection is closing or closed"),
+    (SOCKEYE_ERR_MESSAGE_TOO_LARGE, c"the message is larger than one send takes (2 GiB)"),
 ];
 
 fn strerror(code: c_int) -> &'static std::ffi::CStr {
@@ -132,6 +147,12 @@ macro_rules! on_panic_zero {
     )*};
 }
 on_panic_zero!(u16, u64, usize);
+
+impl OnPanic for bool {
+    fn on_panic() -> Self {
+        false
+    }
+}
 
 impl<T> OnPanic for *mut T {
     fn on_panic() -> Self {

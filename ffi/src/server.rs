@@ -201,7 +201,8 @@ pub extern "C" fn sockeye_server_worker_count(server: *const sockeye_server) -> 
 }
 
 /// One worker's counters, as of its last loop turn (see `sockeye_server_stats`). Counters only
-/// grow; `connections`, `memory_in_use`, `buffers_total` and `buffers_in_kernel` are gauges.
+/// grow; `connections`, `memory_in_use`, `buffers_total`, `buffers_in_kernel` and
+/// `subscriptions` are gauges. Fields are only ever added at the end.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct sockeye_stats {
@@ -232,6 +233,20 @@ pub struct sockeye_stats {
     pub protocol_errors: usize,
     /// Handshake requests refused as malformed, or failed by the application (500).
     pub bad_handshakes: usize,
+    /// Data messages received (text and binary, whole).
+    pub messages_in: usize,
+    /// Data messages queued to connections: sends, and published messages once per subscriber
+    /// reached.
+    pub messages_out: usize,
+    /// Published messages queued to a subscriber of this worker (one per subscriber reached).
+    pub deliveries: usize,
+    /// Published messages dropped for a subscriber whose queue was over `max_backpressure`.
+    pub publish_drops: usize,
+    /// Connections closed with 1008 because their queue was over `max_backpressure` (with
+    /// `close_on_backpressure_limit` set).
+    pub backpressure_closes: usize,
+    /// Topic subscriptions the worker holds now (a gauge).
+    pub subscriptions: usize,
 }
 
 impl From<sockeye::Stats> for sockeye_stats {
@@ -250,6 +265,12 @@ impl From<sockeye::Stats> for sockeye_stats {
             budget_refusals: s.budget_refusals,
             protocol_errors: s.protocol_errors,
             bad_handshakes: s.bad_handshakes,
+            messages_in: s.messages_in,
+            messages_out: s.messages_out,
+            deliveries: s.deliveries,
+            publish_drops: s.publish_drops,
+            backpressure_closes: s.backpressure_closes,
+            subscriptions: s.subscriptions,
         }
     }
 }

@@ -4,6 +4,7 @@ bad frame). Used by tests/c/run.sh:
     python drive.py echo ws://127.0.0.1:PORT/echo    echo text + binary, close 1000 echoed,
                                                     a bad frame gets 1002, another path 404
     python drive.py chat ws://127.0.0.1:PORT/chat    3 clients each send a line; all get all 3
+    python drive.py chat-http ws://.../chat          the same, and GET / answers 200 (chat.cpp)
     python drive.py rooms ws://127.0.0.1:PORT/       rooms.c: 404/400/403, subprotocol choice,
                                                     fan-out within a room, 1003, GET /
 
@@ -332,11 +333,12 @@ async def main(mode, url):
         await check("bad frame (RSV1) gets 1002", echo_bad_frame(url))
         await check("unmasked frame gets 1002", echo_unmasked_frame(url))
         await check("other path gets 404", wrong_path_404(url))
-    elif mode == "chat":
+    elif mode in ("chat", "chat-http"):
         await check("chat across 3 clients", chat_three(url))
         await check("chat relays again", chat_three(url))
         await check("chat refuses binary with 1003", chat_binary_refused(url))
-        await check("chat answers GET / (on_http) with its header", chat_http(url))
+        if mode == "chat-http":  # chat.cpp serves GET / too
+            await check("chat answers GET / (on_http) with its header", chat_http(url))
     elif mode == "rooms":
         await check("rooms: 404, 400, 403 and the subprotocol 400", rooms_rejections(url))
         await check("rooms: subprotocol choice and fan-out in a room", rooms_fan_out(url))

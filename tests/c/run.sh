@@ -5,18 +5,23 @@
 #
 # 1. installs libsockeye into a temp prefix (ffi/install.sh) and builds, against the installed
 #    library via pkg-config, with the link line docs/c-api.md gives (`-pthread` and
-#    `pkg-config --cflags --libs sockeye`): examples/c/echo.c, examples/c/rooms.c and
-#    examples/cpp/chat.cpp with -fsanitize=address,undefined, echo.c plain (for valgrind) and
-#    echo.c linked statically, and tests/c/config.c with the sanitizers;
+#    `pkg-config --cflags --libs sockeye`): examples/c/echo.c, examples/c/chat.c,
+#    examples/c/rooms.c and examples/cpp/chat.cpp with -fsanitize=address,undefined, echo.c
+#    plain (for valgrind) and echo.c linked statically, tests/c/config.c and tests/c/wrapper.cpp
+#    with the sanitizers, and tests/c/pubsub.c with the sanitizers and plain (for valgrind);
 # 2. runs config.c: a second server on a taken port gets SOCKEYE_ERR_ADDRESS_IN_USE (unless
 #    both set share_port), out-of-range fields get SOCKEYE_ERR_INVALID_ARGUMENT;
-# 3. starts each server on a free port (port 0; the server prints the one it got), drives it
+# 3. runs pubsub.c (its own server and WebSocket clients): a publish from another pthread
+#    reaches every subscriber, publishes with and without the sender, unsubscribe, counts and
+#    stats, a too-long topic gets SOCKEYE_ERR_TOPIC_TOO_LONG; with ASan on every backend in
+#    CABI_BACKENDS, and on epoll under valgrind;
+# 4. starts each server on a free port (port 0; the server prints the one it got), drives it
 #    with Python `websockets` and a raw socket (tests/c/drive.py), stops it with SIGINT or
 #    SIGTERM, and requires exit status 0 and no sanitizer report on stderr:
 #    - ASan echo on every backend in CABI_BACKENDS (default "epoll io_uring"; io_uring is
-#      skipped where the kernel lacks it), ASan rooms (2 workers: 404/400/403, subprotocol
-#      choice, fan-out through posts to every worker, 1003, GET /) and ASan chat (2 workers,
-#      3 clients) on the same backends, the static echo;
+#      skipped where the kernel lacks it), ASan chat in C and in C++ (pub/sub; 2 workers, 3
+#      clients), ASan rooms (2 workers: 404/400/403, subprotocol choice, fan-out through posts
+#      to every worker, 1003, GET /) on every backend, the static echo;
 #    - echo under `valgrind --leak-check=full --error-exitcode=1` (epoll: valgrind does not
 #      know io_uring), with no "definitely lost" bytes;
 #    - examples/python/echo.py (ctypes) against the installed libsockeye.so.
@@ -94,9 +99,13 @@ build() {
     fi
 }
 build echo-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/echo-asan" "$ROOT/examples/c/echo.c" "${PC[@]}"
+build chat-c-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/chat-c-asan" "$ROOT/examples/c/chat.c" "${PC[@]}"
 build rooms-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/rooms-asan" "$ROOT/examples/c/rooms.c" "${PC[@]}"
 build chat-asan c++ -std=c++17 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/chat-asan" "$ROOT/examples/cpp/chat.cpp" "${PC[@]}"
 build config-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/config-asan" "$HERE/config.c" "${PC[@]}"
+build wrapper-asan c++ -std=c++17 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/wrapper-asan" "$HERE/wrapper.cpp" "${PC[@]}"
+build pubsub-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/pubsub-asan" "$HERE/pubsub.c" "${PC[@]}"
+build pubsub cc -std=c11 -Wall -Wextra -Werror -O1 -g -pthread -o "$WORK/pubsub" "$HERE/pubsub.c" "${PC[@]}"
 build echo cc -std=c11 -Wall -Wextra -Werror -O1 -g -pthread -o "$WORK/echo" "$ROOT/examples/c/echo.c" "${PC[@]}"
 build echo-static cc -std=c11 -Wall -Wextra -Werror -O1 -pthread -o "$WORK/echo-static" "$ROOT/examples/c/echo.c" \
     $(pkg-config --cflags sockeye) "$PREFIX/lib/libsockeye.a" "${PC_STATIC_LIBS[@]}"
@@ -178,6 +187,16 @@ scenario() {
     fi
 }
 
+if [ -x "$WORK/wrapper-asan" ]; then
+    log "wrapper-asan: the C++ wrapper's posts, workers and stats"
+    if "$WORK/wrapper-asan" >"$WORK/wrapper-asan.out" 2>"$WORK/wrapper-asan.err" && clean_stderr wrapper-asan; then
+        cat "$WORK/wrapper-asan.out"
+        pass "wrapper-asan"
+    else
+        cat "$WORK/wrapper-asan.out" "$WORK/wrapper-asan.err"
+        fail "wrapper-asan"
+    fi
+fi
 if [ -x "$WORK/config-asan" ]; then
     log "config-asan: a taken port, a shared one, out-of-range fields"
     if "$WORK/config-asan" >"$WORK/config-asan.out" 2>"$WORK/config-asan.err" && clean_stderr config-asan; then
@@ -186,6 +205,48 @@ if [ -x "$WORK/config-asan" ]; then
     else
         cat "$WORK/config-asan.out" "$WORK/config-asan.err"
         fail "config-asan"
+    fi
+fi
+
+# selftest NAME CMD...: runs a test program that checks itself (exit 0: passed; 77: skipped,
+# the backend is not available), within 300 s, with no sanitizer report on stderr.
+selftest() {
+    local name=$1; shift
+    log "$name: $*"
+    local rc=0
+    timeout 300 "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" || rc=$?
+    if [ "$rc" -eq 77 ]; then
+        echo "--- skipped: $name (backend not available on this kernel)"
+        return 0
+    fi
+    if [ "$rc" -eq 0 ] && clean_stderr "$name"; then
+        grep -v '^ok ' "$WORK/$name.out" || true
+        pass "$name"
+    else
+        echo "$name exited with status $rc:"
+        cat "$WORK/$name.out"; tail -50 "$WORK/$name.err"
+        fail "$name"
+    fi
+}
+
+if [ -x "$WORK/pubsub-asan" ]; then
+    for b in $BACKENDS; do
+        selftest "pubsub-asan-$b" env SOCKEYE_BACKEND="$b" "$WORK/pubsub-asan"
+    done
+fi
+if [ -x "$WORK/pubsub" ]; then
+    selftest pubsub-valgrind env SOCKEYE_BACKEND=epoll \
+        valgrind --leak-check=full --error-exitcode=1 "$WORK/pubsub"
+    if [ -f "$WORK/pubsub-valgrind.err" ]; then
+        if grep -qE 'definitely lost: [1-9]' "$WORK/pubsub-valgrind.err"; then
+            grep -A3 'definitely lost' "$WORK/pubsub-valgrind.err"
+            fail "valgrind pubsub: memory definitely lost"
+        elif grep -qE 'All heap blocks were freed|definitely lost: 0 bytes' "$WORK/pubsub-valgrind.err"; then
+            pass "valgrind pubsub: nothing definitely lost"
+        else
+            tail -30 "$WORK/pubsub-valgrind.err"
+            fail "valgrind pubsub: no heap summary"
+        fi
     fi
 fi
 
@@ -201,7 +262,12 @@ if [ -x "$WORK/rooms-asan" ]; then
 fi
 if [ -x "$WORK/chat-asan" ]; then
     for b in $BACKENDS; do
-        scenario "chat-asan-$b" chat /chat TERM env SOCKEYE_BACKEND="$b" "$WORK/chat-asan" 0 2
+        scenario "chat-asan-$b" chat-http /chat TERM env SOCKEYE_BACKEND="$b" "$WORK/chat-asan" 0 2
+    done
+fi
+if [ -x "$WORK/chat-c-asan" ]; then
+    for b in $BACKENDS; do
+        scenario "chat-c-asan-$b" chat /chat INT env SOCKEYE_BACKEND="$b" "$WORK/chat-c-asan" 0 2
     done
 fi
 if [ -x "$WORK/echo-static" ]; then

@@ -120,6 +120,8 @@ start_demo() { # backend
             >"$WORK/demo.log" 2>&1 &
         DEMO_PID=$!
         if wait_port "$DEMO_PORT" "$DEMO_PID"; then
+            # The port accepts a moment before the "listening" line (with the backend) is logged.
+            for _ in $(seq 20); do grep -q 'workers, ' "$WORK/demo.log" && break; sleep 0.1; done
             log "demo (pid $DEMO_PID) on 127.0.0.1:$DEMO_PORT: $(grep -o '([0-9]* workers, [A-Za-z]*)' "$WORK/demo.log" || true)"
             return 0
         fi
@@ -238,8 +240,9 @@ for BACKEND in ${E2E_BACKENDS:-epoll io_uring}; do
         stop_nginx
     fi
     if wants browser; then
-        run_test "$B browser: chromium two-tab chat" 90 \
-            "$PY" "$HERE/test_browser.py" --page "http://127.0.0.1:$DEMO_PORT/" --screenshot "$SCREENSHOT"
+        run_test "$B browser: chromium two-tab chat, live stats" 90 \
+            "$PY" "$HERE/test_browser.py" --page "http://127.0.0.1:$DEMO_PORT/" --screenshot "$SCREENSHOT" \
+            --backend "$BACKEND"
     fi
 
     # The demo survived everything above, and stops cleanly on SIGINT (its Ctrl-C handler).

@@ -2,13 +2,17 @@
 """Headless-browser check of the demo's chat page, driven over the Chrome DevTools Protocol.
 
 Usage: test_browser.py --page http://127.0.0.1:PORT/ [--chromium /usr/bin/chromium]
-                       [--screenshot /tmp/chat.png]
+                       [--screenshot /tmp/chat.png] [--backend epoll|io_uring]
 
 Starts Debian's chromium headless with a fresh profile and --remote-debugging-port=0, speaks CDP
 to it with the `websockets` client (no playwright, no downloaded browsers), opens the page in two
 tabs, waits for both to say "connected", types a line into tab A's #line, clicks #send, and checks
 that the line shows up exactly once in the #log of both tabs; then the same from tab B to tab A.
-Saves a screenshot of tab A. Prints one `ok`/`FAIL` line per check; exits 1 on any failure.
+The page's live stats (its second WebSocket, to /stats) must arrive in both tabs, count the two
+lines in their messages-in figure, and follow a burst of lines that a `websockets` client sends to
+another room (/chat?room=...): the messages-in figure grows by the burst, the in/s figure and the
+chart move, and neither the burst nor any stats JSON reaches the tabs' #log. Saves a screenshot of
+tab A. Prints one `ok`/`FAIL` line per check; exits 1 on any failure.
 """
 
 import argparse
@@ -95,6 +99,27 @@ class Cdp:
 
 LOG_LINES = "[...document.querySelectorAll('#log .msg')].map(d => d.textContent)"
 STATUS = "document.getElementById('status')?.textContent"
+LOAD_LINES = 100  # lines the burst sends, one every 20 ms
+# Blue pixels (the in/s line, #2a7ae2) on the stats chart.
+CHART_BLUE = ("(() => { const c = document.getElementById('chart'); if (!c.width) return 0;"
+              " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+              " let n = 0; for (let i = 0; i < d.length; i += 4)"
+              " if (d[i + 3] > 128 && d[i + 2] > 150 && d[i] < 100) n++; return n; })()")
+
+
+def stat(name):
+    """JS: the number in the page's #stat-NAME, or null while it shows none."""
+    return (f"(() => {{ const t = document.getElementById('stat-{name}')?.textContent;"
+            f" const v = Number(t); return t && t !== '–' && Number.isFinite(v) ? v : null; }})()")
+
+
+async def burst(url, lines):
+    """Sends `lines` lines to a room of its own, reading each back (the sender is a member)."""
+    async with connect(url, proxy=None, ping_interval=None) as ws:
+        for i in range(lines):
+            await ws.send(f"load line {i}")
+            await asyncio.wait_for(ws.recv(), 10)
+            await asyncio.sleep(0.02)
 
 
 async def open_tab(cdp, url):
@@ -146,6 +171,17 @@ async def run(args, port_file):
             report(st == "connected", f"tab {name} loads '{title}' and its WebSocket connects",
                    f"status {await cdp.eval(s, STATUS)!r}")
 
+        # The live stats arrive in both tabs (once a second), on the page's own ids.
+        for name, s in (("A", a), ("B", b)):
+            got = await cdp.wait_for(s, f"{stat('in')} !== null && {stat('workers')}", 5)
+            backend = await cdp.eval(s, "document.getElementById('stat-backend').textContent")
+            known = ("epoll", "io_uring")
+            want = (args.backend,) if args.backend in known else known
+            report(bool(got) and backend in want,
+                   f"tab {name} shows the live stats (backend {backend}, {got} workers)",
+                   f"messages in {await cdp.eval(s, stat('in'))!r}, backend {backend!r}")
+        in_before = await cdp.eval(a, stat("in"))
+
         for sender, (src, dst) in (("A", (a, b)), ("B", (b, a))):
             line = f"hello from tab {sender} ✓ 🐟 {os.getpid()}"
             typed = await type_and_send(cdp, src, line)
@@ -164,6 +200,48 @@ async def run(args, port_file):
         report(logs[0] == logs[1] and len(logs[0]) == 2,
                "both tabs' logs hold exactly the 2 lines, in the same order", f"{logs}")
 
+        # The two lines show in the messages-in figure within a stats period or two.
+        if in_before is not None:
+            n = await cdp.wait_for(a, f"{stat('in')} >= {in_before + 2} && {stat('in')}", 5)
+            report(bool(n), "tab A's messages-in figure counts the 2 chat lines",
+                   f"{in_before} before, {await cdp.eval(a, stat('in'))} now")
+
+        # A burst to another room: the figures move, the tabs' logs do not.
+        in_start = await cdp.eval(a, stat("in"))
+        ws_base = args.page.replace("http://", "ws://", 1).rstrip("/")
+        load = asyncio.create_task(burst(f"{ws_base}/chat?room=e2e-load-{os.getpid()}", LOAD_LINES))
+        max_rate, blue = 0.0, 0
+        while not load.done():
+            max_rate = max(max_rate, await cdp.eval(a, stat("in-rate")) or 0.0)
+            blue = max(blue, await cdp.eval(a, CHART_BLUE) or 0)
+            await asyncio.sleep(0.2)
+        try:
+            await load
+            report(True, f"a websockets client sent {LOAD_LINES} lines to another room and got "
+                         "each back")
+        except Exception as e:
+            report(False, f"a websockets client sends {LOAD_LINES} lines to another room",
+                   f"{type(e).__name__}: {e}")
+        if in_start is not None:
+            want = in_start + LOAD_LINES
+            n = await cdp.wait_for(a, f"{stat('in')} >= {want} && {stat('in')}", 5)
+            report(bool(n), f"tab A's messages-in figure grows by the {LOAD_LINES} lines",
+                   f"{in_start} before, {await cdp.eval(a, stat('in'))} now, want >= {want}")
+        deadline = time.monotonic() + 3
+        while max_rate <= 0 and time.monotonic() < deadline:
+            max_rate = max(max_rate, await cdp.eval(a, stat("in-rate")) or 0.0)
+            await asyncio.sleep(0.2)
+        report(max_rate > 0, f"tab A's in/s figure moves under load (up to {max_rate}/s)")
+        blue = max(blue, await cdp.eval(a, CHART_BLUE) or 0)
+        samples = int(await cdp.eval(a, "document.getElementById('chart').dataset.samples") or 0)
+        report(samples >= 3 and blue > 20,
+               f"tab A's chart draws the in/s line ({samples} samples, {blue} line pixels)")
+        logs = [await cdp.eval(s, LOG_LINES) for s in (a, b)]
+        stray = [t for log in logs for t in log if t.startswith("{") or t.startswith("load line")]
+        report(logs[0] == logs[1] and len(logs[0]) == 2 and not stray,
+               "the tabs' logs still hold the 2 lines only (no stats JSON, no other room's lines)",
+               f"{logs}")
+
         await cdp.call("Page.bringToFront", {}, a)
         shot = await cdp.call("Page.captureScreenshot", {"format": "png"}, a)
         with open(args.screenshot, "wb") as f:
@@ -181,6 +259,7 @@ async def main():
     ap.add_argument("--page", required=True, help="http://host:port/ of the demo's chat page")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--screenshot", default="/tmp/chat.png")
+    ap.add_argument("--backend", help="the backend the page's stats must name")
     args = ap.parse_args()
     print(f"[browser] two tabs on {args.page}")
     profile = tempfile.mkdtemp(prefix="sockeye-e2e-chromium-")

@@ -9,7 +9,9 @@ Suites (default: all three):
          messages in order, and a ping answered by a pong.
   chat   4 clients on /chat; every line any of them sends reaches all 4 (sender included),
          exactly once, in each sender's order; then the same with 16 clients, so that the
-         relay crosses workers (SO_REUSEPORT spreads connections) with near certainty.
+         relay crosses workers (SO_REUSEPORT spreads connections) with near certainty; then
+         rooms (/chat?room=NAME): a line reaches its own room only, and a bad room name
+         (empty, a character outside [A-Za-z0-9_-], over 64 bytes, `room` twice) gets 400.
   close  close handshakes: client 1000 -> server echoes 1000; client 4000 -> 4000;
          binary on /chat -> server closes 1003; an unknown path is refused with 404.
 
@@ -173,11 +175,52 @@ async def suite_close(base):
         report(status == 404, "unknown path is refused with 404", f"status {status}")
 
 
+async def suite_rooms(base):
+    tag = os.getpid()
+    rooms = [f"e2e-{tag}-a", f"e2e-{tag}-b"]
+    # 4 members per room: with 2 workers each room almost surely spans both.
+    conns = {r: [await ws_connect(f"{base}/chat?room={r}").__aenter__() for _ in range(4)]
+             for r in rooms}
+    try:
+        for r in rooms:
+            await conns[r][0].send(f"hello {r}")
+        for r in rooms:
+            got = []
+            for ws in conns[r]:
+                got.append(await recv(ws))
+            report(got == [f"hello {r}"] * 4,
+                   f"a line to room {r[-1]} reaches its 4 members (sender included)", f"{got}")
+
+        async def one_more(ws):
+            try:
+                return [await asyncio.wait_for(ws.recv(), 0.3)]
+            except asyncio.TimeoutError:
+                return []
+
+        extra = [m for ws in conns[rooms[0]] + conns[rooms[1]] for m in await one_more(ws)]
+        report(not extra, "no line crosses into the other room", f"{extra}")
+    finally:
+        for ws in conns[rooms[0]] + conns[rooms[1]]:
+            await ws.close()
+    for query, what in (("?room=", "an empty room name"), ("?room=bad!name", "a '!' in it"),
+                        ("?room=" + "x" * 65, "65 bytes"), ("?room=a&room=b", "room twice")):
+        try:
+            async with ws_connect(base + "/chat" + query):
+                report(False, f"/chat with {what} is refused with 400", "handshake succeeded")
+        except InvalidStatus as e:
+            status = e.response.status_code
+            report(status == 400, f"/chat with {what} is refused with 400", f"status {status}")
+    async with ws_connect(f"{base}/chat?room={'y' * 64}") as ws:
+        await ws.send("64")
+        report(await recv(ws) == "64", "/chat with a 64-byte room name is accepted")
+
+
 async def suite_chat_all(base):
     await suite_chat(base, clients=4, lines=5)
     # 16 clients: with SO_REUSEPORT spreading connections over the workers, the chance that
     # all 16 land on one of 2 workers is 2^-15, so this run crosses workers for certain.
     await suite_chat(base, clients=16, lines=2)
+    await suite_rooms(base)
 
 
 SUITES = {"echo": suite_echo, "chat": suite_chat_all, "close": suite_close}

@@ -47,11 +47,12 @@ MEM_SLACK = 64 << 10  # sockeye_memory_in_use: a /metrics response in flight, no
 NOFILE = 256  # the demo's descriptor limit in the EMFILE scenario
 COMMON = ["--workers", str(WORKERS), "--idle-timeout", str(IDLE), "--close-timeout", str(CLOSE),
           "--handshake-timeout", str(HANDSHAKE)]
-GAUGES = {"connections", "memory_in_use", "buffers_total", "buffers_in_kernel"}
+GAUGES = {"connections", "memory_in_use", "buffers_total", "buffers_in_kernel", "subscriptions"}
 FIELDS = ["connections", "buffers_total", "buffers_in_kernel", "buffer_shortages",
           "memory_in_use", "handshake_timeouts", "idle_timeouts", "close_timeouts",
           "handler_panics", "sends_dropped", "budget_refusals", "protocol_errors",
-          "bad_handshakes"]
+          "messages_in", "messages_out", "deliveries", "publish_drops", "backpressure_closes",
+          "subscriptions", "bad_handshakes"]
 
 
 class Failure(Exception):
@@ -332,9 +333,14 @@ class Demo:
         return " | ".join(lines[-n:])
 
     def backend_logged(self):
-        with open(self.log.name, errors="replace") as f:
-            m = re.search(r"workers, (\w+)\)", f.read())
-        return m.group(1) if m else None
+        # The port accepts before the demo has logged its "listening" line: give it a moment.
+        deadline = time.monotonic() + 2
+        while True:
+            with open(self.log.name, errors="replace") as f:
+                m = re.search(r"workers, (\w+)\)", f.read())
+            if m or time.monotonic() > deadline or not self.alive():
+                return m.group(1) if m else None
+            time.sleep(0.05)
 
     def stop(self):
         if self.proc is None:

@@ -5,7 +5,7 @@
 //! buffer and are handed to the core in place; writes happen at the end of the loop turn, one
 //! write per connection with bytes queued (corking).
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::server::api::Handler;
 use crate::server::config::Config;
-use crate::server::core::{After, Core};
+use crate::server::core::{After, Core, WRITE_SLICES};
 use crate::server::handle::{Command, Wake, WorkerStats};
 use crate::server::worker::{self, Driver, Worker, ACCEPT_BACKOFF};
 
@@ -276,11 +276,14 @@ impl<H: Handler> Loop<H> {
     fn flush(&mut self, key: usize) {
         loop {
             let Some(Some(sock)) = self.socks.get_mut(key) else { return };
-            let pending = self.w.core.pending(key);
-            if pending.is_empty() {
-                return;
-            }
-            match sock.write(pending) {
+            let mut iov = [IoSlice::new(&[]); WRITE_SLICES];
+            let n = self.w.core.pending(key, &mut iov);
+            let r = match n {
+                0 => return,
+                1 => sock.write(&iov[0]),
+                _ => sock.write_vectored(&iov[..n]),
+            };
+            match r {
                 Ok(n) => {
                     if self.w.core.on_written(key, n, false) {
                         self.read_conn(key, true);

@@ -6,25 +6,22 @@
 //! each block says why its arguments are valid.
 #![allow(unsafe_code)]
 
+use std::io::IoSlice;
 use std::os::fd::RawFd;
 
-/// One non-blocking `sendmsg` of `parts` on `fd`; the bytes taken, 0 on any error.
-pub(crate) fn write_now(fd: RawFd, parts: &[&[u8]; 3]) -> usize {
-    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3];
-    let mut cnt = 0;
-    for p in parts.iter().filter(|p| !p.is_empty()) {
-        iov[cnt] = libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() };
-        cnt += 1;
-    }
-    if cnt == 0 || fd < 0 {
+/// One non-blocking `sendmsg` of `parts`, in order, on `fd`; the bytes taken, 0 on any error.
+pub(crate) fn write_now(fd: RawFd, parts: &[IoSlice<'_>]) -> usize {
+    if parts.is_empty() || fd < 0 {
         return 0;
     }
     // SAFETY: a zeroed msghdr is valid (no name, no control data).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = cnt;
+    // `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix; the kernel only reads
+    // through the pointer (the cast to *mut is what the C struct's field type asks for).
+    msg.msg_iov = parts.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = parts.len();
     // SAFETY: every iovec points into a slice borrowed for this call, which the kernel only
-    // reads; `msg` and `iov` outlive the call. MSG_DONTWAIT: never block, whatever mode the
+    // reads; `msg` and `parts` outlive the call. MSG_DONTWAIT: never block, whatever mode the
     // socket is in; MSG_NOSIGNAL: a closed peer is an error here, not SIGPIPE.
     let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if r < 0 {

@@ -14,7 +14,7 @@
 
 use std::alloc::{self, Layout};
 use std::collections::{HashMap, VecDeque};
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -27,7 +27,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use crate::server::api::Handler;
 use crate::server::config::Config;
-use crate::server::core::{After, Core};
+use crate::server::core::{After, Core, OutQ, WRITE_SLICES};
 use crate::server::handle::{Command, Wake, WorkerStats};
 use crate::server::worker::{self, Driver, Worker, ACCEPT_BACKOFF};
 
@@ -70,6 +70,7 @@ fn probe_here() -> Result<(), String> {
         ("ACCEPT", opcode::AcceptMulti::CODE),
         ("RECV", opcode::RecvMulti::CODE),
         ("SEND", opcode::Send::CODE),
+        ("SENDMSG", opcode::SendMsg::CODE),
         ("ASYNC_CANCEL", opcode::AsyncCancel2::CODE),
         ("POLL_ADD", opcode::PollAdd::CODE),
     ] {
@@ -319,6 +320,7 @@ impl Prep {
             zc_threshold,
             conns: Vec::new(),
             sends: slab::Slab::new(),
+            msgs: Vec::new(),
             w: Worker::new(core, self.rx, stats, cfg.shutdown_timeout),
             cqes: VecDeque::with_capacity(1024),
             work: Vec::new(),
@@ -328,6 +330,26 @@ impl Prep {
             torn_down: false,
         };
         Ok(w)
+    }
+}
+
+/// A send in flight: the queue the kernel reads from and, when it is more than one slice (a
+/// shared frame among owned bytes), the header of its SENDMSG.
+struct Flight {
+    q: Box<OutQ>,
+    msg: Option<Box<MsgBuf>>,
+}
+
+/// A SENDMSG's header and iovecs, boxed so that neither moves while the kernel reads them.
+struct MsgBuf {
+    iov: [libc::iovec; WRITE_SLICES],
+    hdr: libc::msghdr,
+}
+
+impl MsgBuf {
+    fn new() -> Box<Self> {
+        // SAFETY: all-zero iovecs and msghdr are valid (null pointers, zero lengths).
+        Box::new(unsafe { std::mem::zeroed() })
     }
 }
 
@@ -385,9 +407,12 @@ struct Loop<H: Handler> {
     /// Sends of at least this many bytes use SEND_ZC.
     zc_threshold: usize,
     conns: Vec<ConnIo>,
-    /// Buffers of the sends in flight, with the offset the send starts at; owned here until
-    /// the completion (or, for zero copy, the notification) arrives.
-    sends: slab::Slab<(Vec<u8>, usize)>,
+    /// The sends in flight: owned here until the completion (or, for zero copy, the
+    /// notification) arrives.
+    sends: slab::Slab<Flight>,
+    /// Spare SENDMSG headers (boxed: a flight holds one by pointer while the kernel reads it).
+    #[allow(clippy::vec_box)]
+    msgs: Vec<Box<MsgBuf>>,
     w: Worker<H>,
     /// Completions reaped and not yet handled: `(user_data, result, flags)`.
     cqes: VecDeque<(u64, i32, u32)>,
@@ -444,7 +469,8 @@ impl<H: Handler> Driver for Loop<H> {
 impl<H: Handler> Loop<H> {
     fn push(&mut self, sqe: squeue::Entry) {
         // SAFETY (of every push): each operation's memory — a receive's provided buffers, a
-        // send's Vec held in `Loop::sends` (`ConnIo::send` only holds its index), the eventfd
+        // send's queue and SENDMSG header held in `Loop::sends` (`ConnIo::send` only holds its
+        // index; the bytes and the header are on the heap and do not move), the eventfd
         // polled for wake-ups — lives until its completion is reaped; `teardown` waits for all
         // of them before freeing anything, and leaks what never completed.
         loop {
@@ -727,7 +753,10 @@ impl<H: Handler> Loop<H> {
         if c.send == NO_SEND {
             return;
         }
-        let (buf, pos) = self.sends.remove(std::mem::replace(&mut c.send, NO_SEND) as usize);
+        let fl = self.sends.remove(std::mem::replace(&mut c.send, NO_SEND) as usize);
+        if let Some(m) = fl.msg {
+            self.msgs.push(m);
+        }
         if c.dying {
             self.maybe_close(key);
             return;
@@ -738,9 +767,8 @@ impl<H: Handler> Loop<H> {
             return;
         }
         let mut resume = false;
-        if let Some((buf, pos)) = self.w.core.on_send_done(key, buf, pos, res as usize, &mut resume)
-        {
-            self.submit_send(key, buf, pos);
+        if let Some(q) = self.w.core.on_send_done(key, fl.q, res as usize, &mut resume) {
+            self.submit_send(key, q);
         }
         if resume {
             // At the end of the turn: what was parked during the pause goes first.
@@ -748,26 +776,46 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    fn submit_send(&mut self, key: usize, buf: Vec<u8>, pos: usize) {
+    fn submit_send(&mut self, key: usize, q: Box<OutQ>) {
         let Some(fd) = self.conns.get(key).and_then(|c| c.fd.as_ref()).map(|f| f.as_raw_fd())
         else {
             return;
         };
-        let ptr = buf[pos..].as_ptr();
-        let len = (buf.len() - pos) as u32;
-        let sqe = if len as usize >= self.zc_threshold {
-            opcode::SendZc::new(types::Fd(fd), ptr, len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(SEND_ZC | key as u64)
+        let (sqe, msg) = if let Some(bytes) = q.single() {
+            let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
+            let sqe = if len as usize >= self.zc_threshold {
+                opcode::SendZc::new(types::Fd(fd), ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(SEND_ZC | key as u64)
+            } else {
+                opcode::Send::new(types::Fd(fd), ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(SEND | key as u64)
+            };
+            (sqe, None)
         } else {
-            opcode::Send::new(types::Fd(fd), ptr, len)
-                .flags(libc::MSG_NOSIGNAL)
+            // Owned bytes and shared frames: one SENDMSG over all of them (as many as one
+            // call's iovecs hold; the rest follows when it completes).
+            let mut m = self.msgs.pop().unwrap_or_else(MsgBuf::new);
+            let mut iov = [IoSlice::new(&[]); WRITE_SLICES];
+            let n = q.slices(&mut iov);
+            for (dst, src) in m.iov.iter_mut().zip(&iov[..n]) {
+                *dst =
+                    libc::iovec { iov_base: src.as_ptr() as *mut libc::c_void, iov_len: src.len() };
+            }
+            m.hdr.msg_iov = m.iov.as_mut_ptr();
+            m.hdr.msg_iovlen = n;
+            let sqe = opcode::SendMsg::new(types::Fd(fd), &m.hdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
-                .user_data(SEND | key as u64)
+                .user_data(SEND | key as u64);
+            (sqe, Some(m))
         };
-        // The Vec moves into the table; its heap buffer, which the kernel reads, does not move.
-        self.conns[key].send = self.sends.insert((buf, pos)) as u32;
+        // The queue moves into the table; the heap memory the kernel reads (its buffer, the
+        // shared frames it holds, the boxed header) does not move.
+        self.conns[key].send = self.sends.insert(Flight { q, msg }) as u32;
         self.push(sqe);
     }
 
@@ -812,8 +860,8 @@ impl<H: Handler> Loop<H> {
             for &k in &work {
                 let k = k as usize;
                 if self.conns.get(k).is_some_and(|c| c.send == NO_SEND && !c.dying) {
-                    if let Some((buf, pos)) = self.w.core.take_out(k) {
-                        self.submit_send(k, buf, pos);
+                    if let Some(q) = self.w.core.take_out(k) {
+                        self.submit_send(k, q);
                     }
                 }
             }
@@ -905,7 +953,7 @@ impl<H: Handler> Loop<H> {
         if leaked {
             // Operations that never completed may still reference the buffers: leak them.
             log::warn!("io_uring teardown: {} operations did not complete", self.outstanding);
-            for (b, _) in self.sends.drain() {
+            for b in self.sends.drain() {
                 #[cfg(test)]
                 hooks::LEAKED_SENDS.with(|c| c.set(c.get() + 1));
                 std::mem::forget(b);
@@ -1021,7 +1069,9 @@ mod tests {
             }
         }
         w.conns.push(ConnIo { fd: Some(OwnedFd::from(s)), ..ConnIo::default() });
-        w.submit_send(0, vec![0xaa; 1 << 20], 0);
+        let mut q = Box::<OutQ>::default();
+        q.bytes_mut().resize(1 << 20, 0xaa);
+        w.submit_send(0, q);
         w.ring.submit().expect("submit");
         w.reap();
         assert!(w.cqes.is_empty(), "the send completed at once: {:?}", w.cqes);

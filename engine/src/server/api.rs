@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::proto::handshake::Request;
-use crate::proto::CloseCode;
+use crate::proto::{CloseCode, OpCode};
 
 use super::core::CoreState;
 use super::handle::ServerHandle;
@@ -30,7 +30,75 @@ impl<'a> Message<'a> {
             Message::Binary(b) => b,
         }
     }
+
+    pub(crate) fn opcode(&self) -> OpCode {
+        match self {
+            Message::Text(_) => OpCode::Text,
+            Message::Binary(_) => OpCode::Binary,
+        }
+    }
 }
+
+impl<'a> From<&'a str> for Message<'a> {
+    fn from(t: &'a str) -> Self {
+        Message::Text(t)
+    }
+}
+
+impl<'a> From<&'a String> for Message<'a> {
+    fn from(t: &'a String) -> Self {
+        Message::Text(t)
+    }
+}
+
+impl<'a> From<&'a [u8]> for Message<'a> {
+    fn from(b: &'a [u8]) -> Self {
+        Message::Binary(b)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Message<'a> {
+    fn from(b: &'a [u8; N]) -> Self {
+        Message::Binary(b)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for Message<'a> {
+    fn from(b: &'a Vec<u8>) -> Self {
+        Message::Binary(b)
+    }
+}
+
+/// Why a topic operation ([`Conn::subscribe`], a publish) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TopicError {
+    /// The topic name is longer than `Config::max_topic_len`.
+    TooLong {
+        /// The name's length in bytes.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The connection is closing or closed: it can no longer subscribe.
+    Closed,
+    /// The message is larger than one send takes (2 GiB).
+    TooLarge,
+}
+
+impl fmt::Display for TopicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TopicError::TooLong { len, max } => {
+                write!(f, "topic name of {len} bytes is longer than max_topic_len ({max})")
+            }
+            TopicError::Closed => f.write_str("the connection is closing or closed"),
+            TopicError::TooLarge => f.write_str("message larger than one send takes (2 GiB)"),
+        }
+    }
+}
+
+impl std::error::Error for TopicError {}
 
 /// What became of a send, as uWebSockets' `send` reports it (SUCCESS / BACKPRESSURE /
 /// DROPPED), plus the two cases a WebSocket library's `Result` would give as errors: the
@@ -556,6 +624,52 @@ impl<D> Conn<'_, D> {
     pub fn handle(&self) -> &ServerHandle {
         &self.core.handle
     }
+    /// Subscribes this connection to `topic` (any bytes up to `Config::max_topic_len`).
+    /// Returns `Ok(false)` if it already was. Subscriptions end with the connection (right
+    /// after `on_close`).
+    pub fn subscribe(&mut self, topic: impl AsRef<[u8]>) -> Result<bool, TopicError> {
+        self.core.subscribe(self.key, topic.as_ref())
+    }
+    /// Unsubscribes this connection from `topic`; returns false if it was not subscribed.
+    pub fn unsubscribe(&mut self, topic: impl AsRef<[u8]>) -> bool {
+        self.core.unsubscribe(self.key, topic.as_ref())
+    }
+    /// Whether this connection is subscribed to `topic`.
+    pub fn is_subscribed(&self, topic: impl AsRef<[u8]>) -> bool {
+        self.core.is_subscribed(self.key, topic.as_ref())
+    }
+    /// The topics this connection is subscribed to, in no particular order.
+    pub fn topics(&self) -> impl Iterator<Item = &[u8]> {
+        self.core.topics_of(self.key)
+    }
+    /// Publishes a message to every subscriber of `topic` on every worker, except this
+    /// connection (as uWebSockets' and Bun's `ws.publish`); see
+    /// [`Conn::publish_including_self`]. The frame is built once per worker and every
+    /// subscriber's queue holds a reference to it; what a subscriber is sent in one loop
+    /// turn leaves in one write. A subscriber over `max_backpressure` loses the message (or
+    /// is closed with 1008, see `Config::close_on_backpressure_limit`): it never slows the
+    /// others. Messages from one connection to one topic reach every subscriber in order.
+    pub fn publish<'m>(
+        &mut self,
+        topic: impl AsRef<[u8]>,
+        msg: impl Into<Message<'m>>,
+    ) -> Result<(), TopicError> {
+        self.core.publish(topic.as_ref(), msg.into(), Some(self.key))
+    }
+    /// Publishes a message to every subscriber of `topic`, this connection included if it is
+    /// one.
+    pub fn publish_including_self<'m>(
+        &mut self,
+        topic: impl AsRef<[u8]>,
+        msg: impl Into<Message<'m>>,
+    ) -> Result<(), TopicError> {
+        self.core.publish(topic.as_ref(), msg.into(), None)
+    }
+    /// Subscribers of `topic` on this worker (exact); [`ServerHandle::subscriber_count`]
+    /// sums all workers.
+    pub fn subscriber_count(&self, topic: impl AsRef<[u8]>) -> usize {
+        self.core.topics.subscribers(topic.as_ref()).len()
+    }
     /// The whole worker, to reach other connections it holds.
     pub fn ctx(&mut self) -> Ctx<'_, D> {
         Ctx { core: self.core }
@@ -649,5 +763,19 @@ impl<D> Ctx<'_, D> {
     /// Connections this worker holds: handshaking, open and closing ones.
     pub fn connection_count(&self) -> usize {
         self.core.connection_count()
+    }
+    /// Publishes a message to every subscriber of `topic` on every worker (see
+    /// [`Conn::publish`]).
+    pub fn publish<'m>(
+        &mut self,
+        topic: impl AsRef<[u8]>,
+        msg: impl Into<Message<'m>>,
+    ) -> Result<(), TopicError> {
+        self.core.publish(topic.as_ref(), msg.into(), None)
+    }
+    /// Subscribers of `topic` on this worker (exact); [`ServerHandle::subscriber_count`]
+    /// sums all workers.
+    pub fn subscriber_count(&self, topic: impl AsRef<[u8]>) -> usize {
+        self.core.topics.subscribers(topic.as_ref()).len()
     }
 }

@@ -84,9 +84,16 @@ pub struct Config {
     /// them: a send that finds the queue too full first offers the queue to the socket.
     /// Default 16 MiB, room for one largest message (`max_message_size`). Accepted: at least 1.
     pub max_backpressure: usize,
-    /// Close the connection (1008) when a send is dropped over `max_backpressure`. Default
-    /// false (the send is dropped, the connection stays open).
+    /// What happens to a connection whose queue is full (over `max_backpressure`): off (the
+    /// default), the message is dropped for that connection alone and counted
+    /// (`Stats::sends_dropped` for a send, `Stats::publish_drops` for a published message);
+    /// on, the connection is closed with 1008 instead (counted in
+    /// `Stats::backpressure_closes`). Either way a slow subscriber never slows the others,
+    /// the publisher or the worker.
     pub close_on_backpressure_limit: bool,
+    /// Longest topic name ([`crate::Conn::subscribe`], `publish`), in bytes; a longer one is
+    /// refused with [`crate::TopicError::TooLong`]. Default 256. Accepted: 1..=65536.
+    pub max_topic_len: usize,
     /// Connections per worker; over it the worker stops accepting until one closes. Accepted:
     /// 1..=1048576 (a connection id holds the slot in 20 bits). Default 1048576 (what the
     /// process's file descriptor limit allows is usually the bound that bites first).
@@ -163,6 +170,7 @@ impl Default for Config {
             auto_ping: None,
             max_backpressure: 16 << 20,
             close_on_backpressure_limit: false,
+            max_topic_len: 256,
             max_connections: 1 << 20,
             worker_memory_budget: 256 << 20,
             buffer_cache: 16 << 20,
@@ -187,6 +195,8 @@ pub(crate) const MAX_CONNECTIONS: usize = 1 << 20;
 /// Longest timeout accepted: far enough for any use, near enough that no deadline computed
 /// from it (`now + timeout`, twice the auto-ping interval) can overflow.
 pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest topic name accepted for `max_topic_len`.
+pub(crate) const MAX_TOPIC_LEN: usize = 1 << 16;
 const MIN_HANDSHAKE_BYTES: usize = 512;
 const MAX_HANDSHAKE_BYTES: usize = 1 << 20;
 const MIN_READ_BUFFER: usize = 4 << 10;
@@ -329,6 +339,7 @@ impl Config {
         optional_timeout("auto_ping", self.auto_ping)?;
         at_least_one("max_backpressure", self.max_backpressure)?;
         in_range("max_connections", self.max_connections, 1, MAX_CONNECTIONS)?;
+        in_range("max_topic_len", self.max_topic_len, 1, MAX_TOPIC_LEN)?;
         at_least_one("worker_memory_budget", self.worker_memory_budget)?;
         in_range("read_buffer_size", self.read_buffer_size, MIN_READ_BUFFER, MAX_READ_BUFFER)?;
         timeout("shutdown_timeout", self.shutdown_timeout, Duration::ZERO)?;

@@ -18,6 +18,7 @@
 //! queue exists only while it holds bytes.
 
 use std::borrow::Cow;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,15 +32,21 @@ use crate::proto::conn::{Event, HandshakeStatus};
 use crate::proto::frame;
 use crate::proto::{CloseCode, Connection, Decision, Env, OpCode, ProtocolError, Role, State};
 
-use super::api::{Conn, ConnId, Ctx, Handler, Message, Post, SendStatus, Upgrade};
+use super::api::{Conn, ConnId, Ctx, Handler, Message, Post, SendStatus, TopicError, Upgrade};
 use super::config::Config;
 use super::handle::{ServerHandle, WorkerStats};
+pub(crate) use super::outq::OutQ;
+use super::outq::{Frame, REF_COST};
 use super::timer::Wheel;
+use super::topics::Topics;
 
 /// The backend's hook for a write at once: one non-blocking write of `parts`, in order, to the
 /// socket the backend lent as `fd`; returns the bytes taken (0 on any error, which the
 /// backend's next flush meets and handles). Both backends use `io::sys::write_now`.
-pub(crate) type WriteNow = fn(RawFd, &[&[u8]; 3]) -> usize;
+pub(crate) type WriteNow = fn(RawFd, &[IoSlice<'_>]) -> usize;
+
+/// Most slices one write offers (the rest of a long queue goes in the next).
+pub(crate) const WRITE_SLICES: usize = 64;
 
 const NO_TIMER: u64 = u64::MAX;
 
@@ -48,7 +55,7 @@ const NO_TIMER: u64 = u64::MAX;
 const RETIRED_GEN: u32 = u32::MAX;
 
 /// Largest payload one send accepts: send queues count bytes in u32.
-const MAX_SEND: usize = 1 << 31;
+pub(crate) const MAX_SEND: usize = 1 << 31;
 
 /// The peer's address in 16 bytes instead of `SocketAddr`'s 32 (IPv6 peers are boxed).
 #[derive(Debug)]
@@ -88,6 +95,7 @@ const CLOSING: u16 = 256; // a close was sent or received (or the handshake refu
 const OVER: u16 = 512; // a data send was dropped at the limit: reading pauses until the queue drains
 const RETIRED: u16 = 1024; // a tombstone holding a retired key (see `RETIRED_GEN`)
 const RESET: u16 = 2048; // dead by force: the backend closes the socket with a reset
+const SUBSCRIBED: u16 = 4096; // may hold topic subscriptions (the index has an entry)
 
 /// Counters a worker keeps in plain integers and publishes once per loop turn.
 #[derive(Debug, Default, Clone, Copy)]
@@ -100,6 +108,11 @@ pub(crate) struct Counts {
     pub(crate) budget_refusals: usize,
     pub(crate) protocol_errors: usize,
     pub(crate) bad_handshakes: usize,
+    pub(crate) messages_in: usize,
+    pub(crate) messages_out: usize,
+    pub(crate) deliveries: usize,
+    pub(crate) publish_drops: usize,
+    pub(crate) backpressure_closes: usize,
 }
 
 /// One connection's state in the worker. Its generation lives in `CoreState::gens`, which
@@ -108,11 +121,13 @@ pub(crate) struct Counts {
 pub(crate) struct Slot<D> {
     flags: u16,
     proto: Connection,
-    /// Bytes waiting for the socket, from `out_pos` on; empty and unallocated when idle.
-    out: Vec<u8>,
-    out_pos: u32,
-    /// Bytes handed to the kernel in a send that has not completed (completion backends).
+    /// Bytes waiting for the socket (owned, and frames shared with other subscribers); `None`
+    /// whenever it is empty (an idle connection owns no buffer).
+    out: Option<Box<OutQ>>,
+    /// Bytes handed to the kernel in a send that has not completed (completion backends),
+    /// and what they count against the memory budget (see [`OutQ::footprint`]).
     inflight: u32,
+    inflight_fp: u32,
     /// Tick of the armed wheel entry, or `NO_TIMER`.
     timer_at: u64,
     /// The socket, for the direct write of large sends (owned by the backend, which drops
@@ -160,6 +175,10 @@ pub(crate) struct CoreState<D> {
     panic_logged: bool,
     /// The backend's hook for a write at once (the direct write of a large send).
     write: WriteNow,
+    /// This worker's topic index.
+    pub(crate) topics: Topics,
+    /// Subscribers to close after a fan-out (over `max_backpressure`, closing policy).
+    to_close: Vec<u32>,
 }
 
 /// A worker's core: its state plus the application's handler.
@@ -213,24 +232,32 @@ impl<D> CoreState<D> {
 
     fn mark_dirty(&mut self, key: usize) {
         let s = &mut self.conns[key];
-        if s.flags & DIRTY == 0 && s.out.len() > s.out_pos as usize {
+        if s.flags & DIRTY == 0 && s.out.as_ref().is_some_and(|q| !q.is_empty()) {
             s.flags |= DIRTY;
             self.dirty.push(key as u32);
         }
     }
 
-    fn out_buf(out_pool: &mut SendPool, s: &mut Slot<D>) {
-        if s.out.capacity() == 0 {
-            if let Some(b) = out_pool.take() {
-                s.out = b;
+    /// The connection's send queue, taken from the pool if it has none.
+    fn out_q<'s>(out_pool: &mut SendPool, out: &'s mut Option<Box<OutQ>>) -> &'s mut OutQ {
+        out.get_or_insert_with(|| out_pool.take())
+    }
+
+    /// Gives an empty send queue back to the pool: an idle connection owns no buffer.
+    fn tidy(out_pool: &mut SendPool, s: &mut Slot<D>) {
+        if s.out.as_ref().is_some_and(|q| q.is_empty()) {
+            if let Some(q) = s.out.take() {
+                out_pool.recycle(q);
             }
         }
     }
 
     /// Brings the worker's count of queued bytes up to date after `key`'s queue changed from
-    /// `before` bytes.
+    /// a footprint of `before` bytes, and hands back its queue if it is empty.
     fn requeued(&mut self, key: usize, before: usize) {
-        let after = pending_of(&self.conns[key]);
+        let s = &mut self.conns[key];
+        Self::tidy(&mut self.out_pool, s);
+        let after = footprint_of(s);
         let q = &mut self.env.memory.queued;
         *q = (*q + after).saturating_sub(before);
     }
@@ -248,11 +275,12 @@ impl<D> CoreState<D> {
         if !s.proto.can_send() || s.flags & DEAD != 0 {
             return SendStatus::Closed;
         }
-        let before = pending_of(s);
+        let before = footprint_of(s);
         if op.is_control() {
-            Self::out_buf(&mut self.out_pool, s);
             let payload = &payload[..payload.len().min(125)];
-            if s.proto.send_frame(op, true, payload, &mut s.out).is_err() {
+            let out = Self::out_q(&mut self.out_pool, &mut s.out).bytes_mut();
+            if s.proto.send_frame(op, true, payload, out).is_err() {
+                self.requeued(key, before);
                 return SendStatus::Closed;
             }
             let status = status_of(s);
@@ -260,7 +288,7 @@ impl<D> CoreState<D> {
             self.mark_dirty(key);
             return status;
         }
-        let mut pending = before;
+        let mut pending = pending_of(s);
         if pending.saturating_add(payload.len()) > max
             && pending > 0
             && s.inflight == 0
@@ -274,6 +302,7 @@ impl<D> CoreState<D> {
             self.counts.sends_dropped += 1;
             self.requeued(key, before);
             if self.cfg.close_on_backpressure_limit {
+                self.counts.backpressure_closes += 1;
                 self.close(key, CloseCode::POLICY, "backpressure limit");
             } else if pending > 0 {
                 // Reading pauses until the queue drains (an echo of a peer that never reads).
@@ -295,15 +324,134 @@ impl<D> CoreState<D> {
         {
             Self::write_now(self.write, &mut self.out_pool, s, Some((op, payload)));
         } else {
-            Self::out_buf(&mut self.out_pool, s);
-            if s.proto.send_frame(op, true, payload, &mut s.out).is_err() {
+            let out = Self::out_q(&mut self.out_pool, &mut s.out).bytes_mut();
+            if s.proto.send_frame(op, true, payload, out).is_err() {
+                self.requeued(key, before);
                 return SendStatus::Closed;
             }
         }
-        let status = status_of(s);
+        self.counts.messages_out += 1;
+        let status = status_of(&self.conns[key]);
         self.requeued(key, before);
         self.mark_dirty(key);
         status
+    }
+
+    /// Queues a shared frame (a published message) for `key`, under the same hard
+    /// `max_backpressure` bound as a send: past it the frame is dropped for this subscriber
+    /// (counted in `publish_drops`), or the subscriber is closed with 1008 when the server is
+    /// configured to close at the limit. Returns whether it was queued; `close` collects the
+    /// subscribers to close (after the fan-out loop).
+    fn deliver(&mut self, key: usize, f: &Frame, close: &mut Vec<u32>) -> bool {
+        let max = self.cfg.max_backpressure;
+        let s = &mut self.conns[key];
+        if !s.proto.can_send() || s.flags & DEAD != 0 {
+            return false;
+        }
+        if pending_of(s).saturating_add(f.len()) > max {
+            self.counts.publish_drops += 1;
+            if self.cfg.close_on_backpressure_limit {
+                close.push(key as u32);
+            }
+            return false;
+        }
+        if !self.env.memory.fits(REF_COST as u64) {
+            self.counts.budget_refusals += 1;
+            return false;
+        }
+        Self::out_q(&mut self.out_pool, &mut s.out).push_frame(f);
+        self.env.memory.queued += REF_COST;
+        if s.flags & DIRTY == 0 {
+            s.flags |= DIRTY;
+            self.dirty.push(key as u32);
+        }
+        true
+    }
+
+    /// Subscribes an open connection to `topic`.
+    pub(crate) fn subscribe(&mut self, key: usize, topic: &[u8]) -> Result<bool, TopicError> {
+        self.handle.check_topic(topic)?;
+        let s = &mut self.conns[key];
+        if s.flags & (OPENED | NOTIFIED | DEAD) != OPENED || !s.proto.can_send() {
+            return Err(TopicError::Closed);
+        }
+        s.flags |= SUBSCRIBED;
+        Ok(self.topics.subscribe(key as u32, topic))
+    }
+
+    pub(crate) fn unsubscribe(&mut self, key: usize, topic: &[u8]) -> bool {
+        self.conns[key].flags & SUBSCRIBED != 0 && self.topics.unsubscribe(key as u32, topic)
+    }
+
+    pub(crate) fn is_subscribed(&self, key: usize, topic: &[u8]) -> bool {
+        self.conns[key].flags & SUBSCRIBED != 0 && self.topics.is_subscribed(key as u32, topic)
+    }
+
+    pub(crate) fn topics_of(&self, key: usize) -> impl Iterator<Item = &[u8]> {
+        let any = self.conns[key].flags & SUBSCRIBED != 0;
+        self.topics.topics_of(key as u32).filter(move |_| any)
+    }
+
+    /// Ends every subscription of a connection (it closed, or its slot is freed).
+    fn drop_subscriptions(&mut self, key: usize) {
+        if let Some(s) = self.conns.get_mut(key) {
+            if s.flags & SUBSCRIBED != 0 {
+                s.flags &= !SUBSCRIBED;
+                self.topics.remove_conn(key as u32);
+            }
+        }
+    }
+
+    /// Publishes to this worker's subscribers of `topic` (but `exclude`) and sends the
+    /// message on to every other worker that may hold one.
+    pub(crate) fn publish(
+        &mut self,
+        topic: &[u8],
+        msg: Message<'_>,
+        exclude: Option<usize>,
+    ) -> Result<(), TopicError> {
+        self.handle.check_topic(topic)?;
+        let payload = msg.as_bytes();
+        if payload.len() > MAX_SEND {
+            return Err(TopicError::TooLarge);
+        }
+        self.publish_local(topic, msg.opcode(), payload, exclude);
+        self.handle.publish_others(self.worker as usize, topic, msg.opcode(), payload);
+        Ok(())
+    }
+
+    /// Fans a message out to this worker's subscribers of `topic`: the frame is built once
+    /// and every subscriber's queue points at it. Returns the subscribers reached.
+    pub(crate) fn publish_local(
+        &mut self,
+        topic: &[u8],
+        op: OpCode,
+        payload: &[u8],
+        exclude: Option<usize>,
+    ) -> usize {
+        let Some(tid) = self.topics.id(topic) else { return 0 };
+        let subs = self.topics.take_subs(tid);
+        let mut reached = 0;
+        if subs.iter().any(|&k| Some(k as usize) != exclude) {
+            let f = build_frame(op, payload);
+            let mut close = std::mem::take(&mut self.to_close);
+            for &k in &subs {
+                if Some(k as usize) != exclude && self.deliver(k as usize, &f, &mut close) {
+                    reached += 1;
+                }
+            }
+            self.counts.deliveries += reached;
+            self.counts.messages_out += reached;
+            self.topics.put_subs(tid, subs);
+            for k in close.drain(..) {
+                self.counts.backpressure_closes += 1;
+                self.close(k as usize, CloseCode::POLICY, "backpressure limit");
+            }
+            self.to_close = close;
+        } else {
+            self.topics.put_subs(tid, subs);
+        }
+        reached
     }
 
     /// Writes what is queued, then (with `frame`) the frame's header and payload, with one
@@ -326,32 +474,44 @@ impl<D> CoreState<D> {
             }
             None => (0, &[][..]),
         };
-        let queued = &s.out[s.out_pos as usize..];
-        let total = queued.len() + hn + payload.len();
-        let mut n = write(s.fd, &[queued, &h[..hn], payload]);
+        let mut iov = [IoSlice::new(&[]); WRITE_SLICES];
+        let mut cnt = 0;
+        let queued = s.out.as_ref().map_or(0, |q| q.len());
+        if let Some(q) = &s.out {
+            cnt = q.slices(&mut iov[..WRITE_SLICES - 2]);
+        }
+        let offered: usize = iov[..cnt].iter().map(|v| v.len()).sum();
+        let whole = offered == queued;
+        if whole {
+            // The new frame goes right behind the queue, in the same call; if the queue is
+            // longer than one call's slices, the frame is queued behind it instead.
+            for part in [&h[..hn], payload] {
+                if !part.is_empty() {
+                    iov[cnt] = IoSlice::new(part);
+                    cnt += 1;
+                }
+            }
+        }
+        let total: usize = iov[..cnt].iter().map(|v| v.len()).sum();
+        let mut n = if cnt == 0 { 0 } else { write(s.fd, &iov[..cnt]) };
         if n > 0 && n < total {
             s.flags |= BLOCKED;
         }
-        let q = n.min(queued.len());
-        s.out_pos += q as u32;
-        n -= q;
-        if s.out_pos as usize == s.out.len() {
-            s.out.clear();
-            s.out_pos = 0;
+        let q = n.min(queued);
+        if let Some(out) = &mut s.out {
+            out.advance(q);
         }
+        n -= q;
         if frame.is_none() {
             // Nothing was added.
-        } else if n < hn {
-            Self::out_buf(out_pool, s);
-            s.out.extend_from_slice(&h[n..hn]);
-            s.out.extend_from_slice(payload);
+        } else if !whole || n < hn {
+            let out = Self::out_q(out_pool, &mut s.out).bytes_mut();
+            out.extend_from_slice(&h[n.min(hn)..hn]);
+            out.extend_from_slice(payload);
         } else if n - hn < payload.len() {
-            Self::out_buf(out_pool, s);
-            s.out.extend_from_slice(&payload[n - hn..]);
+            Self::out_q(out_pool, &mut s.out).bytes_mut().extend_from_slice(&payload[n - hn..]);
         }
-        if s.out.is_empty() {
-            recycle(out_pool, std::mem::take(&mut s.out));
-        }
+        Self::tidy(out_pool, s);
     }
 
     /// Starts the close handshake. `code` must be one that may go on the wire (the API
@@ -362,9 +522,9 @@ impl<D> CoreState<D> {
         if s.flags & DEAD != 0 {
             return;
         }
-        let before = pending_of(s);
-        Self::out_buf(&mut self.out_pool, s);
-        s.proto.close(now, code, reason, &mut s.out, &self.env.limits);
+        let before = footprint_of(s);
+        let out = Self::out_q(&mut self.out_pool, &mut s.out).bytes_mut();
+        s.proto.close(now, code, reason, out, &self.env.limits);
         self.requeued(key, before);
         self.mark_dirty(key);
         self.note_close(key);
@@ -431,9 +591,24 @@ impl<D> CoreState<D> {
     }
 }
 
+/// A server frame (unmasked, final) of `payload`, in one shared buffer.
+fn build_frame(op: OpCode, payload: &[u8]) -> Frame {
+    let mut h = [0u8; frame::MAX_HEADER_LEN];
+    let hn = frame::encode(true, 0, op, payload.len() as u64, None, &mut h);
+    let mut v = Vec::with_capacity(hn + payload.len());
+    v.extend_from_slice(&h[..hn]);
+    v.extend_from_slice(payload);
+    Frame::from(v)
+}
+
 /// Bytes a connection has waiting for its socket: queued plus in flight.
 fn pending_of<D>(s: &Slot<D>) -> usize {
-    s.out.len() - s.out_pos as usize + s.inflight as usize
+    s.out.as_ref().map_or(0, |q| q.len()) + s.inflight as usize
+}
+
+/// What a connection's queued and in-flight bytes count against the worker's memory budget.
+fn footprint_of<D>(s: &Slot<D>) -> usize {
+    s.out.as_ref().map_or(0, |q| q.footprint()) + s.inflight_fp as usize
 }
 
 fn status_of<D>(s: &Slot<D>) -> SendStatus {
@@ -473,6 +648,7 @@ impl<H: Handler> Core<H> {
         env.pool = crate::proto::BufPool::new(cfg.buffer_cache / 2 / KEEP, KEEP);
         let send_cache = cfg.buffer_cache / 2;
         let wheel = Wheel::new(now, cfg.timer_tick);
+        let topics = Topics::new(worker, Arc::clone(&handle.inner.topics));
         let capacity = cfg_conns(&cfg);
         Self {
             state: CoreState {
@@ -495,6 +671,8 @@ impl<H: Handler> Core<H> {
                 counts: Counts::default(),
                 panic_logged: false,
                 write,
+                topics,
+                to_close: Vec::new(),
             },
             handler,
             expired: Vec::new(),
@@ -526,6 +704,12 @@ impl<H: Handler> Core<H> {
         put(&stats.budget_refusals, c.budget_refusals);
         put(&stats.protocol_errors, c.protocol_errors);
         put(&stats.bad_handshakes, c.bad_handshakes);
+        put(&stats.messages_in, c.messages_in);
+        put(&stats.messages_out, c.messages_out);
+        put(&stats.deliveries, c.deliveries);
+        put(&stats.publish_drops, c.publish_drops);
+        put(&stats.backpressure_closes, c.backpressure_closes);
+        put(&stats.subscriptions, st.topics.subscriptions());
     }
 
     /// A connection arrived on socket `fd` (the backend keeps owning it); returns its key.
@@ -534,9 +718,9 @@ impl<H: Handler> Core<H> {
         let slot = Slot {
             flags: 0,
             proto: Connection::new_server(st.now, &st.env.limits),
-            out: Vec::new(),
-            out_pos: 0,
+            out: None,
             inflight: 0,
+            inflight_fp: 0,
             since: st.now,
             timer_at: NO_TIMER,
             fd,
@@ -624,9 +808,9 @@ impl<H: Handler> Core<H> {
             if matches!(s.proto.state(), State::Closed) || s.flags & DEAD != 0 {
                 break;
             }
-            let before = pending_of(s);
-            CoreState::<H::Data>::out_buf(&mut st.out_pool, s);
-            let r = s.proto.read(&mut data[pos..], &mut s.out, &mut st.env);
+            let before = footprint_of(s);
+            let out = CoreState::<H::Data>::out_q(&mut st.out_pool, &mut s.out).bytes_mut();
+            let r = s.proto.read(&mut data[pos..], out, &mut st.env);
             st.requeued(key, before);
             match r {
                 Ok(r) => {
@@ -659,9 +843,9 @@ impl<H: Handler> Core<H> {
         let handler = &mut self.handler;
         let mut user: Option<H::Data> = None;
         let mut panic: Option<(&str, Box<dyn std::any::Any + Send>)> = None;
-        CoreState::<H::Data>::out_buf(&mut st.out_pool, s);
-        let before = pending_of(s);
-        let res = s.proto.handshake(data, &mut s.out, &st.env, |req, upgrade| {
+        let before = footprint_of(s);
+        let out = CoreState::<H::Data>::out_q(&mut st.out_pool, &mut s.out).bytes_mut();
+        let res = s.proto.handshake(data, out, &st.env, |req, upgrade| {
             if !upgrade {
                 return match catch_unwind(AssertUnwindSafe(|| handler.on_http(req))) {
                     Ok(Some(r)) => Decision::Respond {
@@ -730,6 +914,7 @@ impl<H: Handler> Core<H> {
     fn dispatch(&mut self, key: usize, ev: Event<'_>) {
         match ev {
             Event::Text(t) => {
+                self.state.counts.messages_in += 1;
                 self.guarded(Some(key), "on_message", |h, core| {
                     h.on_message(&mut Conn { core, key }, Message::Text(&t))
                 });
@@ -738,6 +923,7 @@ impl<H: Handler> Core<H> {
                 }
             }
             Event::Binary(b) => {
+                self.state.counts.messages_in += 1;
                 self.guarded(Some(key), "on_message", |h, core| {
                     h.on_message(&mut Conn { core, key }, Message::Binary(&b))
                 });
@@ -771,6 +957,8 @@ impl<H: Handler> Core<H> {
             self.guarded(None, "on_close", |h, core| {
                 h.on_close(&mut Conn { core, key }, code, reason)
             });
+            // Subscriptions end with the connection; `on_close` could still see its own.
+            self.state.drop_subscriptions(key);
         }
     }
 
@@ -785,7 +973,7 @@ impl<H: Handler> Core<H> {
             return After::StopReading;
         }
         if s.proto.state() == State::Closed {
-            if s.out.len() == s.out_pos as usize && s.inflight == 0 {
+            if pending_of(s) == 0 {
                 self.begin_linger(key);
                 return After::Continue;
             }
@@ -822,11 +1010,22 @@ impl<H: Handler> Core<H> {
         self.notify_close(key, CloseCode::ABNORMAL, "");
     }
 
-    /// Bytes waiting for this connection's socket.
-    pub(crate) fn pending(&self, key: usize) -> &[u8] {
+    /// Bytes waiting for this connection's socket: fills `iov` with them in order (as many
+    /// slices as fit) and returns how many slices it filled; 0 when nothing waits.
+    pub(crate) fn pending<'a>(&'a self, key: usize, iov: &mut [IoSlice<'a>]) -> usize {
         match self.state.conns.get(key) {
-            Some(s) if s.flags & DEAD == 0 => &s.out[s.out_pos as usize..],
-            _ => &[],
+            Some(Slot { flags, out: Some(q), .. }) if flags & DEAD == 0 => q.slices(iov),
+            _ => 0,
+        }
+    }
+
+    /// How many bytes wait for this connection's socket (not counting any in flight). Only the
+    /// test harness asks.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn pending_len(&self, key: usize) -> usize {
+        match self.state.conns.get(key) {
+            Some(Slot { flags, out: Some(q), .. }) if flags & DEAD == 0 => q.len(),
+            _ => 0,
         }
     }
 
@@ -835,17 +1034,19 @@ impl<H: Handler> Core<H> {
     pub(crate) fn on_written(&mut self, key: usize, n: usize, blocked: bool) -> bool {
         let st = &mut self.state;
         let Some(s) = st.conns.get_mut(key) else { return false };
-        s.out_pos += n as u32;
-        st.env.memory.queued = st.env.memory.queued.saturating_sub(n);
-        if (s.out_pos as usize) < s.out.len() {
-            if blocked {
-                s.flags |= BLOCKED;
+        if let Some(q) = &mut s.out {
+            let before = q.footprint();
+            q.advance(n);
+            st.env.memory.queued = st.env.memory.queued.saturating_sub(before - q.footprint());
+            if !q.is_empty() {
+                if blocked {
+                    s.flags |= BLOCKED;
+                }
+                return false;
             }
-            return false;
         }
-        // Everything went out: give the buffer back.
-        s.out_pos = 0;
-        recycle(&mut st.out_pool, std::mem::take(&mut s.out));
+        // Everything went out: give the queue back.
+        CoreState::<H::Data>::tidy(&mut st.out_pool, s);
         if s.inflight != 0 {
             return false;
         }
@@ -863,45 +1064,44 @@ impl<H: Handler> Core<H> {
         was_paused
     }
 
-    /// Takes the queued bytes for a send the kernel owns until its completion (completion
-    /// backends). Returns the buffer and the offset its unsent bytes start at.
-    pub(crate) fn take_out(&mut self, key: usize) -> Option<(Vec<u8>, usize)> {
+    /// Takes the queue for a send the kernel owns until its completion (completion backends).
+    pub(crate) fn take_out(&mut self, key: usize) -> Option<Box<OutQ>> {
         let s = self.state.conns.get_mut(key)?;
-        if s.flags & DEAD != 0 || s.out.len() == s.out_pos as usize || s.inflight != 0 {
+        if s.flags & DEAD != 0 || s.inflight != 0 || s.out.as_ref().is_none_or(|q| q.is_empty()) {
             return None;
         }
-        let pos = std::mem::replace(&mut s.out_pos, 0) as usize;
-        let buf = std::mem::take(&mut s.out);
-        s.inflight = (buf.len() - pos) as u32;
-        Some((buf, pos))
+        let q = s.out.take()?;
+        s.inflight = q.len() as u32;
+        s.inflight_fp = q.footprint() as u32;
+        Some(q)
     }
 
-    /// A send from [`Core::take_out`] completed with `n` bytes written. Returns the buffer
-    /// and offset to send again when bytes remain (they go before anything queued since), or
-    /// `None` when it all went out; `resume` is set when a paused connection should read again.
+    /// A send from [`Core::take_out`] completed with `n` bytes written. Returns the queue to
+    /// send again when bytes remain (they go before anything queued since), or `None` when it
+    /// all went out; `resume` is set when a paused connection should read again.
     pub(crate) fn on_send_done(
         &mut self,
         key: usize,
-        buf: Vec<u8>,
-        pos: usize,
+        mut q: Box<OutQ>,
         n: usize,
         resume: &mut bool,
-    ) -> Option<(Vec<u8>, usize)> {
+    ) -> Option<Box<OutQ>> {
         let st = &mut self.state;
         let s = st.conns.get_mut(key)?;
-        let before = pending_of(s);
-        let pos = pos + n;
-        if pos < buf.len() && s.flags & DEAD == 0 {
-            s.inflight = (buf.len() - pos) as u32;
+        let before = s.inflight_fp as usize;
+        q.advance(n.min(q.len()));
+        if !q.is_empty() && s.flags & DEAD == 0 {
+            s.inflight = q.len() as u32;
+            s.inflight_fp = q.footprint() as u32;
             s.flags |= BLOCKED;
-            st.requeued(key, before);
-            return Some((buf, pos));
+            st.env.memory.queued = st.env.memory.queued.saturating_sub(before - q.footprint());
+            return Some(q);
         }
         s.inflight = 0;
-        st.requeued(key, before);
-        let s = &mut st.conns[key];
-        recycle(&mut st.out_pool, buf);
-        if s.out.len() > s.out_pos as usize {
+        s.inflight_fp = 0;
+        st.env.memory.queued = st.env.memory.queued.saturating_sub(before);
+        st.out_pool.recycle(q);
+        if s.out.as_ref().is_some_and(|q| !q.is_empty()) {
             // More was queued while the send was in flight: it goes next.
             let k = key as u32;
             if s.flags & DIRTY == 0 {
@@ -953,8 +1153,12 @@ impl<H: Handler> Core<H> {
             Some(s) if s.flags & RETIRED == 0 => {}
             _ => return,
         }
+        st.drop_subscriptions(key);
         let Some(mut s) = st.conns.try_remove(key) else { return };
-        st.env.memory.queued = st.env.memory.queued.saturating_sub(pending_of(&s));
+        st.env.memory.queued = st.env.memory.queued.saturating_sub(footprint_of(&s));
+        if let Some(q) = s.out.take() {
+            st.out_pool.recycle(q);
+        }
         s.proto.release(&mut st.env);
         let gen = &mut st.gens[key];
         *gen = gen.wrapping_add(1);
@@ -963,9 +1167,9 @@ impl<H: Handler> Core<H> {
             let tomb = Slot {
                 flags: DEAD | RETIRED,
                 proto: Connection::new_open(Role::Server, 0),
-                out: Vec::new(),
-                out_pos: 0,
+                out: None,
                 inflight: 0,
+                inflight_fp: 0,
                 timer_at: NO_TIMER,
                 fd: -1,
                 since: st.now,
@@ -1105,6 +1309,11 @@ impl<H: Handler> Core<H> {
         }
     }
 
+    /// A message published on another worker or thread.
+    pub(crate) fn on_publish(&mut self, topic: &[u8], op: OpCode, payload: &[u8]) {
+        self.state.publish_local(topic, op, payload, None);
+    }
+
     /// A close requested from another thread.
     pub(crate) fn close_id(&mut self, id: ConnId, code: CloseCode, reason: &str) {
         if let Some(key) = self.state.key_of(id) {
@@ -1113,11 +1322,13 @@ impl<H: Handler> Core<H> {
     }
 }
 
-/// Emptied send buffers kept for reuse, up to a byte limit (half of `Config::buffer_cache`);
-/// buffers over 256 KiB are always freed.
+/// Emptied send queues kept for reuse, up to a byte limit (half of `Config::buffer_cache`);
+/// queues holding over 256 KiB are always freed.
 #[derive(Debug)]
 struct SendPool {
-    bufs: Vec<Vec<u8>>,
+    /// Boxed as the slots hold them, so a queue moves in and out without reallocating.
+    #[allow(clippy::vec_box)]
+    bufs: Vec<Box<OutQ>>,
     bytes: usize,
     limit: usize,
 }
@@ -1127,20 +1338,24 @@ impl SendPool {
         Self { bufs: Vec::new(), bytes: 0, limit }
     }
 
-    fn take(&mut self) -> Option<Vec<u8>> {
-        let b = self.bufs.pop()?;
-        self.bytes -= b.capacity();
-        Some(b)
+    fn take(&mut self) -> Box<OutQ> {
+        match self.bufs.pop() {
+            Some(q) => {
+                self.bytes -= q.capacity() + std::mem::size_of::<OutQ>();
+                q
+            }
+            None => Box::default(),
+        }
     }
-}
 
-/// Gives an emptied send buffer back to the worker's pool, or frees it when the pool is full.
-fn recycle(pool: &mut SendPool, mut buf: Vec<u8>) {
-    let cap = buf.capacity();
-    if cap > 0 && cap <= (256 << 10) && pool.bytes + cap <= pool.limit {
-        buf.clear();
-        pool.bytes += cap;
-        pool.bufs.push(buf);
+    /// Takes an emptied queue back, or frees it when the pool is full.
+    fn recycle(&mut self, mut q: Box<OutQ>) {
+        let cap = q.capacity() + std::mem::size_of::<OutQ>();
+        if cap <= (256 << 10) && self.bytes + cap <= self.limit {
+            q.clear();
+            self.bytes += cap;
+            self.bufs.push(q);
+        }
     }
 }
 
@@ -1149,7 +1364,7 @@ mod tests {
     use super::*;
 
     /// An idle connection's user-space footprint: the slot (protocol state included) plus its
-    /// slab tag, held to 208 bytes (plus 4 for its key's generation); the slab's capacity is
+    /// slab tag, held to 192 bytes (plus 4 for its key's generation); the slab's capacity is
     /// reserved up front (untouched pages cost nothing), so the slot size is what a connection
     /// costs.
     #[test]
@@ -1157,7 +1372,7 @@ mod tests {
         let slot = std::mem::size_of::<Slot<()>>();
         let conn = std::mem::size_of::<Connection>();
         eprintln!("Slot<()> = {slot} bytes, Connection = {conn} bytes");
-        assert!(slot <= 208, "Slot<()> is {slot} bytes");
+        assert!(slot <= 192, "Slot<()> is {slot} bytes");
     }
 }
 

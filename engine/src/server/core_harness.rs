@@ -42,10 +42,17 @@ pub struct Seen {
     pub(crate) close_results: Vec<Result<(), crate::InvalidCloseCode>>,
     /// Connections `on_drain` was called for, in order.
     pub(crate) drains: Vec<usize>,
+    /// Results of "sub T" (subscribe) and "pub"/"puball" (publish) messages.
+    pub(crate) subscribed: Vec<Result<bool, crate::TopicError>>,
+    pub(crate) published: Vec<Result<(), crate::TopicError>>,
+    /// The topics a connection held when `on_close` ran.
+    pub(crate) topics_at_close: Vec<Vec<Vec<u8>>>,
 }
 
 /// Echoes; panics on the text "boom" ([`HANDLER_PANIC`]); closes with code N on "close N";
-/// sends N bytes of binary on "send N"; tries a 64 KiB send from `on_close`.
+/// sends N bytes of binary on "send N"; tries a 64 KiB send from `on_close`. Pub/sub: "sub T"
+/// subscribes to T, "unsub T" unsubscribes, "pub T REST" publishes REST to T (others only),
+/// "puball T REST" publishes it to every subscriber, the sender included.
 #[derive(Debug, Default)]
 pub struct TestHandler {
     pub(crate) seen: Seen,
@@ -67,6 +74,25 @@ impl Handler for TestHandler {
                 self.seen.close_results.push(r);
                 return;
             }
+            if let Some(topic) = t.strip_prefix("sub ") {
+                self.seen.subscribed.push(conn.subscribe(topic));
+                return;
+            }
+            if let Some(topic) = t.strip_prefix("unsub ") {
+                conn.unsubscribe(topic);
+                return;
+            }
+            for (cmd, own) in [("pub ", false), ("puball ", true)] {
+                if let Some((topic, rest)) = t.strip_prefix(cmd).and_then(|r| r.split_once(' ')) {
+                    let r = if own {
+                        conn.publish_including_self(topic, rest)
+                    } else {
+                        conn.publish(topic, rest)
+                    };
+                    self.seen.published.push(r);
+                    return;
+                }
+            }
             if let Some(n) = t.strip_prefix("send ").and_then(|n| n.parse::<usize>().ok()) {
                 let st = conn.send_binary(&vec![b's'; n.min(MAX_ASKED_SEND)]);
                 self.seen.statuses.push(st);
@@ -81,6 +107,7 @@ impl Handler for TestHandler {
     }
     fn on_close(&mut self, conn: &mut Conn<'_, ()>, code: CloseCode, _reason: &str) {
         self.seen.closes.push((conn.key, code.0));
+        self.seen.topics_at_close.push(conn.topics().map(<[u8]>::to_vec).collect());
         let st = conn.send_binary(&[7u8; 64 << 10]);
         self.seen.send_in_on_close.push(st);
     }
@@ -135,12 +162,14 @@ pub struct Pair {
     pub(crate) sock_buf: Option<usize>,
 }
 
-fn handle() -> ServerHandle {
+fn handle(cfg: &Config) -> ServerHandle {
     ServerHandle {
         inner: Arc::new(HandleInner {
             workers: Vec::new(),
             local_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             stopping: AtomicBool::new(false),
+            topics: Arc::new(crate::server::topics::Registry::new(1)),
+            max_topic_len: cfg.max_topic_len,
         }),
     }
 }
@@ -154,11 +183,12 @@ impl Pair {
     /// A core (worker 0) under `cfg`, its clock at now, no connection.
     pub fn new(cfg: Config) -> Self {
         let now = Instant::now();
+        let handle = handle(&cfg);
         let core = Core::new(
             now,
             0,
             Arc::new(cfg),
-            handle(),
+            handle,
             TestHandler::default(),
             crate::io::sys::write_now,
         );
@@ -372,6 +402,8 @@ impl Pair {
                 None => break,
             }
         }
+        // A frame cut by the socket: its start waits for the rest.
+        cl.inbox = buf.split_off(pos);
         evs
     }
 
@@ -429,10 +461,10 @@ impl Pair {
                 moved |= self.read_server(c);
                 // Writable readiness: a blocked connection is flushed again.
                 let key = self.clients[c].key;
-                if self.clients[c].server.is_some() && !self.core.pending(key).is_empty() {
-                    let before = self.core.pending(key).len();
+                if self.clients[c].server.is_some() && self.core.pending_len(key) != 0 {
+                    let before = self.core.pending_len(key);
                     self.flush(key);
-                    moved |= self.core.pending(key).len() != before;
+                    moved |= self.core.pending_len(key) != before;
                 }
             }
             let mut work = Vec::new();
@@ -496,12 +528,13 @@ impl Pair {
     fn flush(&mut self, key: usize) {
         let Some(c) = self.client_index(key) else { return };
         loop {
-            let pending = self.core.pending(key).to_vec();
-            if pending.is_empty() {
+            let mut iov = [std::io::IoSlice::new(&[]); super::WRITE_SLICES];
+            let n = self.core.pending(key, &mut iov);
+            if n == 0 {
                 return;
             }
             let Some(s) = self.clients[c].server.as_mut() else { return };
-            match s.write(&pending) {
+            match s.write_vectored(&iov[..n]) {
                 Ok(n) => {
                     if self.core.on_written(key, n, false) {
                         self.read_server(c);
@@ -555,7 +588,7 @@ impl Pair {
     /// Bytes queued for sending summed over every connection the core holds (what the
     /// accounting behind [`Pair::memory_in_use`] should agree with).
     pub fn queued_in_slots(&self) -> usize {
-        self.core.state.conns.iter().map(|(_, s)| super::pending_of(s)).sum()
+        self.core.state.conns.iter().map(|(_, s)| super::footprint_of(s)).sum()
     }
 
     /// What the core would publish as its worker's stats now.

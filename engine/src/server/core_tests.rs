@@ -430,3 +430,236 @@ fn shutdown_closes_open_ones_with_1001_and_resets_the_rest_at_the_deadline() {
     let key = |c: usize| p.clients[c].key;
     assert_eq!(p.seen().closes, vec![(key(answering), 1001), (key(silent), 1006)]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pub/sub
+// ---------------------------------------------------------------------------------------------
+
+/// Opens `n` reading clients subscribed to `topic`.
+fn subscribers(p: &mut Pair, n: usize, topic: &str) -> Vec<usize> {
+    let cs: Vec<usize> = (0..n).map(|_| p.open()).collect();
+    for &c in &cs {
+        p.send_frame(c, OpCode::Text, format!("sub {topic}").as_bytes());
+    }
+    p.pump();
+    cs
+}
+
+/// Lets non-reading clients `cs` read everything the server has for them: pumps and reads
+/// until nothing more arrives; returns each one's text messages.
+fn drain_texts(p: &mut Pair, cs: &[usize]) -> Vec<Vec<String>> {
+    let mut got = vec![Vec::new(); cs.len()];
+    for _ in 0..100_000 {
+        p.pump();
+        let mut moved = false;
+        for (i, &c) in cs.iter().enumerate() {
+            let t = texts(p, c);
+            moved |= !t.is_empty();
+            got[i].extend(t);
+        }
+        let waiting = cs.iter().any(|&c| p.core.pending_len(p.clients[c].key) != 0);
+        if !moved && !waiting {
+            return got;
+        }
+    }
+    panic!("the subscribers never got everything");
+}
+
+fn texts(p: &mut Pair, c: usize) -> Vec<String> {
+    p.client_events(c)
+        .into_iter()
+        .filter(|(op, _)| *op == OpCode::Text)
+        .map(|(_, b)| String::from_utf8(b).unwrap())
+        .collect()
+}
+
+/// A publish reaches every subscriber but the sender (`publish`), or every one
+/// (`publish_including_self`); a non-subscriber gets nothing; the counters say so.
+#[test]
+fn publish_reaches_every_subscriber_and_leaves_out_the_sender() {
+    let mut p = Pair::new(cfg());
+    let subs = subscribers(&mut p, 3, "room");
+    let other = p.open();
+    assert_eq!(p.seen().subscribed, vec![Ok(true); 3]);
+    p.send_frame(subs[0], OpCode::Text, b"sub room");
+    p.pump();
+    assert_eq!(p.seen().subscribed[3], Ok(false), "a second subscribe is a no-op");
+    p.send_frame(subs[0], OpCode::Text, b"pub room hello");
+    p.pump();
+    p.send_frame(other, OpCode::Text, b"puball room to all");
+    p.pump();
+    assert_eq!(texts(&mut p, subs[0]), ["to all"]);
+    for &c in &subs[1..] {
+        assert_eq!(texts(&mut p, c), ["hello", "to all"]);
+    }
+    assert!(texts(&mut p, other).is_empty(), "a non-subscriber got a published message");
+    assert_eq!(p.counts().deliveries, 2 + 3);
+    assert_eq!(p.core.state.topics.subscribers(b"room").len(), 3);
+}
+
+/// The frame is built once: 64 KiB published to subscribers that do not read costs the
+/// memory budget one reference per subscriber, not one copy each; and the bytes they are
+/// eventually sent are the message, whole.
+#[test]
+fn a_published_frame_is_shared_not_copied() {
+    let mut p = Pair::new(cfg());
+    // Small socket buffers: most of each subscriber's copy of the message stays queued.
+    p.set_socket_buffers(Some(4096));
+    let subs = subscribers(&mut p, 8, "big");
+    let publisher = p.open();
+    let queued_before = p.core.state.env.memory.queued;
+    let msg = format!("pub big {}", "x".repeat(64 << 10));
+    p.send_frame(publisher, OpCode::Text, msg.as_bytes());
+    p.pump();
+    // The subscribers' sockets took some (a socket pair's buffer): whatever is still queued is
+    // a reference per subscriber at most.
+    let queued = p.core.state.env.memory.queued - queued_before;
+    assert!(queued <= 8 * outq_ref_cost(), "8 subscribers hold {queued} bytes of the budget");
+    let waiting: usize = subs.iter().map(|&c| p.core.pending_len(p.clients[c].key)).sum();
+    assert!(waiting > 8 * 50_000, "the sockets took the message: the test proves nothing");
+    let want = "x".repeat(64 << 10);
+    for got in drain_texts(&mut p, &subs) {
+        assert!(got.len() == 1 && got[0] == want, "a subscriber got {} messages", got.len());
+    }
+    assert_eq!(p.core.state.env.memory.used(), 0);
+}
+
+fn outq_ref_cost() -> usize {
+    super::REF_COST
+}
+
+/// Unsubscribing stops delivery; a connection that closes leaves the index (its subscriptions
+/// are still visible in its `on_close`, gone right after); a too-long name is an error.
+#[test]
+fn unsubscribe_and_close_end_subscriptions() {
+    let mut p = Pair::new(Config { max_topic_len: 8, ..cfg() });
+    let subs = subscribers(&mut p, 3, "t");
+    p.send_frame(subs[1], OpCode::Text, b"sub u");
+    p.send_frame(subs[1], OpCode::Text, b"unsub t");
+    p.pump();
+    p.send_frame(subs[0], OpCode::Text, b"puball t one");
+    p.pump();
+    assert_eq!(texts(&mut p, subs[1]), Vec::<String>::new(), "unsubscribed, yet delivered");
+    assert_eq!(texts(&mut p, subs[2]), ["one"]);
+    p.send_close(subs[2], 1000);
+    p.pump();
+    assert_eq!(p.seen().topics_at_close, vec![vec![b"t".to_vec()]]);
+    assert_eq!(p.core.state.topics.subscribers(b"t").len(), 1);
+    p.send_frame(subs[0], OpCode::Text, b"sub 123456789");
+    p.send_frame(subs[0], OpCode::Text, b"pub 123456789 x");
+    p.pump();
+    assert_eq!(
+        p.seen().subscribed.last(),
+        Some(&Err(crate::TopicError::TooLong { len: 9, max: 8 }))
+    );
+    assert_eq!(
+        p.seen().published.last(),
+        Some(&Err(crate::TopicError::TooLong { len: 9, max: 8 }))
+    );
+    // Everyone leaves: the index is empty, the shared counts too.
+    for c in [subs[0], subs[1]] {
+        p.hang_up(c);
+    }
+    p.pump();
+    assert_eq!(p.core.state.topics.subscriptions(), 0);
+    assert_eq!(p.core.state.handle.subscriber_count("t"), 0);
+    assert_eq!(p.core.state.handle.subscriber_count("u"), 0);
+}
+
+/// A subscriber that never reads loses what passes its `max_backpressure` (counted), while
+/// a reading one gets every message in order and the worker's memory stays bounded.
+#[test]
+fn a_slow_subscriber_loses_messages_past_its_limit_and_slows_no_one() {
+    let max = 64 << 10;
+    let mut p = Pair::new(Config { max_backpressure: max, ..cfg() });
+    p.set_socket_buffers(Some(4096));
+    let subs = subscribers(&mut p, 2, "feed");
+    let (slow, fast) = (subs[0], subs[1]);
+    let publisher = p.open();
+    let mut fast_got = Vec::new();
+    for i in 0..400 {
+        let msg = format!("pub feed {i:04} {}", "y".repeat(1000));
+        p.send_frame(publisher, OpCode::Text, msg.as_bytes());
+        fast_got.extend(drain_texts(&mut p, &[fast]).remove(0));
+        let held = p.core.state.conns.get(p.clients[slow].key).map_or(0, super::pending_of);
+        assert!(held <= max, "the slow subscriber holds {held} bytes, over its limit");
+    }
+    assert_eq!(fast_got.len(), 400, "the reading subscriber lost messages");
+    for (i, m) in fast_got.iter().enumerate() {
+        assert!(m.starts_with(&format!("{i:04} ")), "out of order at {i}: {}", &m[..8]);
+    }
+    let drops = p.counts().publish_drops;
+    assert!(drops > 300, "only {drops} drops for a subscriber that never reads");
+    assert_eq!(p.counts().deliveries, 400 + (400 - drops));
+    // What it did get is in order, with gaps only.
+    let got = drain_texts(&mut p, &[slow]).remove(0);
+    assert_eq!(got.len(), 400 - drops);
+    let seqs: Vec<u32> = got.iter().map(|m| m[..4].parse().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
+
+/// With `close_on_backpressure_limit`, the slow subscriber is closed with 1008 instead.
+#[test]
+fn a_slow_subscriber_is_closed_with_1008_when_the_policy_says_so() {
+    let mut p = Pair::new(Config {
+        max_backpressure: 16 << 10,
+        close_on_backpressure_limit: true,
+        ..cfg()
+    });
+    p.set_socket_buffers(Some(4096));
+    let subs = subscribers(&mut p, 2, "feed");
+    let publisher = p.open();
+    let mut fast = 0;
+    for i in 0..100 {
+        let msg = format!("pub feed {i:04} {}", "z".repeat(1000));
+        p.send_frame(publisher, OpCode::Text, msg.as_bytes());
+        fast += drain_texts(&mut p, &[subs[1]])[0].len();
+    }
+    assert_eq!(p.counts().backpressure_closes, 1);
+    assert_eq!(p.counts().publish_drops, 1, "one drop, then the subscriber is closing");
+    assert_eq!(fast, 100);
+    let mut evs = Vec::new();
+    loop {
+        p.pump();
+        let e = p.client_events(subs[0]);
+        if e.is_empty() {
+            break;
+        }
+        evs.extend(e);
+    }
+    assert_eq!(evs.last().map(|e| e.0), Some(OpCode::Close));
+    assert_eq!(evs.last().unwrap().1, 1008u16.to_be_bytes());
+}
+
+/// A publish from another worker (the command path) reaches this worker's subscribers; a
+/// publish to a topic nobody holds builds nothing and reaches no one.
+#[test]
+fn publishes_from_elsewhere_reach_local_subscribers() {
+    let mut p = Pair::new(cfg());
+    let subs = subscribers(&mut p, 2, "x");
+    p.core.on_publish(b"x", OpCode::Binary, b"\x01\x02");
+    p.core.on_publish(b"nobody", OpCode::Text, b"lost");
+    p.pump();
+    for &c in &subs {
+        let evs = p.client_events(c);
+        assert_eq!(evs, vec![(OpCode::Binary, vec![1, 2])]);
+    }
+    assert_eq!(p.counts().deliveries, 2);
+}
+
+/// Owned frames (an echo) and shared frames (a publish) queued in one turn go out in the
+/// order they were queued, in one write.
+#[test]
+fn echoes_and_publishes_keep_their_order() {
+    let mut p = Pair::new(cfg());
+    let subs = subscribers(&mut p, 1, "o");
+    let c = subs[0];
+    // One read: echo, publish (to self), echo, publish.
+    let mut bytes = Vec::new();
+    for m in ["a", "puball o b", "c", "puball o d"] {
+        p.clients[c].proto.send_frame(OpCode::Text, true, m.as_bytes(), &mut bytes).unwrap();
+    }
+    p.send_raw(c, &bytes);
+    p.pump();
+    assert_eq!(texts(&mut p, c), ["a", "b", "c", "d"]);
+}

@@ -11,7 +11,8 @@ use crossbeam_channel::Sender;
 
 use crate::proto::{CloseCode, OpCode};
 
-use super::api::{ConnId, Post};
+use super::api::{ConnId, Message, Post, TopicError};
+use super::topics::Registry;
 
 /// Something another thread asks a worker to do.
 #[derive(Debug)]
@@ -20,7 +21,13 @@ pub(crate) enum Command {
     Post(Post),
     Send(ConnId, OpCode, Vec<u8>),
     Close(ConnId, CloseCode, String),
+    /// A message published to a topic: one per worker that may hold a subscriber, however
+    /// many subscribers it holds; the payload is shared by every worker it is sent to.
+    Publish(Arc<[u8]>, OpCode, Arc<[u8]>),
 }
+
+/// A publish's topic and payload, shared by the workers it is sent to.
+type SharedPublish = (Arc<[u8]>, Arc<[u8]>);
 
 /// Wakes a worker's event loop from another thread.
 pub(crate) trait Wake: Send + Sync + std::fmt::Debug {
@@ -100,6 +107,20 @@ worker_stats! {
     protocol_errors,
     /// Handshake requests answered with an HTTP error (4xx, or 500 for a handler's mistake).
     bad_handshakes,
+    /// Data messages received (text and binary, whole).
+    messages_in,
+    /// Data messages queued to connections: sends, and published messages once per
+    /// subscriber reached.
+    messages_out,
+    /// Published messages queued to a subscriber of this worker (one per subscriber reached).
+    deliveries,
+    /// Published messages dropped for a subscriber whose queue was over `max_backpressure`.
+    publish_drops,
+    /// Connections closed with 1008 because their queue was over `max_backpressure` (with
+    /// `close_on_backpressure_limit` on).
+    backpressure_closes,
+    /// Topic subscriptions the worker holds now (a gauge).
+    subscriptions,
 }
 
 #[derive(Debug)]
@@ -107,6 +128,8 @@ pub(crate) struct HandleInner {
     pub(crate) workers: Vec<WorkerLink>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) stopping: AtomicBool,
+    pub(crate) topics: Arc<Registry>,
+    pub(crate) max_topic_len: usize,
 }
 
 /// Controls a running server from any thread: shutdown, sends to a connection, posts to every
@@ -218,6 +241,56 @@ impl ServerHandle {
     /// Sends a binary message to a connection on any worker.
     pub fn send_binary(&self, id: ConnId, data: &[u8]) -> bool {
         self.command(id.worker(), Command::Send(id, OpCode::Binary, data.to_vec()))
+    }
+
+    /// Publishes a message to every subscriber of `topic`, on every worker, from any thread.
+    /// The payload is copied once and shared by the workers it is sent to: one command per
+    /// worker that may hold a subscriber, none to the others (a topic nobody holds costs a
+    /// hash and an atomic load). Messages published from one thread to one topic reach each
+    /// subscriber in the order they were published.
+    ///
+    /// ```no_run
+    /// # fn f(handle: &sockeye::ServerHandle) -> Result<(), sockeye::TopicError> {
+    /// handle.publish("prices", "EURUSD 1.0842")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn publish<'m>(
+        &self,
+        topic: impl AsRef<[u8]>,
+        msg: impl Into<Message<'m>>,
+    ) -> Result<(), TopicError> {
+        let topic = topic.as_ref();
+        let msg = msg.into();
+        self.check_topic(topic)?;
+        if msg.as_bytes().len() > super::core::MAX_SEND {
+            return Err(TopicError::TooLarge);
+        }
+        self.publish_others(usize::MAX, topic, msg.opcode(), msg.as_bytes());
+        Ok(())
+    }
+
+    /// Subscribers of `topic` over all workers. Each worker's part is exact as of its last
+    /// subscribe or unsubscribe; the sum is read without stopping the workers.
+    pub fn subscriber_count(&self, topic: impl AsRef<[u8]>) -> usize {
+        self.inner.topics.count(topic.as_ref())
+    }
+
+    pub(crate) fn check_topic(&self, topic: &[u8]) -> Result<(), TopicError> {
+        let max = self.inner.max_topic_len;
+        if topic.len() > max {
+            return Err(TopicError::TooLong { len: topic.len(), max });
+        }
+        Ok(())
+    }
+
+    /// Sends a publish to the workers but `me` that may hold a subscriber of `topic`; topic
+    /// and payload are copied once, at the first such worker, and shared by all of them.
+    pub(crate) fn publish_others(&self, me: usize, topic: &[u8], op: OpCode, payload: &[u8]) {
+        let mut shared: Option<SharedPublish> = None;
+        for w in self.inner.topics.route(topic).others(me) {
+            let (t, p) = shared.get_or_insert_with(|| (topic.into(), payload.into()));
+            self.command(w, Command::Publish(Arc::clone(t), op, Arc::clone(p)));
+        }
     }
 
     /// Starts the close handshake of a connection on any worker. Returns false if `code` may

@@ -9,7 +9,9 @@ pub(crate) mod api;
 pub(crate) mod config;
 pub(crate) mod core;
 pub(crate) mod handle;
+pub(crate) mod outq;
 pub(crate) mod timer;
+pub(crate) mod topics;
 pub(crate) mod worker;
 
 use std::net::SocketAddr;
@@ -19,12 +21,14 @@ use std::sync::Arc;
 use crate::error::Error;
 use crate::io as backend;
 use crate::proto::Limits;
+use topics::Registry;
 
 pub(crate) use handle::{HandleInner, WorkerLink, WorkerStats};
 pub use handle::{ServerHandle, Stats};
 
 pub use api::{
-    Conn, ConnId, Ctx, Handler, HttpResponse, InvalidCloseCode, Message, Post, SendStatus, Upgrade,
+    Conn, ConnId, Ctx, Handler, HttpResponse, InvalidCloseCode, Message, Post, SendStatus,
+    TopicError, Upgrade,
 };
 pub use config::{Backend, Config, ConfigError};
 
@@ -136,6 +140,8 @@ impl<F> ServerBuilder<F> {
     setter!(/// Close a connection (1008) when one of its sends is dropped (default false). See
         /// [`Config::close_on_backpressure_limit`].
         close_on_backpressure_limit: bool => close_on_backpressure_limit);
+    setter!(/// Longest topic name, in bytes (default 256). See [`Config::max_topic_len`].
+        max_topic_len: usize => max_topic_len);
     setter!(/// Connections per worker (default 1048576). See [`Config::max_connections`].
         max_connections: usize => max_connections);
     setter!(/// Bytes of send queues and assembly buffers one worker may hold in all (default
@@ -244,6 +250,8 @@ where
                 workers: links,
                 local_addr: addr,
                 stopping: AtomicBool::new(false),
+                topics: Arc::new(Registry::new(n)),
+                max_topic_len: config.max_topic_len,
             }),
         };
         Ok(Server { config: Arc::new(config), preps, factory: Arc::new(self.factory), handle })

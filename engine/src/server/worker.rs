@@ -124,6 +124,7 @@ impl<H: Handler> Worker<H> {
                 Command::Post(p) => self.core.on_post(&p),
                 Command::Send(id, op, data) => self.core.send_to(id, op, &data),
                 Command::Close(id, code, reason) => self.core.close_id(id, code, &reason),
+                Command::Publish(topic, op, payload) => self.core.on_publish(&topic, op, &payload),
             }
         }
         if self.stopping && !was_stopping {
