@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
 # compare.sh: Sockeye against other WebSocket servers, side by side, on the same loads.
 #
-# Every server runs each load in turn (A B C A B C ...), ROUNDS times, a fresh server process
-# per run, pinned to CPU 0 (taskset -c 0), the loadgen pinned to CPU 1. Each run's loadgen JSON
-# is appended, with server/load/round/noise added, to a JSONL file; at the end `chart` turns
-# it into a markdown table (printed) and an SVG chart next to it.
+# ROUNDS rounds; in every round each load is run by every server in turn (A B C, then the
+# next load; the server order rotates by one each round), a fresh server process per run,
+# pinned to CPU 0 (taskset -c 0), the loadgen pinned to CPU 1. Before each run the noise is
+# taken: `chart calibrate` (a fixed CPU loop) timed on CPU 0 and on CPU 1, and the 1-minute
+# load average; the loadgen adds the window's steal and other processes' CPU. Each run's
+# loadgen JSON is appended, with server/load/round and those figures added, to a JSONL file;
+# at the end `chart` turns it into a markdown table (printed: median, best round and spread
+# per server and load, noise per round) and an SVG chart next to it. Many short interleaved
+# rounds let a noisy stretch of a shared machine hit every server alike; read the medians to
+# rank, the best rounds for what each server can do, and the noise table for how much to
+# trust a round.
 #
-#   benches/compare.sh                 # full run (about 20 min with all six servers)
-#   benches/compare.sh --quick         # smoke test: 1 round, 2 s windows, results in /tmp
+#   benches/compare.sh                 # full run: 7 rounds × 3 s (about 1 h with all servers)
+#   benches/compare.sh --quick         # smoke test: 2 rounds, 2 s windows, results in /tmp
 #   SERVERS="sockeye-epoll raw" LOADS="echo-100x20 idle-10k" ROUNDS=5 benches/compare.sh
 #   chart --in benches/results/compare-X.jsonl --svg x.svg --md x.md   # redraw only
 #
 # Environment (defaults in brackets):
 #   SERVERS    subset of: sockeye-epoll sockeye-io_uring tungstenite fastwebsockets
-#              tokio-websockets raw                                          [all]
+#              tokio-websockets bun uws raw                                  [all]
 #   LOADS      subset of: echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20
-#              idle-10k idle-100k fanout-10k                                 [all]
-#   ROUNDS [3]  DURATION [5]  WARMUP [1] (seconds; idle loads hold for DURATION)
+#              echo-10kx20 idle-10k idle-100k fanout-10k fanout-10k-4x8 fanout-1k-16t
+#                                                                            [all]
+#              echo-CxS: C connections × S bytes, closed loop, 1 in flight each;
+#              fanout-N[-PxK][-Tt]: N subscribers on /chat, P publishers (default 1) with
+#              K in flight each (default 1), closed loop; -Tt: T rooms (?room=t{i % T}),
+#              publishers spread over them alike (P = T when only -Tt is given)
+#   ROUNDS [7]  DURATION [3]  WARMUP [1] (seconds; idle loads hold for DURATION)
 #   OUT        the JSONL file [benches/results/compare-DATE.jsonl; --quick: /tmp/...];
 #              the .md and .svg go next to it. A full default run (no SERVERS/LOADS/OUT)
 #              replaces the older compare-* files in benches/results/.
@@ -24,17 +36,23 @@
 #   NO_BUILD=1  (or --no-build) use the binaries as they are
 #   CARGO_TARGET_DIR  honoured [target/]; peers are also looked for in
 #              benches/peers/target/release (PEERS_DIR overrides)
-#   FANOUT_ARGS extra loadgen flags for the fanout load
+#   BUN        the bun binary [benches/peers/bun/.bun/...: what benches/peers/bun/install.sh
+#              installs]; BUN=none leaves Bun out
+#   UWS        the peer-uws binary [benches/peers/uws/build/peer-uws, compiled from
+#              benches/peers/uws/peer-uws.cpp]; UWS=none leaves it out
+#   FANOUT_ARGS extra loadgen flags for the fanout loads
 #
-# Servers whose binary is missing are skipped with a warning, and so are loads a server
-# cannot run (raw has no idle or fan-out mode) or the loadgen lacks (fanout).
+# Servers whose binary is missing (Bun not installed, peer-uws not built) are skipped with a
+# warning, and so are loads a server cannot run (raw has no idle or fan-out mode) or the
+# loadgen lacks (fanout, --topics). The demo's /chat ignored ?room= before it became real
+# pub/sub; a demo like that fails fanout-1k-16t with wrong_room errors (shown, not hidden).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-ALL_SERVERS="sockeye-epoll sockeye-io_uring tungstenite fastwebsockets tokio-websockets raw"
-ALL_LOADS="echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20 idle-10k idle-100k fanout-10k"
+ALL_SERVERS="sockeye-epoll sockeye-io_uring tungstenite fastwebsockets tokio-websockets bun uws raw"
+ALL_LOADS="echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20 echo-10kx20 idle-10k idle-100k fanout-10k fanout-10k-4x8 fanout-1k-16t"
 
 QUICK=0
 NO_BUILD=${NO_BUILD:-0}
@@ -54,13 +72,13 @@ for arg in "$@"; do
 done
 
 if ((QUICK)); then
-    ROUNDS=${ROUNDS:-1}
+    ROUNDS=${ROUNDS:-2}
     DURATION=${DURATION:-2}
     WARMUP=${WARMUP:-1}
     SETTLE=1
 else
-    ROUNDS=${ROUNDS:-3}
-    DURATION=${DURATION:-5}
+    ROUNDS=${ROUNDS:-7}
+    DURATION=${DURATION:-3}
     WARMUP=${WARMUP:-1}
     SETTLE=2
 fi
@@ -109,12 +127,31 @@ peer_bin() {
     echo "$ROOT/benches/peers/target/release/$1" # missing: reported below
 }
 
+# Bun: $BUN, else what benches/peers/bun/install.sh put under benches/peers/bun/.bun.
+bun_bin() {
+    local b
+    if [[ -n ${BUN:-} ]]; then
+        echo "$BUN"
+        return
+    fi
+    for b in "$ROOT"/benches/peers/bun/.bun/node_modules/@oven/bun-linux-*/bin/bun; do
+        if [[ -x $b ]]; then
+            echo "$b"
+            return
+        fi
+    done
+    echo "$ROOT/benches/peers/bun/.bun/node_modules/@oven/bun-linux-x64/bin/bun" # missing
+}
+UWS_BIN=${UWS:-$ROOT/benches/peers/uws/build/peer-uws}
+
 # server_cmd NAME ADDR: the command line that starts NAME on ADDR.
 server_cmd() {
     case $1 in
         sockeye-epoll) echo "$T/examples/demo --addr $2 --workers 1 --backend epoll" ;;
         sockeye-io_uring) echo "$T/examples/demo --addr $2 --workers 1 --backend io_uring" ;;
         tungstenite | fastwebsockets | tokio-websockets) echo "$(peer_bin "peer-$1") --addr $2" ;;
+        bun) echo "$(bun_bin) $ROOT/benches/peers/bun/server.js --addr $2" ;;
+        uws) echo "$UWS_BIN --addr $2" ;;
         raw) echo "$T/rawecho --addr $2" ;;
         *) return 1 ;;
     esac
@@ -129,6 +166,12 @@ for s in ${SERVERS:-$ALL_SERVERS}; do
     bin=${cmd%% *}
     if [[ -x $bin ]]; then
         SERVER_LIST+=("$s")
+    elif [[ $s == bun ]]; then
+        [[ ${BUN:-} == none ]] ||
+            warn "skipping bun: not installed (benches/peers/bun/install.sh installs it; or BUN=/path/to/bun)"
+    elif [[ $s == uws ]]; then
+        [[ ${UWS:-} == none ]] ||
+            warn "skipping uws: no $bin (compile benches/peers/uws/peer-uws.cpp there; see benches/peers/README.md)"
     else
         warn "skipping $s: no $bin"
     fi
@@ -137,8 +180,10 @@ done
 
 # ---- loads ------------------------------------------------------------------------------------
 HAVE_FANOUT=0
+HAVE_TOPICS=0
 LOADGEN_HELP=$("$LOADGEN" --help 2>&1 || true)
 [[ $LOADGEN_HELP == *fanout* ]] && HAVE_FANOUT=1
+[[ $LOADGEN_HELP == *--topics* ]] && HAVE_TOPICS=1
 
 # Open files: 100k idle connections need 100k descriptors in the server and in the loadgen.
 ulimit -Hn 1048576 2>/dev/null || true
@@ -148,21 +193,78 @@ if [[ $NOFILE != unlimited ]] && ((NOFILE < 1048576)); then
     warn "RLIMIT_NOFILE is only $NOFILE (raising the hard limit needs CAP_SYS_RESOURCE)"
 fi
 
-# Connections a load holds open: idle-100k -> 100000, echo-500x16k -> 500.
-load_conns() {
-    local c=${1#*-}
-    c=${c%%x*}
-    c=${c/k/*1000}
+# A count with an optional k: 10k -> 10000.
+count() {
+    local c=${1/k/*1000}
     echo $((c))
+}
+
+# Connections a load holds open: idle-100k -> 100000, echo-500x16k -> 500, echo-10kx20 ->
+# 10000, fanout-10k-4x8 -> 10004 (the publishers too).
+load_conns() {
+    local c=${1#*-} extra=0
+    c=${c%%-*}
+    c=${c%%x*}
+    if [[ $1 == fanout-* ]]; then
+        read -r _ p _ _ <<<"$(fanout_shape "$1")"
+        extra=$p
+    fi
+    echo $(($(count "$c") + extra))
+}
+
+# fanout_shape LOAD: "SUBSCRIBERS PUBLISHERS INFLIGHT TOPICS" of fanout-N[-PxK][-Tt]
+# (PUBLISHERS 1, or T with topics; INFLIGHT 1; TOPICS 0 = one room); fails on other shapes.
+fanout_shape() {
+    local rest=${1#fanout-} part n p="" k=1 t=0
+    n=${rest%%-*}
+    [[ $n =~ ^[0-9]+k?$ ]] || return 1
+    rest=${rest#"$n"}
+    while [[ -n $rest ]]; do
+        rest=${rest#-}
+        part=${rest%%-*}
+        rest=${rest#"$part"}
+        if [[ $part =~ ^([0-9]+)x([0-9]+)$ ]]; then
+            p=${BASH_REMATCH[1]} k=${BASH_REMATCH[2]}
+        elif [[ $part =~ ^([0-9]+)t$ ]]; then
+            t=${BASH_REMATCH[1]}
+        else
+            return 1
+        fi
+    done
+    if [[ -z $p ]]; then
+        p=1
+        ((t > 0)) && p=$t
+    fi
+    echo "$(count "$n") $p $k $t"
 }
 
 LOAD_LIST=()
 for l in ${LOADS:-$ALL_LOADS}; do
     case $l in
-        echo-100x20 | echo-100x1k | echo-10x64k | echo-500x16k | echo-1000x20 | idle-10k | idle-100k) ;;
-        fanout-10k)
+        echo-*)
+            if [[ ! $l =~ ^echo-[0-9]+k?x[0-9]+k?$ ]]; then
+                warn "unknown load $l (echo-CxS; known: $ALL_LOADS)"
+                continue
+            fi
+            ;;
+        idle-*)
+            if [[ ! $l =~ ^idle-[0-9]+k?$ ]]; then
+                warn "unknown load $l (idle-N; known: $ALL_LOADS)"
+                continue
+            fi
+            ;;
+        fanout-*)
+            if ! shape=$(fanout_shape "$l"); then
+                warn "unknown load $l (fanout-N[-PxK][-Tt]; known: $ALL_LOADS)"
+                continue
+            fi
             if ((!HAVE_FANOUT)); then
                 warn "skipping $l: this loadgen has no fanout mode"
+                continue
+            fi
+            read -r _ _ _ topics <<<"$shape"
+            if ((topics > 0 && !HAVE_TOPICS)); then
+                warn "skipping $l: this loadgen has no --topics"
                 continue
             fi
             ;;
@@ -186,13 +288,17 @@ load_args() {
         echo-*)
             c=${load#echo-}
             s=${c#*x}
-            c=${c%x*}
+            c=$(count "${c%x*}")
             s=${s/k/*1024}
             s=$((s))
+            local src=""
+            # 10,000+ connections: source addresses rotate, as in the idle and fan-out modes,
+            # so that no run waits on another's TIME_WAIT ports.
+            ((c >= 10000)) && src="--src-addrs 250"
             if [[ $server == raw ]]; then
-                echo "raw --url tcp://$hp --connections $c --size $s --duration $DURATION --warmup $WARMUP"
+                echo "raw --url tcp://$hp --connections $c --size $s --duration $DURATION --warmup $WARMUP $src"
             else
-                echo "echo --url ws://$hp/echo --connections $c --size $s --duration $DURATION --warmup $WARMUP"
+                echo "echo --url ws://$hp/echo --connections $c --size $s --duration $DURATION --warmup $WARMUP $src"
             fi
             ;;
         idle-*)
@@ -203,9 +309,10 @@ load_args() {
             ;;
         fanout-*)
             [[ $server == raw ]] && return 0
-            c=${load#fanout-}
-            c=${c/k/*1000}
-            echo "fanout --url ws://$hp/chat --connections $((c)) --duration $DURATION --warmup $WARMUP ${FANOUT_ARGS:-}"
+            local n p k t topics=""
+            read -r n p k t <<<"$(fanout_shape "$load")"
+            ((t > 0)) && topics="--topics $t"
+            echo "fanout --url ws://$hp/chat --connections $n --publishers $p --inflight $k $topics --duration $DURATION --warmup $WARMUP ${FANOUT_ARGS:-}"
             ;;
     esac
 }
@@ -268,6 +375,16 @@ git diff --quiet HEAD 2>/dev/null || GIT_REV=$GIT_REV-dirty
 echo "== ${ROUNDS} round(s) × ${#LOAD_LIST[@]} load(s) × ${#SERVER_LIST[@]} server(s): ${SERVER_LIST[*]}" >&2
 echo "== loads: ${LOAD_LIST[*]}; window ${DURATION} s, warmup ${WARMUP} s; results: $OUT" >&2
 
+# Noise figures taken just before a run: a fixed CPU loop timed on the server's core and on
+# the loadgen's (ms; slower than usual = someone else is on that core, or the host steals it)
+# and the 1-minute load average.
+CALIB="" CALIB_LG="" LOADAVG=""
+take_noise() {
+    CALIB=$(taskset -c 0 "$CHART" calibrate 2>/dev/null || echo null)
+    CALIB_LG=$(taskset -c 1 "$CHART" calibrate 2>/dev/null || echo null)
+    read -r LOADAVG _ </proc/loadavg || LOADAVG=null
+}
+
 run_one() { # SERVER LOAD ROUND
     local server=$1 load=$2 round=$3 args cmd rc
     args=$(load_args "$load" "$server" "127.0.0.1:PORT")
@@ -275,6 +392,7 @@ run_one() { # SERVER LOAD ROUND
     next_port
     args=${args//PORT/$PORT}
     cmd=$(server_cmd "$server" "127.0.0.1:$PORT")
+    take_noise
     # shellcheck disable=SC2086 # the command lines are word lists on purpose
     taskset -c 0 $cmd >"$WORK/server.log" 2>&1 &
     SRV_PID=$!
@@ -285,7 +403,8 @@ run_one() { # SERVER LOAD ROUND
             tail -5 "$WORK/server.log" >&2
             stop_server
             "$CHART" append --to "$OUT" --from /nonexistent server="$server" load="$load" \
-                round="$round" port="$PORT" exit=-1 failed=true
+                round="$round" port="$PORT" exit=-1 failed=true calib_ms="$CALIB" \
+                calib_loadgen_ms="$CALIB_LG" loadavg="$LOADAVG"
             return 0
         fi
         sleep 0.1
@@ -303,12 +422,21 @@ run_one() { # SERVER LOAD ROUND
     LG_PID=""
     stop_server
     "$CHART" append --to "$OUT" --from "$WORK/run.json" server="$server" load="$load" \
-        round="$round" port="$PORT" exit="$rc" git="$GIT_REV" time="$(date +%s)"
+        round="$round" port="$PORT" exit="$rc" git="$GIT_REV" time="$(date +%s)" \
+        calib_ms="$CALIB" calib_loadgen_ms="$CALIB_LG" loadavg="$LOADAVG"
 }
 
+NS=${#SERVER_LIST[@]}
 for ((round = 1; round <= ROUNDS; round++)); do
+    # Rotate the server order by one each round, so that no server always runs first (or
+    # right after a given other one) on a load.
+    order=()
+    for ((i = 0; i < NS; i++)); do
+        order+=("${SERVER_LIST[$(((i + round - 1) % NS))]}")
+    done
+    echo "== round $round/$ROUNDS: ${order[*]}" >&2
     for load in "${LOAD_LIST[@]}"; do
-        for server in "${SERVER_LIST[@]}"; do
+        for server in "${order[@]}"; do
             run_one "$server" "$load" "$round"
         done
     done

@@ -4,13 +4,18 @@
 //! ```text
 //! chart --in results.jsonl [--svg out.svg] [--md out.md]    (no --md: the table goes to stdout)
 //! chart append --to results.jsonl --from run.json [KEY=VALUE ...]
+//! chart calibrate                                          (prints ms for a fixed CPU loop)
 //! ```
 //!
 //! Each JSONL line is one loadgen `--json` object plus `server`, `load` and `round` (and
-//! `noise_core_s`, `exit`, `failed`, added by `append`). Runs are grouped by (load, server); every
-//! number shown is the median over rounds, with the min–max range. It only reads and writes the
-//! files it is given; it never runs anything. The SVG is drawn with plotters' SVG backend (one
-//! small bar chart per load and measure); the aggregation and the markdown are this file's own.
+//! `noise_core_s`, `exit`, `failed`, added by `append`, and the noise figures compare.sh takes
+//! before each run: `calib_ms`, `calib_loadgen_ms`, `loadavg`). Runs are grouped by (load,
+//! server); for each the table gives the median over rounds, the best round (highest msg/s,
+//! lowest CPU or memory) and the spread (min–max, and the interquartile range with 4+ rounds),
+//! and a table of noise figures per round. It only reads and writes the files it is given and
+//! runs nothing (`calibrate` times a loop of its own). The SVG is drawn with plotters' SVG
+//! backend (one small bar chart per load and measure: bar = median, whisker = min–max, dot =
+//! best); the aggregation and the markdown are this file's own.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,10 +24,10 @@ use std::process::ExitCode;
 
 use plotters::coord::Shift;
 use plotters::prelude::{
-    ChartBuilder, Color, DrawingArea, DrawingAreaErrorKind, DrawingBackend, EmptyElement, FontDesc,
-    FontFamily, FontStyle, FontTransform, IntoDrawingArea, IntoSegmentedCoord, LabelAreaPosition,
-    PathElement, RGBColor, Rectangle, SVGBackend, SegmentValue, ShapeStyle, Text, TextStyle,
-    TRANSPARENT, WHITE,
+    ChartBuilder, Circle, Color, DrawingArea, DrawingAreaErrorKind, DrawingBackend, EmptyElement,
+    FontDesc, FontFamily, FontStyle, FontTransform, IntoDrawingArea, IntoSegmentedCoord,
+    LabelAreaPosition, PathElement, RGBColor, Rectangle, SVGBackend, SegmentValue, ShapeStyle,
+    Text, TextStyle, TRANSPARENT, WHITE,
 };
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::{Map, Value};
@@ -32,13 +37,17 @@ chart: tables and an SVG chart from benches/compare.sh results
 
 USAGE:
   chart --in FILE.jsonl [--svg OUT.svg] [--md OUT.md]
-        aggregate by (load, server): median and min-max over rounds. Without --md the
-        markdown table goes to stdout.
+        aggregate by (load, server): median, best round and spread (min-max, IQR) over
+        rounds, plus noise figures per round. Without --md the markdown goes to stdout.
   chart append --to FILE.jsonl --from RUN.json [KEY=VALUE ...]
         append RUN.json (one loadgen --json object) as one line with KEY=VALUE fields added
         (numbers stay numbers) and noise_core_s = machine busy - server - loadgen core-s.
         A missing or unreadable RUN.json appends a `failed: true` line instead. A one-line
         summary goes to stderr.
+  chart calibrate [--iters N]
+        time a fixed integer loop (default 2^24 dependent steps, ~20-40 ms on an idle
+        core) and print the milliseconds: run under taskset on a core just before a run,
+        it shows how much of that core the machine (host steal, other processes) is taking.
 ";
 
 /// The servers and loads compare.sh knows, in the order tables and charts list them; anything
@@ -49,6 +58,8 @@ const SERVER_ORDER: &[&str] = &[
     "tungstenite",
     "fastwebsockets",
     "tokio-websockets",
+    "bun",
+    "uws",
     "raw",
 ];
 const LOAD_ORDER: &[&str] = &[
@@ -57,17 +68,20 @@ const LOAD_ORDER: &[&str] = &[
     "echo-10x64k",
     "echo-500x16k",
     "echo-1000x20",
+    "echo-10kx20",
     "idle-10k",
     "idle-100k",
     "fanout-10k",
+    "fanout-10k-4x8",
+    "fanout-1k-16t",
 ];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let r = if args.first().map(String::as_str) == Some("append") {
-        append_cmd(&args[1..])
-    } else {
-        chart_cmd(&args)
+    let r = match args.first().map(String::as_str) {
+        Some("append") => append_cmd(&args[1..]),
+        Some("calibrate") => calibrate_cmd(&args[1..]),
+        _ => chart_cmd(&args),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,6 +136,40 @@ fn chart_cmd(args: &[String]) -> Result<(), String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// calibrate
+
+/// `calibrate`: a fixed chain of dependent multiply-xorshift steps (no memory traffic, no
+/// system call), timed; prints milliseconds with three decimals.
+fn calibrate_cmd(args: &[String]) -> Result<(), String> {
+    let mut iters: u64 = 1 << 24;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--iters" => {
+                let v = flag_value(args, &mut i)?;
+                iters = v.parse().map_err(|_| format!("--iters: not a number: {v:?}"))?;
+            }
+            other => return Err(format!("calibrate: unknown argument {other:?}\n\n{HELP}")),
+        }
+        i += 1;
+    }
+    let (ms, _) = calibrate(iters);
+    println!("{ms:.3}");
+    Ok(())
+}
+
+/// Runs `iters` steps; returns (milliseconds, the final state, so that nothing is elided).
+fn calibrate(iters: u64) -> (f64, u64) {
+    let t = std::time::Instant::now();
+    let mut x = std::hint::black_box(0x9e37_79b9_7f4a_7c15u64);
+    for _ in 0..std::hint::black_box(iters) {
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (x >> 29);
+    }
+    let x = std::hint::black_box(x);
+    (t.elapsed().as_secs_f64() * 1e3, x)
+}
+
+// ---------------------------------------------------------------------------------------------
 // append
 
 fn append_cmd(args: &[String]) -> Result<(), String> {
@@ -172,6 +220,7 @@ fn annotate(run: Option<Value>, extra: &[(String, String)]) -> Map<String, Value
             None => match v.as_str() {
                 "true" => Value::Bool(true),
                 "false" => Value::Bool(false),
+                "null" | "" => Value::Null,
                 _ => Value::String(v.clone()),
             },
         };
@@ -268,10 +317,21 @@ struct Run {
     p50: Option<f64>,
     p99: Option<f64>,
     errors: u64,
+    /// Of `errors`: closing handshakes unanswered within 3 s, after the window.
+    close_timeouts: u64,
     /// Fan-out: deliveries that never arrived (counted apart from `errors`).
     lost: u64,
     /// Other processes' CPU over the window: machine busy − server − loadgen, core-s.
     noise: Option<f64>,
+    /// Machine-wide steal over the window (core-s): the hypervisor running someone else.
+    steal: Option<f64>,
+    /// `chart calibrate` on the server's core (and on the loadgen's) just before the run, ms.
+    calib_ms: Option<f64>,
+    calib_loadgen_ms: Option<f64>,
+    /// The 1-minute load average just before the run.
+    loadavg: Option<f64>,
+    /// The round the run belongs to (noise per round).
+    round: Option<u64>,
     rss_per_conn: Option<f64>,
     opened: Option<f64>,
     setup_s: Option<f64>,
@@ -336,8 +396,18 @@ impl Run {
             p50: lat("p50"),
             p99: lat("p99"),
             errors,
+            close_timeouts: o
+                .get("errors")
+                .and_then(|e| e.get("close_timeout"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
             lost: o.get("lost").and_then(Value::as_u64).unwrap_or(0),
             noise: num(o, "noise_core_s"),
+            steal: num(o, "machine_steal_core_s"),
+            calib_ms: num(o, "calib_ms"),
+            calib_loadgen_ms: num(o, "calib_loadgen_ms"),
+            loadavg: num(o, "loadavg"),
+            round: o.get("round").and_then(Value::as_u64),
             rss_per_conn: num(o, "server_rss_bytes_per_conn"),
             opened: num(o, "opened"),
             setup_s: num(o, "setup_s"),
@@ -370,16 +440,38 @@ fn parse_jsonl(text: &str, name: &str) -> Vec<Run> {
 // ---------------------------------------------------------------------------------------------
 // aggregation
 
-/// Median and range over the rounds of one (load, server).
+/// Median, quartiles and range over the rounds of one (load, server).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Stat {
     median: f64,
     min: f64,
     max: f64,
+    /// First and third quartiles (linear interpolation between the sorted values).
+    q1: f64,
+    q3: f64,
     n: usize,
 }
 
-/// Median (mean of the two middle values for an even count), min and max; `None` when empty.
+impl Stat {
+    /// The best round: the highest value where higher is better, else the lowest.
+    fn best(&self, higher: bool) -> f64 {
+        if higher {
+            self.max
+        } else {
+            self.min
+        }
+    }
+}
+
+/// The `q` quantile of sorted `v` (non-empty), interpolating linearly between ranks.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+/// Median (mean of the two middle values for an even count), quartiles, min and max; `None`
+/// when empty.
 fn stat(values: &[f64]) -> Option<Stat> {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
@@ -387,8 +479,14 @@ fn stat(values: &[f64]) -> Option<Stat> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-    Some(Stat { median, min: v[0], max: v[n - 1], n })
+    Some(Stat {
+        median: quantile(&v, 0.5),
+        min: v[0],
+        max: v[n - 1],
+        q1: quantile(&v, 0.25),
+        q3: quantile(&v, 0.75),
+        n,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -399,12 +497,14 @@ struct Group {
     runs: usize,
     failed: usize,
     errors: u64,
+    close_timeouts: u64,
     lost: u64,
     rate: Option<Stat>,
     server_us: Option<Stat>,
     p50: Option<Stat>,
     p99: Option<Stat>,
     noise: Option<Stat>,
+    steal: Option<Stat>,
     rss_per_conn: Option<Stat>,
     opened: Option<Stat>,
     setup_s: Option<Stat>,
@@ -418,6 +518,12 @@ impl Group {
             Kind::Idle => (self.rss_per_conn, false),
             Kind::Echo | Kind::Fanout => (self.rate, true),
         }
+    }
+
+    /// The headline's median and best round.
+    fn headline_values(&self) -> Option<(f64, f64)> {
+        let (st, higher) = self.headline();
+        st.map(|s| (s.median, s.best(higher)))
     }
 }
 
@@ -441,6 +547,47 @@ struct Summary {
     /// (load, server) in table order.
     groups: Vec<Group>,
     rounds: usize,
+    /// Noise figures per round, in round order.
+    by_round: Vec<RoundNoise>,
+}
+
+/// The noise figures of one round, over all its runs.
+#[derive(Debug)]
+struct RoundNoise {
+    round: u64,
+    runs: usize,
+    calib_ms: Option<Stat>,
+    calib_loadgen_ms: Option<Stat>,
+    loadavg: Option<Stat>,
+    steal: Option<Stat>,
+    noise: Option<Stat>,
+}
+
+impl RoundNoise {
+    fn collect(runs: &[Run]) -> Vec<RoundNoise> {
+        let mut by: BTreeMap<u64, Vec<&Run>> = BTreeMap::new();
+        for r in runs.iter().filter(|r| !r.failed) {
+            if let Some(round) = r.round {
+                by.entry(round).or_default().push(r);
+            }
+        }
+        by.into_iter()
+            .map(|(round, rs)| {
+                let st = |f: fn(&Run) -> Option<f64>| {
+                    stat(&rs.iter().filter_map(|r| f(r)).collect::<Vec<f64>>())
+                };
+                RoundNoise {
+                    round,
+                    runs: rs.len(),
+                    calib_ms: st(|r| r.calib_ms),
+                    calib_loadgen_ms: st(|r| r.calib_loadgen_ms),
+                    loadavg: st(|r| r.loadavg),
+                    steal: st(|r| r.steal),
+                    noise: st(|r| r.noise),
+                }
+            })
+            .collect()
+    }
 }
 
 impl Summary {
@@ -476,12 +623,14 @@ impl Summary {
                     runs: rs.len(),
                     failed: rs.len() - ok.len(),
                     errors: rs.iter().map(|r| r.errors).sum(),
+                    close_timeouts: rs.iter().map(|r| r.close_timeouts).sum(),
                     lost: rs.iter().map(|r| r.lost).sum(),
                     rate: st(|r| r.rate),
                     server_us: st(|r| r.server_us),
                     p50: st(|r| r.p50),
                     p99: st(|r| r.p99),
                     noise: st(|r| r.noise),
+                    steal: st(|r| r.steal),
                     rss_per_conn: st(|r| r.rss_per_conn),
                     opened: st(|r| r.opened),
                     setup_s: st(|r| r.setup_s),
@@ -489,7 +638,7 @@ impl Summary {
                 });
             }
         }
-        Summary { loads, servers, groups, rounds }
+        Summary { loads, servers, groups, rounds, by_round: RoundNoise::collect(runs) }
     }
 
     fn load_groups(&self, load: &str) -> Vec<&Group> {
@@ -504,37 +653,54 @@ impl Summary {
     }
 }
 
-/// Sockeye's best headline median for a load (max msg/s, min bytes/conn), over its backends.
-fn sockeye_best(groups: &[&Group]) -> Option<f64> {
-    let vals = groups
+/// Sockeye's best headline for a load over its backends (max msg/s, min bytes/conn): the best
+/// of the backends' medians, and the best of their best rounds; backends with errors on this
+/// load are left out (see [`ranked`]).
+fn sockeye_best(groups: &[&Group]) -> Option<(f64, f64)> {
+    let higher = groups.first().is_none_or(|g| g.headline().1);
+    let pick = |a: f64, b: f64| if higher { a.max(b) } else { a.min(b) };
+    groups
         .iter()
-        .filter(|g| is_sockeye(&g.server))
-        .filter_map(|g| Some((g.headline().0?.median, g.headline().1)));
-    vals.fold(None, |acc, (v, higher)| match acc {
-        None => Some(v),
-        Some(a) if higher => Some(f64::max(a, v)),
-        Some(a) => Some(f64::min(a, v)),
-    })
+        .filter(|g| is_sockeye(&g.server) && ranked(g))
+        .filter_map(|g| g.headline_values())
+        .reduce(|(m, b), (m2, b2)| (pick(m, m2), pick(b, b2)))
 }
 
-/// The ratio cell of one row: for a Sockeye row, this row's median ÷ each peer's median; for a
-/// peer row, Sockeye-best ÷ this row's median. Ratios are on the headline number (msg/s, or
-/// bytes/connection for idle loads).
+/// Whether a group takes part in the ratios: a server that counted errors on a load (wrong
+/// bytes, wrong room, connections lost or refused...) did not do the same work as the others,
+/// so its msg/s ranks nothing. Two kinds do not count: closing handshakes unanswered within
+/// 3 s (they happen after the window, whose numbers they do not touch; a fan-out server
+/// still flushing a backlog to 10,000 subscribers can take that long), and fan-out losses (a
+/// server may drop for slow consumers). Both are shown in their own columns.
+fn ranked(g: &Group) -> bool {
+    g.errors == g.close_timeouts
+}
+
+/// The ratio cell of one row, on the headline number (msg/s, or bytes/connection for idle
+/// loads), medians first and best rounds in brackets: for a Sockeye row, this row ÷ each peer;
+/// for a peer row, Sockeye-best ÷ this row. Rows with errors are not ranked.
 fn ratio_cell(g: &Group, all: &[&Group]) -> String {
+    if !ranked(g) {
+        return "not ranked (errors)".to_string();
+    }
     let ratio = |a: f64, b: f64| if b > 0.0 { Some(a / b) } else { None };
-    let Some(mine) = g.headline().0.map(|s| s.median) else { return String::new() };
+    let both = |(m, b): (f64, f64), (pm, pb): (f64, f64)| -> Option<String> {
+        let rm = ratio(m, pm)?;
+        Some(match ratio(b, pb) {
+            Some(rb) => format!("{rm:.2} (best {rb:.2})"),
+            None => format!("{rm:.2}"),
+        })
+    };
+    let Some(mine) = g.headline_values() else { return String::new() };
     if is_sockeye(&g.server) {
         all.iter()
-            .filter(|p| !is_sockeye(&p.server))
-            .filter_map(|p| {
-                let r = ratio(mine, p.headline().0?.median)?;
-                Some(format!("{} {:.2}", p.server, r))
-            })
+            .filter(|p| !is_sockeye(&p.server) && ranked(p))
+            .filter_map(|p| Some(format!("{} {}", p.server, both(mine, p.headline_values()?)?)))
             .collect::<Vec<_>>()
             .join(" · ")
     } else {
-        match sockeye_best(all).and_then(|b| ratio(b, mine)) {
-            Some(r) => format!("Sockeye-best {r:.2}"),
+        match sockeye_best(all).and_then(|b| both(b, mine)) {
+            Some(r) => format!("Sockeye-best {r}"),
             None => String::new(),
         }
     }
@@ -608,25 +774,42 @@ fn tick_label(v: f64) -> String {
     }
 }
 
-/// `median (min–max)`: the median in full with thousands separators, the range compact
-/// (`144,352 (144k–158k)`).
-fn range_cell(s: Option<Stat>, decimals: usize) -> String {
+fn med_cell(s: Option<Stat>, decimals: usize) -> String {
+    s.map_or_else(|| "–".to_string(), |s| group_thousands(s.median, decimals))
+}
+
+/// The best round's value, in full.
+fn best_cell(s: Option<Stat>, higher: bool, decimals: usize) -> String {
+    s.map_or_else(|| "–".to_string(), |s| group_thousands(s.best(higher), decimals))
+}
+
+/// The spread over rounds, compact: `144k–158k`, and the interquartile range where there are
+/// four rounds or more (`144k–158k, IQR 150k–155k`); `–` for one round.
+fn spread_cell(s: Option<Stat>) -> String {
     match s {
-        None => "–".to_string(),
-        Some(s) if s.n == 1 || s.min == s.max => group_thousands(s.median, decimals),
-        Some(s) => {
-            format!(
-                "{} ({}–{})",
-                group_thousands(s.median, decimals),
-                compact(s.min),
-                compact(s.max)
-            )
+        Some(s) if s.n > 1 => {
+            let mut out = format!("{}–{}", compact(s.min), compact(s.max));
+            if s.n >= 4 {
+                let _ = write!(out, ", IQR {}–{}", compact(s.q1), compact(s.q3));
+            }
+            out
         }
+        _ => "–".to_string(),
     }
 }
 
-fn med_cell(s: Option<Stat>, decimals: usize) -> String {
-    s.map_or_else(|| "–".to_string(), |s| group_thousands(s.median, decimals))
+/// Max over rounds, two decimals.
+fn max_cell(s: Option<Stat>) -> String {
+    s.map_or_else(|| "–".to_string(), |s| format!("{:.2}", s.max))
+}
+
+/// `median (min–max)` with two decimals, for the noise table.
+fn noise_cell(s: Option<Stat>) -> String {
+    match s {
+        None => "–".to_string(),
+        Some(s) if s.n == 1 || s.min == s.max => format!("{:.2}", s.median),
+        Some(s) => format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max),
+    }
 }
 
 /// Errors summed over rounds, with failed runs (no result at all) and fan-out losses.
@@ -641,8 +824,33 @@ fn errors_cell(g: &Group) -> String {
     s
 }
 
+/// Fan-out: the loadgen's parameters in a load name past the subscriber count: `-PxK`
+/// (P publishers, K in flight each) and `-Nt` (N topics).
+fn fanout_shape(rest: &str) -> (Option<u64>, Vec<String>) {
+    fn count(s: &str) -> Option<u64> {
+        match s.strip_suffix('k') {
+            Some(n) => n.parse::<u64>().ok().map(|n| n * 1000),
+            None => s.parse().ok(),
+        }
+    }
+    let mut parts = rest.split('-');
+    let subs = parts.next().and_then(count);
+    let mut extra = Vec::new();
+    for p in parts {
+        if let Some((pubs, k)) = p.split_once('x') {
+            extra.push(format!("{pubs} publishers × {k} in flight"));
+        } else if let Some(t) = p.strip_suffix('t') {
+            extra.push(format!("{t} topics"));
+        } else {
+            extra.push(p.to_string());
+        }
+    }
+    (subs, extra)
+}
+
 /// `echo-100x1k` → `100 conns × 1 KiB`; `idle-10k` → `10,000 idle conns`; `fanout-10k` →
-/// `10,000 subscribers`. Unknown shapes come back as they are.
+/// `10,000 subscribers`; `fanout-1k-16t` → `1,000 subscribers, 16 topics`. Unknown shapes come
+/// back as they are.
 fn describe(load: &str) -> String {
     fn count(s: &str) -> Option<u64> {
         match s.strip_suffix('k') {
@@ -662,7 +870,17 @@ fn describe(load: &str) -> String {
             Some(format!("{} conns × {}", group_thousands(count(c)? as f64, 0), size(s)?))
         }),
         "idle" => count(rest).map(|c| format!("{} idle conns", group_thousands(c as f64, 0))),
-        "fanout" => count(rest).map(|c| format!("{} subscribers", group_thousands(c as f64, 0))),
+        "fanout" => {
+            let (subs, extra) = fanout_shape(rest);
+            subs.map(|c| {
+                let mut d = format!("{} subscribers", group_thousands(c as f64, 0));
+                for e in extra {
+                    d.push_str(", ");
+                    d.push_str(&e);
+                }
+                d
+            })
+        }
         _ => None,
     };
     out.unwrap_or_else(|| load.to_string())
@@ -675,21 +893,26 @@ fn markdown(sum: &Summary, source: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Results from `{source}`: {} server(s), {} load(s), up to {} round(s) each. Every number \
-         is the median over rounds, (min–max) where rounds differ. Ratios compare medians: a \
-         Sockeye row shows Sockeye ÷ each peer, a peer row Sockeye-best ÷ that peer (msg/s: \
-         > 1 means Sockeye is faster; bytes/conn: < 1 means Sockeye uses less). Noise = CPU \
-         the rest of the machine used during the window (machine busy − server − loadgen, \
-         core-s, max over rounds).\n",
+        "Results from `{source}`: {} server(s), {} load(s), up to {} round(s) each, the servers \
+         interleaved within every round. For each load and server: the **median** over rounds, \
+         the **best** round (highest msg/s; lowest server CPU or memory), and the spread \
+         (min–max, and the interquartile range with 4+ rounds). Ratios compare medians, best \
+         rounds in brackets: a Sockeye row shows Sockeye ÷ each peer, a peer row Sockeye-best \
+         ÷ that peer (msg/s: > 1 means Sockeye is faster; bytes/conn: < 1 means Sockeye uses \
+         less); a server that counted errors on a load (other than closes unanswered after \
+         the window) is not ranked on it. Noise = other processes' CPU during the window (machine busy − server − \
+         loadgen) / hypervisor steal, core-s, max over rounds; per round in the last table.\n",
         sum.servers.len(),
         sum.loads.len(),
         sum.rounds
     );
-    let max_cell =
-        |st: Option<Stat>| st.map_or_else(|| "–".to_string(), |st| format!("{:.2}", st.max));
+    let noise_pair = |g: &Group| format!("{} / {}", max_cell(g.noise), max_cell(g.steal));
     for (kind, title) in [
         (Kind::Echo, "Echo (round trips; K = 1 in flight per connection)"),
-        (Kind::Fanout, "Fan-out (one publisher line → every subscriber on /chat)"),
+        (
+            Kind::Fanout,
+            "Fan-out (publishers → every subscriber of their room on /chat; closed loop)",
+        ),
         (Kind::Idle, "Idle connections (server RSS growth per handshaken connection)"),
     ] {
         let loads = sum.loads_of(kind);
@@ -699,30 +922,55 @@ fn markdown(sum: &Summary, source: &str) -> String {
         let _ = writeln!(s, "### {title}\n");
         match kind {
             Kind::Echo | Kind::Fanout => {
-                let (rate, us) = if kind == Kind::Echo {
-                    ("msg/s median (min–max)", "server µs/msg")
+                let (rate, us, lost) = if kind == Kind::Echo {
+                    ("msg/s", "server µs/msg", "")
                 } else {
-                    ("delivered msg/s median (min–max)", "server µs/delivery")
+                    ("deliveries/s", "server µs/delivery", " lost |")
                 };
                 let _ = writeln!(
                     s,
-                    "| load | server | {rate} | {us} | p50 / p99 µs | errors | noise core-s | ratio (msg/s) |"
+                    "| load | server | {rate} median | best | spread | {us} median | best | spread | p50 / p99 µs | errors |{lost} noise | ratio (msg/s) |"
                 );
-                let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|---|");
+                let _ = writeln!(
+                    s,
+                    "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|{}--:|---|",
+                    if kind == Kind::Fanout { "--:|" } else { "" }
+                );
                 for l in loads {
                     let gs = sum.load_groups(l);
                     for g in &gs {
+                        let lost = if kind == Kind::Fanout {
+                            format!(" {} |", group_thousands(g.lost as f64, 0))
+                        } else {
+                            String::new()
+                        };
+                        let mut errors = group_thousands(g.errors as f64, 0);
+                        if g.close_timeouts > 0 {
+                            let _ = write!(
+                                errors,
+                                " ({} close timeouts)",
+                                group_thousands(g.close_timeouts as f64, 0)
+                            );
+                        }
+                        if g.failed > 0 {
+                            let _ = write!(errors, " (+{} failed runs)", g.failed);
+                        }
                         let _ = writeln!(
                             s,
-                            "| {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+                            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |{} {} | {} |",
                             l,
                             g.server,
-                            range_cell(g.rate, 0),
+                            med_cell(g.rate, 0),
+                            best_cell(g.rate, true, 0),
+                            spread_cell(g.rate),
                             med_cell(g.server_us, 2),
+                            best_cell(g.server_us, false, 2),
+                            spread_cell(g.server_us),
                             med_cell(g.p50, 0),
                             med_cell(g.p99, 0),
-                            errors_cell(g),
-                            max_cell(g.noise),
+                            errors,
+                            lost,
+                            noise_pair(g),
                             ratio_cell(g, &gs)
                         );
                     }
@@ -731,18 +979,20 @@ fn markdown(sum: &Summary, source: &str) -> String {
             Kind::Idle => {
                 let _ = writeln!(
                     s,
-                    "| load | server | RSS bytes/conn median (min–max) | opened | connect+handshake s | server CPU s over the hold | errors | ratio (bytes/conn) |"
+                    "| load | server | RSS bytes/conn median | best | spread | opened | connect+handshake s | server CPU s over the hold | errors | ratio (bytes/conn) |"
                 );
-                let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|---|");
+                let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|--:|--:|---|");
                 for l in loads {
                     let gs = sum.load_groups(l);
                     for g in &gs {
                         let _ = writeln!(
                             s,
-                            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                             l,
                             g.server,
-                            range_cell(g.rss_per_conn, 0),
+                            med_cell(g.rss_per_conn, 0),
+                            best_cell(g.rss_per_conn, false, 0),
+                            spread_cell(g.rss_per_conn),
                             med_cell(g.opened, 0),
                             med_cell(g.setup_s, 2),
                             med_cell(g.idle_cpu_s, 2),
@@ -752,6 +1002,38 @@ fn markdown(sum: &Summary, source: &str) -> String {
                     }
                 }
             }
+        }
+        s.push('\n');
+    }
+    let any_noise = sum.by_round.iter().any(|r| {
+        [r.calib_ms, r.calib_loadgen_ms, r.loadavg, r.steal, r.noise].iter().any(Option::is_some)
+    });
+    if any_noise {
+        let _ = writeln!(
+            s,
+            "### Noise per round\n\n`chart calibrate` (a fixed CPU loop) timed on the server's and \
+             the loadgen's core just before each run, the 1-minute load average then, and over \
+             each run's window the hypervisor's steal and other processes' CPU (core-s): \
+             median (min–max) over the round's runs. A round whose calibration is slower than \
+             the others, or with steal or other processes' CPU, ran on a busier machine.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| round | runs | calibration ms, server core | calibration ms, loadgen core | load average | steal core-s | other processes core-s |"
+        );
+        let _ = writeln!(s, "|--:|--:|--:|--:|--:|--:|--:|");
+        for r in &sum.by_round {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                r.round,
+                r.runs,
+                noise_cell(r.calib_ms),
+                noise_cell(r.calib_loadgen_ms),
+                noise_cell(r.loadavg),
+                noise_cell(r.steal),
+                noise_cell(r.noise)
+            );
         }
         s.push('\n');
     }
@@ -780,6 +1062,8 @@ fn colour(server: &str, index: usize) -> RGBColor {
         "tungstenite" => RGBColor(0xe0, 0x7b, 0x24),
         "fastwebsockets" => RGBColor(0x2f, 0x9e, 0x50),
         "tokio-websockets" => RGBColor(0x9b, 0x59, 0xc5),
+        "bun" => RGBColor(0xc9, 0xa2, 0x27),
+        "uws" => RGBColor(0x16, 0xa3, 0xa3),
         "raw" => RGBColor(0x8a, 0x8a, 0x8a),
         _ => [
             RGBColor(0xc0, 0x39, 0x2b),
@@ -830,7 +1114,8 @@ fn nice_ticks(max: f64) -> (f64, Vec<f64>) {
 }
 
 /// One small bar chart: one bar per server (in `servers` order, gaps where a server has no
-/// data for this load), median height, min–max whisker, value on top.
+/// data for this load), median height, min–max whisker, a dot at the best round, the median
+/// on top and the best round's value above it.
 #[derive(Debug)]
 struct Cell<'a> {
     title: String,
@@ -842,15 +1127,17 @@ struct Cell<'a> {
 struct Bar<'a> {
     server: &'a str,
     stat: Option<Stat>,
+    /// Whether higher is better (the best round is the max) or lower (the min).
+    higher: bool,
     /// No round produced a result.
     failed: bool,
-    /// Some round had more than `NOISY` core-s of other processes in its window.
+    /// Some round had more than `NOISY` core-s of other processes (or of steal) in its window.
     noisy: bool,
     /// Errors (or fan-out losses) counted over the rounds.
     errors: bool,
 }
 
-/// Other processes' CPU in a window (core-s) above which a run is marked noisy (`*`).
+/// Other processes' CPU, or steal, in a window (core-s) above which a run is marked noisy (`*`).
 const NOISY: f64 = 0.5;
 
 type Drawn<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
@@ -916,6 +1203,7 @@ fn draw_cell<DB: DrawingBackend>(
                 rect.set_margin(0, 0, side, side);
                 chart.draw_series([rect])?;
                 let mut label_at = st.median;
+                let higher = bar.is_none_or(|b| b.higher);
                 if st.n > 1 && st.max > st.min {
                     chart.draw_series([
                         EmptyElement::at(at(st.min))
@@ -925,6 +1213,18 @@ fn draw_cell<DB: DrawingBackend>(
                     ])?;
                     chart.draw_series([PathElement::new(vec![at(st.min), at(st.max)], whisker)])?;
                     label_at = label_at.max(st.max);
+                }
+                if st.n > 1 {
+                    // The best round: a dot on the whisker's end, its value above the median's.
+                    chart.draw_series([EmptyElement::at(at(st.best(higher)))
+                        + Circle::new((0, 0), 3, INK.filled())])?;
+                    let style = font(9.0, false, GREY[2], HPos::Center, VPos::Bottom);
+                    chart.draw_series([EmptyElement::at(at(label_at))
+                        + Text::new(
+                            format!("best {}", compact(st.best(higher))),
+                            (0, -4 - value_px as i32 - 2),
+                            style,
+                        )])?;
                 }
                 let errors = bar.is_some_and(|b| b.errors);
                 let label = format!(
@@ -968,15 +1268,16 @@ fn short_name(server: &str) -> &str {
         "sockeye-io_uring" => "sockeye io_uring",
         "tokio-websockets" => "tokio-ws",
         "fastwebsockets" => "fastws",
+        "uws" => "uWS",
         s => s,
     }
 }
 
 /// The chart's panels, each a title and its cells: echo msg/s, echo server CPU per message,
-/// then idle memory and fan-out deliveries together.
+/// fan-out deliveries/s, fan-out server CPU per delivery, idle memory.
 fn panels(sum: &Summary) -> Vec<(String, Vec<Cell<'_>>)> {
     type Pick = fn(&Group) -> Option<Stat>;
-    let cells = |loads: &[&String], pick: Pick, unit: &str| -> Vec<Cell<'_>> {
+    let cells = |loads: &[&String], pick: Pick, higher: bool, unit: &str| -> Vec<Cell<'_>> {
         loads
             .iter()
             .map(|l| Cell {
@@ -988,8 +1289,10 @@ fn panels(sum: &Summary) -> Vec<(String, Vec<Cell<'_>>)> {
                     .map(|g| Bar {
                         server: g.server.as_str(),
                         stat: pick(g),
+                        higher,
                         failed: g.failed == g.runs,
-                        noisy: g.noise.is_some_and(|n| n.max > NOISY),
+                        noisy: g.noise.is_some_and(|n| n.max > NOISY)
+                            || g.steal.is_some_and(|n| n.max > NOISY),
                         errors: g.errors + g.lost > 0,
                     })
                     .collect(),
@@ -1001,31 +1304,30 @@ fn panels(sum: &Summary) -> Vec<(String, Vec<Cell<'_>>)> {
     if !echo.is_empty() {
         panels.push((
             "Echo throughput: round trips per second (higher is better)".to_string(),
-            cells(&echo, |g| g.rate, "msg/s"),
+            cells(&echo, |g| g.rate, true, "msg/s"),
         ));
         panels.push((
-            "Server CPU per round trip (lower is better)".to_string(),
-            cells(&echo, |g| g.server_us, "server µs/msg"),
+            "Echo: server CPU per round trip (lower is better)".to_string(),
+            cells(&echo, |g| g.server_us, false, "server µs/msg"),
+        ));
+    }
+    let fanout = sum.loads_of(Kind::Fanout);
+    if !fanout.is_empty() {
+        panels.push((
+            "Fan-out: deliveries per second (higher is better)".to_string(),
+            cells(&fanout, |g| g.rate, true, "deliveries/s"),
+        ));
+        panels.push((
+            "Fan-out: server CPU per delivery (lower is better)".to_string(),
+            cells(&fanout, |g| g.server_us, false, "server µs/delivery"),
         ));
     }
     let idle = sum.loads_of(Kind::Idle);
-    let fanout = sum.loads_of(Kind::Fanout);
-    let mut last = Vec::new();
-    let mut last_title = Vec::new();
     if !idle.is_empty() {
-        last.extend(cells(&idle, |g| g.rss_per_conn, "server RSS bytes/conn (lower is better)"));
-        last_title.push("idle memory per connection");
-    }
-    if !fanout.is_empty() {
-        last.extend(cells(&fanout, |g| g.rate, "delivered msg/s (higher is better)"));
-        last_title.push("fan-out deliveries per second");
-    }
-    if !last.is_empty() {
-        let mut t = last_title.join(" · ");
-        if let Some(c) = t.get(..1) {
-            t = c.to_uppercase() + &t[1..];
-        }
-        panels.push((t, last));
+        panels.push((
+            "Idle memory per connection (lower is better)".to_string(),
+            cells(&idle, |g| g.rss_per_conn, false, "server RSS bytes/conn"),
+        ));
     }
     panels
 }
@@ -1043,7 +1345,7 @@ fn render_svg(sum: &Summary, source: &str) -> Result<String, String> {
     let header_h = 98;
     let rows = |cs: &[Cell<'_>]| cs.len().div_ceil(cols) as i32;
     let height =
-        header_h + panels.iter().map(|(_, cs)| 34 + CELL_H * rows(cs) + 12).sum::<i32>() + 26;
+        header_h + panels.iter().map(|(_, cs)| 34 + CELL_H * rows(cs) + 12).sum::<i32>() + 40;
 
     let mut out = String::new();
     {
@@ -1074,7 +1376,7 @@ fn draw_svg<DB: DrawingBackend>(
         left(22.0, true, INK),
     ))?;
     let rounds = if sum.rounds > 1 {
-        format!("bars: median of {} rounds, whiskers: min–max", sum.rounds)
+        format!("bar: median of {} rounds · whisker: min–max · dot: best round", sum.rounds)
     } else {
         "one round per bar".to_string()
     };
@@ -1112,8 +1414,13 @@ fn draw_svg<DB: DrawingBackend>(
     }
     root.draw(&Text::new(
         format!(
-            "* a round had > {NOISY} core-s of other processes' CPU in its window (shared machine) · ! errors counted (see the table) · n/a: not run for that server (raw TCP has no idle or fan-out mode) · failed: no result"
+            "* a round had > {NOISY} core-s of other processes' CPU or of steal in its window (shared machine; see the noise table) · ! errors or losses counted (see the table)"
         ),
+        (MARGIN, height - 24),
+        left(11.0, false, GREY[3]),
+    ))?;
+    root.draw(&Text::new(
+        "n/a: not run for that server (raw TCP has no idle or fan-out mode) · failed: no result",
         (MARGIN, height - 10),
         left(11.0, false, GREY[3]),
     ))?;
@@ -1134,7 +1441,8 @@ mod tests {
 
     fn line(server: &str, load: &str, round: u32, rate: f64, us: f64) -> String {
         format!(
-            r#"{{"mode":"echo","server":"{server}","load":"{load}","round":{round},"messages_per_s":{rate},"server_cpu_us_per_msg":{us},"latency_us":{{"p50":100,"p99":200}},"errors":{{"total":0}}}}"#
+            r#"{{"mode":"echo","server":"{server}","load":"{load}","round":{round},"messages_per_s":{rate},"server_cpu_us_per_msg":{us},"latency_us":{{"p50":100,"p99":200}},"errors":{{"total":0}},"calib_ms":{},"loadavg":1.5,"machine_steal_core_s":0.01}}"#,
+            20 + round
         )
     }
 
@@ -1142,12 +1450,19 @@ mod tests {
     fn median_odd_even_and_range() {
         let s = stat(&[3.0, 1.0, 2.0]).unwrap();
         assert_eq!((s.median, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
+        assert_eq!((s.q1, s.q3), (1.5, 2.5));
         let s = stat(&[4.0, 1.0, 3.0, 2.0]).unwrap();
         assert_eq!((s.median, s.min, s.max, s.n), (2.5, 1.0, 4.0, 4));
         let s = stat(&[7.0]).unwrap();
-        assert_eq!((s.median, s.min, s.max), (7.0, 7.0, 7.0));
+        assert_eq!((s.median, s.min, s.max, s.q1, s.q3), (7.0, 7.0, 7.0, 7.0, 7.0));
         assert!(stat(&[]).is_none());
         assert_eq!(stat(&[f64::NAN, 5.0]).unwrap().median, 5.0);
+        // Seven rounds: the default of compare.sh.
+        let s = stat(&[10.0, 70.0, 20.0, 60.0, 30.0, 50.0, 40.0]).unwrap();
+        assert_eq!(
+            (s.median, s.q1, s.q3, s.best(true), s.best(false)),
+            (40.0, 25.0, 55.0, 70.0, 10.0)
+        );
     }
 
     #[test]
@@ -1175,21 +1490,32 @@ mod tests {
         assert_eq!(gs.len(), 3);
         let epoll = gs[0];
         assert_eq!(epoll.server, "sockeye-epoll");
-        assert_eq!(epoll.rate, Some(Stat { median: 160.0, min: 150.0, max: 170.0, n: 3 }));
+        assert_eq!(
+            epoll.rate,
+            Some(Stat { median: 160.0, min: 150.0, max: 170.0, q1: 155.0, q3: 165.0, n: 3 })
+        );
         assert_eq!(epoll.server_us.unwrap().median, 6.0);
+        assert_eq!(epoll.server_us.unwrap().best(false), 5.0);
         let tung = gs[2];
         assert_eq!(tung.rate.unwrap().median, 90.0);
 
-        // Sockeye-best is epoll's 160; ratios are of medians.
-        assert_eq!(sockeye_best(&gs), Some(160.0));
+        // Sockeye-best is epoll's median 160 and best round 170; ratios of medians, then of
+        // best rounds.
+        assert_eq!(sockeye_best(&gs), Some((160.0, 170.0)));
         let r = ratio_cell(tung, &gs);
-        assert_eq!(r, "Sockeye-best 1.78");
-        assert_eq!(ratio_cell(epoll, &gs), "tungstenite 1.78");
-        assert_eq!(ratio_cell(gs[1], &gs), "tungstenite 1.44");
+        assert_eq!(r, "Sockeye-best 1.78 (best 1.70)");
+        assert_eq!(ratio_cell(epoll, &gs), "tungstenite 1.78 (best 1.70)");
+        assert_eq!(ratio_cell(gs[1], &gs), "tungstenite 1.44 (best 1.40)");
         let md = markdown(&sum, "t.jsonl");
         assert!(
-            md.contains("| echo-100x20 | sockeye-epoll | 160 (150–170) | 6.00 | 100 / 200 | 0 |")
+            md.contains(
+                "| echo-100x20 | sockeye-epoll | 160 | 170 | 150–170 | 6.00 | 5.00 | 5.00–6.50 | 100 / 200 | 0 | – / 0.01 |"
+            ),
+            "{md}"
         );
+        // Noise per round: three runs in round 1 (calibration 21 ms), and so on.
+        assert!(md.contains("| 1 | 4 | 21.00 | – | 1.50 | 0.01 | – |"), "{md}");
+        assert!(md.contains("| 3 | 3 | 23.00 | – | 1.50 | 0.01 | – |"), "{md}");
         assert!(
             svg_has_text(&render_svg(&sum, "t.jsonl").unwrap(), "n/a"),
             "raw has no 100x20 run"
@@ -1212,9 +1538,9 @@ mod tests {
         .join("\n");
         let sum = Summary::new(&parse_jsonl(&text, "t"));
         let gs = sum.load_groups("idle-10k");
-        assert_eq!(sockeye_best(&gs), Some(230.0));
-        assert_eq!(ratio_cell(gs[2], &gs), "Sockeye-best 0.05");
-        assert_eq!(ratio_cell(gs[0], &gs), "tungstenite 0.05");
+        assert_eq!(sockeye_best(&gs), Some((230.0, 230.0)));
+        assert_eq!(ratio_cell(gs[2], &gs), "Sockeye-best 0.05 (best 0.05)");
+        assert_eq!(ratio_cell(gs[0], &gs), "tungstenite 0.05 (best 0.05)");
         assert_eq!((gs[3].failed, gs[3].runs), (1, 1));
         assert_eq!(errors_cell(gs[3]), "0 (+1 failed runs)");
         let svg = render_svg(&sum, "t.jsonl").unwrap();
@@ -1235,6 +1561,8 @@ mod tests {
         assert_eq!(o["round"], 2);
         assert_eq!(o["noise_core_s"], 0.25);
         assert_eq!(o["git"], "1234e56");
+        let o = annotate(None, &[("calib_ms".to_string(), "null".to_string())]);
+        assert!(o["calib_ms"].is_null());
         let o = annotate(None, &extra);
         assert_eq!(o["failed"], true);
         assert!(o["noise_core_s"].is_null());
@@ -1256,12 +1584,85 @@ mod tests {
         assert_eq!(tick_label(2.5), "2.5");
         assert_eq!(tick_label(150_000.0), "150k");
         assert_eq!(tick_label(1_500_000.0), "1.5M");
-        assert_eq!(range_cell(stat(&[144_352.0, 144_039.0, 158_337.0]), 0), "144,352 (144k–158k)");
+        let three = stat(&[144_352.0, 144_039.0, 158_337.0]);
+        assert_eq!(spread_cell(three), "144k–158k");
+        assert_eq!(best_cell(three, true, 0), "158,337");
+        assert_eq!(best_cell(three, false, 0), "144,039");
+        assert_eq!(spread_cell(stat(&[1.0, 2.0, 3.0, 4.0, 5.0])), "1.00–5.00, IQR 2.00–4.00");
+        assert_eq!(spread_cell(stat(&[1.0])), "–");
+        assert_eq!(noise_cell(stat(&[0.5, 0.25])), "0.38 (0.25–0.50)");
         assert_eq!(describe("echo-100x1k"), "100 conns × 1 KiB");
         assert_eq!(describe("echo-1000x20"), "1,000 conns × 20 B");
         assert_eq!(describe("idle-100k"), "100,000 idle conns");
         assert_eq!(describe("fanout-10k"), "10,000 subscribers");
+        assert_eq!(describe("fanout-10k-4x8"), "10,000 subscribers, 4 publishers × 8 in flight");
+        assert_eq!(describe("fanout-1k-16t"), "1,000 subscribers, 16 topics");
+        assert_eq!(describe("echo-10kx20"), "10,000 conns × 20 B");
         assert_eq!(describe("weird"), "weird");
+    }
+
+    #[test]
+    fn fanout_rows_show_deliveries_losses_and_both_panels() {
+        let fan = |server: &str, round: u32, rate: f64, lost: u64| {
+            format!(
+                r#"{{"mode":"fanout","server":"{server}","load":"fanout-1k-16t","round":{round},"delivered_per_s":{rate},"messages_per_s":{rate},"server_cpu_us_per_msg":4.5,"latency_us":{{"p50":900,"p99":2000}},"lost":{lost},"errors":{{"total":0}}}}"#
+            )
+        };
+        let text = [fan("bun", 1, 1000.0, 0), fan("bun", 2, 1200.0, 3), fan("uws", 1, 1500.0, 0)]
+            .join("\n");
+        let sum = Summary::new(&parse_jsonl(&text, "t"));
+        let md = markdown(&sum, "t.jsonl");
+        assert!(md.contains("| deliveries/s median | best | spread | server µs/delivery median |"));
+        assert!(
+            md.contains("| fanout-1k-16t | bun | 1,100 | 1,200 | 1000–1200 | 4.50 | 4.50 | 4.50–4.50 | 900 / 2,000 | 0 | 3 |"),
+            "{md}"
+        );
+        let gs = sum.load_groups("fanout-1k-16t");
+        assert_eq!(ratio_cell(gs[0], &gs), "", "no Sockeye row: nothing to compare with");
+        let svg = render_svg(&sum, "t.jsonl").unwrap();
+        assert!(svg_has_text(&svg, "Fan-out: deliveries per second (higher is better)"));
+        assert!(svg_has_text(&svg, "Fan-out: server CPU per delivery (lower is better)"));
+        assert!(svg_has_text(&svg, "best 1200"), "best label");
+        assert!(!md.contains("Noise per round"), "no noise figures, no noise table");
+    }
+
+    #[test]
+    fn servers_with_errors_are_not_ranked() {
+        let fan = |server: &str, rate: f64, errors: u64| {
+            format!(
+                r#"{{"mode":"fanout","server":"{server}","load":"fanout-1k-16t","round":1,"delivered_per_s":{rate},"server_cpu_us_per_msg":4.5,"errors":{{"total":{errors}}}}}"#
+            )
+        };
+        let text = [
+            fan("sockeye-epoll", 2000.0, 900),
+            fan("sockeye-io_uring", 1000.0, 0),
+            fan("bun", 500.0, 0),
+            fan("uws", 4000.0, 3),
+            r#"{"mode":"fanout","server":"tungstenite","load":"fanout-1k-16t","round":1,"delivered_per_s":250,"errors":{"total":7,"close_timeout":7}}"#.to_string(),
+        ]
+        .join("\n");
+        let sum = Summary::new(&parse_jsonl(&text, "t"));
+        let gs = sum.load_groups("fanout-1k-16t");
+        assert_eq!(sockeye_best(&gs), Some((1000.0, 1000.0)), "epoll had errors");
+        assert_eq!(ratio_cell(gs[0], &gs), "not ranked (errors)");
+        assert_eq!(gs[2].server, "tungstenite");
+        assert_eq!(
+            ratio_cell(gs[1], &gs),
+            "tungstenite 4.00 (best 4.00) · bun 2.00 (best 2.00)",
+            "uws had errors; tungstenite's late closes do not unrank it"
+        );
+        assert_eq!(ratio_cell(gs[3], &gs), "Sockeye-best 2.00 (best 2.00)");
+        assert_eq!(ratio_cell(gs[4], &gs), "not ranked (errors)");
+        let md = markdown(&sum, "t.jsonl");
+        assert!(md.contains("| 7 (7 close timeouts) |"), "{md}");
+    }
+
+    #[test]
+    fn calibration_scales_with_the_work() {
+        let (small, _) = calibrate(1 << 12);
+        let (large, x) = calibrate(1 << 22);
+        assert!(small >= 0.0 && large > small, "{small} {large}");
+        assert_ne!(x, 0);
     }
 
     #[test]

@@ -43,7 +43,12 @@ fanout:
   --rate R             messages/s per publisher (open loop); 0 = closed loop: each
                        publisher keeps K messages that it has not received back yet
                        outstanding (default 0)
-  The room must hold only this run's connections: a message from anyone else is an error.
+  --topics N           N rooms instead of one (default 0: one room, the URL as given):
+                       subscriber i and publisher p join PATH?room=t{i % N} / t{p % N}
+                       (&room= when the URL has a query); every receiver checks that each
+                       message comes from a publisher of its own room (else a wrong_room
+                       error), and order and loss per publisher as usual
+  A room must hold only this run's connections: a message from anyone else is an error.
 
 idle:
   --hold SECS          keep the connections open this long after they are all up (default 5)
@@ -96,6 +101,8 @@ pub(crate) struct Args {
     pub(crate) publishers: usize,
     /// Fanout: messages/s per publisher; 0 = closed loop.
     pub(crate) rate: f64,
+    /// Fanout: rooms (`?room=t{i % topics}`); 0 = one room, the URL's path as given.
+    pub(crate) topics: usize,
 }
 
 fn fail(msg: &str) -> ! {
@@ -136,6 +143,7 @@ impl Args {
             settle: 2.0,
             publishers: 1,
             rate: 0.0,
+            topics: 0,
         };
         let mut src_addrs: Option<u8> = None;
         while let Some(flag) = it.next() {
@@ -180,6 +188,7 @@ impl Args {
                 "--settle" => a.settle = num("--settle", &val()),
                 "--publishers" | "-p" => a.publishers = num("--publishers", &val()),
                 "--rate" => a.rate = num("--rate", &val()),
+                "--topics" => a.topics = num("--topics", &val()),
                 "-h" | "--help" => {
                     println!("{HELP}");
                     std::process::exit(0)
@@ -231,8 +240,14 @@ impl Args {
             if !(a.rate >= 0.0 && a.rate.is_finite()) {
                 fail("fanout: --rate must be >= 0");
             }
+            if a.topics > a.total_connections() {
+                fail("fanout: --topics must not exceed the connections");
+            }
             a.text = true;
         } else {
+            if a.topics > 0 {
+                fail("--topics is for the fanout mode");
+            }
             a.publishers = 0;
             a.rate = 0.0;
         }
@@ -251,5 +266,25 @@ impl Args {
     /// Every connection the run opens: the subscribers plus, in fanout mode, the publishers.
     pub(crate) fn total_connections(&self) -> usize {
         self.connections + self.publishers
+    }
+
+    /// Fanout: the room of subscriber `i` (its global index) or of publisher `i`: `i % topics`
+    /// (so publisher p serves the room of subscribers p, p + N, ...); always 0 with one room.
+    pub(crate) fn room(&self, i: usize) -> usize {
+        if self.topics == 0 {
+            0
+        } else {
+            i % self.topics
+        }
+    }
+
+    /// The request path of a connection in `room`: the URL's path, plus `room=t{room}` as a
+    /// query parameter when there are topics.
+    pub(crate) fn room_path(&self, room: usize) -> String {
+        if self.topics == 0 {
+            return self.path.clone();
+        }
+        let sep = if self.path.contains('?') { '&' } else { '?' };
+        format!("{}{sep}room=t{room}", self.path)
     }
 }

@@ -37,6 +37,8 @@ struct CoreUse {
     system: f64,
     softirq: f64,
     irq: f64,
+    /// Time the hypervisor ran something else while this CPU wanted to run (noise).
+    steal: f64,
 }
 
 fn core_use(a: &Option<CpuTimes>, b: &Option<CpuTimes>) -> Option<CoreUse> {
@@ -51,6 +53,7 @@ fn core_use(a: &Option<CpuTimes>, b: &Option<CpuTimes>) -> Option<CoreUse> {
         system: d.system as f64 / t,
         softirq: d.softirq as f64 / t,
         irq: d.irq as f64 / t,
+        steal: d.steal as f64 / t,
     })
 }
 
@@ -114,6 +117,7 @@ impl Json {
                 self.num("system", c.system);
                 self.num("softirq", c.softirq);
                 self.num("irq", c.irq);
+                self.num("steal", c.steal);
                 self.close();
             }
         }
@@ -197,6 +201,14 @@ impl Report {
         Some((busy, soft, other.max(0.0)))
     }
 
+    /// Machine-wide steal over the window, core-s: time the hypervisor gave this VM's vCPUs
+    /// to someone else while they had work (a noise figure; 0 on bare metal).
+    fn steal(&self) -> Option<f64> {
+        let (a, b) = self.window_samples.as_ref()?;
+        let d = b.all_cores.as_ref()?.delta(a.all_cores.as_ref()?);
+        Some(d.steal as f64 / clk_tck())
+    }
+
     fn per_msg_us(&self, cpu: Option<f64>, wall: f64) -> Option<f64> {
         // Scale the message count to the sampling interval (they differ by a few ms).
         let msgs = self.rate(self.msgs) * wall;
@@ -242,9 +254,10 @@ impl Report {
                 let f = &self.fan;
                 let _ = writeln!(
                     s,
-                    "subscribers {}  publishers {}  size {} B (text)  {}  threads {}  window {:.2} s (warmup {} s)",
+                    "subscribers {}  publishers {}{}  size {} B (text)  {}  threads {}  window {:.2} s (warmup {} s)",
                     a.connections,
                     a.publishers,
+                    if a.topics > 0 { format!("  topics {}", a.topics) } else { String::new() },
                     a.size,
                     if a.rate > 0.0 {
                         format!("rate {} msg/s per publisher", a.rate)
@@ -343,12 +356,13 @@ impl Report {
                 if let Some((busy, soft, other)) = self.machine() {
                     let _ = writeln!(
                         s,
-                        "{:<28}busy {:.2} core-s (softirq+irq {:.2}, {:.2} µs/{per}); other processes {:.2} core-s",
+                        "{:<28}busy {:.2} core-s (softirq+irq {:.2}, {:.2} µs/{per}); other processes {:.2} core-s; steal {:.2} core-s",
                         "machine (all cores)",
                         busy,
                         soft,
                         self.per_msg_us(Some(soft), wall).unwrap_or(0.0),
-                        other
+                        other,
+                        self.steal().unwrap_or(0.0)
                     );
                 }
                 if let Some((x, y)) = &self.window_samples {
@@ -436,7 +450,7 @@ impl Report {
         let e = &self.errors;
         let _ = writeln!(
             s,
-            "{:<28}{}  (connect {}, handshake {}, io {}, mismatch {}, protocol {}, unexpected close {}, close timeout {}, order {})",
+            "{:<28}{}  (connect {}, handshake {}, io {}, mismatch {}, protocol {}, unexpected close {}, close timeout {}, order {}, wrong room {})",
             "errors",
             e.total(),
             e.connect,
@@ -446,7 +460,8 @@ impl Report {
             e.protocol,
             e.unexpected_close,
             e.close_timeout,
-            e.order
+            e.order,
+            e.wrong_room
         );
         if a.mode != Mode::Idle {
             let _ = writeln!(
@@ -475,6 +490,7 @@ impl Report {
                 let f = &self.fan;
                 j.int("subscribers", a.connections as u64);
                 j.int("publishers", a.publishers as u64);
+                j.int("topics", a.topics as u64);
                 j.num("rate_per_publisher", a.rate);
                 j.int("published", f.published);
                 j.int("published_total", f.published_total);
@@ -532,6 +548,7 @@ impl Report {
                 j.opt("softirq_us_per_msg", self.per_msg_us(Some(soft), wall));
                 j.num("other_processes_core_s", other);
             }
+            j.opt("machine_steal_core_s", self.steal());
             if let Some((x, y)) = &self.window_samples {
                 j.core("server_core", core_use(&x.server_core, &y.server_core));
                 j.core("loadgen_core", core_use(&x.loadgen_core, &y.loadgen_core));
@@ -563,6 +580,7 @@ impl Report {
         j.int("unexpected_close", e.unexpected_close);
         j.int("close_timeout", e.close_timeout);
         j.int("order", e.order);
+        j.int("wrong_room", e.wrong_room);
         j.close();
         if let Some(fe) = &self.first_error {
             j.str("first_error", fe);

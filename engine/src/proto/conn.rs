@@ -11,6 +11,13 @@
 //! reads or fragments is copied, into an assembly buffer taken from a [`BufPool`] and handed over
 //! as an owned value the caller may give back to the pool.
 //!
+//! permessage-deflate (RFC 7692), when the handshake negotiated it ([`Connection::deflate`]):
+//! a message with RSV1 on its first frame is inflated as its bytes arrive, into an owned buffer
+//! that never grows past `max_message_size` (the limit applies to the inflated size), and
+//! handed over like an assembled message; [`Connection::send_message`] compresses what the
+//! application sends. The per-connection state sits behind one pointer, so a connection
+//! without compression pays 8 bytes for it; the contexts are [`super::deflate`]'s.
+//!
 //! What this module never does: allocate per message on the fast path, grow a buffer past the
 //! configured limits, or decide on its own which close code an error gets (see [`super::error`]).
 
@@ -18,7 +25,9 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use super::close::{self, CloseCode};
+use super::deflate::{self, Contexts, DeflateState, TAIL};
 use super::error::ProtocolError;
+use super::extensions::{self, DeflateConfig, PerMessageDeflate};
 use super::frame::{self, FrameHeader, OpCode, MAX_HEADER_LEN};
 use super::handshake::{self, HandshakeError, Parsed, Request};
 use super::mask::unmask;
@@ -114,6 +123,33 @@ impl Decision {
     /// Accept with no subprotocol and no extra headers.
     pub fn accept() -> Self {
         Decision::Accept { protocol: None, headers: Vec::new() }
+    }
+}
+
+/// What the decision hook of [`Connection::handshake_negotiate`] is told besides the request,
+/// and the one thing it may change: it may refuse compression, never pick other parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiation {
+    upgrade: bool,
+    deflate: Option<PerMessageDeflate>,
+}
+
+impl Negotiation {
+    /// Whether the request is a valid WebSocket upgrade (`false`: a well-formed plain HTTP
+    /// GET, which the hook may answer with [`Decision::Respond`]).
+    pub fn is_upgrade(&self) -> bool {
+        self.upgrade
+    }
+
+    /// The permessage-deflate parameters the 101 will carry, if the client offered
+    /// something acceptable and [`Env::deflate`] enables it.
+    pub fn deflate(&self) -> Option<PerMessageDeflate> {
+        self.deflate
+    }
+
+    /// Accept without compression: the 101 carries no `Sec-WebSocket-Extensions`.
+    pub fn decline_deflate(&mut self) {
+        self.deflate = None;
     }
 }
 
@@ -279,8 +315,9 @@ impl Default for Memory {
     }
 }
 
-/// What many connections driven by one owner share: the limits, the buffer pool and the
-/// memory budget. Keeping them out of [`Connection`] keeps an idle connection small.
+/// What many connections driven by one owner share: the limits, the buffer pool, the
+/// memory budget and the permessage-deflate preferences and shared contexts. Keeping them out
+/// of [`Connection`] keeps an idle connection small.
 #[derive(Debug, Default)]
 pub struct Env {
     /// The limits every connection enforces.
@@ -289,28 +326,43 @@ pub struct Env {
     pub pool: BufPool,
     /// Memory held by all the connections together, and its budget (unlimited by default).
     pub memory: Memory,
+    /// permessage-deflate preferences (disabled by default): what
+    /// [`Connection::handshake`] negotiates, the compression level and the smallest message
+    /// compressed.
+    pub deflate: DeflateConfig,
+    /// Compression contexts shared by this owner's connections (made when first needed).
+    pub contexts: Contexts,
 }
 
 impl Env {
-    /// An environment with these limits, a default pool and no memory budget.
+    /// An environment with these limits, a default pool, no memory budget and no compression.
     pub fn new(limits: Limits) -> Self {
-        Self { limits, pool: BufPool::default(), memory: Memory::default() }
+        Self {
+            limits,
+            pool: BufPool::default(),
+            memory: Memory::default(),
+            deflate: DeflateConfig::default(),
+            contexts: Contexts::default(),
+        }
     }
 }
 
-/// The frame whose payload is being read.
+/// The frame whose payload is being read. (Its mask phase lives in [`Connection`]: kept here
+/// it would pad this to 32 bytes.)
 #[derive(Debug, Clone, Copy)]
 struct Current {
     header: FrameHeader,
     remaining: u64,
-    /// Mask phase: payload bytes of this frame already unmasked, mod 4.
-    phase: u8,
 }
 
 /// The data message being assembled.
 #[derive(Debug, Clone, Copy)]
 struct Message {
     text: bool,
+    /// RSV1 on its first frame: its payload is deflate data, inflated into the assembly
+    /// buffer as it arrives.
+    compressed: bool,
+    /// Bytes on the wire so far.
     len: u64,
     fragments: u32,
 }
@@ -322,11 +374,13 @@ pub struct Connection {
     state: State,
     /// Set when we sent a close frame.
     sent_close: bool,
-    /// RSV bits an extension allows (none until permessage-deflate exists).
+    /// RSV bits an extension allows: RSV1 (`0b100`) with permessage-deflate, else none.
     allowed_rsv: u8,
     /// Partial frame header carried between reads.
     hdr: [u8; MAX_HEADER_LEN],
     hdr_len: u8,
+    /// Mask phase of the current frame: payload bytes already unmasked, mod 4.
+    phase: u8,
     cur: Option<Current>,
     msg: Option<Message>,
     utf8: Utf8Validator,
@@ -340,6 +394,8 @@ pub struct Connection {
     deadline: Option<Instant>,
     /// Client role: state of the masking-key generator.
     rng: u32,
+    /// permessage-deflate, when negotiated: 8 bytes in a connection without it.
+    deflate: Option<Box<DeflateState>>,
 }
 
 impl Connection {
@@ -365,6 +421,7 @@ impl Connection {
             allowed_rsv: 0,
             hdr: [0; MAX_HEADER_LEN],
             hdr_len: 0,
+            phase: 0,
             cur: None,
             msg: None,
             utf8: Utf8Validator::new(),
@@ -372,6 +429,7 @@ impl Connection {
             ctrl: None,
             deadline: None,
             rng: (seed as u32) | 1,
+            deflate: None,
         }
     }
 
@@ -388,6 +446,33 @@ impl Connection {
     /// Whether data may still be sent (Open; not after our close frame).
     pub fn can_send(&self) -> bool {
         self.state == State::Open && !self.sent_close
+    }
+
+    /// The permessage-deflate parameters in force, if compression was negotiated.
+    pub fn deflate(&self) -> Option<PerMessageDeflate> {
+        self.deflate.as_ref().map(|d| d.params())
+    }
+
+    /// Turns permessage-deflate on (or off, with `None`) for a connection whose handshake was
+    /// done elsewhere: a client, a test, a server that negotiated by itself. Call it before
+    /// the first frame is read or sent: contexts already held are dropped, not given back.
+    pub fn set_deflate(&mut self, params: Option<PerMessageDeflate>) {
+        self.deflate = params.map(|p| Box::new(DeflateState::new(p, self.role)));
+        self.allowed_rsv = if params.is_some() { 0b100 } else { 0 };
+    }
+
+    /// `Some(bits)` when this connection takes, as they are, frames compressed by the shared
+    /// compressor for `bits` ([`Contexts::write_shared_frame`]): it negotiated compression
+    /// without server context takeover. A fan-out compresses a message once per distinct
+    /// value among its subscribers. `None`: send it through [`Connection::send_message`].
+    pub fn shared_send_bits(&self) -> Option<u8> {
+        self.deflate.as_ref().and_then(|d| d.shared_send_bits())
+    }
+
+    /// Whether the connection holds a compressor and an inflater right now (an idle
+    /// connection without context takeover holds neither).
+    pub fn holds_deflate_contexts(&self) -> (bool, bool) {
+        self.deflate.as_ref().map_or((false, false), |d| d.holds_contexts())
     }
 
     /// The next instant [`Connection::handle_timeout`] wants to be called at, if any.
@@ -415,12 +500,39 @@ impl Connection {
     /// with [`Decision::Respond`]); the response is appended to `out`. On a bad request, the HTTP
     /// error response is appended to `out`, the connection becomes Closed and the error is
     /// returned.
+    ///
+    /// With [`Env::deflate`] enabled, permessage-deflate is negotiated as in
+    /// [`Connection::handshake_negotiate`], without asking `decide`.
     pub fn handshake(
         &mut self,
         input: &[u8],
         out: &mut Vec<u8>,
         env: &Env,
         decide: impl FnOnce(&Request<'_>, bool) -> Decision,
+    ) -> Result<HandshakeStatus, HandshakeError> {
+        self.handshake_negotiate(input, out, env, |req, n| decide(req, n.is_upgrade()))
+    }
+
+    /// [`Connection::handshake`], with the extension negotiation shown to `decide`.
+    ///
+    /// With [`Env::deflate`] enabled, the client's `Sec-WebSocket-Extensions` offers are
+    /// checked (a header that breaks the grammar is answered 400 before `decide` is called)
+    /// and the permessage-deflate answer is chosen ([`extensions::negotiate`]). `decide` sees
+    /// it in [`Negotiation::deflate`] and may refuse it with
+    /// [`Negotiation::decline_deflate`]; on [`Decision::Accept`] the 101 carries what is left
+    /// and [`Connection::deflate`] returns it from then on. `Sec-WebSocket-Extensions` is
+    /// the engine's: the hook's extra headers cannot add one. Disabled, the header is not
+    /// looked at.
+    ///
+    /// The server layer calls this from its upgrade path, showing
+    /// [`Negotiation::deflate`] to the application's `on_upgrade` and calling
+    /// `decline_deflate` when it refuses compression.
+    pub fn handshake_negotiate(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        env: &Env,
+        decide: impl FnOnce(&Request<'_>, &mut Negotiation) -> Decision,
     ) -> Result<HandshakeStatus, HandshakeError> {
         if self.state != State::Handshake {
             return Ok(HandshakeStatus::Accepted { consumed: 0 });
@@ -459,9 +571,23 @@ impl Connection {
                 self.assembly = joined;
                 return Ok(HandshakeStatus::Partial);
             }
-            Ok(Parsed::Complete(req, consumed)) => {
+            Ok(Parsed::Complete(req, consumed)) => 'complete: {
                 let accept = handshake::accept_key(req.key().as_bytes());
-                match decide(&req, true) {
+                let deflate = if env.deflate.enabled {
+                    match extensions::negotiate(&env.deflate, req.extensions()) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            handshake::write_error(&e, out);
+                            self.state = State::Closed;
+                            self.deadline = None;
+                            break 'complete Err(e);
+                        }
+                    }
+                } else {
+                    None
+                };
+                let mut negotiation = Negotiation { upgrade: true, deflate };
+                match decide(&req, &mut negotiation) {
                     Decision::Accept { protocol: Some(p), .. }
                         if !req.protocols().any(|o| o == p) =>
                     {
@@ -475,7 +601,15 @@ impl Connection {
                     Decision::Accept { protocol, headers } => {
                         let extra: Vec<(&str, &str)> =
                             headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                        handshake::write_accept(&accept, protocol.as_deref(), &extra, out);
+                        let answer = negotiation.deflate.map(|p| p.to_string());
+                        handshake::write_accept_with_extensions(
+                            &accept,
+                            protocol.as_deref(),
+                            answer.as_deref(),
+                            &extra,
+                            out,
+                        );
+                        self.set_deflate(negotiation.deflate);
                         self.state = State::Open;
                         self.deadline = None;
                         Ok(HandshakeStatus::Accepted { consumed: consumed - carried })
@@ -492,21 +626,25 @@ impl Connection {
                 // A well-formed GET that is not an upgrade may be answered as plain HTTP.
                 let plain = if e.is_plain_http() {
                     match handshake::parse_http(source, max) {
-                        Ok(Parsed::Complete(req, _)) => match decide(&req, false) {
-                            Decision::Respond { status, content_type, headers, body } => {
-                                let extra: Vec<(&str, &str)> =
-                                    headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                                handshake::write_response_with(
-                                    status,
-                                    &content_type,
-                                    &extra,
-                                    &body,
-                                    out,
-                                );
-                                Some(())
+                        Ok(Parsed::Complete(req, _)) => {
+                            match decide(&req, &mut Negotiation { upgrade: false, deflate: None }) {
+                                Decision::Respond { status, content_type, headers, body } => {
+                                    let extra: Vec<(&str, &str)> = headers
+                                        .iter()
+                                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                                        .collect();
+                                    handshake::write_response_with(
+                                        status,
+                                        &content_type,
+                                        &extra,
+                                        &body,
+                                        out,
+                                    );
+                                    Some(())
+                                }
+                                _ => None,
                             }
-                            _ => None,
-                        },
+                        }
                         _ => None,
                     }
                 } else {
@@ -563,7 +701,8 @@ impl Connection {
         self.deadline = None;
         env.pool.put(std::mem::take(&mut self.assembly));
         self.cur = None;
-        unreserve(self.msg.take(), env);
+        let msg = self.msg.take();
+        self.end_message(msg, env);
     }
 
     fn read_inner<'b>(
@@ -625,6 +764,11 @@ impl Connection {
                         if self.sent_close {
                             continue;
                         }
+                        if header.rsv & RSV1 != 0 {
+                            let text = header.opcode == OpCode::Text;
+                            let event = self.inflate_whole(payload, text, env)?;
+                            return Ok(Read { consumed: total - rest.len(), event: Some(event) });
+                        }
                         let event = if header.opcode == OpCode::Text {
                             let s =
                                 utf8::validate(payload).map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -637,8 +781,9 @@ impl Connection {
                     if !header.opcode.is_control() {
                         self.start_fragment(&header, env)?;
                     }
-                    let c = Current { header, remaining: header.payload_len, phase: 0 };
+                    let c = Current { header, remaining: header.payload_len };
                     self.cur = Some(c);
+                    self.phase = 0;
                     c
                 }
             };
@@ -647,13 +792,17 @@ impl Connection {
             let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(avail);
             rest = tail;
             if let Some(key) = cur.header.mask {
-                unmask(chunk, key, cur.phase as usize);
+                unmask(chunk, key, self.phase as usize);
             }
             let remaining = cur.remaining - avail as u64;
-            let phase = ((cur.phase as usize + avail) & 3) as u8;
+            let phase = ((self.phase as usize + avail) & 3) as u8;
             if cur.header.opcode.is_control() {
                 if remaining > 0 || self.ctrl.is_some() {
                     self.ctrl.get_or_insert_with(Default::default).extend_from_slice(chunk);
+                }
+            } else if let Some(m) = self.msg.filter(|m| m.compressed) {
+                if !self.sent_close {
+                    self.inflate_chunk(chunk, m.text, env)?;
                 }
             } else {
                 if self.msg.is_some_and(|m| m.text) {
@@ -664,7 +813,8 @@ impl Connection {
                 }
             }
             if remaining > 0 {
-                self.cur = Some(Current { remaining, phase, ..cur });
+                self.cur = Some(Current { remaining, ..cur });
+                self.phase = phase;
                 return Ok(Read { consumed: total, event: None });
             }
             // The frame is complete.
@@ -685,8 +835,11 @@ impl Connection {
                 continue;
             }
             // The message is complete.
+            if let Some(m) = self.msg.filter(|m| m.compressed && !self.sent_close) {
+                self.inflate_chunk(&TAIL, m.text, env)?;
+            }
             let msg = self.msg.take();
-            unreserve(msg, env);
+            self.end_message(msg, env);
             let data = std::mem::take(&mut self.assembly);
             if self.sent_close {
                 env.pool.put(data);
@@ -715,21 +868,32 @@ impl Connection {
         if h.rsv & !self.allowed_rsv != 0 {
             return Err(ProtocolError::ReservedBitsSet);
         }
+        // RSV1 marks the first frame of a compressed message, and nothing else (RFC 7692 §6.1).
+        let rsv1 = h.rsv & RSV1 != 0;
         if h.opcode.is_control() {
-            return Ok(());
+            return if rsv1 { Err(ProtocolError::ReservedBitsSet) } else { Ok(()) };
         }
         match (h.opcode, self.msg) {
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
             (OpCode::Text | OpCode::Binary, Some(_)) => {
                 return Err(ProtocolError::ExpectedContinuation)
             }
+            (OpCode::Continuation, Some(_)) if rsv1 => return Err(ProtocolError::ReservedBitsSet),
             _ => {}
         }
         if h.payload_len > limits.max_frame_size {
             return Err(ProtocolError::FrameTooLarge);
         }
-        let (len, frags) = self.msg.map_or((0, 0), |m| (m.len, m.fragments));
-        if len.saturating_add(h.payload_len) > limits.max_message_size {
+        let (len, frags, compressed) =
+            self.msg.map_or((0, 0, rsv1), |m| (m.len, m.fragments, m.compressed));
+        // A compressed message's limit is on its inflated size, checked while inflating; its
+        // wire size is bounded only loosely, by what deflate's framing can add.
+        let max = if compressed {
+            deflate::max_wire_len(limits.max_message_size)
+        } else {
+            limits.max_message_size
+        };
+        if len.saturating_add(h.payload_len) > max {
             return Err(ProtocolError::MessageTooLarge);
         }
         if frags >= limits.max_fragments {
@@ -741,11 +905,16 @@ impl Connection {
     /// Book-keeping for a data frame that goes through the assembly buffer: its announced
     /// length is reserved against the memory budget first (refused when it does not fit).
     fn start_fragment(&mut self, h: &FrameHeader, env: &mut Env) -> Result<(), ProtocolError> {
-        if !env.memory.fits(h.payload_len) {
-            return Err(ProtocolError::OverBudget);
+        let compressed = self.msg.map_or(h.rsv & RSV1 != 0, |m| m.compressed);
+        // A compressed message reserves what it inflates to, as it inflates
+        // (`DeflateState::inflate`); an uncompressed one what its frames announce.
+        if !compressed {
+            if !env.memory.fits(h.payload_len) {
+                return Err(ProtocolError::OverBudget);
+            }
+            // Fits in usize: at most `limit`, itself a usize.
+            env.memory.assembly += h.payload_len as usize;
         }
-        // Fits in usize: at most `limit`, itself a usize.
-        env.memory.assembly += h.payload_len as usize;
         match &mut self.msg {
             Some(m) => {
                 m.len += h.payload_len;
@@ -754,6 +923,7 @@ impl Connection {
             None => {
                 self.msg = Some(Message {
                     text: h.opcode == OpCode::Text,
+                    compressed,
                     len: h.payload_len,
                     fragments: 1,
                 });
@@ -761,9 +931,14 @@ impl Connection {
                 if self.assembly.capacity() == 0 && !self.sent_close {
                     self.assembly = env.pool.get();
                 }
+                if compressed && !self.sent_close {
+                    if let Some(d) = self.deflate.as_deref_mut() {
+                        d.begin_message(&mut env.contexts);
+                    }
+                }
             }
         }
-        if !self.sent_close {
+        if !self.sent_close && !compressed {
             // Reserve what the header announces, but never more than 64 KiB ahead of the data:
             // a peer's claimed length is not a reason to allocate.
             self.assembly.reserve(h.payload_len.min(64 << 10) as usize);
@@ -849,12 +1024,45 @@ impl Connection {
         Ok(())
     }
 
-    /// Appends a whole text message.
+    /// Appends a whole message, compressed when permessage-deflate was negotiated and the
+    /// payload is at least [`DeflateConfig::min_size`] bytes (and shrinks, where no window is
+    /// kept): one frame, RSV1 set. Control opcodes (and anything without compression) go
+    /// out as [`Connection::send_frame`] with `fin` set would send them; they are never
+    /// compressed.
+    ///
+    /// This is the send the server layer uses for application messages once it negotiates
+    /// compression: `conn.send_message(op, payload, &mut slot.out, &mut worker.env)`. The
+    /// bytes it appends are the frame, ready for the socket; nothing is kept. A fan-out to many
+    /// connections builds the frame once per distinct [`Connection::shared_send_bits`] with
+    /// [`Contexts::write_shared_frame`] instead.
+    pub fn send_message(
+        &mut self,
+        op: OpCode,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+        env: &mut Env,
+    ) -> Result<(), SendAfterClose> {
+        if !self.can_send() {
+            return Err(SendAfterClose);
+        }
+        if matches!(op, OpCode::Text | OpCode::Binary) && self.deflate.is_some() {
+            let mask = (self.role == Role::Client).then(|| self.next_mask());
+            if let Some(d) = self.deflate.as_deref_mut() {
+                if d.write_message(op, payload, mask, &env.deflate, &mut env.contexts, out) {
+                    return Ok(());
+                }
+            }
+        }
+        self.write_frame(op, true, payload, out);
+        Ok(())
+    }
+
+    /// Appends a whole text message, never compressed (see [`Connection::send_message`]).
     pub fn send_text(&mut self, text: &str, out: &mut Vec<u8>) -> Result<(), SendAfterClose> {
         self.send_frame(OpCode::Text, true, text.as_bytes(), out)
     }
 
-    /// Appends a whole binary message.
+    /// Appends a whole binary message, never compressed (see [`Connection::send_message`]).
     pub fn send_binary(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), SendAfterClose> {
         self.send_frame(OpCode::Binary, true, data, out)
     }
@@ -893,7 +1101,11 @@ impl Connection {
 
     /// Gives any held buffers back to `pool` (call when dropping the connection).
     pub fn release(&mut self, env: &mut Env) {
-        unreserve(self.msg.take(), env);
+        let msg = self.msg.take();
+        self.end_message(msg, env);
+        if let Some(d) = self.deflate.as_deref_mut() {
+            d.release(&mut env.contexts, &mut env.memory);
+        }
         if self.state == State::Handshake {
             self.assembly = Vec::new();
         } else {
@@ -902,19 +1114,88 @@ impl Connection {
         self.ctrl = None;
     }
 
-    /// Bytes this connection holds in its own buffers (assembly + handshake head), for
-    /// accounting and leak tests.
+    /// Bytes this connection holds in its own buffers (assembly + handshake head, and the
+    /// permessage-deflate state with an estimate of its contexts), for accounting and leak
+    /// tests.
     pub fn buffered(&self) -> usize {
-        self.assembly.capacity() + self.ctrl.as_ref().map_or(0, |c| c.capacity())
+        self.assembly.capacity()
+            + self.ctrl.as_ref().map_or(0, |c| c.capacity())
+            + self.deflate.as_ref().map_or(0, |d| d.held())
+    }
+
+    /// Gives a finished (or abandoned) message's reservation back to the budget, and its
+    /// inflater back to the worker where it was lent.
+    fn end_message(&mut self, msg: Option<Message>, env: &mut Env) {
+        match msg {
+            Some(m) if m.compressed => {
+                if let Some(d) = self.deflate.as_deref_mut() {
+                    d.end_message(env.deflate.memory, &mut env.contexts, &mut env.memory);
+                }
+            }
+            Some(m) => {
+                env.memory.assembly = env.memory.assembly.saturating_sub(m.len as usize);
+            }
+            None => {}
+        }
+    }
+
+    /// Inflates a whole compressed message that arrived in one frame in one read.
+    fn inflate_whole(
+        &mut self,
+        payload: &[u8],
+        text: bool,
+        env: &mut Env,
+    ) -> Result<Event<'static>, ProtocolError> {
+        // RSV1 passes `check_header` only with a deflate state.
+        let Some(d) = self.deflate.as_deref_mut() else {
+            return Err(ProtocolError::ReservedBitsSet);
+        };
+        let limit = env.limits.max_message_size;
+        let mut data = env.pool.get();
+        d.begin_message(&mut env.contexts);
+        let mut r = d.inflate(payload, &mut data, limit, &mut env.memory);
+        if r.is_ok() {
+            r = d.inflate(&TAIL, &mut data, limit, &mut env.memory);
+        }
+        d.end_message(env.deflate.memory, &mut env.contexts, &mut env.memory);
+        if let Err(e) = r {
+            env.pool.put(data);
+            return Err(e);
+        }
+        if !text {
+            return Ok(Event::Binary(Cow::Owned(data)));
+        }
+        match String::from_utf8(data) {
+            Ok(s) => Ok(Event::Text(Cow::Owned(s))),
+            Err(e) => {
+                env.pool.put(e.into_bytes());
+                Err(ProtocolError::InvalidUtf8)
+            }
+        }
+    }
+
+    /// Inflates the next piece of a compressed message into the assembly buffer, checking
+    /// what it inflates to as UTF-8 when it is text.
+    fn inflate_chunk(
+        &mut self,
+        input: &[u8],
+        text: bool,
+        env: &mut Env,
+    ) -> Result<(), ProtocolError> {
+        let Some(d) = self.deflate.as_deref_mut() else {
+            return Err(ProtocolError::ReservedBitsSet);
+        };
+        let before = self.assembly.len();
+        d.inflate(input, &mut self.assembly, env.limits.max_message_size, &mut env.memory)?;
+        if text {
+            self.utf8.feed(&self.assembly[before..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        Ok(())
     }
 }
 
-/// Gives a finished (or abandoned) message's reservation back to the budget.
-fn unreserve(msg: Option<Message>, env: &mut Env) {
-    if let Some(m) = msg {
-        env.memory.assembly = env.memory.assembly.saturating_sub(m.len as usize);
-    }
-}
+/// RSV1 in [`FrameHeader::rsv`]'s layout: permessage-deflate's "Per-Message Compressed" bit.
+const RSV1: u8 = 0b100;
 
 /// Whether `buf` holds an empty line (the end of an HTTP head: CRLF CRLF, or bare LFs, which
 /// the parser also accepts) starting at or after `from`.
@@ -934,3 +1215,7 @@ fn head_may_end(buf: &[u8], from: usize) -> bool {
 #[cfg(test)]
 #[path = "conn_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "deflate_tests.rs"]
+mod deflate_tests;

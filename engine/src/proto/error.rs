@@ -16,7 +16,8 @@ pub enum ProtocolError {
     UnmaskedFrame,
     /// A server-side decoder saw a masked frame (client role only).
     MaskedFrame,
-    /// RSV1, RSV2 or RSV3 set without an extension that defines it.
+    /// RSV1, RSV2 or RSV3 set without an extension that defines it; with permessage-deflate,
+    /// RSV1 on a control frame or a continuation frame (RFC 7692 §6.1).
     ReservedBitsSet,
     /// Opcode 0x3-0x7 or 0xB-0xF.
     ReservedOpcode(u8),
@@ -51,6 +52,10 @@ pub enum ProtocolError {
     /// with 1009 (too big for now): 1013 (try again later) would say it better, but strict
     /// peers, Autobahn's among them, fail a close frame that carries it.
     OverBudget,
+    /// A compressed (RSV1) message whose payload is not a valid deflate stream. RFC 7692
+    /// names no close code for it; it is answered as the protocol error it is (1002), the
+    /// way RFC 6455 §7.4.1 treats a malformed frame.
+    InvalidCompressedData,
 }
 
 impl ProtocolError {
@@ -78,7 +83,8 @@ impl From<&ProtocolError> for CloseCode {
             | ExpectedContinuation
             | CloseLength
             | InvalidCloseCode(_)
-            | DataAfterClose => CloseCode::PROTOCOL_ERROR,
+            | DataAfterClose
+            | InvalidCompressedData => CloseCode::PROTOCOL_ERROR,
         }
     }
 }
@@ -105,6 +111,7 @@ impl fmt::Display for ProtocolError {
             TooManyFragments => "message exceeds the maximum fragment count",
             DataAfterClose => "data frame after close",
             OverBudget => "message refused: the memory budget is spent",
+            InvalidCompressedData => "compressed message is not a valid deflate stream",
         };
         match self {
             ReservedOpcode(op) => write!(f, "{s} {op:#x}"),

@@ -616,6 +616,7 @@ const ACCEPT_OWNED: &[&str] = &[
     "connection",
     "sec-websocket-accept",
     "sec-websocket-protocol",
+    "sec-websocket-extensions",
     "content-length",
     "transfer-encoding",
 ];
@@ -623,12 +624,26 @@ const ACCEPT_OWNED: &[&str] = &[
 /// Appends a `101 Switching Protocols` response to `out`.
 ///
 /// `protocol` is the subprotocol picked from [`Request::protocols`]; it is written only if it
-/// is an HTTP token. `extra_headers` follow (for example `Sec-WebSocket-Extensions`); a header
-/// whose name is not a token, whose value holds CR, LF or NUL, or whose name is one of those
-/// this function writes itself is skipped, so a buggy handler cannot inject headers.
+/// is an HTTP token. `extra_headers` follow; a header whose name is not a token, whose value
+/// holds CR, LF or NUL, or whose name is one of those this function writes itself (including
+/// `Sec-WebSocket-Extensions`, which only the negotiation may answer: see
+/// [`write_accept_with_extensions`]) is skipped, so a buggy handler cannot inject headers.
 pub fn write_accept(
     accept: &[u8; 28],
     protocol: Option<&str>,
+    extra_headers: &[(&str, &str)],
+    out: &mut Vec<u8>,
+) {
+    write_accept_with_extensions(accept, protocol, None, extra_headers, out);
+}
+
+/// [`write_accept`] with the negotiated `Sec-WebSocket-Extensions` value (for example
+/// [`super::extensions::PerMessageDeflate`]'s), written when it is `Some` and safe (no CR,
+/// LF or NUL).
+pub fn write_accept_with_extensions(
+    accept: &[u8; 28],
+    protocol: Option<&str>,
+    extensions: Option<&str>,
     extra_headers: &[(&str, &str)],
     out: &mut Vec<u8>,
 ) {
@@ -640,6 +655,9 @@ pub fn write_accept(
     out.extend_from_slice(b"\r\n");
     if let Some(p) = protocol.filter(|p| is_token(p.as_bytes())) {
         push_header(out, "Sec-WebSocket-Protocol", p);
+    }
+    if let Some(e) = extensions.filter(|e| !e.is_empty() && is_safe_value(e)) {
+        push_header(out, "Sec-WebSocket-Extensions", e);
     }
     push_extra(out, extra_headers, ACCEPT_OWNED, &[]);
     out.extend_from_slice(b"\r\n");
@@ -1083,10 +1101,12 @@ mod tests {
     fn accept_response_bytes() {
         let mut out = Vec::new();
         let accept = accept_key(b"dGhlIHNhbXBsZSBub25jZQ==");
-        write_accept(
+        write_accept_with_extensions(
             &accept,
             Some("chat"),
-            &[("Sec-WebSocket-Extensions", "permessage-deflate")],
+            Some("permessage-deflate"),
+            // Only the negotiation answers extensions: a handler's header is dropped.
+            &[("Sec-WebSocket-Extensions", "x-evil"), ("X-Ok", "1")],
             &mut out,
         );
         assert_eq!(
@@ -1097,6 +1117,7 @@ mod tests {
              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
              Sec-WebSocket-Protocol: chat\r\n\
              Sec-WebSocket-Extensions: permessage-deflate\r\n\
+             X-Ok: 1\r\n\
              \r\n"
         );
         let mut out = Vec::new();

@@ -8,7 +8,9 @@
 
 pub mod close;
 pub mod conn;
+pub mod deflate;
 pub mod error;
+pub mod extensions;
 pub mod frame;
 pub mod handshake;
 #[allow(unsafe_code)] // SIMD kernels, each tested against the scalar one
@@ -20,4 +22,7 @@ pub use close::CloseCode;
 pub use error::ProtocolError;
 pub use frame::{FrameHeader, OpCode};
 
-pub use conn::{BufPool, Connection, Decision, Env, Event, Limits, Memory, Role, State};
+pub use conn::{
+    BufPool, Connection, Decision, Env, Event, Limits, Memory, Negotiation, Role, State,
+};
+pub use extensions::{DeflateConfig, DeflateMemory, PerMessageDeflate};

@@ -20,37 +20,30 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use sockeye_peers::{serve, Runtime, CHAT_CAPACITY, CHAT_PATH};
+use sockeye_peers::{room_name, serve, Member, Rooms, Runtime, CHAT_PATH};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
-
-type Room = broadcast::Sender<Bytes>;
 
 /// Payloads above this many bytes go out with `writev` (header and payload as two iovecs).
 const WRITEV_THRESHOLD: usize = 1024;
 
 fn main() {
-    serve(
-        "fastwebsockets",
-        Runtime::Current,
-        |_| broadcast::channel::<Bytes>(CHAT_CAPACITY).0,
-        handle,
-    );
+    serve("fastwebsockets", Runtime::Current, |_| Rooms::<Bytes>::default(), handle);
 }
 
-async fn handle(stream: TcpStream, room: Room) {
+async fn handle(stream: TcpStream, rooms: Rooms<Bytes>) {
     let io = TokioIo::new(stream);
-    let service = service_fn(move |req| upgrade_request(req, room.clone()));
+    let service = service_fn(move |req| upgrade_request(req, rooms.clone()));
     // Errors here are the peer's (bad request, reset): nothing to do but drop the connection.
     let _ = http1::Builder::new().serve_connection(io, service).with_upgrades().await;
 }
 
 async fn upgrade_request(
     mut req: Request<Incoming>,
-    room: Room,
+    rooms: Rooms<Bytes>,
 ) -> Result<Response<Empty<Bytes>>, WebSocketError> {
-    let chat = req.uri().path() == CHAT_PATH;
+    let chat = (req.uri().path() == CHAT_PATH).then(|| room_name(req.uri().query()));
     let (response, fut) = upgrade::upgrade(&mut req)?;
     tokio::spawn(async move {
         let Ok(mut ws) = fut.await else { return };
@@ -58,8 +51,8 @@ async fn upgrade_request(
         ws.set_auto_pong(true);
         ws.set_writev(true);
         ws.set_writev_threshold(WRITEV_THRESHOLD);
-        if chat {
-            chat_loop(ws, room).await;
+        if let Some(name) = chat {
+            chat_loop(ws, rooms.join(name)).await;
         } else {
             let _ = tokio::task::unconstrained(echo_loop(ws)).await;
         }
@@ -83,17 +76,16 @@ where
     }
 }
 
-async fn chat_loop<S>(ws: WebSocket<S>, room: Room)
+async fn chat_loop<S>(ws: WebSocket<S>, mut room: Member<Bytes>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (rd, mut wr) = ws.split(tokio::io::split);
     let mut rd = FragmentCollectorRead::new(rd);
-    let mut rx = room.subscribe();
     // Frames the reader must send (pongs, the close reply); rare, so a channel is cheap enough.
     let (obliged_tx, mut obliged_rx) = mpsc::unbounded_channel::<Frame<'static>>();
 
-    let reader_room = room.clone();
+    let reader_room = room.tx.clone();
     let reader = tokio::spawn(async move {
         let mut send_fn = |frame: Frame<'static>| {
             let sent = obliged_tx.send(frame).map_err(|_| WebSocketError::ConnectionClosed);
@@ -125,7 +117,7 @@ where
                     break;
                 }
             }
-            line = rx.recv() => match line {
+            line = room.rx.recv() => match line {
                 Ok(line) => {
                     let frame = Frame::text(Payload::Borrowed(&line));
                     if wr.write_frame(frame).await.is_err() {

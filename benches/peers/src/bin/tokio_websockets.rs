@@ -5,28 +5,22 @@
 //! the example, the default 64 MiB message limit is kept (the other servers have one too).
 
 use futures_util::{SinkExt, StreamExt};
-use sockeye_peers::{serve, Runtime, CHAT_CAPACITY, CHAT_PATH};
+use sockeye_peers::{room_name, serve, Member, Rooms, Runtime, CHAT_PATH};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 use tokio_websockets::{Config, Message, ServerBuilder, WebSocketStream};
 
-type Room = broadcast::Sender<Message>;
-
 fn main() {
-    serve(
-        "tokio-websockets",
-        Runtime::Current,
-        |_| broadcast::channel::<Message>(CHAT_CAPACITY).0,
-        handle,
-    );
+    serve("tokio-websockets", Runtime::Current, |_| Rooms::<Message>::default(), handle);
 }
 
-async fn handle(stream: TcpStream, room: Room) {
+async fn handle(stream: TcpStream, rooms: Rooms<Message>) {
     let accepted =
         ServerBuilder::new().config(Config::default().frame_size(usize::MAX)).accept(stream).await;
     let Ok((req, ws)) = accepted else { return };
     if req.uri().path() == CHAT_PATH {
-        chat_loop(ws, room).await;
+        let member = rooms.join(room_name(req.uri().query()));
+        chat_loop(ws, member).await;
     } else {
         tokio::task::unconstrained(echo_loop(ws)).await;
     }
@@ -42,14 +36,13 @@ async fn echo_loop(mut ws: WebSocketStream<TcpStream>) {
     }
 }
 
-async fn chat_loop(mut ws: WebSocketStream<TcpStream>, room: Room) {
-    let mut rx = room.subscribe();
+async fn chat_loop(mut ws: WebSocketStream<TcpStream>, mut room: Member<Message>) {
     loop {
         // Both branches are cancel-safe: the stream keeps partial frames, `recv` loses nothing.
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(msg)) if msg.is_text() => {
-                    let _ = room.send(msg);
+                    let _ = room.tx.send(msg);
                 }
                 Some(Ok(msg)) if msg.is_close() => {
                     // Finish the closing handshake before the room can write again: the next
@@ -60,7 +53,7 @@ async fn chat_loop(mut ws: WebSocketStream<TcpStream>, room: Room) {
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return,
             },
-            line = rx.recv() => match line {
+            line = room.rx.recv() => match line {
                 Ok(msg) => {
                     if ws.send(msg).await.is_err() {
                         return;

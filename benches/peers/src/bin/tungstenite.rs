@@ -3,15 +3,13 @@
 //! `Sink` of `Message`s. tungstenite itself answers pings and the closing handshake.
 
 use futures_util::{SinkExt, StreamExt};
-use sockeye_peers::{serve, Runtime, CHAT_CAPACITY, CHAT_PATH};
+use sockeye_peers::{room_name, serve, Member, Rooms, Runtime, CHAT_PATH};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-
-type Room = broadcast::Sender<Utf8Bytes>;
 
 /// tungstenite's default `read_buffer_size` is 128 KiB, and `FrameCodec::read_in` zero-fills
 /// that much before every `read` (snapview/tungstenite-rs#547, open): half the server's time
@@ -27,18 +25,21 @@ fn main() {
         |args| {
             let config = WebSocketConfig::default()
                 .read_buffer_size(args.read_buffer.unwrap_or(READ_BUFFER));
-            (broadcast::channel::<Utf8Bytes>(CHAT_CAPACITY).0, config)
+            (Rooms::<Utf8Bytes>::default(), config)
         },
-        |stream, (room, config)| handle(stream, room, config),
+        |stream, (rooms, config)| handle(stream, rooms, config),
     );
 }
 
-async fn handle(stream: TcpStream, room: Room, config: WebSocketConfig) {
-    let mut chat = false;
+async fn handle(stream: TcpStream, rooms: Rooms<Utf8Bytes>, config: WebSocketConfig) {
+    // `Some(room)` for /chat.
+    let mut chat = None;
     // The callback's error type is tungstenite's (an HTTP response), not ours.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| {
-        chat = req.uri().path() == CHAT_PATH;
+        if req.uri().path() == CHAT_PATH {
+            chat = Some(room_name(req.uri().query()));
+        }
         Ok(resp)
     };
     let accepted =
@@ -46,8 +47,8 @@ async fn handle(stream: TcpStream, room: Room, config: WebSocketConfig) {
     let Ok(ws) = accepted else {
         return;
     };
-    if chat {
-        chat_loop(ws, room).await;
+    if let Some(name) = chat {
+        chat_loop(ws, rooms.join(name)).await;
     } else {
         echo_loop(ws).await;
     }
@@ -63,15 +64,14 @@ async fn echo_loop(mut ws: WebSocketStream<TcpStream>) {
     }
 }
 
-async fn chat_loop(mut ws: WebSocketStream<TcpStream>, room: Room) {
-    let mut rx = room.subscribe();
+async fn chat_loop(mut ws: WebSocketStream<TcpStream>, mut room: Member<Utf8Bytes>) {
     loop {
         // Both branches are cancel-safe: `next` keeps partial frames inside the stream and
         // `recv` loses nothing when dropped.
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    let _ = room.send(text);
+                    let _ = room.tx.send(text);
                 }
                 Some(Ok(Message::Close(_))) => {
                     // Finish the closing handshake before the room can write again: the next
@@ -82,7 +82,7 @@ async fn chat_loop(mut ws: WebSocketStream<TcpStream>, room: Room) {
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return,
             },
-            line = rx.recv() => match line {
+            line = room.rx.recv() => match line {
                 Ok(text) => {
                     if ws.send(Message::Text(text)).await.is_err() {
                         return;

@@ -65,6 +65,11 @@ pub(super) struct Conn {
     // Fanout.
     /// This connection's publisher id; `None` for a subscriber.
     pub(super) pub_id: Option<usize>,
+    /// The room it joined (index; 0 with one room): it must receive only that room's
+    /// publishers' messages.
+    pub(super) room: usize,
+    /// The current message comes from a publisher of another room.
+    pub(super) msg_foreign: bool,
     /// Per publisher: the next sequence number expected.
     pub(super) next: Box<[u64]>,
     /// The current message's header, as it arrives.
@@ -150,6 +155,8 @@ impl Conn {
             ring: vec![0; ring].into_boxed_slice(),
             rng: (splitmix(rng) as u32) | 1,
             pub_id: None,
+            room: 0,
+            msg_foreign: false,
             next: vec![0; ctx.publishers].into_boxed_slice(),
             pre: [0; FAN_PREFIX],
             cur_pub: 0,

@@ -39,6 +39,8 @@ pub(super) struct Ctx {
     pub(super) publishers: usize,
     /// Messages/s per publisher; 0 = closed loop.
     pub(super) rate: f64,
+    /// Rooms: publisher `p` publishes to room `p % topics`; 0 = one room.
+    pub(super) topics: usize,
     pub(super) fc: FanCounts,
 }
 
@@ -77,7 +79,18 @@ impl Ctx {
             fan: Arc::new(FanShared::default()),
             publishers: 0,
             rate: 0.0,
+            topics: 0,
             fc: FanCounts::default(),
+        }
+    }
+
+    /// Fanout: the room publisher `p` publishes to.
+    #[inline]
+    pub(super) fn pub_room(&self, p: usize) -> usize {
+        if self.topics == 0 {
+            0
+        } else {
+            p % self.topics
         }
     }
 

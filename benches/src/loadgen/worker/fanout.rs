@@ -4,7 +4,10 @@
 //! it sent; per connection, each publisher's sequence numbers must rise (a gap is `lost`, a
 //! step back is an `order` error). Send times go into a shared per-publisher ring of atomics
 //! (the subscriber that receives a message may live on another thread). Publishers run closed
-//! loop (K of their own messages outstanding) or open loop (`--rate`, paced here).
+//! loop (K of their own messages outstanding) or open loop (`--rate`, paced here). With
+//! `--topics N` there are N rooms: publisher `p` is in room `p % N`, and a message reaching a
+//! connection of another room is a `wrong_room` error; order and loss are checked per
+//! publisher as with one room, so per room.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -80,12 +83,19 @@ impl FanShared {
 impl Ctx {
     /// Fanout: text messages of `size` bytes, K outstanding per publisher (closed loop) or
     /// `rate` per second; the pattern comes from a fixed seed so that all threads agree.
-    pub(super) fn fanout(size: usize, inflight: u64, rate: f64, fan: Arc<FanShared>) -> Ctx {
+    pub(super) fn fanout(
+        size: usize,
+        inflight: u64,
+        rate: f64,
+        topics: usize,
+        fan: Arc<FanShared>,
+    ) -> Ctx {
         let mut seed = FAN_SEED;
         let mut ctx = Ctx::new(Mode::Fanout, true, size, inflight, &mut seed);
         ctx.publishers = fan.sent.len();
         ctx.fan = fan;
         ctx.rate = rate;
+        ctx.topics = topics;
         ctx
     }
 
@@ -199,6 +209,17 @@ impl Conn {
             c = &c[n..];
             if self.msg_off == FAN_PREFIX {
                 match ctx.parse_fan_prefix(&self.pre) {
+                    Ok((p, _)) if ctx.pub_room(p) != self.room => {
+                        if !self.msg_bad {
+                            ctx.note(format!(
+                                "message of publisher {p} (room t{}) on a connection of room t{}",
+                                ctx.pub_room(p),
+                                self.room
+                            ));
+                        }
+                        self.msg_bad = true;
+                        self.msg_foreign = true;
+                    }
                     Ok((p, seq)) => {
                         self.cur_pub = p;
                         self.cur_seq = seq;
@@ -224,8 +245,14 @@ impl Conn {
     pub(super) fn fan_complete(&mut self, ctx: &mut Ctx, now: u64) {
         let (p, seq) = (self.cur_pub, self.cur_seq);
         let ok = !self.msg_bad && self.msg_off == ctx.size;
+        let foreign = self.msg_foreign;
         self.msg_off = 0;
         self.msg_bad = false;
+        self.msg_foreign = false;
+        if foreign {
+            ctx.errors.wrong_room += 1;
+            return;
+        }
         if !ok {
             ctx.errors.mismatch += 1;
             ctx.note("fanout message differs from what was published".into());
@@ -339,7 +366,7 @@ mod tests {
     /// A fanout context with `publishers` publishers (closed loop, K = `k`), measuring.
     fn fan_setup(publishers: usize, size: usize, k: u64, rate: f64) -> (Ctx, Vec<Conn>, u64) {
         let mut seed = 11;
-        let mut ctx = Ctx::fanout(size, k, rate, Arc::new(FanShared::new(publishers)));
+        let mut ctx = Ctx::fanout(size, k, rate, 0, Arc::new(FanShared::new(publishers)));
         ctx.measuring = true;
         let pubs = (0..publishers)
             .map(|p| {
@@ -405,7 +432,7 @@ mod tests {
             assert!(p.iter().all(|b| (b'!'..=b'~').contains(b)), "printable ASCII");
         }
         // Another thread derives the same bytes.
-        let other = Ctx::fanout(24, 1, 0.0, ctx.fan.clone());
+        let other = Ctx::fanout(24, 1, 0.0, 0, ctx.fan.clone());
         assert_eq!(other.pattern, ctx.pattern);
         assert!(other.fan_verify(1, 1, 16, &m[3][16..]));
         assert!(!other.fan_verify(1, 0, 16, &m[3][16..]), "the pattern depends on seq");
@@ -460,6 +487,32 @@ mod tests {
         assert_eq!(ctx.fc.lost_window, 2);
         assert_eq!(ctx.done, 7);
         assert_eq!(sub.next[..], [5, 4]);
+    }
+
+    #[test]
+    fn fanout_topics_check_the_room() {
+        let (mut ctx, mut pubs, mut seed) = fan_setup(4, 20, 1, 0.0);
+        ctx.topics = 2;
+        // Publish order: p0 s0, p1 s0, p2 s0, p3 s0, p0 s1, ...
+        let msgs = publish(&mut ctx, &mut pubs, 3, 0);
+        let mut sub = subscriber(&ctx, &mut seed);
+        sub.room = 1;
+        // Room t1 is publishers 1 and 3; publisher 3's message 1 (index 7) is dropped.
+        let mine: Vec<_> = msgs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 4 == 1 || (i % 4 == 3 && *i != 7))
+            .map(|x| x.1.clone())
+            .collect();
+        fan_feed(&mut ctx, &mut sub, &relay(&mine), 7, 1);
+        assert_eq!(ctx.errors.total(), 0, "{:?}", ctx.first_error);
+        assert_eq!((ctx.done, ctx.fc.lost), (5, 1), "loss is per publisher of the room");
+        // Publisher 0's message (room t0): an error of its own kind; order is untouched.
+        fan_feed(&mut ctx, &mut sub, &relay(&msgs[4..5]), 7, 1);
+        assert_eq!((ctx.errors.wrong_room, ctx.errors.total()), (1, 1));
+        assert_eq!(ctx.done, 5);
+        assert_eq!(sub.next[..], [0, 3, 0, 3]);
+        assert!(ctx.first_error.as_deref().is_some_and(|e| e.contains("room t0")));
     }
 
     #[test]

@@ -112,17 +112,27 @@ pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) ->
         h.finish()
     };
     let mut ctx = if args.mode == Mode::Fanout {
-        Ctx::fanout(args.size, args.inflight as u64, args.rate, shared.fan.clone())
+        Ctx::fanout(args.size, args.inflight as u64, args.rate, args.topics, shared.fan.clone())
     } else {
         Ctx::new(args.mode, args.text, args.size, args.inflight as u64, &mut seed)
     };
     ctx.base = shared.base;
-    let mut conns: Vec<Conn> =
-        (0..n).map(|_| Conn::new(&ctx, &args.path, &args.host, &mut seed)).collect();
+    // Subscriber k of this worker is global connection idx + k * threads; with topics it joins
+    // room (idx + k * threads) % topics, publisher p room p % topics.
+    let mut conns: Vec<Conn> = (0..n)
+        .map(|k| {
+            let room = args.room(idx + k * args.threads);
+            let mut c = Conn::new(&ctx, &args.room_path(room), &args.host, &mut seed);
+            c.room = room;
+            c
+        })
+        .collect();
     // Fanout publishers of this worker: indices into `conns`.
     let mut pubs = Vec::new();
     for p in (idx..args.publishers).step_by(args.threads) {
-        let mut c = Conn::new(&ctx, &args.path, &args.host, &mut seed);
+        let room = args.room(p);
+        let mut c = Conn::new(&ctx, &args.room_path(room), &args.host, &mut seed);
+        c.room = room;
         c.make_publisher(&ctx, p);
         pubs.push(conns.len());
         conns.push(c);

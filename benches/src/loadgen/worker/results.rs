@@ -38,6 +38,8 @@ pub(crate) struct Errors {
     /// Fanout: a publisher's message received twice or after a later one of the same
     /// publisher (a gap is not an error: it is counted as lost).
     pub(crate) order: u64,
+    /// Fanout with topics: a message from a publisher of another room.
+    pub(crate) wrong_room: u64,
 }
 
 impl Errors {
@@ -50,6 +52,7 @@ impl Errors {
             + self.unexpected_close
             + self.close_timeout
             + self.order
+            + self.wrong_room
     }
     pub(crate) fn add(&mut self, o: &Errors) {
         self.connect += o.connect;
@@ -60,6 +63,7 @@ impl Errors {
         self.unexpected_close += o.unexpected_close;
         self.close_timeout += o.close_timeout;
         self.order += o.order;
+        self.wrong_room += o.wrong_room;
     }
 }
 
