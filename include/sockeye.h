@@ -24,6 +24,12 @@
 #include <stdint.h>
 
 /**
+ * Most bytes `sockeye_conn_peer_addr` writes, its NUL included: a buffer of this size always
+ * holds the address.
+ */
+#define SOCKEYE_PEER_ADDR_MAX 64
+
+/**
  * What `on_upgrade` returns to accept the connection. Any other value rejects it: an HTTP
  * status from 400 to 599 is sent as is (404, 403, 401, 429, ...); anything else becomes 500.
  */
@@ -122,19 +128,33 @@ typedef enum sockeye_send_status {
      * panic.
      */
     SOCKEYE_SEND_ERROR = 4,
+    /**
+     * Handed to the worker that holds the connection (another thread), which sends it in its
+     * next loop turn; what becomes of it there is not reported back. Only `sockeye_worker_send`
+     * returns it, for a connection of another worker.
+     */
+    SOCKEYE_SEND_FORWARDED = 5,
 } sockeye_send_status;
 
 /**
- * A connection, seen only inside a callback (`on_open`, `on_message`, `on_drain`,
- * `on_close`). The pointer is valid only until that callback returns and only on the thread
- * that runs it: never store it. To reach the connection later or from another thread, keep
- * `sockeye_conn_id(conn)` and use `sockeye_server_send` / `sockeye_server_close_conn`.
+ * A connection, seen only inside a callback (`on_open`, `on_message`, `on_ping`, `on_pong`,
+ * `on_drain`, `on_close`). The pointer is valid only until that callback returns and only on
+ * the thread that runs it: never store it. To reach the connection later or from another
+ * thread, keep `sockeye_conn_id(conn)` and use `sockeye_server_send` /
+ * `sockeye_server_close_conn` (and `sockeye_conn_server` to reach the server from here).
  */
 typedef struct sockeye_conn sockeye_conn;
 
 /**
- * An HTTP upgrade request, seen only inside `on_upgrade`. The pointer, and every string read
- * from it, is valid only until that callback returns; the library owns them all.
+ * The response being built for a plain HTTP request, seen only inside `on_http`: valid only
+ * until that callback returns, owned by the library. Its status is what `on_http` returns.
+ */
+typedef struct sockeye_http_response sockeye_http_response;
+
+/**
+ * An HTTP request, seen only inside `on_upgrade` (a WebSocket upgrade) or `on_http` (a plain
+ * GET). The pointer, and every string read from it, is valid only until that callback
+ * returns; the library owns them all.
  */
 typedef struct sockeye_request sockeye_request;
 
@@ -151,6 +171,12 @@ typedef struct sockeye_server sockeye_server;
  * until that callback returns, owned by the library.
  */
 typedef struct sockeye_upgrade sockeye_upgrade;
+
+/**
+ * A worker, seen only inside a posted callback (`sockeye_post_cb`): valid until it returns,
+ * on that worker's thread, owned by the library.
+ */
+typedef struct sockeye_worker sockeye_worker;
 
 /**
  * Which I/O backend the workers use: one of the `SOCKEYE_BACKEND_*` values.
@@ -350,6 +376,22 @@ typedef void (*sockeye_message_cb)(void *user_data, struct sockeye_conn *conn, s
 typedef void (*sockeye_close_cb)(void *user_data, struct sockeye_conn *conn, uint16_t code, const char *reason, size_t reason_len);
 
 /**
+ * A control frame arrived: `on_ping` (the pong is already queued: nothing to answer) or
+ * `on_pong`. `data` holds its `len` payload bytes (at most 125; never NULL, not
+ * NUL-terminated) and, like `conn`, is valid only during the call.
+ */
+typedef void (*sockeye_control_cb)(void *user_data, struct sockeye_conn *conn, const uint8_t *data, size_t len);
+
+/**
+ * Answers a plain HTTP GET (a well-formed request that is not a WebSocket upgrade: a status
+ * page, a client page, a health check). Return 0 to decline it (the client gets the default
+ * 400 Bad Request), or the status to answer with (200..599; anything else is sent as 500),
+ * after setting the content type, body and headers on `response`. The connection closes
+ * after the response. `request` and `response` are valid only during the call.
+ */
+typedef uint16_t (*sockeye_http_cb)(void *user_data, const struct sockeye_request *request, struct sockeye_http_response *response);
+
+/**
  * The callbacks of a server; each may be NULL (then the event is ignored, and a missing
  * `on_upgrade` accepts every request). `sockeye_server_new` copies the table. Every callback
  * runs on a worker thread (several at once when there are several workers), receives the
@@ -377,6 +419,18 @@ typedef struct sockeye_callbacks {
      * A connection closed.
      */
     sockeye_close_cb on_close;
+    /**
+     * A ping arrived (already answered).
+     */
+    sockeye_control_cb on_ping;
+    /**
+     * A pong arrived.
+     */
+    sockeye_control_cb on_pong;
+    /**
+     * A plain HTTP GET arrived (NULL: every one gets 400).
+     */
+    sockeye_http_cb on_http;
 } sockeye_callbacks;
 
 /**
@@ -465,6 +519,15 @@ typedef struct sockeye_stats {
      */
     size_t subscriptions;
 } sockeye_stats;
+
+/**
+ * A callback posted with `sockeye_server_post`, called exactly once with the `user_data`
+ * given to `sockeye_server_new` and the `arg` given to the post. On the worker, `worker` is
+ * that worker (valid during the call). If the server stops before the worker could run it,
+ * it is called with `worker` NULL instead, on whichever thread discards it (the worker's as
+ * it exits, or the one freeing the server): then only free `arg`.
+ */
+typedef void (*sockeye_post_cb)(void *user_data, struct sockeye_worker *worker, void *arg);
 
 /**
  * io_uring when the kernel offers everything the engine needs, else epoll. The environment
@@ -561,9 +624,14 @@ size_t sockeye_conn_buffered_amount(struct sockeye_conn *conn);
 
 /**
  * The connection's id: a number valid on any thread for as long as the server lives, for
- * `sockeye_server_send` and `sockeye_server_close_conn`. An id whose connection has closed is
- * ignored by them, and never comes to name another connection (each slot's 32-bit generation
- * is retired rather than wrapped). 0 if `conn` is NULL.
+ * `sockeye_server_send`, `sockeye_server_close_conn` and `sockeye_worker_send`. An id whose
+ * connection has closed is ignored by them, and never comes to name another connection (each
+ * slot's 32-bit generation is retired rather than wrapped).
+ *
+ * Bit layout (stable within a major version): bits 63..52 hold the index of the worker that
+ * holds the connection (`id >> 52`, the same as `sockeye_conn_worker`); bits 51..32 the
+ * connection's slot in that worker; bits 31..0 the slot's generation plus one. 0 never names
+ * a connection: it is what this returns for a NULL `conn`, and a host may use it as "none".
  */
 uint64_t sockeye_conn_id(struct sockeye_conn *conn);
 
@@ -581,9 +649,32 @@ void sockeye_conn_set_user_data(struct sockeye_conn *conn, void *user_data);
 void *sockeye_conn_user_data(struct sockeye_conn *conn);
 
 /**
+ * Writes the peer's address as text, "IP:PORT" ("203.0.113.7:51234") or "\[IPv6\]:PORT"
+ * ("\[2001:db8::1\]:443"), NUL-terminated, into the `cap` bytes at `buf`, and its length (without
+ * the NUL) into `*len` unless `len` is NULL. `buf` stays the caller's; `SOCKEYE_PEER_ADDR_MAX`
+ * bytes always suffice. Returns `SOCKEYE_ERR_NULL` if `conn` or `buf` is NULL,
+ * `SOCKEYE_ERR_INVALID_ARGUMENT` if `cap` is too small (then nothing is written).
+ */
+enum sockeye_result sockeye_conn_peer_addr(struct sockeye_conn *conn, char *buf, size_t cap, size_t *len);
+
+/**
+ * The index of the worker that holds the connection and runs its callbacks (0 ≤ index <
+ * `sockeye_server_worker_count`; 0 if `conn` is NULL). Per-worker state indexed by it needs
+ * no lock: a worker runs one callback at a time.
+ */
+size_t sockeye_conn_worker(struct sockeye_conn *conn);
+
+/**
+ * The server the connection belongs to: the pointer `sockeye_server_new` gave, for the
+ * thread-safe `sockeye_server_*` functions (send by id, post to a worker, stats). Not a new
+ * reference: never free it here. NULL if `conn` is NULL.
+ */
+struct sockeye_server *sockeye_conn_server(struct sockeye_conn *conn);
+
+/**
  * The path of the request target, without the query ("/chat"). Returns a NUL-terminated
- * string owned by the request, valid until `on_upgrade` returns, and writes its length to
- * `*len` unless `len` is NULL. Returns NULL if `req` is NULL.
+ * string owned by the request, valid until the callback (`on_upgrade` or `on_http`) returns,
+ * and writes its length to `*len` unless `len` is NULL. Returns NULL if `req` is NULL.
  */
 const char *sockeye_request_path(const struct sockeye_request *req, size_t *len);
 
@@ -596,11 +687,26 @@ const char *sockeye_request_query(const struct sockeye_request *req, size_t *len
 /**
  * The value of the first header called `name` (a NUL-terminated string, matched ASCII
  * case-insensitively), or NULL when there is none (or `req` or `name` is NULL, or `name` is not
- * UTF-8). The value is a NUL-terminated copy owned by the request, valid until `on_upgrade`
+ * UTF-8). The value is a NUL-terminated copy owned by the request, valid until the callback
  * returns; its length goes to `*len` unless `len` is NULL (a value may in theory contain a NUL
  * byte; `*len` is exact).
  */
 const char *sockeye_request_header(const struct sockeye_request *req, const char *name, size_t *len);
+
+/**
+ * How many subprotocols the client offers: every item of every `Sec-WebSocket-Protocol`
+ * header (a client may send several headers, each a comma-separated list), in order. 0 when
+ * it offers none, in `on_http`, or if `req` is NULL.
+ */
+size_t sockeye_request_protocol_count(const struct sockeye_request *req);
+
+/**
+ * The `index`th subprotocol the client offers (0-based, in the order of
+ * `sockeye_request_protocol_count`), or NULL past the end (or if `req` is NULL). Same
+ * ownership and lifetime as `sockeye_request_path`; its length goes to `*len` unless `len` is
+ * NULL. Pass it to `sockeye_upgrade_set_protocol` to confirm it.
+ */
+const char *sockeye_request_protocol(const struct sockeye_request *req, size_t index, size_t *len);
 
 /**
  * Sets the new connection's user data: `sockeye_conn_user_data` returns it from `on_open`
@@ -618,6 +724,24 @@ void sockeye_upgrade_set_user_data(struct sockeye_upgrade *upgrade, void *conn_u
  * `protocol` is NULL, `SOCKEYE_ERR_UTF8` if `protocol` is not UTF-8.
  */
 enum sockeye_result sockeye_upgrade_set_protocol(struct sockeye_upgrade *upgrade, const char *protocol);
+
+/**
+ * Sets the response's `Content-Type` (a NUL-terminated string, copied; NULL or "" sends
+ * none) and its body: the `len` bytes at `body`, copied (`body` may be NULL when `len` is 0).
+ * A later call replaces both. Returns `SOCKEYE_ERR_NULL` if `response` is NULL (or `body` is
+ * NULL with `len` > 0), `SOCKEYE_ERR_UTF8` if `content_type` is not UTF-8.
+ */
+enum sockeye_result sockeye_http_response_set_body(struct sockeye_http_response *response, const char *content_type, const uint8_t *body, size_t len);
+
+/**
+ * Adds a response header, `name: value` (NUL-terminated strings, copied), sent after the
+ * engine's own. Skipped on the wire rather than refused: a name that is not an HTTP token, a
+ * value holding CR or LF, and the headers the engine writes itself (`Connection`,
+ * `Content-Type`: use `sockeye_http_response_set_body`, `Content-Length`,
+ * `Transfer-Encoding`). Returns `SOCKEYE_ERR_NULL` if an argument is NULL, `SOCKEYE_ERR_UTF8`
+ * if one is not UTF-8.
+ */
+enum sockeye_result sockeye_http_response_add_header(struct sockeye_http_response *response, const char *name, const char *value);
 
 /**
  * Creates a server: checks `config`, binds its listeners (so the port is taken, and known to
@@ -793,6 +917,43 @@ enum sockeye_result sockeye_server_publish(struct sockeye_server *server, const 
  * `topic` is, with `topic_len` > 0).
  */
 size_t sockeye_server_subscriber_count(const struct sockeye_server *server, const char *topic, size_t topic_len);
+
+/**
+ * Runs `cb(user_data, worker, arg)` on worker `worker` (0 ≤ `worker` <
+ * `sockeye_server_worker_count`), in its next loop turn, after the callbacks already running
+ * there: the way to do work on a worker from any thread (a timer, a feed, another worker)
+ * and to send to the connections it holds without a copy per connection
+ * (`sockeye_worker_send`). Thread-safe, callbacks included.
+ *
+ * Ownership of `arg` passes to the callback on `SOCKEYE_OK`: it is then called exactly once,
+ * on the worker, or with a NULL worker if the server stops before it ran (see
+ * `sockeye_post_cb`). On any error it is never called and `arg` stays the caller's. Errors:
+ * `SOCKEYE_ERR_NULL` (a NULL `server` or `cb`), `SOCKEYE_ERR_INVALID_ARGUMENT` (no such
+ * worker), `SOCKEYE_ERR_STOPPED` (the server has stopped).
+ */
+enum sockeye_result sockeye_server_post(struct sockeye_server *server, size_t worker, sockeye_post_cb cb, void *arg);
+
+/**
+ * The worker's index (0 if `worker` is NULL).
+ */
+size_t sockeye_worker_index(struct sockeye_worker *worker);
+
+/**
+ * The server the worker belongs to (the pointer `sockeye_server_new` gave; not a new
+ * reference). NULL if `worker` is NULL.
+ */
+struct sockeye_server *sockeye_worker_server(struct sockeye_worker *worker);
+
+/**
+ * Sends a message to the connection `conn_id`, as `sockeye_conn_send` would (opcode, UTF-8
+ * check, copy, corking). A connection of this worker is queued at once: `SENT`,
+ * `BACKPRESSURE`, `DROPPED`, or `CLOSED` when the id names no open connection here. One of
+ * another worker is handed to that worker (as `sockeye_server_send` does) and the answer is
+ * `SOCKEYE_SEND_FORWARDED` (or `CLOSED` when the id names no worker). `SOCKEYE_SEND_ERROR`
+ * for a NULL `worker`, NULL `data` with `len` > 0, an unknown opcode, or text that is not
+ * UTF-8.
+ */
+enum sockeye_send_status sockeye_worker_send(struct sockeye_worker *worker, uint64_t conn_id, sockeye_opcode opcode, const uint8_t *data, size_t len);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check Sockeye has, on a fresh machine or a used one: installs what is missing, then
-# formatting, lints, the docs (warnings denied) and the house's fences, unit and integration
+# formatting, lints, the docs (warnings denied) and the house's fences, the crate as it would be
+# published (`cargo package`) and built with its declared MSRV, unit and integration
 # tests on BOTH backends, the unsafe modules' tests under AddressSanitizer, a short fuzz run of
 # every target, the Autobahn conformance suite against the demo on both backends, the end-to-end
 # tests (Python, Node, nginx, headless Chromium), fault injection against the demo (both
@@ -14,7 +15,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export CARGO_TERM_COLOR=never
-STAGES=${STAGES:-"setup fmt clippy doc unit asan header fuzz autobahn e2e faults cabi"}
+STAGES=${STAGES:-"setup fmt clippy doc package msrv unit asan header fuzz autobahn e2e faults cabi"}
 passed=0; failed=0; failures=()
 
 log() { printf '\n=== %s ===\n' "$*"; }
@@ -59,6 +60,24 @@ doc() {
     RUSTDOCFLAGS="-D warnings" cargo doc -p sockeye-ffi --no-deps --quiet
 }
 clippy() { cargo clippy --workspace --all-targets -- -D warnings; }
+
+# The crate as crates.io would get it: packaged (what `include` lists) and the package built on
+# its own (no upload). --allow-dirty: a local run with uncommitted work checks that work too.
+package() { cargo package -p sockeye --allow-dirty --quiet; }
+
+# The MSRV is `rust-version` in Cargo.toml, and this is what makes it true: both crates, every
+# target (lib, tests, examples), checked with exactly that toolchain (installed with rustup
+# when missing) against the committed Cargo.lock. Its own target dir: no mixing toolchains.
+msrv() {
+  local v
+  v=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+  [ -n "$v" ] || { echo "no rust-version in Cargo.toml" >&2; return 1; }
+  rustup run "$v" rustc --version >/dev/null 2>&1 ||
+    rustup toolchain install "$v" --profile minimal --no-self-update || return 1
+  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/msrv" \
+    cargo "+$v" check --locked --quiet -p sockeye -p sockeye-ffi --all-targets &&
+    echo "msrv: sockeye and sockeye-ffi build with Rust $v"
+}
 
 unit() {
   # The same suite on both backends: unit tests once, integration tests per backend.
@@ -106,6 +125,8 @@ stage setup setup
 stage fmt fmt
 stage clippy clippy
 stage doc doc
+stage package package
+stage msrv msrv
 stage unit unit
 stage asan asan
 stage header header

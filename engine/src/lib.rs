@@ -24,6 +24,36 @@
 //!     Server::builder().listen("127.0.0.1:9001").workers(2).handler(|| Echo).build()?.run()
 //! }
 //! ```
+//!
+//! # Where to start
+//!
+//! - [`Server::builder`] and its [`ServerBuilder`]: the listen address, the worker count, every
+//!   limit and timeout (each setter states its default; [`Config`] and [`Limits`] explain
+//!   them), then the handler factory and [`ServerBuilder::build`].
+//! - [`Handler`]: the application, one instance per worker thread; its callbacks, in the order
+//!   a connection meets them, with what each may do.
+//! - [`Conn`] in a callback (send, close, user data), [`Ctx`] for the worker's other
+//!   connections, [`ServerHandle`] from any thread (sends by [`ConnId`], posts, shutdown,
+//!   [`Stats`]).
+//! - [`SendStatus`]: what became of a send, and how a producer waits for
+//!   [`Handler::on_drain`].
+//!
+//! # Examples
+//!
+//! Each is a whole program in `engine/examples/` (`cargo run --example NAME -- --addr
+//! 127.0.0.1:9001`), built by CI and run against a real client by `engine/tests/examples.rs`:
+//!
+//! | example | what it shows |
+//! |---|---|
+//! | `echo.rs` | the smallest server: every message back to its sender |
+//! | `rooms.rs` | per-connection data, rooms by path and query, subprotocol choice, rejection with 400/403/404, fan-out across workers with `post_all` and a [`Ctx`], plain HTTP with a header |
+//! | `push.rs` | a thread outside the workers pushing to connections through a [`ServerHandle`] |
+//! | `backpressure.rs` | a producer that stops at [`SendStatus::Backpressure`] and resumes in `on_drain` |
+//! | `shutdown.rs` | Ctrl-C starts a graceful shutdown, a second Ctrl-C exits; what is async-signal-safe |
+//! | `demo.rs` | all of it together: `/echo`, `/chat` rooms on pub/sub with a browser page, `/stats` pushed from a thread, `/metrics` |
+//!
+//! The C API (`include/sockeye.h`, crate `sockeye-ffi`) has the same shape; see
+//! `docs/c-api.md` and `examples/c/`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 // `unsafe` only where the design names it, each module allowing it by name: the SIMD kernels
 // (proto/mask.rs), io_uring's memory lent to the kernel (io/uring.rs) and the backends' two
@@ -53,7 +83,7 @@ pub mod testing {
 
 pub use error::Error;
 pub use proto::handshake::Request;
-pub use proto::CloseCode;
+pub use proto::{CloseCode, Limits};
 pub use proto::{DeflateConfig, DeflateMemory, PerMessageDeflate};
 pub use server::{
     Backend, Config, ConfigError, Conn, ConnId, Ctx, Handler, HttpResponse, InvalidCloseCode,

@@ -189,3 +189,55 @@ fn servers_that_share_the_port_both_build() {
     // A third that did not ask to share still finds the port taken.
     refused(Server::builder().listen(addr).workers(1), io::ErrorKind::AddrInUse, "in use");
 }
+
+/// `Server::config` reports what is in force: a `workers(0)` server says how many workers it
+/// started (one per core), not 0; the backend is resolved; the port asked as 0 is the bound one.
+#[test]
+fn server_config_reports_the_resolved_worker_count() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4096);
+    let s = build(Server::builder().listen("127.0.0.1:0").workers(0)).expect("workers(0)");
+    assert_eq!(s.config().workers, cores, "workers(0) resolves to one per core");
+    assert_eq!(s.config().worker_count(), cores);
+    assert_eq!(s.handle().workers(), cores);
+    assert_ne!(s.config().backend, sockeye::Backend::Auto, "the backend is resolved");
+    assert_eq!(s.config().addr, s.local_addr());
+    assert_ne!(s.local_addr().port(), 0);
+    let two = build(base().workers(2)).expect("workers(2)");
+    assert_eq!(two.config().workers, 2);
+}
+
+/// The defaults are the ones the rendered docs of `Config`, `Limits` and the builder's setters
+/// state (a change here must change those docs too).
+#[test]
+fn defaults_are_the_documented_ones() {
+    let c = Config::default();
+    assert_eq!(c.addr, SocketAddr::from(([127, 0, 0, 1], 9001)));
+    assert_eq!(c.workers, 0);
+    assert_eq!(c.backend, sockeye::Backend::Auto);
+    let l = c.limits;
+    assert_eq!(l, sockeye::Limits::default());
+    assert_eq!(l.max_frame_size, 16 << 20);
+    assert_eq!(l.max_message_size, 16 << 20);
+    assert_eq!(l.max_fragments, 131_072);
+    assert_eq!(l.max_handshake_bytes, 8192);
+    assert_eq!(l.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(l.close_timeout, Duration::from_secs(5));
+    assert_eq!(c.idle_timeout, Some(Duration::from_secs(120)));
+    assert_eq!(c.auto_ping, None);
+    assert_eq!(c.max_backpressure, 16 << 20);
+    assert!(!c.close_on_backpressure_limit);
+    assert_eq!(c.max_topic_len, 256);
+    assert_eq!(c.max_connections, 1 << 20);
+    assert_eq!(c.worker_memory_budget, 256 << 20);
+    assert_eq!(c.buffer_cache, 16 << 20);
+    assert!(!c.share_port);
+    assert_eq!(c.backlog, 4096);
+    assert_eq!(c.read_buffer_size, 256 << 10);
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(c.timer_tick, Duration::from_millis(250));
+    assert_eq!(c.uring_entries, 4096);
+    assert_eq!(c.uring_buffers, 128);
+    assert_eq!(c.uring_buffer_size, 64 << 10);
+    assert_eq!(c.direct_write_min, 32 << 10);
+    assert_eq!(c.uring_send_zc_threshold, usize::MAX);
+}

@@ -4,7 +4,7 @@
  * included; binary messages are refused with close 1003; other paths get 404. Stops
  * gracefully on SIGINT or SIGTERM.
  *
- *   cc -O2 -o chat chat.c $(pkg-config --cflags --libs sockeye) -lpthread
+ *   cc -std=c11 -O2 -pthread -o chat chat.c $(pkg-config --cflags --libs sockeye)
  *   ./chat [PORT [WORKERS]]        (or SOCKEYE_PORT / SOCKEYE_WORKERS; default 2 workers)
  *
  * The room is a topic: a connection subscribes to it in on_open and each line is published

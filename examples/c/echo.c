@@ -3,7 +3,7 @@
  * back, text as text, binary as binary; other paths get 404) and stops gracefully on SIGINT
  * or SIGTERM.
  *
- *   cc -O2 -o echo echo.c $(pkg-config --cflags --libs sockeye) -lpthread
+ *   cc -std=c11 -O2 -pthread -o echo echo.c $(pkg-config --cflags --libs sockeye)
  *   ./echo [PORT [WORKERS]]        (or SOCKEYE_PORT / SOCKEYE_WORKERS; port 0 picks one)
  *
  * It prints "listening on ws://127.0.0.1:PORT/echo" once the port is bound.

@@ -1,9 +1,9 @@
 // chat.cpp: a Sockeye chat server in C++ (through include/sockeye.hpp). Every text line a
 // client sends on ws://127.0.0.1:PORT/chat goes to every /chat connection on every worker,
-// the sender included; binary messages are refused with close 1003. Stops gracefully on
-// SIGINT or SIGTERM.
+// the sender included; binary messages are refused with close 1003. GET / answers a short
+// text page. Stops gracefully on SIGINT or SIGTERM.
 //
-//   c++ -std=c++17 -O2 -o chat chat.cpp $(pkg-config --cflags --libs sockeye) -lpthread
+//   c++ -std=c++17 -O2 -pthread -o chat chat.cpp $(pkg-config --cflags --libs sockeye)
 //   ./chat [PORT [WORKERS]]        (or SOCKEYE_PORT / SOCKEYE_WORKERS; default 2 workers)
 //
 // The room is a topic: each connection subscribes to it when it opens, and each line is
@@ -28,6 +28,13 @@ class Chat : public sockeye::Handler {
 public:
     std::uint16_t on_upgrade(sockeye::Request &req, sockeye::Upgrade &) override {
         return req.path() == "/chat" ? SOCKEYE_UPGRADE_ACCEPT : 404;
+    }
+
+    std::uint16_t on_http(sockeye::Request &req, sockeye::HttpResponse &resp) override {
+        if (req.path() != "/") return 0;  // the default 400
+        resp.body("text/plain", "chat: connect to ws://HOST/chat\n");
+        resp.header("Cache-Control", "no-store");
+        return 200;
     }
 
     void on_open(sockeye::Conn &conn) override {

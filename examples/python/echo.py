@@ -82,6 +82,8 @@ UPGRADE_CB = ctypes.CFUNCTYPE(c_uint16, c_void_p, c_void_p, c_void_p)
 CONN_CB = ctypes.CFUNCTYPE(None, c_void_p, c_void_p)
 MESSAGE_CB = ctypes.CFUNCTYPE(None, c_void_p, c_void_p, c_uint32, POINTER(ctypes.c_uint8), c_size_t)
 CLOSE_CB = ctypes.CFUNCTYPE(None, c_void_p, c_void_p, c_uint16, POINTER(ctypes.c_char), c_size_t)
+CONTROL_CB = ctypes.CFUNCTYPE(None, c_void_p, c_void_p, POINTER(ctypes.c_uint8), c_size_t)
+HTTP_CB = ctypes.CFUNCTYPE(c_uint16, c_void_p, c_void_p, c_void_p)
 
 
 class Callbacks(ctypes.Structure):
@@ -93,6 +95,9 @@ class Callbacks(ctypes.Structure):
         ("on_message", MESSAGE_CB),
         ("on_drain", CONN_CB),
         ("on_close", CLOSE_CB),
+        ("on_ping", CONTROL_CB),
+        ("on_pong", CONTROL_CB),
+        ("on_http", HTTP_CB),
     ]
 
 

@@ -8,16 +8,18 @@ use std::ffi::{c_char, c_void};
 use sockeye::{CloseCode, Conn, Message, SendStatus};
 
 use crate::opaque::{self, to_opaque, Opaque};
+use crate::server::sockeye_server;
 use crate::types::{message, sockeye_opcode, ConnData, SOCKEYE_OPCODE_BINARY, SOCKEYE_OPCODE_TEXT};
 use crate::{
     bytes, guard, opt_str, sockeye_result, OnPanic, SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_NULL,
     SOCKEYE_OK,
 };
 
-/// A connection, seen only inside a callback (`on_open`, `on_message`, `on_drain`,
-/// `on_close`). The pointer is valid only until that callback returns and only on the thread
-/// that runs it: never store it. To reach the connection later or from another thread, keep
-/// `sockeye_conn_id(conn)` and use `sockeye_server_send` / `sockeye_server_close_conn`.
+/// A connection, seen only inside a callback (`on_open`, `on_message`, `on_ping`, `on_pong`,
+/// `on_drain`, `on_close`). The pointer is valid only until that callback returns and only on
+/// the thread that runs it: never store it. To reach the connection later or from another
+/// thread, keep `sockeye_conn_id(conn)` and use `sockeye_server_send` /
+/// `sockeye_server_close_conn` (and `sockeye_conn_server` to reach the server from here).
 #[derive(Debug)]
 pub struct sockeye_conn {
     _private: [u8; 0],
@@ -38,6 +40,10 @@ pub enum sockeye_send_status {
     /// Not queued: a NULL pointer, an unknown opcode, text that is not UTF-8, or a caught
     /// panic.
     SOCKEYE_SEND_ERROR = 4,
+    /// Handed to the worker that holds the connection (another thread), which sends it in its
+    /// next loop turn; what becomes of it there is not reported back. Only `sockeye_worker_send`
+    /// returns it, for a connection of another worker.
+    SOCKEYE_SEND_FORWARDED = 5,
 }
 
 pub use sockeye_send_status::*;
@@ -55,6 +61,7 @@ impl From<SendStatus> for sockeye_send_status {
             SendStatus::Backpressure => SOCKEYE_SEND_BACKPRESSURE,
             SendStatus::Dropped => SOCKEYE_SEND_DROPPED,
             SendStatus::Closed => SOCKEYE_SEND_CLOSED,
+            SendStatus::Forwarded => SOCKEYE_SEND_FORWARDED,
         }
     }
 }
@@ -63,6 +70,8 @@ impl From<SendStatus> for sockeye_send_status {
 /// callback. It lives on the stack frame of the `Handler` method that calls C.
 pub(crate) struct ConnShim<'c, 'd> {
     pub(crate) conn: &'c mut Conn<'d, ConnData>,
+    /// The caller's server pointer, for `sockeye_conn_server`.
+    pub(crate) server: *mut sockeye_server,
 }
 
 impl Opaque for sockeye_conn {
@@ -190,9 +199,14 @@ pub extern "C" fn sockeye_conn_buffered_amount(conn: *mut sockeye_conn) -> usize
 }
 
 /// The connection's id: a number valid on any thread for as long as the server lives, for
-/// `sockeye_server_send` and `sockeye_server_close_conn`. An id whose connection has closed is
-/// ignored by them, and never comes to name another connection (each slot's 32-bit generation
-/// is retired rather than wrapped). 0 if `conn` is NULL.
+/// `sockeye_server_send`, `sockeye_server_close_conn` and `sockeye_worker_send`. An id whose
+/// connection has closed is ignored by them, and never comes to name another connection (each
+/// slot's 32-bit generation is retired rather than wrapped).
+///
+/// Bit layout (stable within a major version): bits 63..52 hold the index of the worker that
+/// holds the connection (`id >> 52`, the same as `sockeye_conn_worker`); bits 51..32 the
+/// connection's slot in that worker; bits 31..0 the slot's generation plus one. 0 never names
+/// a connection: it is what this returns for a NULL `conn`, and a host may use it as "none".
 #[no_mangle]
 pub extern "C" fn sockeye_conn_id(conn: *mut sockeye_conn) -> u64 {
     guard(|| {
@@ -211,7 +225,7 @@ pub extern "C" fn sockeye_conn_set_user_data(conn: *mut sockeye_conn, user_data:
         // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
         // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
         if let Some(c) = unsafe { opaque::as_mut(conn) } {
-            c.conn.data().user = user_data;
+            c.conn.data_mut().user = user_data;
         }
     })
 }
@@ -224,5 +238,72 @@ pub extern "C" fn sockeye_conn_user_data(conn: *mut sockeye_conn) -> *mut c_void
         // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
         // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
         unsafe { opaque::as_mut(conn) }.map_or(std::ptr::null_mut(), |c| c.conn.data().user)
+    })
+}
+
+/// Most bytes `sockeye_conn_peer_addr` writes, its NUL included: a buffer of this size always
+/// holds the address.
+pub const SOCKEYE_PEER_ADDR_MAX: usize = 64;
+
+/// Writes the peer's address as text, "IP:PORT" ("203.0.113.7:51234") or "\[IPv6\]:PORT"
+/// ("\[2001:db8::1\]:443"), NUL-terminated, into the `cap` bytes at `buf`, and its length (without
+/// the NUL) into `*len` unless `len` is NULL. `buf` stays the caller's; `SOCKEYE_PEER_ADDR_MAX`
+/// bytes always suffice. Returns `SOCKEYE_ERR_NULL` if `conn` or `buf` is NULL,
+/// `SOCKEYE_ERR_INVALID_ARGUMENT` if `cap` is too small (then nothing is written).
+#[no_mangle]
+pub extern "C" fn sockeye_conn_peer_addr(
+    conn: *mut sockeye_conn,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+) -> sockeye_result {
+    guard(|| {
+        // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
+        // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
+        let Some(c) = (unsafe { opaque::as_mut(conn) }) else {
+            return SOCKEYE_ERR_NULL;
+        };
+        if buf.is_null() {
+            return SOCKEYE_ERR_NULL;
+        }
+        let text = c.conn.peer_addr().to_string();
+        if text.len() >= cap {
+            return SOCKEYE_ERR_INVALID_ARGUMENT;
+        }
+        // SAFETY: `buf` points to `cap` writable bytes (documented contract), and
+        // `text.len() + 1 <= cap`; the source is our own string, which cannot overlap it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
+            buf.add(text.len()).write(0);
+        }
+        if !len.is_null() {
+            // SAFETY: non-NULL, and a writable `size_t` by the documented contract.
+            unsafe { len.write(text.len()) };
+        }
+        SOCKEYE_OK
+    })
+}
+
+/// The index of the worker that holds the connection and runs its callbacks (0 ≤ index <
+/// `sockeye_server_worker_count`; 0 if `conn` is NULL). Per-worker state indexed by it needs
+/// no lock: a worker runs one callback at a time.
+#[no_mangle]
+pub extern "C" fn sockeye_conn_worker(conn: *mut sockeye_conn) -> usize {
+    guard(|| {
+        // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
+        // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
+        unsafe { opaque::as_mut(conn) }.map_or(0, |c| c.conn.id().worker())
+    })
+}
+
+/// The server the connection belongs to: the pointer `sockeye_server_new` gave, for the
+/// thread-safe `sockeye_server_*` functions (send by id, post to a worker, stats). Not a new
+/// reference: never free it here. NULL if `conn` is NULL.
+#[no_mangle]
+pub extern "C" fn sockeye_conn_server(conn: *mut sockeye_conn) -> *mut sockeye_server {
+    guard(|| {
+        // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
+        // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
+        unsafe { opaque::as_mut(conn) }.map_or(std::ptr::null_mut(), |c| c.server)
     })
 }

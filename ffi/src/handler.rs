@@ -1,6 +1,8 @@
 //! The callback table (`sockeye_callbacks`) and the [`sockeye::Handler`] that calls it, plus the
 //! objects `on_upgrade` sees only while it runs, `sockeye_request` and `sockeye_upgrade`, with
-//! their functions. (`sockeye_conn`, which the other callbacks see, is in `conn.rs`.)
+//! their functions. (`sockeye_conn`, which the connection callbacks see, is in `conn.rs`;
+//! `sockeye_http_response`, for `on_http`, in `http.rs`; `sockeye_worker` and posts, for
+//! `sockeye_server_post`, in `worker.rs`.)
 //!
 //! Callbacks into C are plain calls, made on a worker thread; nothing here may keep a pointer
 //! it lent to a callback after that callback returned.
@@ -8,12 +10,16 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use sockeye::{CloseCode, Conn, Handler, Message, Request, Upgrade};
+use sockeye::{CloseCode, Conn, Ctx, Handler, HttpResponse, Message, Post, Request, Upgrade};
 
 use crate::conn::{sockeye_conn, ConnShim};
+use crate::http::{sockeye_http_response, ResponseShim};
 use crate::opaque::{self, to_opaque, Opaque};
+use crate::server::{sockeye_server, ServerCell};
 use crate::types::{opcode_and_bytes, sockeye_opcode, ConnData};
+use crate::worker::CPost;
 use crate::{
     guard, opt_str, sockeye_result, SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_NULL, SOCKEYE_OK,
 };
@@ -22,8 +28,9 @@ use crate::{
 /// status from 400 to 599 is sent as is (404, 403, 401, 429, ...); anything else becomes 500.
 pub const SOCKEYE_UPGRADE_ACCEPT: u16 = 0;
 
-/// An HTTP upgrade request, seen only inside `on_upgrade`. The pointer, and every string read
-/// from it, is valid only until that callback returns; the library owns them all.
+/// An HTTP request, seen only inside `on_upgrade` (a WebSocket upgrade) or `on_http` (a plain
+/// GET). The pointer, and every string read from it, is valid only until that callback
+/// returns; the library owns them all.
 #[derive(Debug)]
 pub struct sockeye_request {
     _private: [u8; 0],
@@ -50,6 +57,31 @@ pub type sockeye_upgrade_cb = Option<
 /// queue, which had backpressure, is empty again). `conn` is valid only during the call.
 pub type sockeye_conn_cb =
     Option<unsafe extern "C" fn(user_data: *mut c_void, conn: *mut sockeye_conn)>;
+
+/// A control frame arrived: `on_ping` (the pong is already queued: nothing to answer) or
+/// `on_pong`. `data` holds its `len` payload bytes (at most 125; never NULL, not
+/// NUL-terminated) and, like `conn`, is valid only during the call.
+pub type sockeye_control_cb = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        conn: *mut sockeye_conn,
+        data: *const u8,
+        len: usize,
+    ),
+>;
+
+/// Answers a plain HTTP GET (a well-formed request that is not a WebSocket upgrade: a status
+/// page, a client page, a health check). Return 0 to decline it (the client gets the default
+/// 400 Bad Request), or the status to answer with (200..599; anything else is sent as 500),
+/// after setting the content type, body and headers on `response`. The connection closes
+/// after the response. `request` and `response` are valid only during the call.
+pub type sockeye_http_cb = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        request: *const sockeye_request,
+        response: *mut sockeye_http_response,
+    ) -> u16,
+>;
 
 /// A whole message arrived. `opcode` is `SOCKEYE_OPCODE_TEXT` (then `data` is valid UTF-8) or
 /// `SOCKEYE_OPCODE_BINARY`. `data` holds `len` bytes, is not NUL-terminated, and, like `conn`,
@@ -97,13 +129,31 @@ pub struct sockeye_callbacks {
     pub on_drain: sockeye_conn_cb,
     /// A connection closed.
     pub on_close: sockeye_close_cb,
+    /// A ping arrived (already answered).
+    pub on_ping: sockeye_control_cb,
+    /// A pong arrived.
+    pub on_pong: sockeye_control_cb,
+    /// A plain HTTP GET arrived (NULL: every one gets 400).
+    pub on_http: sockeye_http_cb,
 }
 
-/// The callback table and the server-wide user data; every worker's handler gets a copy.
-#[derive(Debug, Clone, Copy)]
+/// The callback table, the server-wide user data and the way back to the server; every
+/// worker's handler, and the server object, get a copy.
+#[derive(Debug, Clone)]
 pub(crate) struct Shared {
     pub(crate) cb: sockeye_callbacks,
     pub(crate) user: *mut c_void,
+    /// The server, set once `sockeye_server_new` made it (before any callback can run).
+    pub(crate) server: Arc<ServerCell>,
+}
+
+impl Shared {
+    /// The caller's `sockeye_server *`, for `sockeye_conn_server` and `sockeye_worker_server`:
+    /// the pointer `sockeye_server_new` handed out (NULL before it did). Valid while callbacks
+    /// run, since `sockeye_server_run` holds a reference.
+    pub(crate) fn server_ptr(&self) -> *mut sockeye_server {
+        self.server.get().map_or(std::ptr::null_mut(), |w| to_opaque::<sockeye_server>(w.as_ptr()))
+    }
 }
 
 // SAFETY: the C program promises, by the documented contract of `sockeye_server_new`, that
@@ -118,17 +168,22 @@ pub(crate) struct CHandler {
     pub(crate) shared: Shared,
 }
 
-/// What a `sockeye_request *` points to: the engine's request, borrowed for one `on_upgrade`.
+/// What a `sockeye_request *` points to: the engine's request, borrowed for one `on_upgrade`
+/// or `on_http`.
 pub(crate) struct RequestShim<'r, 'a> {
     req: &'r Request<'a>,
     /// NUL-terminated copies handed to C, freed when the callback has returned.
     strings: RefCell<Vec<Box<[u8]>>>,
 }
 
-impl RequestShim<'_, '_> {
+impl<'r, 'a> RequestShim<'r, 'a> {
+    pub(crate) fn new(req: &'r Request<'a>) -> Self {
+        Self { req, strings: RefCell::new(Vec::new()) }
+    }
+
     /// Keeps a NUL-terminated copy of `s` until the callback returns, writes its length to
     /// `*len` unless `len` is NULL, and returns a pointer to it.
-    fn keep(&self, s: &[u8], len: *mut usize) -> *const c_char {
+    pub(crate) fn keep(&self, s: &[u8], len: *mut usize) -> *const c_char {
         let mut v = Vec::with_capacity(s.len() + 1);
         v.extend_from_slice(s);
         v.push(0);
@@ -168,7 +223,7 @@ impl Handler for CHandler {
         let Some(cb) = self.shared.cb.on_upgrade else {
             return Upgrade::accept(ConnData::default());
         };
-        let shim = RequestShim { req, strings: RefCell::new(Vec::new()) };
+        let shim = RequestShim::new(req);
         let mut up = UpgradeShim { req, user: std::ptr::null_mut(), protocol: None };
         let req_ptr = to_opaque::<sockeye_request>(&shim);
         let up_ptr = to_opaque::<sockeye_upgrade>(std::ptr::from_mut(&mut up));
@@ -190,7 +245,7 @@ impl Handler for CHandler {
 
     fn on_open(&mut self, conn: &mut Conn<'_, ConnData>) {
         if let Some(cb) = self.shared.cb.on_open {
-            let mut shim = ConnShim { conn };
+            let mut shim = ConnShim { conn, server: self.shared.server_ptr() };
             // SAFETY: a C callback, given a pointer to a shim that lives until it returns.
             unsafe { cb(self.shared.user, shim.as_ptr()) };
         }
@@ -199,16 +254,50 @@ impl Handler for CHandler {
     fn on_message(&mut self, conn: &mut Conn<'_, ConnData>, msg: Message<'_>) {
         if let Some(cb) = self.shared.cb.on_message {
             let (op, data) = opcode_and_bytes(msg);
-            let mut shim = ConnShim { conn };
+            let mut shim = ConnShim { conn, server: self.shared.server_ptr() };
             // SAFETY: a C callback, given the shim and the payload, both alive until it returns;
             // an empty slice's pointer is dangling but non-NULL and never read.
             unsafe { cb(self.shared.user, shim.as_ptr(), op, data.as_ptr(), data.len()) };
         }
     }
 
+    fn on_ping(&mut self, conn: &mut Conn<'_, ConnData>, payload: &[u8]) {
+        if let Some(cb) = self.shared.cb.on_ping {
+            let mut shim = ConnShim { conn, server: self.shared.server_ptr() };
+            // SAFETY: a C callback, given the shim and the payload, both alive until it returns.
+            unsafe { cb(self.shared.user, shim.as_ptr(), payload.as_ptr(), payload.len()) };
+        }
+    }
+
+    fn on_pong(&mut self, conn: &mut Conn<'_, ConnData>, payload: &[u8]) {
+        if let Some(cb) = self.shared.cb.on_pong {
+            let mut shim = ConnShim { conn, server: self.shared.server_ptr() };
+            // SAFETY: a C callback, given the shim and the payload, both alive until it returns.
+            unsafe { cb(self.shared.user, shim.as_ptr(), payload.as_ptr(), payload.len()) };
+        }
+    }
+
+    fn on_http(&mut self, req: &Request<'_>) -> Option<HttpResponse> {
+        let cb = self.shared.cb.on_http?;
+        let shim = RequestShim::new(req);
+        let mut resp = ResponseShim::default();
+        let req_ptr = to_opaque::<sockeye_request>(&shim);
+        let resp_ptr = to_opaque::<sockeye_http_response>(std::ptr::from_mut(&mut resp));
+        // SAFETY: a C function pointer from the table, called with pointers to objects that
+        // live on this stack frame until it returns (the documented lifetime).
+        let status = unsafe { cb(self.shared.user, req_ptr, resp_ptr) };
+        (status != 0).then(|| resp.into_response(status))
+    }
+
+    fn on_post(&mut self, ctx: &mut Ctx<'_, ConnData>, post: &Post) {
+        if let Some(p) = post.downcast_ref::<CPost>() {
+            p.run(ctx, self.shared.server_ptr());
+        }
+    }
+
     fn on_drain(&mut self, conn: &mut Conn<'_, ConnData>) {
         if let Some(cb) = self.shared.cb.on_drain {
-            let mut shim = ConnShim { conn };
+            let mut shim = ConnShim { conn, server: self.shared.server_ptr() };
             // SAFETY: a C callback, given a pointer to a shim that lives until it returns.
             unsafe { cb(self.shared.user, shim.as_ptr()) };
         }
@@ -220,7 +309,7 @@ impl Handler for CHandler {
             let mut buf = [0u8; 128];
             let n = reason.len().min(buf.len() - 1);
             buf[..n].copy_from_slice(&reason.as_bytes()[..n]);
-            let mut shim = ConnShim { conn };
+            let mut shim = ConnShim { conn, server: self.shared.server_ptr() };
             // SAFETY: a C callback, given the shim and a NUL-terminated reason of `n` bytes,
             // both alive until it returns.
             unsafe { cb(self.shared.user, shim.as_ptr(), code.0, buf.as_ptr().cast(), n) };
@@ -229,16 +318,16 @@ impl Handler for CHandler {
 }
 
 /// The path of the request target, without the query ("/chat"). Returns a NUL-terminated
-/// string owned by the request, valid until `on_upgrade` returns, and writes its length to
-/// `*len` unless `len` is NULL. Returns NULL if `req` is NULL.
+/// string owned by the request, valid until the callback (`on_upgrade` or `on_http`) returns,
+/// and writes its length to `*len` unless `len` is NULL. Returns NULL if `req` is NULL.
 #[no_mangle]
 pub extern "C" fn sockeye_request_path(
     req: *const sockeye_request,
     len: *mut usize,
 ) -> *const c_char {
     guard(|| {
-        // SAFETY: `req` is NULL or the pointer `on_upgrade` received, used during that call
-        // (documented contract); nothing changes the shim but through its `RefCell`.
+        // SAFETY: `req` is NULL or the pointer the running callback received, used during
+        // that call (documented contract); nothing changes the shim but through its `RefCell`.
         let Some(r) = (unsafe { opaque::as_ref(req) }) else {
             return std::ptr::null();
         };
@@ -254,8 +343,8 @@ pub extern "C" fn sockeye_request_query(
     len: *mut usize,
 ) -> *const c_char {
     guard(|| {
-        // SAFETY: `req` is NULL or the pointer `on_upgrade` received, used during that call
-        // (documented contract); nothing changes the shim but through its `RefCell`.
+        // SAFETY: `req` is NULL or the pointer the running callback received, used during
+        // that call (documented contract); nothing changes the shim but through its `RefCell`.
         let Some(r) = (unsafe { opaque::as_ref(req) }) else {
             return std::ptr::null();
         };
@@ -268,7 +357,7 @@ pub extern "C" fn sockeye_request_query(
 
 /// The value of the first header called `name` (a NUL-terminated string, matched ASCII
 /// case-insensitively), or NULL when there is none (or `req` or `name` is NULL, or `name` is not
-/// UTF-8). The value is a NUL-terminated copy owned by the request, valid until `on_upgrade`
+/// UTF-8). The value is a NUL-terminated copy owned by the request, valid until the callback
 /// returns; its length goes to `*len` unless `len` is NULL (a value may in theory contain a NUL
 /// byte; `*len` is exact).
 #[no_mangle]
@@ -278,8 +367,8 @@ pub extern "C" fn sockeye_request_header(
     len: *mut usize,
 ) -> *const c_char {
     guard(|| {
-        // SAFETY: `req` is NULL or the pointer `on_upgrade` received, used during that call
-        // (documented contract); nothing changes the shim but through its `RefCell`.
+        // SAFETY: `req` is NULL or the pointer the running callback received, used during
+        // that call (documented contract); nothing changes the shim but through its `RefCell`.
         let Some(r) = (unsafe { opaque::as_ref(req) }) else {
             return std::ptr::null();
         };
@@ -292,6 +381,41 @@ pub extern "C" fn sockeye_request_header(
         };
         match r.req.header(name) {
             Some(v) => r.keep(v, len),
+            None => std::ptr::null(),
+        }
+    })
+}
+
+/// How many subprotocols the client offers: every item of every `Sec-WebSocket-Protocol`
+/// header (a client may send several headers, each a comma-separated list), in order. 0 when
+/// it offers none, in `on_http`, or if `req` is NULL.
+#[no_mangle]
+pub extern "C" fn sockeye_request_protocol_count(req: *const sockeye_request) -> usize {
+    guard(|| {
+        // SAFETY: `req` is NULL or the pointer the running callback received, used during
+        // that call (documented contract).
+        unsafe { opaque::as_ref(req) }.map_or(0, |r| r.req.protocols().count())
+    })
+}
+
+/// The `index`th subprotocol the client offers (0-based, in the order of
+/// `sockeye_request_protocol_count`), or NULL past the end (or if `req` is NULL). Same
+/// ownership and lifetime as `sockeye_request_path`; its length goes to `*len` unless `len` is
+/// NULL. Pass it to `sockeye_upgrade_set_protocol` to confirm it.
+#[no_mangle]
+pub extern "C" fn sockeye_request_protocol(
+    req: *const sockeye_request,
+    index: usize,
+    len: *mut usize,
+) -> *const c_char {
+    guard(|| {
+        // SAFETY: `req` is NULL or the pointer the running callback received, used during
+        // that call (documented contract); nothing changes the shim but through its `RefCell`.
+        let Some(r) = (unsafe { opaque::as_ref(req) }) else {
+            return std::ptr::null();
+        };
+        match r.req.protocols().nth(index) {
+            Some(p) => r.keep(p.as_bytes(), len),
             None => std::ptr::null(),
         }
     })

@@ -10,9 +10,11 @@
 //!
 //! Where things are: `config` (`sockeye_config`), `server` (`sockeye_server` and its
 //! thread-safe functions), `handler` (the callback table and the handler that calls it, with
-//! `sockeye_request` and `sockeye_upgrade`), `conn` (`sockeye_conn`), `topics` (pub/sub: the
-//! `sockeye_conn_subscribe` / `sockeye_*_publish` family), `types` (what those
-//! share: opcodes, per-connection data), `opaque` (the only casts between opaque C pointers and
+//! `sockeye_request` and `sockeye_upgrade`), `conn` (`sockeye_conn`), `http`
+//! (`sockeye_http_response`, for `on_http`), `worker` (`sockeye_server_post` and
+//! `sockeye_worker`), `topics` (pub/sub: the `sockeye_conn_subscribe` / `sockeye_*_publish`
+//! family), `types` (what those share: opcodes, per-connection data), `opaque` (the only casts
+//! between opaque C pointers and
 //! Rust objects), and here the result codes, the panic boundary and the pointer readers.
 //!
 //! The functions take raw pointers and are declared safe, as in rustls-ffi: they are called
@@ -27,10 +29,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub mod config;
 pub mod conn;
 pub mod handler;
+pub mod http;
 mod opaque;
 pub mod server;
 pub mod topics;
 pub mod types;
+pub mod worker;
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 //! so freeing a running server stops it instead of pulling memory from under it.
 
 use std::ffi::{c_char, c_void};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use sockeye::{CloseCode, ConnId, Message, Server, ServerHandle};
 
@@ -32,6 +32,8 @@ pub struct sockeye_server {
 pub(crate) struct ServerObj {
     /// Reaches the workers from any thread, before, during and after `run`.
     pub(crate) handle: ServerHandle,
+    /// The callbacks and the server-wide user data (for posts).
+    pub(crate) shared: Shared,
     /// The built server until `sockeye_server_run` (which runs it) or `sockeye_server_free`
     /// (which drops it) takes it.
     pending: Mutex<Option<Server<CHandler>>>,
@@ -42,6 +44,11 @@ const _: () = {
     const fn send<T: Send>() {}
     send::<Server<CHandler>>();
 };
+
+/// Where the handlers find the server object once it exists: set by `sockeye_server_new`
+/// right after building, before any worker runs. A `Weak`: the object owns the handlers
+/// (through the server it keeps until `run`), so a strong reference would be a cycle.
+pub(crate) type ServerCell = OnceLock<Weak<ServerObj>>;
 
 impl Opaque for sockeye_server {
     type Target<'a, 'b: 'a> = ServerObj;
@@ -98,14 +105,23 @@ pub extern "C" fn sockeye_server_new(
             Ok(c) => c,
             Err(e) => return e,
         };
-        let shared = Shared { cb, user: user_data };
-        let built = Server::builder().config(cfg).handler(move || CHandler { shared }).build();
+        let shared = Shared { cb, user: user_data, server: Arc::new(ServerCell::new()) };
+        let for_workers = shared.clone();
+        let built = Server::builder()
+            .config(cfg)
+            .handler(move || CHandler { shared: for_workers.clone() })
+            .build();
         let server = match built {
             Ok(s) => s,
             Err(e) => return error_code(&e),
         };
-        let obj =
-            Arc::new(ServerObj { handle: server.handle(), pending: Mutex::new(Some(server)) });
+        let obj = Arc::new(ServerObj {
+            handle: server.handle(),
+            shared: shared.clone(),
+            pending: Mutex::new(Some(server)),
+        });
+        // Set once, here, before `run` can start any worker.
+        let _ = shared.server.set(Arc::downgrade(&obj));
         let p = to_opaque::<sockeye_server>(Arc::into_raw(obj));
         // SAFETY: `out` is non-NULL and points to a writable pointer (contract).
         unsafe { out.write(p) };

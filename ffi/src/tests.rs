@@ -12,8 +12,10 @@ use tungstenite::{Message as WsMessage, WebSocket};
 use crate::config::*;
 use crate::conn::*;
 use crate::handler::*;
+use crate::http::*;
 use crate::server::*;
 use crate::types::*;
+use crate::worker::*;
 use crate::*;
 
 fn config(port: u16) -> sockeye_config {
@@ -259,6 +261,7 @@ fn a_server_runs_and_is_reached_from_another_thread() {
         on_message: Some(on_message),
         on_drain: None,
         on_close: Some(on_close),
+        ..sockeye_callbacks::default()
     };
     let mut cfg = config(0);
     cfg.backend = SOCKEYE_BACKEND_EPOLL;
@@ -408,4 +411,278 @@ fn stats_struct_matches_the_engine() {
     names.sort_unstable();
     c.sort_unstable();
     assert_eq!(names, c, "a field of the engine's Stats is missing from sockeye_stats");
+}
+
+// ----------------------------------------------------------------------------------------------
+// What a C host reaches from a callback: the peer, the worker, the server, posts to a worker,
+// control frames, plain HTTP, every offered subprotocol.
+// ----------------------------------------------------------------------------------------------
+
+/// What the parity test's callbacks report.
+#[derive(Debug)]
+enum Seen {
+    Opened { id: u64, peer: String, worker: usize, server_matches: bool },
+    Posted { worker: usize, status: sockeye_send_status },
+    NotRun,
+}
+
+// SAFETY: plain data.
+unsafe impl Send for Seen {}
+
+struct Parity {
+    events: std::sync::Mutex<mpsc::Sender<Seen>>,
+    /// The server pointer, set before the server runs.
+    server: std::sync::atomic::AtomicPtr<sockeye_server>,
+}
+
+fn parity(user: *mut c_void) -> &'static Parity {
+    // SAFETY: `user` is the `Parity` the test gave sockeye_server_new; it outlives the server.
+    unsafe { &*user.cast::<Parity>() }
+}
+
+fn cstr<'a>(p: *const c_char) -> &'a str {
+    assert!(!p.is_null());
+    // SAFETY: NUL-terminated strings from the library, valid during the callback.
+    unsafe { CStr::from_ptr(p) }.to_str().unwrap()
+}
+
+unsafe extern "C" fn p_upgrade(
+    _: *mut c_void,
+    req: *const sockeye_request,
+    up: *mut sockeye_upgrade,
+) -> u16 {
+    // Two headers, "one, two" and "three": every item, in order.
+    let n = sockeye_request_protocol_count(req);
+    let mut len = 0;
+    let offered: Vec<&str> =
+        (0..n).map(|i| cstr(sockeye_request_protocol(req, i, &mut len))).collect();
+    assert!(sockeye_request_protocol(req, n, null_mut()).is_null());
+    if offered == ["one", "two", "three"] {
+        assert_eq!(len, "three".len());
+        // (tungstenite, the client here, accepts an answer from its first header only.)
+        assert_eq!(sockeye_upgrade_set_protocol(up, c"two".as_ptr()), SOCKEYE_OK);
+    } else {
+        assert_eq!(n, 0, "{offered:?}");
+    }
+    SOCKEYE_UPGRADE_ACCEPT
+}
+
+unsafe extern "C" fn p_open(user: *mut c_void, conn: *mut sockeye_conn) {
+    let mut buf = [0 as c_char; SOCKEYE_PEER_ADDR_MAX];
+    let mut len = 0;
+    assert_eq!(sockeye_conn_peer_addr(conn, buf.as_mut_ptr(), buf.len(), &mut len), SOCKEYE_OK);
+    let peer = cstr(buf.as_ptr()).to_owned();
+    assert_eq!(peer.len(), len);
+    let mut tiny = [0 as c_char; 4];
+    assert_eq!(
+        sockeye_conn_peer_addr(conn, tiny.as_mut_ptr(), tiny.len(), null_mut()),
+        SOCKEYE_ERR_INVALID_ARGUMENT
+    );
+    let p = parity(user);
+    let ev = Seen::Opened {
+        id: sockeye_conn_id(conn),
+        peer,
+        worker: sockeye_conn_worker(conn),
+        server_matches: sockeye_conn_server(conn)
+            == p.server.load(std::sync::atomic::Ordering::Acquire),
+    };
+    p.events.lock().unwrap().send(ev).unwrap();
+}
+
+/// # Safety
+/// `data` holds `len` readable bytes.
+unsafe fn p_control(tag: &str, conn: *mut sockeye_conn, data: *const u8, len: usize) {
+    // SAFETY: `len` payload bytes, valid during the callback.
+    let payload = unsafe { std::slice::from_raw_parts(data, len) };
+    let text = format!("{tag}:{}", std::str::from_utf8(payload).unwrap());
+    sockeye_conn_send_text(conn, text.as_ptr().cast(), text.len());
+}
+
+unsafe extern "C" fn p_ping(_: *mut c_void, conn: *mut sockeye_conn, data: *const u8, len: usize) {
+    // SAFETY: forwarded as received.
+    unsafe { p_control("ping", conn, data, len) }
+}
+
+unsafe extern "C" fn p_pong(_: *mut c_void, conn: *mut sockeye_conn, data: *const u8, len: usize) {
+    // SAFETY: forwarded as received.
+    unsafe { p_control("pong", conn, data, len) }
+}
+
+/// The posted callback: sends "posted" to the connection whose id `arg` boxes, from the
+/// worker it runs on, and frees `arg` either way.
+unsafe extern "C" fn p_posted(user: *mut c_void, worker: *mut sockeye_worker, arg: *mut c_void) {
+    // SAFETY: `arg` is the Box<u64> the test posted; this is its one call.
+    let id = *unsafe { Box::from_raw(arg.cast::<u64>()) };
+    let ev = if worker.is_null() {
+        Seen::NotRun
+    } else {
+        assert_eq!(
+            sockeye_worker_server(worker),
+            parity(user).server.load(std::sync::atomic::Ordering::Acquire)
+        );
+        let status = sockeye_worker_send(worker, id, SOCKEYE_OPCODE_TEXT, b"posted".as_ptr(), 6);
+        assert_eq!(sockeye_worker_send(worker, id, 9, null(), 0), SOCKEYE_SEND_ERROR);
+        Seen::Posted { worker: sockeye_worker_index(worker), status }
+    };
+    parity(user).events.lock().unwrap().send(ev).unwrap();
+}
+
+unsafe extern "C" fn p_message(
+    _: *mut c_void,
+    conn: *mut sockeye_conn,
+    _op: sockeye_opcode,
+    data: *const u8,
+    len: usize,
+) {
+    // SAFETY: `len` bytes, valid during the callback.
+    let msg = unsafe { std::slice::from_raw_parts(data, len) };
+    // "post W": post to worker W a callback that sends to this connection.
+    if let Some(w) = msg.strip_prefix(b"post ") {
+        let w: usize = std::str::from_utf8(w).unwrap().parse().unwrap();
+        let arg = Box::into_raw(Box::new(sockeye_conn_id(conn))).cast::<c_void>();
+        let rc = sockeye_server_post(sockeye_conn_server(conn), w, Some(p_posted), arg);
+        assert_eq!(rc, SOCKEYE_OK);
+    }
+}
+
+unsafe extern "C" fn p_http(
+    _: *mut c_void,
+    req: *const sockeye_request,
+    resp: *mut sockeye_http_response,
+) -> u16 {
+    if cstr(sockeye_request_path(req, null_mut())) != "/status" {
+        return 0;
+    }
+    assert_eq!(sockeye_request_protocol_count(req), 0);
+    assert_eq!(
+        sockeye_http_response_set_body(resp, c"text/plain".as_ptr(), b"up".as_ptr(), 2),
+        SOCKEYE_OK
+    );
+    assert_eq!(
+        sockeye_http_response_add_header(resp, c"Cache-Control".as_ptr(), c"no-store".as_ptr()),
+        SOCKEYE_OK
+    );
+    assert_eq!(sockeye_http_response_add_header(resp, null(), c"x".as_ptr()), SOCKEYE_ERR_NULL);
+    200
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn recv_seen(rx: &mpsc::Receiver<Seen>) -> Seen {
+    rx.recv_timeout(Duration::from_secs(10)).expect("an event from the server")
+}
+
+#[test]
+fn a_callback_reaches_peer_worker_server_posts_and_http() {
+    use tungstenite::client::IntoClientRequest;
+    let (tx, rx) = mpsc::channel();
+    let app = Box::new(Parity {
+        events: std::sync::Mutex::new(tx),
+        server: std::sync::atomic::AtomicPtr::new(null_mut()),
+    });
+    let cb = sockeye_callbacks {
+        on_upgrade: Some(p_upgrade),
+        on_open: Some(p_open),
+        on_message: Some(p_message),
+        on_ping: Some(p_ping),
+        on_pong: Some(p_pong),
+        on_http: Some(p_http),
+        ..sockeye_callbacks::default()
+    };
+    let cfg = config(0); // 2 workers
+    let user = std::ptr::from_ref(&*app).cast_mut().cast::<c_void>();
+    let server = new_server(&cfg, &cb, user).expect("server");
+    app.server.store(server, std::sync::atomic::Ordering::Release);
+    let port = sockeye_server_local_port(server);
+    let addr = server as usize;
+    let runner = std::thread::spawn(move || sockeye_server_run(addr as *mut sockeye_server));
+
+    // Every offered subprotocol, over two headers.
+    let mut req = format!("ws://127.0.0.1:{port}/").into_client_request().unwrap();
+    req.headers_mut().append("Sec-WebSocket-Protocol", "one, two".parse().unwrap());
+    req.headers_mut().append("Sec-WebSocket-Protocol", "three".parse().unwrap());
+    let (mut ws, resp) = tungstenite::connect(req).expect("handshake");
+    assert_eq!(resp.headers()["Sec-WebSocket-Protocol"], "two");
+    let Seen::Opened { id, peer, worker, server_matches } = recv_seen(&rx) else {
+        panic!("expected open")
+    };
+    let local = match ws.get_ref() {
+        tungstenite::stream::MaybeTlsStream::Plain(s) => s.local_addr().unwrap(),
+        _ => unreachable!("plain ws://"),
+    };
+    assert_eq!(peer, local.to_string(), "the peer is the client's address");
+    assert_eq!(worker, (id >> 52) as usize, "the worker is in the id's top 12 bits");
+    assert!(worker < 2);
+    assert!(server_matches, "sockeye_conn_server gives the caller's pointer");
+    assert_ne!(id, 0);
+
+    // Control frames reach C.
+    ws.send(WsMessage::Ping(b"p1".to_vec().into())).unwrap();
+    assert_eq!(read_msg(&mut ws), WsMessage::text("ping:p1"));
+    ws.send(WsMessage::Pong(b"p2".to_vec().into())).unwrap();
+    assert_eq!(read_msg(&mut ws), WsMessage::text("pong:p2"));
+
+    // A post to each worker: on the connection's own, the send is queued there (SENT); on the
+    // other, it is forwarded to the connection's worker.
+    for w in 0..2 {
+        ws.send(WsMessage::text(format!("post {w}"))).unwrap();
+        let Seen::Posted { worker: ran_on, status } = recv_seen(&rx) else { panic!("posted") };
+        assert_eq!(ran_on, w, "the callback ran on the worker it was posted to");
+        let expect = if w == worker { SOCKEYE_SEND_SENT } else { SOCKEYE_SEND_FORWARDED };
+        assert_eq!(status, expect, "worker {w}, connection on {worker}");
+        assert_eq!(read_msg(&mut ws), WsMessage::text("posted"));
+    }
+    let arg = Box::into_raw(Box::new(0u64)).cast::<c_void>();
+    assert_eq!(sockeye_server_post(server, 2, Some(p_posted), arg), SOCKEYE_ERR_INVALID_ARGUMENT);
+    assert_eq!(sockeye_server_post(server, 0, None, arg), SOCKEYE_ERR_NULL);
+    assert_eq!(sockeye_server_post(null_mut(), 0, Some(p_posted), arg), SOCKEYE_ERR_NULL);
+    // SAFETY: refused three times, so still ours.
+    drop(unsafe { Box::from_raw(arg.cast::<u64>()) });
+
+    // Plain HTTP, answered by on_http with its header; declined paths get 400.
+    let ok = http_get(port, "/status");
+    assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+    assert!(ok.contains("\r\nCache-Control: no-store\r\n") && ok.ends_with("\r\n\r\nup"), "{ok}");
+    assert!(http_get(port, "/other").starts_with("HTTP/1.1 400 "));
+
+    drop(ws);
+    assert_eq!(sockeye_server_stop(server), SOCKEYE_OK);
+    assert_eq!(runner.join().unwrap(), SOCKEYE_OK);
+    // Refused once stopped: not called, the argument stays ours.
+    let arg = Box::into_raw(Box::new(0u64)).cast::<c_void>();
+    assert_eq!(sockeye_server_post(server, 0, Some(p_posted), arg), SOCKEYE_ERR_STOPPED);
+    // SAFETY: refused, so still ours.
+    drop(unsafe { Box::from_raw(arg.cast::<u64>()) });
+    assert!(rx.try_recv().is_err(), "a refused post ran");
+    sockeye_server_free(server);
+    drop(app);
+}
+
+/// A post that never gets to run (the server is freed first) is still called, once, with a
+/// NULL worker, so its argument can be freed.
+#[test]
+fn a_post_that_cannot_run_is_called_with_a_null_worker() {
+    let (tx, rx) = mpsc::channel();
+    let app = Box::new(Parity {
+        events: std::sync::Mutex::new(tx),
+        server: std::sync::atomic::AtomicPtr::new(null_mut()),
+    });
+    let cb = sockeye_callbacks::default();
+    let user = std::ptr::from_ref(&*app).cast_mut().cast::<c_void>();
+    let server = new_server(&config(0), &cb, user).expect("server");
+    let arg = Box::into_raw(Box::new(7u64)).cast::<c_void>();
+    assert_eq!(sockeye_server_post(server, 1, Some(p_posted), arg), SOCKEYE_OK);
+    assert!(rx.try_recv().is_err(), "nothing runs before the server does");
+    sockeye_server_free(server); // never run: the queued post is discarded
+    assert!(matches!(recv_seen(&rx), Seen::NotRun));
+    assert!(rx.try_recv().is_err(), "called exactly once");
+    drop(app);
 }

@@ -236,6 +236,7 @@ fn callbacks_subscribe_and_publish_and_other_threads_publish() {
         on_message: Some(on_message),
         on_drain: None,
         on_close: Some(on_close),
+        ..sockeye_callbacks::default()
     };
     let mut cfg = config();
     cfg.max_topic_len = 8;

@@ -4,6 +4,9 @@ bad frame). Used by tests/c/run.sh:
     python drive.py echo ws://127.0.0.1:PORT/echo    echo text + binary, close 1000 echoed,
                                                     a bad frame gets 1002, another path 404
     python drive.py chat ws://127.0.0.1:PORT/chat    3 clients each send a line; all get all 3
+    python drive.py chat-http ws://.../chat          the same, and GET / answers 200 (chat.cpp)
+    python drive.py rooms ws://127.0.0.1:PORT/       rooms.c: 404/400/403, subprotocol choice,
+                                                    fan-out within a room, 1003, GET /
 
 Prints one line per check (`ok NAME` / `FAIL NAME: why`) and exits 1 if any failed.
 """
@@ -199,6 +202,127 @@ async def chat_binary_refused(url):
     assert rcvd is not None and rcvd.code == 1003, f"expected close 1003, got {rcvd}"
 
 
+async def status_of(url, **kw):
+    """The HTTP status a refused handshake got (fails if it was accepted)."""
+    try:
+        async with websockets.connect(url, **kw):
+            pass
+    except websockets.exceptions.InvalidStatus as e:
+        return e.response.status_code
+    raise AssertionError(f"{url} was accepted")
+
+
+async def rooms_rejections(base):
+    assert await status_of(base + "nope") == 404
+    assert await status_of(base + "rooms/lobby") == 400, "no nick"
+    assert await status_of(base + "rooms/a.b?nick=x") == 400, "bad room name"
+    assert await status_of(base + "rooms/lobby?nick=eve", origin="http://evil.example") == 403
+    assert await status_of(base + "rooms/x?nick=dave", subprotocols=["chat", "superchat"]) == 400
+    u = urlparse(base)
+    async with websockets.connect(
+        base + "rooms/solo?nick=sam", origin=f"http://{u.hostname}:{u.port}"
+    ) as ws:
+        assert await ws.recv() == "* sam joined"
+
+
+async def rooms_fan_out(base):
+    alice = await websockets.connect(
+        base + "rooms/lobby?nick=alice", subprotocols=["rooms.v1", "rooms.v2"]
+    )
+    bob = await websockets.connect(base + "rooms/lobby?nick=bob", subprotocols=["rooms.v1"])
+    carol = await websockets.connect(base + "rooms/other?nick=carol")
+    try:
+        assert alice.subprotocol == "rooms.v2", alice.subprotocol
+        assert bob.subprotocol == "rooms.v1", bob.subprotocol
+        assert carol.subprotocol is None, carol.subprotocol
+        assert await alice.recv() == "[lobby] * alice joined"
+        assert await bob.recv() == "* bob joined"
+        assert await alice.recv() == "[lobby] * bob joined"
+        assert await carol.recv() == "* carol joined"
+        await alice.send("hi")
+        assert await alice.recv() == "[lobby] alice: hi"
+        assert await bob.recv() == "alice: hi"
+        await carol.send("anyone?")
+        assert await carol.recv() == "carol: anyone?", "carol heard the lobby"
+        await bob.send(b"\x01")
+        try:
+            await bob.recv()
+        except websockets.exceptions.ConnectionClosed:
+            pass
+        assert bob.protocol.close_rcvd is not None and bob.protocol.close_rcvd.code == 1003
+        assert await alice.recv() == "[lobby] * bob left"
+    finally:
+        for ws in (alice, bob, carol):
+            await ws.close()
+
+
+async def rooms_many(base):
+    """20 members over the workers: every line reaches every member exactly once."""
+    # Unbounded queues: a member closed late has the others' "left" notices unread before
+    # its close frame (with the default 16 it would stop reading, and wait out its close).
+    members = [
+        await websockets.connect(base + f"rooms/big?nick=m{i}", max_queue=None) for i in range(20)
+    ]
+    try:
+        for i, ws in enumerate(members):  # each sees its own join, then the later ones
+            for j in range(i, 20):
+                assert await ws.recv() == f"* m{j} joined"
+        await members[0].send("to all")
+        for ws in members:
+            assert await ws.recv() == "m0: to all"
+    finally:
+        for ws in members:
+            await ws.close()
+
+
+def http_get(base, path):
+    """The whole response to GET `path` (the server closes after it)."""
+    u = urlparse(base)
+    s = socket.create_connection((u.hostname, u.port), timeout=TIMEOUT)
+    try:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        resp = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                return resp
+            resp += chunk
+    finally:
+        s.close()
+
+
+async def chat_http(url):
+    def run():
+        resp = http_get(url, "/")
+        assert resp.startswith(b"HTTP/1.1 200 OK\r\n"), resp[:60]
+        assert b"\r\nCache-Control: no-store\r\n" in resp, resp
+        assert resp.endswith(b"\r\n\r\nchat: connect to ws://HOST/chat\n"), resp[-60:]
+        assert http_get(url, "/other").startswith(b"HTTP/1.1 400 ")
+
+    await asyncio.get_running_loop().run_in_executor(None, run)
+
+
+async def rooms_http(base):
+    def run():
+        u = urlparse(base)
+        s = socket.create_connection((u.hostname, u.port), timeout=TIMEOUT)
+        try:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            resp = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                resp += chunk
+        finally:
+            s.close()
+        assert resp.startswith(b"HTTP/1.1 200 OK\r\n"), resp[:60]
+        assert b"\r\nCache-Control: no-store\r\n" in resp, resp
+        assert resp.endswith(b"rooms.v1)\n"), resp[-40:]
+
+    await asyncio.get_running_loop().run_in_executor(None, run)
+
+
 async def main(mode, url):
     if mode == "echo":
         await check("echo text", echo_text(url))
@@ -209,10 +333,17 @@ async def main(mode, url):
         await check("bad frame (RSV1) gets 1002", echo_bad_frame(url))
         await check("unmasked frame gets 1002", echo_unmasked_frame(url))
         await check("other path gets 404", wrong_path_404(url))
-    elif mode == "chat":
+    elif mode in ("chat", "chat-http"):
         await check("chat across 3 clients", chat_three(url))
         await check("chat relays again", chat_three(url))
         await check("chat refuses binary with 1003", chat_binary_refused(url))
+        if mode == "chat-http":  # chat.cpp serves GET / too
+            await check("chat answers GET / (on_http) with its header", chat_http(url))
+    elif mode == "rooms":
+        await check("rooms: 404, 400, 403 and the subprotocol 400", rooms_rejections(url))
+        await check("rooms: subprotocol choice and fan-out in a room", rooms_fan_out(url))
+        await check("rooms: 20 members over the workers", rooms_many(url))
+        await check("rooms: GET / with its header", rooms_http(url))
     else:
         raise SystemExit(f"unknown mode {mode}")
 

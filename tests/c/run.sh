@@ -4,10 +4,11 @@
 #   tests/c/run.sh
 #
 # 1. installs libsockeye into a temp prefix (ffi/install.sh) and builds, against the installed
-#    library via pkg-config: examples/c/echo.c, examples/c/chat.c and examples/cpp/chat.cpp
-#    with -fsanitize=address,undefined, echo.c plain (for valgrind) and echo.c linked
-#    statically, tests/c/config.c with the sanitizers, and tests/c/pubsub.c with the
-#    sanitizers and plain (for valgrind);
+#    library via pkg-config, with the link line docs/c-api.md gives (`-pthread` and
+#    `pkg-config --cflags --libs sockeye`): examples/c/echo.c, examples/c/chat.c,
+#    examples/c/rooms.c and examples/cpp/chat.cpp with -fsanitize=address,undefined, echo.c
+#    plain (for valgrind) and echo.c linked statically, tests/c/config.c and tests/c/wrapper.cpp
+#    with the sanitizers, and tests/c/pubsub.c with the sanitizers and plain (for valgrind);
 # 2. runs config.c: a second server on a taken port gets SOCKEYE_ERR_ADDRESS_IN_USE (unless
 #    both set share_port), out-of-range fields get SOCKEYE_ERR_INVALID_ARGUMENT;
 # 3. runs pubsub.c (its own server and WebSocket clients): a publish from another pthread
@@ -19,7 +20,8 @@
 #    SIGTERM, and requires exit status 0 and no sanitizer report on stderr:
 #    - ASan echo on every backend in CABI_BACKENDS (default "epoll io_uring"; io_uring is
 #      skipped where the kernel lacks it), ASan chat in C and in C++ (pub/sub; 2 workers, 3
-#      clients) on every backend, the static echo;
+#      clients), ASan rooms (2 workers: 404/400/403, subprotocol choice, fan-out through posts
+#      to every worker, 1003, GET /) on every backend, the static echo;
 #    - echo under `valgrind --leak-check=full --error-exitcode=1` (epoll: valgrind does not
 #      know io_uring), with no "definitely lost" bytes;
 #    - examples/python/echo.py (ctypes) against the installed libsockeye.so.
@@ -96,14 +98,16 @@ build() {
         fail "build $name"
     fi
 }
-build echo-asan cc -std=c11 -Wall -Wextra -Werror -g "${SAN[@]}" -o "$WORK/echo-asan" "$ROOT/examples/c/echo.c" "${PC[@]}"
-build chat-c-asan cc -std=c11 -Wall -Wextra -Werror -g "${SAN[@]}" -o "$WORK/chat-c-asan" "$ROOT/examples/c/chat.c" "${PC[@]}"
-build chat-asan c++ -std=c++17 -Wall -Wextra -Werror -g "${SAN[@]}" -o "$WORK/chat-asan" "$ROOT/examples/cpp/chat.cpp" "${PC[@]}"
-build config-asan cc -std=c11 -Wall -Wextra -Werror -g "${SAN[@]}" -o "$WORK/config-asan" "$HERE/config.c" "${PC[@]}"
-build pubsub-asan cc -std=c11 -Wall -Wextra -Werror -g "${SAN[@]}" -o "$WORK/pubsub-asan" "$HERE/pubsub.c" "${PC[@]}" -lpthread
-build pubsub cc -std=c11 -Wall -Wextra -Werror -O1 -g -o "$WORK/pubsub" "$HERE/pubsub.c" "${PC[@]}" -lpthread
-build echo cc -std=c11 -Wall -Wextra -Werror -O1 -g -o "$WORK/echo" "$ROOT/examples/c/echo.c" "${PC[@]}"
-build echo-static cc -std=c11 -Wall -Wextra -Werror -O1 -o "$WORK/echo-static" "$ROOT/examples/c/echo.c" \
+build echo-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/echo-asan" "$ROOT/examples/c/echo.c" "${PC[@]}"
+build chat-c-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/chat-c-asan" "$ROOT/examples/c/chat.c" "${PC[@]}"
+build rooms-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/rooms-asan" "$ROOT/examples/c/rooms.c" "${PC[@]}"
+build chat-asan c++ -std=c++17 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/chat-asan" "$ROOT/examples/cpp/chat.cpp" "${PC[@]}"
+build config-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/config-asan" "$HERE/config.c" "${PC[@]}"
+build wrapper-asan c++ -std=c++17 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/wrapper-asan" "$HERE/wrapper.cpp" "${PC[@]}"
+build pubsub-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/pubsub-asan" "$HERE/pubsub.c" "${PC[@]}"
+build pubsub cc -std=c11 -Wall -Wextra -Werror -O1 -g -pthread -o "$WORK/pubsub" "$HERE/pubsub.c" "${PC[@]}"
+build echo cc -std=c11 -Wall -Wextra -Werror -O1 -g -pthread -o "$WORK/echo" "$ROOT/examples/c/echo.c" "${PC[@]}"
+build echo-static cc -std=c11 -Wall -Wextra -Werror -O1 -pthread -o "$WORK/echo-static" "$ROOT/examples/c/echo.c" \
     $(pkg-config --cflags sockeye) "$PREFIX/lib/libsockeye.a" "${PC_STATIC_LIBS[@]}"
 if [ -x "$WORK/echo-static" ] && readelf -d "$WORK/echo-static" | grep -q 'NEEDED.*libsockeye'; then
     fail "echo-static is not static (it needs libsockeye.so)"
@@ -183,6 +187,16 @@ scenario() {
     fi
 }
 
+if [ -x "$WORK/wrapper-asan" ]; then
+    log "wrapper-asan: the C++ wrapper's posts, workers and stats"
+    if "$WORK/wrapper-asan" >"$WORK/wrapper-asan.out" 2>"$WORK/wrapper-asan.err" && clean_stderr wrapper-asan; then
+        cat "$WORK/wrapper-asan.out"
+        pass "wrapper-asan"
+    else
+        cat "$WORK/wrapper-asan.out" "$WORK/wrapper-asan.err"
+        fail "wrapper-asan"
+    fi
+fi
 if [ -x "$WORK/config-asan" ]; then
     log "config-asan: a taken port, a shared one, out-of-range fields"
     if "$WORK/config-asan" >"$WORK/config-asan.out" 2>"$WORK/config-asan.err" && clean_stderr config-asan; then
@@ -241,9 +255,14 @@ if [ -x "$WORK/echo-asan" ]; then
         scenario "echo-asan-$b" echo /echo INT env SOCKEYE_BACKEND="$b" "$WORK/echo-asan" 0 2
     done
 fi
+if [ -x "$WORK/rooms-asan" ]; then
+    for b in $BACKENDS; do
+        scenario "rooms-asan-$b" rooms / INT env SOCKEYE_BACKEND="$b" "$WORK/rooms-asan" 0 2
+    done
+fi
 if [ -x "$WORK/chat-asan" ]; then
     for b in $BACKENDS; do
-        scenario "chat-asan-$b" chat /chat TERM env SOCKEYE_BACKEND="$b" "$WORK/chat-asan" 0 2
+        scenario "chat-asan-$b" chat-http /chat TERM env SOCKEYE_BACKEND="$b" "$WORK/chat-asan" 0 2
     done
 fi
 if [ -x "$WORK/chat-c-asan" ]; then

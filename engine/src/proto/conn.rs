@@ -42,21 +42,25 @@ pub enum Role {
     Client,
 }
 
-/// Limits a connection enforces. Every one is configurable; the defaults are sane for a server
-/// on the open internet.
+/// Limits a connection enforces. Every one is configurable (the server builder's setter of the
+/// same name, or the server `Config`'s `limits` whole); the defaults, which each field states,
+/// are sane for a server on the open internet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest single frame payload accepted (close 1009 above it).
+    /// Largest single frame payload accepted (close 1009 above it). Default 16 MiB.
     pub max_frame_size: u64,
-    /// Largest message accepted, summed over its fragments (close 1009 above it).
+    /// Largest message accepted, summed over its fragments (close 1009 above it). Default
+    /// 16 MiB.
     pub max_message_size: u64,
-    /// Most fragments one message may have (close 1009 above it).
+    /// Most fragments one message may have (close 1009 above it). Default 131072 (2^17).
     pub max_fragments: u32,
-    /// Largest handshake request head, in bytes (HTTP 431 above it).
+    /// Largest handshake request head, in bytes (HTTP 431 above it). Default 8192
+    /// ([`handshake::DEFAULT_MAX_HEAD`]).
     pub max_handshake_bytes: usize,
-    /// Time a client has to complete its handshake request.
+    /// Time a client has to complete its handshake request. Default 10 s.
     pub handshake_timeout: Duration,
-    /// Time the peer has to answer our close frame before the connection is dropped.
+    /// Time the peer has to answer our close frame before the connection is dropped. Default
+    /// 5 s.
     pub close_timeout: Duration,
 }
 
@@ -107,6 +111,9 @@ pub enum Decision {
         status: u16,
         /// The Content-Type header.
         content_type: String,
+        /// Extra response headers, after the engine's own (filtered as by
+        /// [`handshake::write_response_with`]).
+        headers: Vec<(String, String)>,
         /// The body.
         body: Vec<u8>,
     },
@@ -621,8 +628,18 @@ impl Connection {
                     match handshake::parse_http(source, max) {
                         Ok(Parsed::Complete(req, _)) => {
                             match decide(&req, &mut Negotiation { upgrade: false, deflate: None }) {
-                                Decision::Respond { status, content_type, body } => {
-                                    handshake::write_response(status, &content_type, &body, out);
+                                Decision::Respond { status, content_type, headers, body } => {
+                                    let extra: Vec<(&str, &str)> = headers
+                                        .iter()
+                                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                                        .collect();
+                                    handshake::write_response_with(
+                                        status,
+                                        &content_type,
+                                        &extra,
+                                        &body,
+                                        out,
+                                    );
                                     Some(())
                                 }
                                 _ => None,

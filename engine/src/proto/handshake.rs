@@ -696,6 +696,25 @@ pub fn write_error(err: &HandshakeError, out: &mut Vec<u8>) {
 /// `Connection: close`, `Content-Type` (left out if empty or holding CR, LF or NUL),
 /// `Content-Length` and `body`. A 204 or 304 gets neither length nor body.
 pub fn write_response(status: u16, content_type: &str, body: &[u8], out: &mut Vec<u8>) {
+    write_response_with(status, content_type, &[], body, out);
+}
+
+/// Headers every plain response carries (or, for Content-Length, leaves out on purpose);
+/// extra headers with these names are skipped.
+const RESPONSE_OWNED: &[&str] =
+    &["connection", "content-type", "content-length", "transfer-encoding"];
+
+/// [`write_response`] with `extra_headers` after the engine's own (`Cache-Control`,
+/// `Location`, `Set-Cookie`, ...), filtered as in [`write_accept`]: a name that is not a token,
+/// a value holding CR, LF or NUL, and the headers the engine writes itself (`Connection`,
+/// `Content-Type`, `Content-Length`, `Transfer-Encoding`, and the 405/426 ones) are skipped.
+pub fn write_response_with(
+    status: u16,
+    content_type: &str,
+    extra_headers: &[(&str, &str)],
+    body: &[u8],
+    out: &mut Vec<u8>,
+) {
     let status = push_status_line(status, out);
     if !content_type.is_empty() && is_safe_value(content_type) {
         push_header(out, "Content-Type", content_type);
@@ -708,7 +727,8 @@ pub fn write_response(status: u16, content_type: &str, body: &[u8], out: &mut Ve
         out.extend_from_slice(b"\r\n");
         body
     };
-    push_status_headers(status, out);
+    let auto = push_status_headers(status, out);
+    push_extra(out, extra_headers, RESPONSE_OWNED, auto);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
 }
@@ -1217,6 +1237,32 @@ mod tests {
         write_response(426, "", b"", &mut out);
         let s = String::from_utf8(out).unwrap();
         assert!(s.contains("Sec-WebSocket-Version: 13\r\n") && s.contains("Content-Length: 0\r\n"));
+    }
+
+    #[test]
+    fn plain_response_extra_headers() {
+        let mut out = Vec::new();
+        let extra = [
+            ("Cache-Control", "no-store"),
+            ("content-length", "5"),
+            ("Connection", "keep-alive"),
+            ("Content-Type", "text/evil"),
+            ("Transfer-Encoding", "chunked"),
+            ("X-Split", "a\r\nInjected: 1"),
+            ("Bad Name", "x"),
+            ("Location", "/elsewhere"),
+        ];
+        write_response_with(302, "text/plain", &extra, b"moved", &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 302 Found\r\nConnection: close\r\nContent-Type: text/plain\r\n\
+             Content-Length: 5\r\nCache-Control: no-store\r\nLocation: /elsewhere\r\n\r\nmoved"
+        );
+        // The headers a status requires are the engine's too.
+        let mut out = Vec::new();
+        write_response_with(405, "", &[("Allow", "POST"), ("X-A", "b")], b"", &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.contains("Allow: GET\r\n") && !s.contains("POST") && s.contains("X-A: b\r\n"));
     }
 
     /// A valid request plus a random split point sequence.

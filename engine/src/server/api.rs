@@ -100,17 +100,73 @@ impl fmt::Display for TopicError {
 
 impl std::error::Error for TopicError {}
 
-/// What became of a send.
+/// What became of a send, as uWebSockets' `send` reports it (SUCCESS / BACKPRESSURE /
+/// DROPPED), plus the two cases a WebSocket library's `Result` would give as errors: the
+/// connection is gone, or the message went to another thread.
+///
+/// Only `Sent` and `Backpressure` mean the message is queued; a producer that sends a lot
+/// stops at `Backpressure` (or `Dropped`) and goes on in [`crate::Handler::on_drain`]:
+///
+/// ```
+/// use sockeye::{Conn, Handler, Message, SendStatus};
+///
+/// /// Streams `left` chunks to every connection, never queueing more than the socket refuses.
+/// struct Producer;
+///
+/// #[derive(Default)]
+/// struct Left(u32);
+///
+/// fn pump(conn: &mut Conn<'_, Left>) {
+///     let chunk = [0u8; 64 << 10];
+///     while conn.data().0 > 0 {
+///         match conn.send_binary(&chunk) {
+///             SendStatus::Sent => conn.data_mut().0 -= 1,
+///             // Queued, but the socket is full: on_drain calls pump again.
+///             SendStatus::Backpressure => {
+///                 conn.data_mut().0 -= 1;
+///                 return;
+///             }
+///             // Not queued (the queue is over max_backpressure): retry it on drain.
+///             SendStatus::Dropped => return,
+///             SendStatus::Closed | SendStatus::Forwarded => return,
+///         }
+///     }
+/// }
+///
+/// impl Handler for Producer {
+///     type Data = Left;
+///     fn on_open(&mut self, conn: &mut Conn<'_, Left>) {
+///         conn.data_mut().0 = 1000;
+///         pump(conn);
+///     }
+///     fn on_drain(&mut self, conn: &mut Conn<'_, Left>) {
+///         pump(conn);
+///     }
+///     fn on_message(&mut self, _: &mut Conn<'_, Left>, _: Message<'_>) {}
+/// }
+/// ```
+///
+/// `examples/backpressure.rs` is the whole program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendStatus {
-    /// Queued behind nothing: it leaves in this loop turn's write.
+    /// Queued behind nothing the socket refused: it leaves with this loop turn's write (sends
+    /// are corked: everything a callback sends goes out in one write per connection).
     Sent,
-    /// Queued behind data the socket has not taken yet (backpressure); `on_drain` follows.
+    /// Queued, behind bytes the socket has refused (backpressure): it goes once the peer
+    /// reads. [`crate::Handler::on_drain`] follows when the queue is empty again.
     Backpressure,
-    /// Not queued: the connection already has more than `max_backpressure` bytes waiting.
+    /// Not queued: it would take the connection's queue past `max_backpressure` (or the
+    /// worker's memory budget). The connection stays open unless
+    /// `close_on_backpressure_limit` is set.
     Dropped,
-    /// Not queued: the connection is closing or closed.
+    /// Not queued: the connection is closing or closed (or the id names no connection).
     Closed,
+    /// Handed to another worker: [`Ctx::send_text`] to a connection another worker holds
+    /// copies the message into that worker's command channel (as [`ServerHandle::send_text`]
+    /// does), and that worker sends it in its next loop turn. Whether it is sent, dropped or
+    /// skipped there (the connection closed meanwhile) is not reported back. [`Conn`]'s sends
+    /// never return it.
+    Forwarded,
 }
 
 /// Identifies a connection across threads. Stale ids (the connection closed, its slot reused)
@@ -129,18 +185,32 @@ impl ConnId {
     pub fn worker(&self) -> usize {
         self.worker as usize
     }
-    /// Packs the id into a u64 (worker:12, key:20, generation:32 bits; the builder keeps
-    /// `workers` ≤ 4096 and `max_connections` ≤ 2^20 so nothing is lost), for hosts that want
-    /// a number.
+    /// Packs the id into a u64, for hosts that want a number (the C ABI's `uint64_t` ids are
+    /// these). Bits 63..52: the worker index (the builder keeps `workers` ≤ 4096); bits
+    /// 51..32: the connection's slot in its worker (`max_connections` ≤ 2^20); bits 31..0: the
+    /// slot's generation plus one, wrapping. The value 0 never names a connection (it would be
+    /// the generation that retires a slot), so hosts may use it as "none".
+    ///
+    /// ```
+    /// # use sockeye::ConnId;
+    /// # let id = ConnId::from_u64(0x0010_0000_0000_0001);
+    /// let n = id.to_u64();
+    /// assert_eq!((n >> 52) as usize, id.worker());
+    /// assert_eq!(ConnId::from_u64(n), id);
+    /// ```
     pub fn to_u64(&self) -> u64 {
         (u64::from(self.worker & 0xfff) << 52)
             | (u64::from(self.key & 0xf_ffff) << 32)
-            | u64::from(self.gen)
+            | u64::from(self.gen.wrapping_add(1))
     }
-    /// Unpacks an id made by [`ConnId::to_u64`]; an id that names no open connection is ignored
-    /// wherever it is used.
+    /// Unpacks an id made by [`ConnId::to_u64`]; an id that names no open connection (0
+    /// among them) is ignored wherever it is used.
     pub fn from_u64(v: u64) -> Self {
-        ConnId { worker: (v >> 52) as u32, key: ((v >> 32) & 0xf_ffff) as u32, gen: v as u32 }
+        ConnId {
+            worker: (v >> 52) as u32,
+            key: ((v >> 32) & 0xf_ffff) as u32,
+            gen: (v as u32).wrapping_sub(1),
+        }
     }
 }
 
@@ -166,7 +236,43 @@ impl fmt::Display for InvalidCloseCode {
 
 impl std::error::Error for InvalidCloseCode {}
 
-/// The answer to an upgrade request.
+/// The answer to an upgrade request, from [`Handler::on_upgrade`]: accept (with the
+/// connection's user data, maybe a subprotocol and extra headers) or reject with an HTTP
+/// status.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use sockeye::{Conn, Handler, Message, Request, Upgrade};
+///
+/// struct Api;
+///
+/// impl Handler for Api {
+///     type Data = String; // the user, from the token
+///
+///     fn on_upgrade(&mut self, req: &Request<'_>, _peer: SocketAddr) -> Upgrade<String> {
+///         if req.path() != "/api" {
+///             return Upgrade::reject(404);
+///         }
+///         let Some(user) = req.query().and_then(|q| q.strip_prefix("token=")) else {
+///             return Upgrade::reject(401);
+///         };
+///         // Confirm a subprotocol only if the client offered it (else the answer is 500).
+///         if req.protocols().any(|p| p == "api.v1") {
+///             Upgrade::accept(user.to_owned()).with_protocol("api.v1")
+///         } else {
+///             Upgrade::accept(user.to_owned())
+///         }
+///     }
+///
+///     fn on_message(&mut self, conn: &mut Conn<'_, String>, _msg: Message<'_>) {
+///         let hello = format!("hello, {}", conn.data());
+///         conn.send_text(&hello);
+///     }
+/// }
+/// ```
+///
+/// `examples/rooms.rs` routes by path and query, picks among subprotocols and rejects with
+/// 400, 403 and 404.
 #[derive(Debug)]
 pub enum Upgrade<D> {
     /// Accept the connection.
@@ -204,20 +310,51 @@ impl<D> Upgrade<D> {
 
 /// A plain HTTP response to a request that is not a WebSocket upgrade (see
 /// [`Handler::on_http`]). The connection closes after it.
+///
+/// The engine writes the status line, `Connection: close`, `Content-Type` and
+/// `Content-Length` itself; [`HttpResponse::with_header`] adds any other header.
+///
+/// ```
+/// use sockeye::HttpResponse;
+///
+/// let page = HttpResponse::new(200, "text/html; charset=utf-8", "<h1>hi</h1>")
+///     .with_header("Cache-Control", "no-store");
+/// let moved = HttpResponse::new(301, "text/plain", "moved").with_header("Location", "/app/");
+/// assert_eq!(moved.headers, [("Location".to_string(), "/app/".to_string())]);
+/// # let _ = page;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HttpResponse {
-    /// The status code.
+    /// The status code (anything outside 200..=599 is sent as 500).
     pub status: u16,
-    /// The Content-Type header.
+    /// The Content-Type header (left out when empty).
     pub content_type: String,
-    /// The body.
+    /// Extra headers, sent after the engine's own. Skipped on the wire: a name that is not an
+    /// HTTP token, a value holding CR, LF or NUL (no header injection), and the headers the
+    /// engine owns: `Connection`, `Content-Type` (set [`HttpResponse::content_type`]),
+    /// `Content-Length`, `Transfer-Encoding`, and `Allow` / `Upgrade` /
+    /// `Sec-WebSocket-Version` on the 405 / 426 that carry them.
+    pub headers: Vec<(String, String)>,
+    /// The body (not sent for 204 and 304).
     pub body: Vec<u8>,
 }
 
 impl HttpResponse {
-    /// A response with this status, content type and body.
+    /// A response with this status, content type and body, and no extra headers.
     pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
-        Self { status, content_type: content_type.to_owned(), body: body.into() }
+        Self {
+            status,
+            content_type: content_type.to_owned(),
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// Adds a header (see [`HttpResponse::headers`] for those the engine leaves out).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
     }
 }
 
@@ -227,8 +364,70 @@ pub type Post = Arc<dyn Any + Send + Sync>;
 /// The application: one instance per worker thread, created on that thread by the factory given
 /// to [`crate::ServerBuilder::handler`]. Callbacks run on the worker's thread and must not
 /// block.
+///
+/// A connection's life, callback by callback: [`Handler::on_upgrade`] decides its handshake
+/// (a plain HTTP GET goes to [`Handler::on_http`] instead); [`Handler::on_open`] once it is
+/// open; then any number of [`Handler::on_message`], [`Handler::on_ping`],
+/// [`Handler::on_pong`] and [`Handler::on_drain`]; and [`Handler::on_close`] exactly once.
+/// [`Handler::on_post`] is the worker's, not a connection's: it receives what other threads
+/// post through the [`ServerHandle`].
+///
+/// Only `on_message` must be written; every other callback has a default that does nothing
+/// (and `on_upgrade` accepts every request with `Data::default()`). State shared by a
+/// worker's connections lives in `self`, without locks; state of one connection lives in
+/// its [`Handler::Data`], reached with [`Conn::data`] / [`Conn::data_mut`].
+///
+/// ```no_run
+/// use std::collections::HashSet;
+/// use std::net::SocketAddr;
+/// use sockeye::{CloseCode, Conn, ConnId, Handler, Message, Request, Server, Upgrade};
+///
+/// /// One per worker: the connections it holds that want the news.
+/// #[derive(Default)]
+/// struct News {
+///     readers: HashSet<ConnId>,
+/// }
+///
+/// impl Handler for News {
+///     type Data = (); // nothing per connection
+///
+///     fn on_upgrade(&mut self, req: &Request<'_>, _peer: SocketAddr) -> Upgrade<()> {
+///         if req.path() == "/news" { Upgrade::accept(()) } else { Upgrade::reject(404) }
+///     }
+///
+///     fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+///         self.readers.insert(conn.id());
+///         conn.send_text("welcome");
+///     }
+///
+///     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+///         if let Message::Text("bye") = msg {
+///             let _ = conn.close(CloseCode::NORMAL, "bye");
+///         }
+///     }
+///
+///     fn on_close(&mut self, conn: &mut Conn<'_, ()>, _code: CloseCode, _reason: &str) {
+///         self.readers.remove(&conn.id());
+///     }
+/// }
+///
+/// fn main() -> Result<(), sockeye::Error> {
+///     Server::builder().listen("127.0.0.1:9001").handler(News::default).build()?.run()
+/// }
+/// ```
+///
+/// The crate's front page lists the examples, from echo to rooms, pushes, backpressure and
+/// shutdown.
 pub trait Handler: 'static {
-    /// Per-connection user data, set by [`Handler::on_upgrade`].
+    /// Per-connection user data, set by [`Handler::on_upgrade`] ([`Upgrade::accept`]) and
+    /// read in every later callback with [`Conn::data`] / [`Conn::data_mut`]; dropped when
+    /// the connection is gone, after [`Handler::on_close`].
+    ///
+    /// Why `Default`: the worker holds a slot for a connection from the moment it is
+    /// accepted, before `on_upgrade` has chosen its data, and keeps a retired slot as a
+    /// tombstone; those slots hold `Data::default()`, which no callback ever sees. Data
+    /// without a natural default can be wrapped in an `Option` (`None` never reaches a
+    /// callback of an opened connection).
     type Data: Default + 'static;
 
     /// Decides about an upgrade request. The default accepts every request.
@@ -286,7 +485,38 @@ pub trait Handler: 'static {
     }
 }
 
-/// A handler's view of one connection during a callback.
+/// A handler's view of one connection during a callback: send to it, close it, read and
+/// change its user data, reach its worker ([`Conn::ctx`]) and the server ([`Conn::handle`]).
+/// It lives as long as the callback; to reach the connection later or from another thread,
+/// keep its [`Conn::id`].
+///
+/// ```
+/// use sockeye::{CloseCode, Conn, Handler, Message, SendStatus};
+///
+/// struct Guarded;
+///
+/// impl Handler for Guarded {
+///     type Data = u32; // messages so far
+///
+///     fn on_message(&mut self, conn: &mut Conn<'_, u32>, msg: Message<'_>) {
+///         *conn.data_mut() += 1;
+///         if *conn.data() > 1000 {
+///             // Refused only for a code that may not go on the wire (1005, 1006, ...).
+///             let _ = conn.close(CloseCode::POLICY, "too chatty");
+///             return;
+///         }
+///         if conn.send(msg) == SendStatus::Dropped {
+///             // Over max_backpressure: this peer does not read what it is sent.
+///             let _ = conn.close(CloseCode::POLICY, "read your messages");
+///         }
+///         log_peer(conn);
+///     }
+/// }
+///
+/// fn log_peer(conn: &Conn<'_, u32>) {
+///     let _ = (conn.id(), conn.peer_addr(), conn.buffered_amount());
+/// }
+/// ```
 pub struct Conn<'a, D> {
     pub(crate) core: &'a mut CoreState<D>,
     pub(crate) key: usize,
@@ -341,8 +571,53 @@ impl<D> Conn<'_, D> {
     pub fn peer_addr(&self) -> SocketAddr {
         self.core.peer_addr(self.key)
     }
-    /// The user data set at upgrade.
-    pub fn data(&mut self) -> &mut D {
+    /// The user data set at upgrade ([`Upgrade::accept`]), shared: other `&self` methods
+    /// ([`Conn::handle`], [`Conn::id`], [`Conn::peer_addr`]) may be called while it is
+    /// borrowed.
+    ///
+    /// ```
+    /// use sockeye::{Conn, Handler, Message};
+    ///
+    /// #[derive(Default)]
+    /// enum Role {
+    ///     #[default]
+    ///     Reader,
+    ///     Writer,
+    /// }
+    ///
+    /// struct App;
+    /// impl Handler for App {
+    ///     type Data = Role;
+    ///     fn on_message(&mut self, conn: &mut Conn<'_, Role>, msg: Message<'_>) {
+    ///         match conn.data() {
+    ///             // `data()` borrows `conn` shared, so `handle()` is still at hand.
+    ///             Role::Writer => {
+    ///                 conn.handle().post_all(std::sync::Arc::new(msg.as_bytes().to_vec()));
+    ///             }
+    ///             Role::Reader => {}
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub fn data(&self) -> &D {
+        self.core.data(self.key)
+    }
+    /// The user data set at upgrade, to change it.
+    ///
+    /// ```
+    /// use sockeye::{Conn, Handler, Message};
+    ///
+    /// struct Counter;
+    /// impl Handler for Counter {
+    ///     type Data = u64; // messages seen on this connection
+    ///     fn on_message(&mut self, conn: &mut Conn<'_, u64>, _msg: Message<'_>) {
+    ///         *conn.data_mut() += 1;
+    ///         let n = *conn.data();
+    ///         conn.send_text(&format!("message {n}"));
+    ///     }
+    /// }
+    /// ```
+    pub fn data_mut(&mut self) -> &mut D {
         self.core.data_mut(self.key)
     }
     /// A handle to the server, for cross-thread work.
@@ -401,7 +676,40 @@ impl<D> Conn<'_, D> {
     }
 }
 
-/// A handler's view of its worker: its connections by id, and the server handle.
+/// A handler's view of its worker: its connections by id, and the server handle. A
+/// [`Handler::on_post`] gets one; any other callback gets one from [`Conn::ctx`].
+///
+/// Sends by id reach connections of any worker: one this worker holds is queued at once, one
+/// another worker holds is forwarded to it ([`SendStatus::Forwarded`]).
+///
+/// ```
+/// use std::collections::HashSet;
+/// use sockeye::{Conn, ConnId, Ctx, Handler, Message, Post};
+///
+/// /// An alert posted to every worker with `ServerHandle::post_all`.
+/// struct Alert(String);
+///
+/// #[derive(Default)]
+/// struct Alerts {
+///     watchers: HashSet<ConnId>, // this worker's
+/// }
+///
+/// impl Handler for Alerts {
+///     type Data = ();
+///     fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+///         self.watchers.insert(conn.id());
+///     }
+///     fn on_message(&mut self, _: &mut Conn<'_, ()>, _: Message<'_>) {}
+///     fn on_post(&mut self, ctx: &mut Ctx<'_, ()>, post: &Post) {
+///         let Some(Alert(text)) = post.downcast_ref::<Alert>() else { return };
+///         // Each worker sends to the connections it holds: no copy crosses threads.
+///         self.watchers.retain(|&id| ctx.conn(id).is_some()); // drop the closed ones
+///         for &id in &self.watchers {
+///             ctx.send_text(id, text);
+///         }
+///     }
+/// }
+/// ```
 pub struct Ctx<'a, D> {
     pub(crate) core: &'a mut CoreState<D>,
 }
@@ -422,13 +730,31 @@ impl<D> Ctx<'_, D> {
         let key = self.core.key_of(id)?;
         Some(Conn { core: self.core, key })
     }
-    /// Sends a text message to a connection of this worker.
+    /// Sends a text message to the connection `id`, wherever it is. On this worker it is
+    /// queued at once, as [`Conn::send_text`] would (`Sent`, `Backpressure`, `Dropped`, or
+    /// `Closed` when `id` names no open connection). On another worker it is copied and handed
+    /// to that worker, as [`ServerHandle::send_text`] does, and sent in its next loop turn:
+    /// the answer is then [`SendStatus::Forwarded`] (what becomes of it there is not reported
+    /// back), or `Closed` if `id` names no worker of this server.
     pub fn send_text(&mut self, id: ConnId, text: &str) -> SendStatus {
-        self.conn(id).map_or(SendStatus::Closed, |mut c| c.send_text(text))
+        self.send(id, Message::Text(text))
     }
-    /// Sends a binary message to a connection of this worker.
+    /// Sends a binary message to the connection `id`, wherever it is (see
+    /// [`Ctx::send_text`]).
     pub fn send_binary(&mut self, id: ConnId, data: &[u8]) -> SendStatus {
-        self.conn(id).map_or(SendStatus::Closed, |mut c| c.send_binary(data))
+        self.send(id, Message::Binary(data))
+    }
+    /// Sends a message of the same kind to the connection `id`, wherever it is (see
+    /// [`Ctx::send_text`]).
+    pub fn send(&mut self, id: ConnId, msg: Message<'_>) -> SendStatus {
+        if id.worker != self.core.worker {
+            let handed = match msg {
+                Message::Text(t) => self.core.handle.send_text(id, t),
+                Message::Binary(b) => self.core.handle.send_binary(id, b),
+            };
+            return if handed { SendStatus::Forwarded } else { SendStatus::Closed };
+        }
+        self.conn(id).map_or(SendStatus::Closed, |mut c| c.send(msg))
     }
     /// A handle to the server.
     pub fn handle(&self) -> &ServerHandle {

@@ -35,26 +35,46 @@ impl std::str::FromStr for Backend {
     }
 }
 
-/// Everything a server can be told. Build one with [`crate::Server::builder`].
+/// Everything a server can be told, with its defaults (`Config::default()`, the values each
+/// field's documentation states: sane for a server on the open internet). Usually set through
+/// the setters of [`crate::ServerBuilder`], which have the same names (the protocol limits
+/// without the `limits.` prefix); [`Config::validate`] (run by `build`) says which values are
+/// accepted.
+///
+/// ```
+/// use std::time::Duration;
+/// use sockeye::Config;
+///
+/// let c = Config::default();
+/// assert_eq!(c.idle_timeout, Some(Duration::from_secs(120)));
+/// assert_eq!(c.limits.max_message_size, 16 << 20);
+/// // A whole configuration can be handed to the builder at once.
+/// let custom = Config { auto_ping: Some(Duration::from_secs(30)), ..Config::default() };
+/// assert!(custom.validate().is_ok());
+/// ```
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address every worker listens on (SO_REUSEPORT).
+    /// Address every worker listens on (SO_REUSEPORT). Default `127.0.0.1:9001`.
     pub addr: SocketAddr,
-    /// Worker threads; 0 means one per available core. Accepted: 0..=4096.
+    /// Worker threads; 0 means one per available core. Accepted: 0..=4096. Default 0.
+    /// [`crate::Server::config`] reports the resolved count (never 0).
     pub workers: usize,
-    /// The I/O backend.
+    /// The I/O backend. Default [`Backend::Auto`]; [`crate::Server::config`] reports the one
+    /// picked.
     pub backend: Backend,
     /// Protocol limits: frame, message and fragment counts, handshake size and timeout, close
     /// timeout. Accepted: `max_frame_size`, `max_message_size` and `max_fragments` at least 1;
     /// `max_handshake_bytes` 512..=1 MiB (1048576); `handshake_timeout` and `close_timeout`
-    /// 1 ms..=7 days.
+    /// 1 ms..=7 days. Default [`Limits::default()`]: 16 MiB frames and messages, 131072
+    /// fragments, 8 KiB handshake heads, 10 s handshake timeout, 5 s close timeout (each
+    /// field of [`Limits`] says so too).
     pub limits: Limits,
     /// Close (1001) a connection that received nothing for this long. `None` disables it.
-    /// Accepted: `None`, or 1 ms..=7 days.
+    /// Accepted: `None`, or 1 ms..=7 days. Default 120 s.
     pub idle_timeout: Option<Duration>,
     /// Send a ping after this long without receiving anything; if nothing arrives within
     /// another such interval, close the connection. `None` disables it. Accepted: `None`, or
-    /// 1 ms..=7 days.
+    /// 1 ms..=7 days. Default `None` (off).
     pub auto_ping: Option<Duration>,
     /// Most bytes a connection may have waiting for its socket. A data send that would take
     /// the queue past it is refused whole ([`crate::SendStatus::Dropped`]); the bound is hard
@@ -81,7 +101,8 @@ pub struct Config {
     /// refused with [`crate::TopicError::TooLong`]. Default 256. Accepted: 1..=65536.
     pub max_topic_len: usize,
     /// Connections per worker; over it the worker stops accepting until one closes. Accepted:
-    /// 1..=1048576 (a connection id holds the slot in 20 bits).
+    /// 1..=1048576 (a connection id holds the slot in 20 bits). Default 1048576 (what the
+    /// process's file descriptor limit allows is usually the bound that bites first).
     pub max_connections: usize,
     /// Bytes of send queues and message-assembly buffers one worker may hold, all its
     /// connections together. Over it, data sends are dropped and an incoming message that
@@ -104,29 +125,30 @@ pub struct Config {
     /// Sockeye server without `share_port`, any socket without SO_REUSEPORT), not from a
     /// program of the same user that sets SO_REUSEPORT itself.
     pub share_port: bool,
-    /// Listen backlog.
+    /// Listen backlog of each worker's listener (the kernel caps it at
+    /// `net.core.somaxconn`). Default 4096.
     pub backlog: i32,
-    /// Size of each worker's read buffer (epoll). Accepted: 4 KiB..=64 MiB.
+    /// Size of each worker's read buffer (epoll). Accepted: 4 KiB..=64 MiB. Default 256 KiB.
     pub read_buffer_size: usize,
     /// How long a graceful shutdown waits for close handshakes before dropping connections.
-    /// Accepted: 0 (drop them right after the close frames are sent)..=7 days.
+    /// Accepted: 0 (drop them right after the close frames are sent)..=7 days. Default 5 s.
     pub shutdown_timeout: Duration,
     /// Granularity of the timer wheel: every timeout fires up to one tick late. Accepted:
-    /// 1 ms..=10 s.
+    /// 1 ms..=10 s. Default 250 ms.
     pub timer_tick: Duration,
     /// io_uring: submission queue entries per worker (the completion queue is four times as
     /// large, and the kernel allows at most 65536 of those). Default 4096. Accepted: a power
     /// of two in 2..=16384 (tiny queues are for tests that overflow them).
     pub uring_entries: u32,
     /// io_uring: buffers in each worker's provided-buffer ring. Accepted: a power of two in
-    /// 2..=32768, with `uring_buffers × uring_buffer_size` at most 1 GiB.
+    /// 2..=32768, with `uring_buffers × uring_buffer_size` at most 1 GiB. Default 128.
     pub uring_buffers: u16,
     /// io_uring: size of each provided buffer. A frame larger than one buffer is assembled
     /// (copied) across buffers, so this is sized to hold a 16 KiB message whole: at 500 × 16 KiB
     /// echoes 64 KiB buffers took 6.2-6.3 µs of server CPU per message where 16 KiB × 512 took
     /// 7.25 (interleaved runs, benches/README.md); 128 of them keep the ring at 8 MiB. Memory
     /// is virtual until the kernel writes into it: small messages touch one page per buffer.
-    /// Accepted: 1 KiB..=16 MiB.
+    /// Accepted: 1 KiB..=16 MiB. Default 64 KiB.
     pub uring_buffer_size: usize,
     /// Data messages of at least this many bytes are written at once, straight from the
     /// sender's memory (header and payload in one `sendmsg`), when nothing of the connection
@@ -139,7 +161,7 @@ pub struct Config {
     /// (benches/README.md).
     pub direct_write_min: usize,
     /// io_uring: sends of at least this many bytes use SEND_ZC (zero copy). `usize::MAX`
-    /// turns it off.
+    /// turns it off. Default `usize::MAX` (off).
     pub uring_send_zc_threshold: usize,
 }
 

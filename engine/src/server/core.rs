@@ -214,6 +214,10 @@ impl<D> CoreState<D> {
         self.conns.len() - self.retired
     }
 
+    pub(crate) fn data(&self, key: usize) -> &D {
+        &self.conns[key].data
+    }
+
     pub(crate) fn data_mut(&mut self, key: usize) -> &mut D {
         &mut self.conns[key].data
     }
@@ -479,7 +483,7 @@ impl<D> CoreState<D> {
                                 self.counts.sends_dropped = drops;
                                 self.counts.publish_drops += 1;
                             }
-                            SendStatus::Dropped | SendStatus::Closed => {}
+                            SendStatus::Dropped | SendStatus::Closed | SendStatus::Forwarded => {}
                         }
                         continue;
                     }
@@ -904,6 +908,7 @@ impl<H: Handler> Core<H> {
                     Ok(Some(r)) => Decision::Respond {
                         status: r.status,
                         content_type: r.content_type,
+                        headers: r.headers,
                         body: r.body,
                     },
                     Ok(None) => Decision::Reject { status: 400 },

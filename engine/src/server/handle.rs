@@ -133,7 +133,44 @@ pub(crate) struct HandleInner {
 }
 
 /// Controls a running server from any thread: shutdown, sends to a connection, posts to every
-/// worker. Cheap to clone.
+/// worker, counters. `Send + Sync`, cheap to clone; get one from [`crate::Server::handle`]
+/// before [`crate::Server::run`] takes the server, or from [`crate::Conn::handle`] in a
+/// callback.
+///
+/// Every call is a message to a worker's command channel plus a wake-up: it never blocks and
+/// never waits for the worker (a send is done in the worker's next loop turn). None of it is
+/// async-signal-safe: call it from a thread, not from a signal handler (see
+/// `examples/shutdown.rs`).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use sockeye::{Conn, ConnId, Handler, Message, Server};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     type Data = ();
+///     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+///         conn.send(msg);
+///     }
+/// }
+///
+/// let server = Server::builder().listen("127.0.0.1:0").handler(|| Echo).build()?;
+/// let handle = server.handle();
+/// let runner = std::thread::spawn(move || server.run());
+///
+/// // From any thread: a send by id (ids come from `Conn::id` in a callback), counters, and
+/// // the graceful stop, after which `run` returns.
+/// let some_id: ConnId = ConnId::from_u64(0); // names no connection: ignored
+/// handle.send_text(some_id, "hello");
+/// let open: usize = handle.stats().iter().map(|s| s.connections).sum();
+/// println!("{open} connections on {} workers", handle.workers());
+/// std::thread::sleep(Duration::from_secs(1));
+/// handle.shutdown();
+/// runner.join().expect("the server thread")?;
+/// # Ok::<(), sockeye::Error>(())
+/// ```
+///
+/// `examples/push.rs` is a whole program that pushes from its own thread.
 #[derive(Debug, Clone)]
 pub struct ServerHandle {
     pub(crate) inner: Arc<HandleInner>,

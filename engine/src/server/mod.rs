@@ -32,8 +32,41 @@ pub use api::{
 };
 pub use config::{Backend, Config, ConfigError};
 
-/// Builds a [`Server`]. Every limit and timeout has a setter; see [`Config`] for the defaults
-/// and the accepted ranges, which [`ServerBuilder::build`] checks ([`Config::validate`]).
+/// Builds a [`Server`]: [`Server::builder`], then setters, then [`ServerBuilder::handler`] and
+/// [`ServerBuilder::build`].
+///
+/// Every limit and timeout has a setter named after its field. Each setter states its default;
+/// the whole story of each (what it bounds, the accepted range, why the default) is on the
+/// field of the same name in [`Config`], or in [`Limits`] for the protocol limits
+/// (`max_message_size`, `max_frame_size`, `max_fragments`, `max_handshake_bytes`,
+/// `handshake_timeout`, `close_timeout`). [`ServerBuilder::build`] checks every value
+/// ([`Config::validate`]) and names the field it refuses. A setter not called keeps the
+/// default.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use sockeye::{Conn, Handler, Message, Server};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     type Data = ();
+///     fn on_message(&mut self, conn: &mut Conn<'_, ()>, msg: Message<'_>) {
+///         conn.send(msg);
+///     }
+/// }
+///
+/// let server = Server::builder()
+///     .listen("0.0.0.0:9001")
+///     .workers(4)
+///     .max_message_size(1 << 20) // 1 MiB instead of 16
+///     .idle_timeout(Some(Duration::from_secs(60)))
+///     .auto_ping(Some(Duration::from_secs(20)))
+///     .handler(|| Echo)
+///     .build()?;
+/// assert_eq!(server.config().workers, 4);
+/// server.run()?;
+/// # Ok::<(), sockeye::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct ServerBuilder<F = ()> {
     config: Config,
@@ -73,58 +106,78 @@ impl<F> ServerBuilder<F> {
         }
         self
     }
-    setter!(/// Worker threads (0: one per core).
+    setter!(/// Worker threads (0, the default: one per core). See [`Config::workers`].
         workers: usize => workers);
-    setter!(/// The I/O backend.
+    setter!(/// The I/O backend (default [`Backend::Auto`]). See [`Config::backend`].
         backend: Backend => backend);
-    setter!(/// Largest message accepted (close 1009 above it).
+    setter!(/// Largest message accepted, close 1009 above it (default 16 MiB). See
+        /// [`Limits::max_message_size`].
         max_message_size: u64 => limits.max_message_size);
-    setter!(/// Largest frame accepted (close 1009 above it).
+    setter!(/// Largest frame accepted, close 1009 above it (default 16 MiB). See
+        /// [`Limits::max_frame_size`].
         max_frame_size: u64 => limits.max_frame_size);
-    setter!(/// Most fragments per message (close 1009 above it).
+    setter!(/// Most fragments per message, close 1009 above it (default 131072). See
+        /// [`Limits::max_fragments`].
         max_fragments: u32 => limits.max_fragments);
-    setter!(/// Largest handshake request head (HTTP 431 above it).
+    setter!(/// Largest handshake request head, HTTP 431 above it (default 8192 bytes). See
+        /// [`Limits::max_handshake_bytes`].
         max_handshake_bytes: usize => limits.max_handshake_bytes);
-    setter!(/// Time a client has to send its whole handshake request.
+    setter!(/// Time a client has to send its whole handshake request (default 10 s). See
+        /// [`Limits::handshake_timeout`].
         handshake_timeout: std::time::Duration => limits.handshake_timeout);
-    setter!(/// Time the peer has to answer our close frame.
+    setter!(/// Time the peer has to answer our close frame (default 5 s). See
+        /// [`Limits::close_timeout`].
         close_timeout: std::time::Duration => limits.close_timeout);
-    setter!(/// Close connections silent for this long (`None`: never).
+    setter!(/// Close connections silent for this long (`None`: never; default 120 s). See
+        /// [`Config::idle_timeout`].
         idle_timeout: Option<std::time::Duration> => idle_timeout);
-    setter!(/// Ping connections silent for this long; close them if still silent after as long again.
+    setter!(/// Ping connections silent for this long; close them if still silent after as long
+        /// again (default `None`: off). See [`Config::auto_ping`].
         auto_ping: Option<std::time::Duration> => auto_ping);
-    setter!(/// Bytes a connection may have queued before data sends are dropped.
+    setter!(/// Bytes a connection may have queued before data sends are dropped (default 16 MiB).
+        /// See [`Config::max_backpressure`].
         max_backpressure: usize => max_backpressure);
-    setter!(/// Close a connection (1008) when one of its sends is dropped.
+    setter!(/// Close a connection (1008) when one of its sends is dropped (default false). See
+        /// [`Config::close_on_backpressure_limit`].
         close_on_backpressure_limit: bool => close_on_backpressure_limit);
-    setter!(/// permessage-deflate preferences (off by default).
+    setter!(/// permessage-deflate preferences (default off). See [`Config::deflate`].
         deflate: crate::proto::DeflateConfig => deflate);
-    setter!(/// Longest topic name, in bytes.
+    setter!(/// Longest topic name, in bytes (default 256). See [`Config::max_topic_len`].
         max_topic_len: usize => max_topic_len);
-    setter!(/// Connections per worker.
+    setter!(/// Connections per worker (default 1048576). See [`Config::max_connections`].
         max_connections: usize => max_connections);
-    setter!(/// Bytes of send queues and assembly buffers one worker may hold in all.
+    setter!(/// Bytes of send queues and assembly buffers one worker may hold in all (default
+        /// 256 MiB). See [`Config::worker_memory_budget`].
         worker_memory_budget: usize => worker_memory_budget);
-    setter!(/// Bytes of freed send and assembly buffers one worker keeps for reuse.
+    setter!(/// Bytes of freed send and assembly buffers one worker keeps for reuse (default
+        /// 16 MiB). See [`Config::buffer_cache`].
         buffer_cache: usize => buffer_cache);
-    setter!(/// Let other sockets join this server's SO_REUSEPORT group (off: the port is ours).
+    setter!(/// Let other sockets join this server's SO_REUSEPORT group (default off: the port is
+        /// ours). See [`Config::share_port`].
         share_port: bool => share_port);
-    setter!(/// Submission queue entries per worker (io_uring).
+    setter!(/// Submission queue entries per worker, io_uring (default 4096). See
+        /// [`Config::uring_entries`].
         uring_entries: u32 => uring_entries);
-    setter!(/// How long a graceful shutdown waits for close handshakes.
+    setter!(/// How long a graceful shutdown waits for close handshakes (default 5 s). See
+        /// [`Config::shutdown_timeout`].
         shutdown_timeout: std::time::Duration => shutdown_timeout);
-    setter!(/// Granularity of the timer wheel.
+    setter!(/// Granularity of the timer wheel (default 250 ms). See [`Config::timer_tick`].
         timer_tick: std::time::Duration => timer_tick);
-    setter!(/// Size of each worker's read buffer (epoll).
+    setter!(/// Size of each worker's read buffer, epoll (default 256 KiB). See
+        /// [`Config::read_buffer_size`].
         read_buffer_size: usize => read_buffer_size);
-    setter!(/// Buffers in each worker's provided-buffer ring (io_uring).
+    setter!(/// Buffers in each worker's provided-buffer ring, io_uring (default 128). See
+        /// [`Config::uring_buffers`].
         uring_buffers: u16 => uring_buffers);
-    setter!(/// Size of each provided buffer (io_uring).
+    setter!(/// Size of each provided buffer, io_uring (default 64 KiB). See
+        /// [`Config::uring_buffer_size`].
         uring_buffer_size: usize => uring_buffer_size);
     setter!(/// Data sends of at least this many bytes are written at once, without a copy
-        /// into the send queue (`usize::MAX`: never).
+        /// into the send queue (`usize::MAX`: never; default 32 KiB). See
+        /// [`Config::direct_write_min`].
         direct_write_min: usize => direct_write_min);
-    setter!(/// Sends of at least this many bytes use SEND_ZC (io_uring; `usize::MAX`: never).
+    setter!(/// Sends of at least this many bytes use SEND_ZC (io_uring; `usize::MAX`, the
+        /// default: never). See [`Config::uring_send_zc_threshold`].
         uring_send_zc_threshold: usize => uring_send_zc_threshold);
 
     /// Replaces all protocol limits at once.
@@ -174,6 +227,8 @@ where
         config.validate()?;
         config.backend = backend::resolve(config.backend)?;
         let n = config.worker_count();
+        // What `Server::config` reports: the count in force, not the 0 that asked for it.
+        config.workers = n;
         let mut preps = Vec::with_capacity(n);
         let mut links = Vec::with_capacity(n);
         // Unless sharing was asked for, make sure the port is ours: nothing may listen there
@@ -246,7 +301,9 @@ impl<H: Handler> Server<H> {
         self.config.addr
     }
 
-    /// The configuration in force (worker count and backend resolved).
+    /// The configuration in force: the worker count resolved (never 0: a `workers(0)` server
+    /// reports how many cores it took), the backend resolved (never [`Backend::Auto`]), and
+    /// the listen address with its port resolved when 0 was asked for.
     pub fn config(&self) -> &Config {
         &self.config
     }

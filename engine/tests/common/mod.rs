@@ -138,6 +138,10 @@ impl Handler for Probe {
                 }
             }
             SendStatus::Closed => {}
+            // A connection's own send never goes through another worker.
+            SendStatus::Forwarded => {
+                self.rec.violations.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     fn on_ping(&mut self, _conn: &mut Conn<'_, ()>, _payload: &[u8]) {
