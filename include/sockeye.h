@@ -718,6 +718,19 @@ const char *sockeye_request_protocol(const struct sockeye_request *req, size_t i
 void sockeye_upgrade_set_user_data(struct sockeye_upgrade *upgrade, void *conn_user_data);
 
 /**
+ * Whether the 101 would carry permessage-deflate for this request: the server enables it
+ * (`sockeye_config.deflate`) and the client offered parameters it can honour. False if
+ * `upgrade` is NULL.
+ */
+bool sockeye_upgrade_deflate_offered(const struct sockeye_upgrade *upgrade);
+
+/**
+ * Accepts this connection without permessage-deflate, whatever the client offered: the 101
+ * carries no `Sec-WebSocket-Extensions`. Does nothing if `upgrade` is NULL.
+ */
+void sockeye_upgrade_without_compression(struct sockeye_upgrade *upgrade);
+
+/**
  * Confirms a subprotocol (sent back in `Sec-WebSocket-Protocol`; a later call replaces an
  * earlier one). `protocol` is a NUL-terminated string, copied; it must be one the client
  * offered, else `SOCKEYE_ERR_INVALID_ARGUMENT`. Returns `SOCKEYE_ERR_NULL` if `upgrade` or

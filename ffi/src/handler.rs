@@ -210,6 +210,8 @@ pub(crate) struct UpgradeShim<'r, 'a> {
     user: *mut c_void,
     /// The confirmed subprotocol (`sockeye_upgrade_set_protocol`).
     protocol: Option<String>,
+    /// Accept without compression (`sockeye_upgrade_without_compression`).
+    no_compress: bool,
 }
 
 impl Opaque for sockeye_upgrade {
@@ -224,7 +226,8 @@ impl Handler for CHandler {
             return Upgrade::accept(ConnData::default());
         };
         let shim = RequestShim::new(req);
-        let mut up = UpgradeShim { req, user: std::ptr::null_mut(), protocol: None };
+        let mut up =
+            UpgradeShim { req, user: std::ptr::null_mut(), protocol: None, no_compress: false };
         let req_ptr = to_opaque::<sockeye_request>(&shim);
         let up_ptr = to_opaque::<sockeye_upgrade>(std::ptr::from_mut(&mut up));
         // SAFETY: a C function pointer from the table, called with pointers to objects that
@@ -235,6 +238,7 @@ impl Handler for CHandler {
                 protocol: up.protocol,
                 headers: Vec::new(),
                 data: ConnData { user: up.user },
+                compress: !up.no_compress,
             }
         } else if (400..=599).contains(&status) {
             Upgrade::reject(status)
@@ -436,6 +440,31 @@ pub extern "C" fn sockeye_upgrade_set_user_data(
         // (documented contract); `on_upgrade` does not touch `up` until the callback returns.
         if let Some(u) = unsafe { opaque::as_mut(upgrade) } {
             u.user = conn_user_data;
+        }
+    })
+}
+
+/// Whether the 101 would carry permessage-deflate for this request: the server enables it
+/// (`sockeye_config.deflate`) and the client offered parameters it can honour. False if
+/// `upgrade` is NULL.
+#[no_mangle]
+pub extern "C" fn sockeye_upgrade_deflate_offered(upgrade: *const sockeye_upgrade) -> bool {
+    guard(|| {
+        // SAFETY: `upgrade` is NULL or the pointer `on_upgrade` received, used during that call
+        // (documented contract).
+        unsafe { opaque::as_ref(upgrade) }.is_some_and(|u| u.req.permessage_deflate().is_some())
+    })
+}
+
+/// Accepts this connection without permessage-deflate, whatever the client offered: the 101
+/// carries no `Sec-WebSocket-Extensions`. Does nothing if `upgrade` is NULL.
+#[no_mangle]
+pub extern "C" fn sockeye_upgrade_without_compression(upgrade: *mut sockeye_upgrade) {
+    guard(|| {
+        // SAFETY: `upgrade` is NULL or the pointer `on_upgrade` received, used during that call
+        // (documented contract); `on_upgrade` does not touch `up` until the callback returns.
+        if let Some(u) = unsafe { opaque::as_mut(upgrade) } {
+            u.no_compress = true;
         }
     })
 }

@@ -571,7 +571,7 @@ impl Connection {
                 self.assembly = joined;
                 return Ok(HandshakeStatus::Partial);
             }
-            Ok(Parsed::Complete(req, consumed)) => 'complete: {
+            Ok(Parsed::Complete(mut req, consumed)) => 'complete: {
                 let accept = handshake::accept_key(req.key().as_bytes());
                 let deflate = if env.deflate.enabled {
                     match extensions::negotiate(&env.deflate, req.extensions()) {
@@ -586,6 +586,7 @@ impl Connection {
                 } else {
                     None
                 };
+                req.set_permessage_deflate(deflate);
                 let mut negotiation = Negotiation { upgrade: true, deflate };
                 match decide(&req, &mut negotiation) {
                     Decision::Accept { protocol: Some(p), .. }

@@ -76,9 +76,22 @@ pub struct Request<'a> {
     key: &'a str,
     headers: [httparse::Header<'a>; MAX_HEADERS],
     num_headers: usize,
+    deflate: Option<crate::proto::PerMessageDeflate>,
 }
 
 impl<'a> Request<'a> {
+    /// The permessage-deflate parameters the 101 will carry if the request is accepted as it
+    /// is: `Some` when the server enables compression and the client offered something it
+    /// can honour. A handler that wants this connection uncompressed says so when it
+    /// accepts (`Upgrade::without_compression` in the server API).
+    pub fn permessage_deflate(&self) -> Option<crate::proto::PerMessageDeflate> {
+        self.deflate
+    }
+
+    pub(crate) fn set_permessage_deflate(&mut self, d: Option<crate::proto::PerMessageDeflate>) {
+        self.deflate = d;
+    }
+
     /// The request method (always `GET` from [`parse_request`]).
     pub fn method(&self) -> &'a str {
         self.method
@@ -297,6 +310,7 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Parsed<'_>, Handshak
             key: fields.key,
             headers: head.headers,
             num_headers: head.num_headers,
+            deflate: None,
         },
         head.consumed,
     ))
@@ -337,6 +351,7 @@ pub fn parse_http(buf: &[u8], max_head: usize) -> Result<Parsed<'_>, HandshakeEr
             key: "",
             headers: head.headers,
             num_headers: head.num_headers,
+            deflate: None,
         },
         head.consumed,
     ))

@@ -283,6 +283,9 @@ pub enum Upgrade<D> {
         headers: Vec<(String, String)>,
         /// The connection's user data.
         data: D,
+        /// Use permessage-deflate if it was negotiated (see `Request::permessage_deflate`);
+        /// `false` accepts this connection uncompressed.
+        compress: bool,
     },
     /// Refuse with this HTTP status.
     Reject(u16),
@@ -291,11 +294,20 @@ pub enum Upgrade<D> {
 impl<D> Upgrade<D> {
     /// Accept with this user data, no subprotocol, no extra headers.
     pub fn accept(data: D) -> Self {
-        Upgrade::Accept { protocol: None, headers: Vec::new(), data }
+        Upgrade::Accept { protocol: None, headers: Vec::new(), data, compress: true }
     }
     /// Refuse with this HTTP status (403 Forbidden is the usual one).
     pub fn reject(status: u16) -> Self {
         Upgrade::Reject(status)
+    }
+    /// Accepts without permessage-deflate, whatever the client offered and the server
+    /// enables: the 101 carries no `Sec-WebSocket-Extensions` (for a connection whose traffic
+    /// does not compress, or to save the per-connection inflate window).
+    pub fn without_compression(mut self) -> Self {
+        if let Upgrade::Accept { compress, .. } = &mut self {
+            *compress = false;
+        }
+        self
     }
     /// Confirms a subprotocol. It must be one the client offered: a subprotocol the client did
     /// not offer is a server bug, and the request is answered with 500 (and a warning logged)
@@ -570,6 +582,10 @@ impl<D> Conn<'_, D> {
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.core.peer_addr(self.key)
+    }
+    /// The permessage-deflate parameters in force on this connection (`None`: uncompressed).
+    pub fn permessage_deflate(&self) -> Option<crate::proto::PerMessageDeflate> {
+        self.core.permessage_deflate(self.key)
     }
     /// The user data set at upgrade ([`Upgrade::accept`]), shared: other `&self` methods
     /// ([`Conn::handle`], [`Conn::id`], [`Conn::peer_addr`]) may be called while it is

@@ -222,6 +222,10 @@ impl<D> CoreState<D> {
         &mut self.conns[key].data
     }
 
+    pub(crate) fn permessage_deflate(&self, key: usize) -> Option<crate::proto::PerMessageDeflate> {
+        self.conns[key].proto.deflate()
+    }
+
     pub(crate) fn peer_addr(&self, key: usize) -> SocketAddr {
         self.conns[key].peer.addr()
     }
@@ -902,8 +906,8 @@ impl<H: Handler> Core<H> {
         let mut panic: Option<(&str, Box<dyn std::any::Any + Send>)> = None;
         let before = footprint_of(s);
         let out = CoreState::<H::Data>::out_q(&mut st.out_pool, &mut s.out).bytes_mut();
-        let res = s.proto.handshake(data, out, &st.env, |req, upgrade| {
-            if !upgrade {
+        let res = s.proto.handshake_negotiate(data, out, &st.env, |req, n| {
+            if !n.is_upgrade() {
                 return match catch_unwind(AssertUnwindSafe(|| handler.on_http(req))) {
                     Ok(Some(r)) => Decision::Respond {
                         status: r.status,
@@ -919,7 +923,10 @@ impl<H: Handler> Core<H> {
                 };
             }
             match catch_unwind(AssertUnwindSafe(|| handler.on_upgrade(req, peer))) {
-                Ok(Upgrade::Accept { protocol, headers, data }) => {
+                Ok(Upgrade::Accept { protocol, headers, data, compress }) => {
+                    if !compress {
+                        n.decline_deflate();
+                    }
                     user = Some(data);
                     Decision::Accept { protocol, headers }
                 }
