@@ -116,8 +116,10 @@ start_demo() { # backend
         DEMO_PORT="$(free_port)"
         # SOCKEYE_BACKEND overrides --backend in the demo: set both, so an exported one
         # from the caller cannot silently swap the backend under test.
+        # --deflate: browsers, Python websockets and Node ws all offer permessage-deflate, so
+        # every end-to-end test runs compressed.
         SOCKEYE_BACKEND="$1" "$DEMO" --addr "127.0.0.1:$DEMO_PORT" --workers 2 --backend "$1" \
-            >"$WORK/demo.log" 2>&1 &
+            --deflate >"$WORK/demo.log" 2>&1 &
         DEMO_PID=$!
         if wait_port "$DEMO_PORT" "$DEMO_PID"; then
             # The port accepts a moment before the "listening" line (with the backend) is logged.

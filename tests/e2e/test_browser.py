@@ -170,6 +170,9 @@ async def run(args, port_file):
             title = await cdp.eval(s, "document.title")
             report(st == "connected", f"tab {name} loads '{title}' and its WebSocket connects",
                    f"status {await cdp.eval(s, STATUS)!r}")
+            ext = await cdp.eval(s, "document.getElementById('status').dataset.extensions")
+            report(isinstance(ext, str) and ext.startswith("permessage-deflate"),
+                   f"tab {name} negotiated permessage-deflate", f"extensions {ext!r}")
 
         # The live stats arrive in both tabs (once a second), on the page's own ids.
         for name, s in (("A", a), ("B", b)):
