@@ -48,6 +48,7 @@
 //! | `echo.rs` | the smallest server: every message back to its sender |
 //! | `rooms.rs` | per-connection data, rooms by path and query, subprotocol choice, rejection with 400/403/404, fan-out across workers with `post_all` and a [`Ctx`], plain HTTP with a header |
 //! | `push.rs` | a thread outside the workers pushing to connections through a [`ServerHandle`] |
+//! | `pubsub.rs` | topics: rooms where every line is published to every subscriber on every worker, and a ticker publishing from a thread through [`ServerHandle::publish`] |
 //! | `backpressure.rs` | a producer that stops at [`SendStatus::Backpressure`] and resumes in `on_drain` |
 //! | `shutdown.rs` | Ctrl-C starts a graceful shutdown, a second Ctrl-C exits; what is async-signal-safe |
 //! | `demo.rs` | all of it together: `/echo`, `/chat` rooms on pub/sub with a browser page, `/stats` pushed from a thread, `/metrics` |

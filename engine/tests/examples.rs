@@ -281,6 +281,28 @@ fn push_ticks_from_a_thread_outside_the_workers() {
 }
 
 #[test]
+fn pubsub_rooms_reach_every_member_and_ticks_come_from_outside() {
+    let ex = Example::start("pubsub", &["--interval-ms", "20"]);
+    let mut a = ex.connect("/room/lobby");
+    assert!(read_text(&mut a).starts_with("joined lobby"));
+    let mut b = ex.connect("/room/lobby");
+    assert!(read_text(&mut b).starts_with("joined lobby"));
+    let mut other = ex.connect("/room/elsewhere");
+    assert!(read_text(&mut other).starts_with("joined elsewhere"));
+    a.send(WsMessage::text("hello lobby")).expect("send");
+    assert_eq!(read_text(&mut a), "hello lobby", "the sender is included");
+    assert_eq!(read_text(&mut b), "hello lobby");
+    other.send(WsMessage::text("only here")).expect("send");
+    assert_eq!(read_text(&mut other), "only here", "rooms do not mix");
+    let mut t = ex.connect("/ticks");
+    assert!(read_text(&mut t).starts_with("joined ticks"));
+    let n1 = read_text(&mut t);
+    let n2 = read_text(&mut t);
+    let num = |s: &str| s.strip_prefix("tick ").and_then(|n| n.parse::<u64>().ok()).unwrap();
+    assert!(num(&n1) < num(&n2), "{n1} then {n2}");
+}
+
+#[test]
 fn backpressure_waits_for_drain_and_loses_nothing() {
     let ex = Example::start("backpressure", &[]);
     let (count, size) = (512u64, 64usize << 10); // 32 MiB: more than any socket buffers

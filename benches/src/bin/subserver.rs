@@ -19,7 +19,11 @@ struct Subs;
 impl Handler for Subs {
     type Data = (usize, usize);
 
-    fn on_upgrade(&mut self, req: &Request<'_>, _peer: std::net::SocketAddr) -> Upgrade<(usize, usize)> {
+    fn on_upgrade(
+        &mut self,
+        req: &Request<'_>,
+        _peer: std::net::SocketAddr,
+    ) -> Upgrade<(usize, usize)> {
         let mut n = 0;
         let mut t = 1000;
         for kv in req.query().unwrap_or("").split('&') {

@@ -353,6 +353,9 @@ impl MsgBuf {
     }
 }
 
+/// Spare SENDMSG headers kept for reuse (about 1 KiB each); more are freed.
+const MAX_SPARE_MSGS: usize = 256;
+
 /// No send in flight (`ConnIo::send`).
 const NO_SEND: u32 = u32::MAX;
 
@@ -755,14 +758,22 @@ impl<H: Handler> Loop<H> {
         }
         let fl = self.sends.remove(std::mem::replace(&mut c.send, NO_SEND) as usize);
         if let Some(m) = fl.msg {
-            self.msgs.push(m);
+            if self.msgs.len() < MAX_SPARE_MSGS {
+                self.msgs.push(m);
+            }
         }
         if c.dying {
+            // The core gives the flight's bytes back to the memory budget (nothing is sent
+            // again: the connection is dead), then the socket closes.
+            let mut resume = false;
+            let _ = self.w.core.on_send_done(key, fl.q, 0, &mut resume);
             self.maybe_close(key);
             return;
         }
         if res < 0 {
             self.w.core.on_write_error(key);
+            let mut resume = false;
+            let _ = self.w.core.on_send_done(key, fl.q, 0, &mut resume);
             self.maybe_close(key);
             return;
         }

@@ -18,10 +18,12 @@
 //! queue exists only while it holds bytes.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,7 +38,7 @@ use super::api::{Conn, ConnId, Ctx, Handler, Message, Post, SendStatus, TopicErr
 use super::config::Config;
 use super::handle::{ServerHandle, WorkerStats};
 pub(crate) use super::outq::OutQ;
-use super::outq::{Frame, REF_COST};
+use super::outq::{Frame, FrameBuf, REF_COST};
 use super::timer::Wheel;
 use super::topics::Topics;
 
@@ -124,10 +126,11 @@ pub(crate) struct Slot<D> {
     /// Bytes waiting for the socket (owned, and frames shared with other subscribers); `None`
     /// whenever it is empty (an idle connection owns no buffer).
     out: Option<Box<OutQ>>,
-    /// Bytes handed to the kernel in a send that has not completed (completion backends),
-    /// and what they count against the memory budget (see [`OutQ::footprint`]).
+    /// Bytes handed to the kernel in a send that has not completed (completion backends). What
+    /// they count against the memory budget is the flight's own [`OutQ::footprint`], given
+    /// back in `on_send_done` (which the backend calls for every flight, a dead connection's
+    /// too, before the slot is removed).
     inflight: u32,
-    inflight_fp: u32,
     /// Tick of the armed wheel entry, or `NO_TIMER`.
     timer_at: u64,
     /// The socket, for the direct write of large sends (owned by the backend, which drops
@@ -179,6 +182,8 @@ pub(crate) struct CoreState<D> {
     pub(crate) topics: Topics,
     /// Subscribers to close after a fan-out (over `max_backpressure`, closing policy).
     to_close: Vec<u32>,
+    /// Bytes of shared frames every queue let go of, to take off the memory budget.
+    released: Rc<Cell<usize>>,
 }
 
 /// A worker's core: its state plus the application's handler.
@@ -259,6 +264,7 @@ impl<D> CoreState<D> {
     /// Brings the worker's count of queued bytes up to date after `key`'s queue changed from
     /// a footprint of `before` bytes, and hands back its queue if it is empty.
     fn requeued(&mut self, key: usize, before: usize) {
+        self.settle_frames();
         let s = &mut self.conns[key];
         Self::tidy(&mut self.out_pool, s);
         let after = footprint_of(s);
@@ -361,6 +367,18 @@ impl<D> CoreState<D> {
         if !s.proto.can_send() || s.flags & DEAD != 0 {
             return false;
         }
+        if pending_of(s).saturating_add(f.len()) > max
+            && pending_of(s) > 0
+            && s.inflight == 0
+            && s.flags & (BLOCKED | READ_PAUSED) == 0
+        {
+            // As for a send: what is only corked (never refused) is offered to the socket
+            // first, so a burst within one turn is not dropped for a subscriber that reads.
+            let before = footprint_of(s);
+            Self::write_now(self.write, &mut self.out_pool, s, None);
+            self.requeued(key, before);
+        }
+        let s = &mut self.conns[key];
         if pending_of(s).saturating_add(f.len()) > max {
             self.counts.publish_drops += 1;
             if self.cfg.close_on_backpressure_limit {
@@ -405,6 +423,20 @@ impl<D> CoreState<D> {
         self.topics.topics_of(key as u32).filter(move |_| any)
     }
 
+    /// Makes a shared frame of `bytes`, charging its length to the memory budget once.
+    fn charge_frame(&mut self, bytes: Vec<u8>) -> Frame {
+        self.env.memory.queued += bytes.len();
+        FrameBuf::new(bytes, &self.released)
+    }
+
+    /// Takes the bytes of shared frames no queue holds any more off the memory budget.
+    fn settle_frames(&mut self) {
+        let r = self.released.take();
+        if r > 0 {
+            self.env.memory.queued = self.env.memory.queued.saturating_sub(r);
+        }
+    }
+
     /// Ends every subscription of a connection (it closed, or its slot is freed).
     fn drop_subscriptions(&mut self, key: usize) {
         if let Some(s) = self.conns.get_mut(key) {
@@ -443,74 +475,85 @@ impl<D> CoreState<D> {
         exclude: Option<usize>,
     ) -> usize {
         let Some(tid) = self.topics.id(topic) else { return 0 };
-        let subs = self.topics.take_subs(tid);
+        // By index, not by lending the list out: nothing below subscribes or unsubscribes
+        // (closes at the limit wait until the end), and a panic cannot leave it lent.
+        let n = self.topics.subs_of(tid).len();
+        if !(0..n).any(|i| Some(self.topics.subs_of(tid)[i] as usize) != exclude) {
+            return 0;
+        }
+        // The frame is charged to the budget once (each subscriber's reference costs
+        // `REF_COST` more): a worker over its budget publishes nothing.
+        let frame_len = payload.len() as u64 + frame::MAX_HEADER_LEN as u64;
+        if !self.env.memory.fits(frame_len) {
+            self.counts.budget_refusals += 1;
+            return 0;
+        }
         let mut reached = 0;
-        if subs.iter().any(|&k| Some(k as usize) != exclude) {
-            // Built at the first subscriber that needs it: the plain frame, and one compressed
-            // frame per window size among subscribers that negotiated compression without
-            // server context takeover (`None` inside: the message does not compress).
-            let mut plain: Option<Frame> = None;
-            let mut packed: [Option<Option<Frame>>; 16] = Default::default();
-            let mut close = std::mem::take(&mut self.to_close);
-            for &k in &subs {
-                let key = k as usize;
-                if Some(key) == exclude {
+        // Built at the first subscriber that needs it: the plain frame, and one compressed
+        // frame per window size among subscribers that negotiated compression without
+        // server context takeover (`None` inside: the message does not compress).
+        let mut plain: Option<Frame> = None;
+        let mut packed: [Option<Option<Frame>>; 16] = Default::default();
+        let mut close = std::mem::take(&mut self.to_close);
+        for i in 0..n {
+            let key = self.topics.subs_of(tid)[i] as usize;
+            if Some(key) == exclude {
+                continue;
+            }
+            let proto = &self.conns[key].proto;
+            let shared = match (proto.deflate(), proto.shared_send_bits()) {
+                (None, _) => None,
+                (Some(_), Some(bits)) => {
+                    let slot = &mut packed[usize::from(bits & 15)];
+                    if slot.is_none() {
+                        let mut v = Vec::new();
+                        let cfg = &self.cfg.deflate;
+                        let ok =
+                            self.env.contexts.write_shared_frame(cfg, bits, op, payload, &mut v);
+                        *slot = Some(ok.then(|| self.charge_frame(v)));
+                    }
+                    slot.clone().flatten()
+                }
+                (Some(_), None) => {
+                    // A window of its own (server context takeover): compressed for it
+                    // alone, by its own compressor.
+                    let drops = self.counts.sends_dropped;
+                    match self.send(key, op, payload) {
+                        SendStatus::Sent | SendStatus::Backpressure => {
+                            reached += 1;
+                            self.counts.messages_out -= 1; // counted with `reached` below
+                        }
+                        SendStatus::Dropped if self.counts.sends_dropped > drops => {
+                            // A publish drop, not a send's (the policy is the same).
+                            self.counts.sends_dropped = drops;
+                            self.counts.publish_drops += 1;
+                        }
+                        SendStatus::Dropped | SendStatus::Closed | SendStatus::Forwarded => {}
+                    }
                     continue;
                 }
-                let proto = &self.conns[key].proto;
-                let shared = match (proto.deflate(), proto.shared_send_bits()) {
-                    (None, _) => None,
-                    (Some(_), Some(bits)) => {
-                        let slot = &mut packed[usize::from(bits & 15)];
-                        if slot.is_none() {
-                            let mut v = Vec::new();
-                            let cfg = &self.cfg.deflate;
-                            let ok = self
-                                .env
-                                .contexts
-                                .write_shared_frame(cfg, bits, op, payload, &mut v);
-                            *slot = Some(ok.then(|| Frame::from(v)));
-                        }
-                        slot.clone().flatten()
+            };
+            let f = match shared {
+                Some(f) => f,
+                None => match &plain {
+                    Some(f) => f.clone(),
+                    None => {
+                        let f = self.charge_frame(build_frame(op, payload));
+                        plain.insert(f).clone()
                     }
-                    (Some(_), None) => {
-                        // A window of its own (server context takeover): compressed for it
-                        // alone, by its own compressor.
-                        let drops = self.counts.sends_dropped;
-                        match self.send(key, op, payload) {
-                            SendStatus::Sent | SendStatus::Backpressure => {
-                                reached += 1;
-                                self.counts.messages_out -= 1; // counted with `reached` below
-                            }
-                            SendStatus::Dropped if self.counts.sends_dropped > drops => {
-                                // A publish drop, not a send's (the policy is the same).
-                                self.counts.sends_dropped = drops;
-                                self.counts.publish_drops += 1;
-                            }
-                            SendStatus::Dropped | SendStatus::Closed | SendStatus::Forwarded => {}
-                        }
-                        continue;
-                    }
-                };
-                let f = match shared {
-                    Some(f) => f,
-                    None => plain.get_or_insert_with(|| build_frame(op, payload)).clone(),
-                };
-                if self.deliver(key, &f, &mut close) {
-                    reached += 1;
-                }
+                },
+            };
+            if self.deliver(key, &f, &mut close) {
+                reached += 1;
             }
-            self.counts.deliveries += reached;
-            self.counts.messages_out += reached;
-            self.topics.put_subs(tid, subs);
-            for k in close.drain(..) {
-                self.counts.backpressure_closes += 1;
-                self.close(k as usize, CloseCode::POLICY, "backpressure limit");
-            }
-            self.to_close = close;
-        } else {
-            self.topics.put_subs(tid, subs);
         }
+        self.counts.deliveries += reached;
+        self.counts.messages_out += reached;
+        for k in close.drain(..) {
+            self.counts.backpressure_closes += 1;
+            self.close(k as usize, CloseCode::POLICY, "backpressure limit");
+        }
+        self.to_close = close;
         reached
     }
 
@@ -651,14 +694,14 @@ impl<D> CoreState<D> {
     }
 }
 
-/// A server frame (unmasked, final) of `payload`, in one shared buffer.
-fn build_frame(op: OpCode, payload: &[u8]) -> Frame {
+/// A server frame (unmasked, final) of `payload`.
+fn build_frame(op: OpCode, payload: &[u8]) -> Vec<u8> {
     let mut h = [0u8; frame::MAX_HEADER_LEN];
     let hn = frame::encode(true, 0, op, payload.len() as u64, None, &mut h);
     let mut v = Vec::with_capacity(hn + payload.len());
     v.extend_from_slice(&h[..hn]);
     v.extend_from_slice(payload);
-    Frame::from(v)
+    v
 }
 
 /// Bytes a connection has waiting for its socket: queued plus in flight.
@@ -668,7 +711,7 @@ fn pending_of<D>(s: &Slot<D>) -> usize {
 
 /// What a connection's queued and in-flight bytes count against the worker's memory budget.
 fn footprint_of<D>(s: &Slot<D>) -> usize {
-    s.out.as_ref().map_or(0, |q| q.footprint()) + s.inflight_fp as usize
+    s.out.as_ref().map_or(0, |q| q.footprint())
 }
 
 fn status_of<D>(s: &Slot<D>) -> SendStatus {
@@ -734,6 +777,7 @@ impl<H: Handler> Core<H> {
                 write,
                 topics,
                 to_close: Vec::new(),
+                released: Rc::new(Cell::new(0)),
             },
             handler,
             expired: Vec::new(),
@@ -781,7 +825,6 @@ impl<H: Handler> Core<H> {
             proto: Connection::new_server(st.now, &st.env.limits),
             out: None,
             inflight: 0,
-            inflight_fp: 0,
             since: st.now,
             timer_at: NO_TIMER,
             fd,
@@ -1102,6 +1145,9 @@ impl<H: Handler> Core<H> {
             let before = q.footprint();
             q.advance(n);
             st.env.memory.queued = st.env.memory.queued.saturating_sub(before - q.footprint());
+            // Frames the advance let go of, if it was their last queue.
+            let r = st.released.take();
+            st.env.memory.queued = st.env.memory.queued.saturating_sub(r);
             if !q.is_empty() {
                 if blocked {
                     s.flags |= BLOCKED;
@@ -1136,7 +1182,6 @@ impl<H: Handler> Core<H> {
         }
         let q = s.out.take()?;
         s.inflight = q.len() as u32;
-        s.inflight_fp = q.footprint() as u32;
         Some(q)
     }
 
@@ -1152,19 +1197,22 @@ impl<H: Handler> Core<H> {
     ) -> Option<Box<OutQ>> {
         let st = &mut self.state;
         let s = st.conns.get_mut(key)?;
-        let before = s.inflight_fp as usize;
+        let before = q.footprint();
         q.advance(n.min(q.len()));
         if !q.is_empty() && s.flags & DEAD == 0 {
             s.inflight = q.len() as u32;
-            s.inflight_fp = q.footprint() as u32;
             s.flags |= BLOCKED;
             st.env.memory.queued = st.env.memory.queued.saturating_sub(before - q.footprint());
             return Some(q);
         }
         s.inflight = 0;
-        s.inflight_fp = 0;
         st.env.memory.queued = st.env.memory.queued.saturating_sub(before);
         st.out_pool.recycle(q);
+        st.settle_frames();
+        let s = &mut st.conns[key];
+        if s.flags & DEAD != 0 {
+            return None;
+        }
         if s.out.as_ref().is_some_and(|q| !q.is_empty()) {
             // More was queued while the send was in flight: it goes next.
             let k = key as u32;
@@ -1223,6 +1271,7 @@ impl<H: Handler> Core<H> {
         if let Some(q) = s.out.take() {
             st.out_pool.recycle(q);
         }
+        st.settle_frames();
         s.proto.release(&mut st.env);
         let gen = &mut st.gens[key];
         *gen = gen.wrapping_add(1);
@@ -1233,7 +1282,6 @@ impl<H: Handler> Core<H> {
                 proto: Connection::new_open(Role::Server, 0),
                 out: None,
                 inflight: 0,
-                inflight_fp: 0,
                 timer_at: NO_TIMER,
                 fd: -1,
                 since: st.now,

@@ -511,10 +511,11 @@ fn a_published_frame_is_shared_not_copied() {
     let msg = format!("pub big {}", "x".repeat(64 << 10));
     p.send_frame(publisher, OpCode::Text, msg.as_bytes());
     p.pump();
-    // The subscribers' sockets took some (a socket pair's buffer): whatever is still queued is
-    // a reference per subscriber at most.
+    // The subscribers' sockets took some (a socket pair's buffer): what is still queued costs
+    // the budget the frame once plus a reference per subscriber, not a copy each.
     let queued = p.core.state.env.memory.queued - queued_before;
-    assert!(queued <= 8 * outq_ref_cost(), "8 subscribers hold {queued} bytes of the budget");
+    let once = (64 << 10) + 8 * outq_ref_cost() + 100;
+    assert!(queued <= once, "8 subscribers hold {queued} bytes of the budget");
     let waiting: usize = subs.iter().map(|&c| p.core.pending_len(p.clients[c].key)).sum();
     assert!(waiting > 8 * 50_000, "the sockets took the message: the test proves nothing");
     let want = "x".repeat(64 << 10);
@@ -662,4 +663,27 @@ fn echoes_and_publishes_keep_their_order() {
     p.send_raw(c, &bytes);
     p.pump();
     assert_eq!(texts(&mut p, c), ["a", "b", "c", "d"]);
+}
+
+/// A shared frame counts against the worker's memory budget once: a worker whose budget is
+/// spent publishes nothing (counted), and the budget comes back when the queues let go.
+#[test]
+fn a_published_frame_counts_once_against_the_memory_budget() {
+    let mut p = Pair::new(Config { worker_memory_budget: 100 << 10, ..cfg() });
+    p.set_socket_buffers(Some(4096));
+    let subs = subscribers(&mut p, 4, "b");
+    let body = vec![b'y'; 60 << 10];
+    // Published from elsewhere (no assembly buffer involved): the first fits (60 KiB once,
+    // four references), the second would pass 100 KiB while the first is still queued.
+    p.core.on_publish(b"b", OpCode::Text, &body);
+    p.pump();
+    assert!(p.core.state.env.memory.queued >= 60 << 10, "the frame is not charged");
+    p.core.on_publish(b"b", OpCode::Text, &body);
+    p.pump();
+    assert_eq!(p.counts().deliveries, 4);
+    assert_eq!(p.counts().budget_refusals, 1);
+    for got in drain_texts(&mut p, &subs) {
+        assert_eq!(got.len(), 1);
+    }
+    assert_eq!(p.core.state.env.memory.used(), 0, "the frame's bytes were not given back");
 }

@@ -9,15 +9,44 @@
 //! that sequence as I/O slices for one `writev` / `sendmsg`, [`OutQ::advance`] consumes what
 //! the socket took.
 
+use std::cell::Cell;
 use std::io::IoSlice;
 use std::rc::Rc;
 
 /// A frame (header and payload) shared by every queue it was published to.
-pub(crate) type Frame = Rc<[u8]>;
+pub(crate) type Frame = Rc<FrameBuf>;
 
-/// What a queued shared frame costs the worker's memory budget: the reference, not the frame
-/// (the frame is held once, whatever the number of subscribers; `max_backpressure` still counts
-/// its full length against each subscriber).
+/// A shared frame's bytes. The worker charges its memory budget for them once, when the frame
+/// is built; when the last queue lets go of the frame, its length is added to `released`,
+/// which the worker takes back off the budget.
+#[derive(Debug)]
+pub(crate) struct FrameBuf {
+    bytes: Box<[u8]>,
+    released: Rc<Cell<usize>>,
+}
+
+impl FrameBuf {
+    pub(crate) fn new(bytes: Vec<u8>, released: &Rc<Cell<usize>>) -> Frame {
+        Rc::new(FrameBuf { bytes: bytes.into_boxed_slice(), released: Rc::clone(released) })
+    }
+}
+
+impl std::ops::Deref for FrameBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for FrameBuf {
+    fn drop(&mut self) {
+        self.released.set(self.released.get() + self.bytes.len());
+    }
+}
+
+/// What a queued reference to a shared frame costs the worker's memory budget (the frame's
+/// bytes are charged once, see [`FrameBuf`]; `max_backpressure` still counts its full length
+/// against each subscriber).
 pub(crate) const REF_COST: usize = std::mem::size_of::<(usize, Option<Frame>)>();
 
 /// Owned bytes already sent past which the buffer is compacted although the queue never
@@ -98,7 +127,7 @@ impl OutQ {
                     return n;
                 }
             }
-            let f = f.as_deref().unwrap_or_default();
+            let f: &[u8] = f.as_deref().map_or(&[], |f| &f[..]);
             iov[n] = IoSlice::new(&f[off..]);
             n += 1;
             off = 0;
@@ -177,7 +206,21 @@ mod tests {
     }
 
     fn frame(b: &[u8]) -> Frame {
-        Rc::from(b)
+        FrameBuf::new(b.to_vec(), &Rc::new(Cell::new(0)))
+    }
+
+    #[test]
+    fn a_frame_reports_its_bytes_when_the_last_queue_lets_go() {
+        let released = Rc::new(Cell::new(0));
+        let f = FrameBuf::new(vec![1u8; 100], &released);
+        let (mut a, mut b) = (OutQ::default(), OutQ::default());
+        a.push_frame(&f);
+        b.push_frame(&f);
+        drop(f);
+        a.advance(100);
+        assert_eq!(released.get(), 0, "b still holds it");
+        b.clear();
+        assert_eq!(released.get(), 100);
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub(crate) struct Topics {
     of_conn: HashMap<u32, Vec<(u32, u32)>>,
     /// Per routing bucket: topics of this worker in it (allocated at the first subscription).
     in_bucket: Vec<u32>,
+    /// Subscriptions held, over all topics.
+    total: usize,
 }
 
 impl Topics {
@@ -131,6 +133,7 @@ impl Topics {
             topics: Slab::new(),
             of_conn: HashMap::new(),
             in_bucket: Vec::new(),
+            total: 0,
         }
     }
 
@@ -148,6 +151,7 @@ impl Topics {
         list.push((tid, t.subs.len() as u32));
         t.subs.push(key);
         t.total.fetch_add(1, Ordering::Relaxed);
+        self.total += 1;
         true
     }
 
@@ -186,6 +190,7 @@ impl Topics {
         let t = &mut self.topics[tid as usize];
         t.subs.swap_remove(pos as usize);
         t.total.fetch_sub(1, Ordering::Relaxed);
+        self.total -= 1;
         if let Some(&moved) = t.subs.get(pos as usize) {
             // The last subscriber took the freed place: its own list says where it is now.
             if let Some(e) =
@@ -211,12 +216,10 @@ impl Topics {
     /// Ends every subscription of connection `key` (it closed).
     pub(crate) fn remove_conn(&mut self, key: u32) {
         let Some(list) = self.of_conn.remove(&key) else { return };
-        for (tid, _) in list {
-            // Positions move as others leave: look ours up again in the topic.
-            let t = &self.topics[tid as usize];
-            if let Some(pos) = t.subs.iter().position(|&k| k == key) {
-                self.leave(tid, pos as u32);
-            }
+        for (tid, pos) in list {
+            // `leave` keeps every stored position current, and only `key` leaves here.
+            debug_assert_eq!(self.topics[tid as usize].subs[pos as usize], key);
+            self.leave(tid, pos);
         }
     }
 
@@ -243,19 +246,15 @@ impl Topics {
         self.by_name.get(topic).copied()
     }
 
-    /// Lends out a topic's subscriber list for a fan-out; [`Topics::put_subs`] gives it back
-    /// (nothing may subscribe or unsubscribe in between).
-    pub(crate) fn take_subs(&mut self, tid: u32) -> Vec<u32> {
-        std::mem::take(&mut self.topics[tid as usize].subs)
-    }
-
-    pub(crate) fn put_subs(&mut self, tid: u32, subs: Vec<u32>) {
-        self.topics[tid as usize].subs = subs;
+    /// Subscribers of topic `tid` (an id from [`Topics::id`], valid until the topic's last
+    /// subscriber leaves).
+    pub(crate) fn subs_of(&self, tid: u32) -> &[u32] {
+        &self.topics[tid as usize].subs
     }
 
     /// Subscriptions this worker holds (over all its topics).
     pub(crate) fn subscriptions(&self) -> usize {
-        self.topics.iter().map(|(_, t)| t.subs.len()).sum()
+        self.total
     }
 }
 
