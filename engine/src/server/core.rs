@@ -549,6 +549,11 @@ impl<D> CoreState<D> {
         }
         self.counts.deliveries += reached;
         self.counts.messages_out += reached;
+        // A frame no subscriber took (all full, or all closing) is let go of here: its bytes
+        // come off the budget now, not at this worker's next write (which a worker whose
+        // only subscribers never read may not have).
+        drop((plain, packed));
+        self.settle_frames();
         for k in close.drain(..) {
             self.counts.backpressure_closes += 1;
             self.close(k as usize, CloseCode::POLICY, "backpressure limit");

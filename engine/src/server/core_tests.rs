@@ -687,3 +687,19 @@ fn a_published_frame_counts_once_against_the_memory_budget() {
     }
     assert_eq!(p.core.state.env.memory.used(), 0, "the frame's bytes were not given back");
 }
+
+/// A frame that no subscriber takes (every queue full) leaves the budget at once, even on a
+/// worker that writes nothing more (its one subscriber never reads).
+#[test]
+fn a_frame_nobody_takes_leaves_the_budget_at_once() {
+    let mut p = Pair::new(Config { max_backpressure: 16 << 10, ..cfg() });
+    p.set_socket_buffers(Some(4096));
+    let _slow = subscribers(&mut p, 1, "f");
+    let body = vec![b'z'; 4000];
+    for _ in 0..200 {
+        p.core.on_publish(b"f", OpCode::Text, &body);
+    }
+    assert!(p.counts().publish_drops > 150);
+    let used = p.core.state.env.memory.used();
+    assert!(used < 40 << 10, "{used} bytes held for a subscriber limited to 16 KiB");
+}
