@@ -122,6 +122,27 @@ pub extern "C" fn sockeye_conn_subscribe(
     })
 }
 
+/// What the read-only topic queries share: `f` on the connection and the topic name, or
+/// `none` if `conn` is NULL or the name is unreadable (NULL with `topic_len` > 0).
+fn with_conn_topic<R>(
+    conn: *mut sockeye_conn,
+    topic: *const c_char,
+    topic_len: usize,
+    none: R,
+    f: impl FnOnce(&mut crate::conn::ConnShim<'_, '_>, &[u8]) -> R,
+) -> R {
+    // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
+    // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
+    let Some(c) = (unsafe { opaque::as_mut(conn) }) else {
+        return none;
+    };
+    // SAFETY: `topic` holds `topic_len` readable bytes (documented contract).
+    match unsafe { topic_name(topic, topic_len) } {
+        Ok(t) => f(c, t),
+        Err(_) => none,
+    }
+}
+
 /// Unsubscribes the connection from the topic named by the `topic_len` bytes at `topic`
 /// (read during the call only). Returns true if it was subscribed; false if it was not, or if
 /// `conn` is NULL (or `topic` is, with `topic_len` > 0).
@@ -131,15 +152,7 @@ pub extern "C" fn sockeye_conn_unsubscribe(
     topic: *const c_char,
     topic_len: usize,
 ) -> bool {
-    guard(|| {
-        // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
-        // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
-        let Some(c) = (unsafe { opaque::as_mut(conn) }) else {
-            return false;
-        };
-        // SAFETY: `topic` holds `topic_len` readable bytes (documented contract).
-        unsafe { topic_name(topic, topic_len) }.is_ok_and(|t| c.conn.unsubscribe(t))
-    })
+    guard(|| with_conn_topic(conn, topic, topic_len, false, |c, t| c.conn.unsubscribe(t)))
 }
 
 /// Whether the connection is subscribed to the topic named by the `topic_len` bytes at
@@ -151,15 +164,7 @@ pub extern "C" fn sockeye_conn_is_subscribed(
     topic: *const c_char,
     topic_len: usize,
 ) -> bool {
-    guard(|| {
-        // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
-        // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
-        let Some(c) = (unsafe { opaque::as_mut(conn) }) else {
-            return false;
-        };
-        // SAFETY: `topic` holds `topic_len` readable bytes (documented contract).
-        unsafe { topic_name(topic, topic_len) }.is_ok_and(|t| c.conn.is_subscribed(t))
-    })
+    guard(|| with_conn_topic(conn, topic, topic_len, false, |c, t| c.conn.is_subscribed(t)))
 }
 
 /// Subscribers of the topic named by the `topic_len` bytes at `topic` on the worker that
@@ -171,15 +176,7 @@ pub extern "C" fn sockeye_conn_subscriber_count(
     topic: *const c_char,
     topic_len: usize,
 ) -> usize {
-    guard(|| {
-        // SAFETY: `conn` is NULL or the pointer the running callback received, used on its
-        // thread (documented contract); the callback's frame leaves the shim alone meanwhile.
-        let Some(c) = (unsafe { opaque::as_mut(conn) }) else {
-            return 0;
-        };
-        // SAFETY: `topic` holds `topic_len` readable bytes (documented contract).
-        unsafe { topic_name(topic, topic_len) }.map_or(0, |t| c.conn.subscriber_count(t))
-    })
+    guard(|| with_conn_topic(conn, topic, topic_len, 0, |c, t| c.conn.subscriber_count(t)))
 }
 
 /// What the two `sockeye_conn_publish*` functions share; `including_self` picks the engine call.

@@ -762,22 +762,17 @@ impl<H: Handler> Loop<H> {
                 self.msgs.push(m);
             }
         }
-        if c.dying {
+        let mut resume = false;
+        if c.dying || res < 0 {
+            if !c.dying {
+                self.w.core.on_write_error(key);
+            }
             // The core gives the flight's bytes back to the memory budget (nothing is sent
             // again: the connection is dead), then the socket closes.
-            let mut resume = false;
             let _ = self.w.core.on_send_done(key, fl.q, 0, &mut resume);
             self.maybe_close(key);
             return;
         }
-        if res < 0 {
-            self.w.core.on_write_error(key);
-            let mut resume = false;
-            let _ = self.w.core.on_send_done(key, fl.q, 0, &mut resume);
-            self.maybe_close(key);
-            return;
-        }
-        let mut resume = false;
         if let Some(q) = self.w.core.on_send_done(key, fl.q, res as usize, &mut resume) {
             self.submit_send(key, q);
         }

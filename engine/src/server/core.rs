@@ -298,16 +298,7 @@ impl<D> CoreState<D> {
             self.mark_dirty(key);
             return status;
         }
-        let mut pending = pending_of(s);
-        if pending.saturating_add(payload.len()) > max
-            && pending > 0
-            && s.inflight == 0
-            && s.flags & (BLOCKED | READ_PAUSED) == 0
-        {
-            // Everything queued is corked (never refused): let the socket have it first.
-            Self::write_now(self.write, &mut self.out_pool, s, None);
-            pending = pending_of(s);
-        }
+        let pending = Self::offer_corked(self.write, &mut self.out_pool, s, payload.len(), max);
         if payload.len() > MAX_SEND || pending.saturating_add(payload.len()) > max {
             self.counts.sends_dropped += 1;
             self.requeued(key, before);
@@ -367,19 +358,13 @@ impl<D> CoreState<D> {
         if !s.proto.can_send() || s.flags & DEAD != 0 {
             return false;
         }
-        if pending_of(s).saturating_add(f.len()) > max
-            && pending_of(s) > 0
-            && s.inflight == 0
-            && s.flags & (BLOCKED | READ_PAUSED) == 0
-        {
-            // As for a send: what is only corked (never refused) is offered to the socket
-            // first, so a burst within one turn is not dropped for a subscriber that reads.
-            let before = footprint_of(s);
-            Self::write_now(self.write, &mut self.out_pool, s, None);
+        let (before, was) = (footprint_of(s), pending_of(s));
+        let pending = Self::offer_corked(self.write, &mut self.out_pool, s, f.len(), max);
+        if pending != was {
             self.requeued(key, before);
         }
         let s = &mut self.conns[key];
-        if pending_of(s).saturating_add(f.len()) > max {
+        if pending.saturating_add(f.len()) > max {
             self.counts.publish_drops += 1;
             if self.cfg.close_on_backpressure_limit {
                 close.push(key as u32);
@@ -560,6 +545,29 @@ impl<D> CoreState<D> {
         }
         self.to_close = close;
         reached
+    }
+
+    /// Before `extra` more bytes are judged against `max`: when they would pass it and
+    /// everything queued is only corked (the socket never refused it, nothing is in flight),
+    /// the socket is offered the queue first, so a burst within one turn is not dropped for a
+    /// peer that reads. Returns the bytes still waiting. The caller accounts the change.
+    fn offer_corked(
+        write: WriteNow,
+        out_pool: &mut SendPool,
+        s: &mut Slot<D>,
+        extra: usize,
+        max: usize,
+    ) -> usize {
+        let pending = pending_of(s);
+        if pending.saturating_add(extra) > max
+            && pending > 0
+            && s.inflight == 0
+            && s.flags & (BLOCKED | READ_PAUSED) == 0
+        {
+            Self::write_now(write, out_pool, s, None);
+            return pending_of(s);
+        }
+        pending
     }
 
     /// Writes what is queued, then (with `frame`) the frame's header and payload, with one
