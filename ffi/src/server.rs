@@ -58,7 +58,7 @@ impl Opaque for sockeye_server {
 fn error_code(e: &sockeye::Error) -> sockeye_result {
     match e {
         sockeye::Error::Config(_) => SOCKEYE_ERR_INVALID_ARGUMENT,
-        sockeye::Error::Address(_) => SOCKEYE_ERR_ADDRESS,
+        sockeye::Error::Address(_) | sockeye::Error::Tls(_) => SOCKEYE_ERR_ADDRESS,
         sockeye::Error::AddrInUse(_) => SOCKEYE_ERR_ADDRESS_IN_USE,
         sockeye::Error::Backend(_) => SOCKEYE_ERR_BACKEND_UNAVAILABLE,
         sockeye::Error::Io(_) | sockeye::Error::WorkerPanicked => SOCKEYE_ERR_IO,

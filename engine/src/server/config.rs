@@ -97,6 +97,10 @@ pub struct Config {
     /// negotiated it, a published message is compressed once per worker for all subscribers
     /// that share parameters, and `max_message_size` bounds the inflated size.
     pub deflate: DeflateConfig,
+    /// wss://: the certificate and key the listener serves TLS with (rustls). `None` (the
+    /// default): plain ws://. Checked by `build` (PEM, key matching the certificate, the
+    /// certificate valid now); swapped at run time by [`crate::ServerHandle::reload_tls`].
+    pub tls: Option<crate::TlsConfig>,
     /// Longest topic name ([`crate::Conn::subscribe`], `publish`), in bytes; a longer one is
     /// refused with [`crate::TopicError::TooLong`]. Default 256. Accepted: 1..=65536.
     pub max_topic_len: usize,
@@ -178,6 +182,7 @@ impl Default for Config {
             close_on_backpressure_limit: false,
             max_topic_len: 256,
             deflate: DeflateConfig::default(),
+            tls: None,
             max_connections: 1 << 20,
             worker_memory_budget: 256 << 20,
             buffer_cache: 16 << 20,

@@ -170,6 +170,9 @@ fn handle(cfg: &Config) -> ServerHandle {
             stopping: AtomicBool::new(false),
             topics: Arc::new(crate::server::topics::Registry::new(1)),
             max_topic_len: cfg.max_topic_len,
+            tls: crate::server::tls::TlsState::new(
+                cfg.tls.as_ref().map(|t| t.build().expect("the test's TLS configuration")),
+            ),
         }),
     }
 }

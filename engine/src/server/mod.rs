@@ -11,6 +11,7 @@ pub(crate) mod core;
 pub(crate) mod handle;
 pub(crate) mod outq;
 pub(crate) mod timer;
+pub(crate) mod tls;
 pub(crate) mod topics;
 pub(crate) mod worker;
 
@@ -142,6 +143,13 @@ impl<F> ServerBuilder<F> {
         close_on_backpressure_limit: bool => close_on_backpressure_limit);
     setter!(/// permessage-deflate preferences (default off). See [`Config::deflate`].
         deflate: crate::proto::DeflateConfig => deflate);
+
+    /// Serves wss://: the listener speaks TLS with this certificate and key. See
+    /// [`Config::tls`].
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.config.tls = Some(tls);
+        self
+    }
     setter!(/// Longest topic name, in bytes (default 256). See [`Config::max_topic_len`].
         max_topic_len: usize => max_topic_len);
     setter!(/// Connections per worker (default 1048576). See [`Config::max_connections`].
@@ -225,6 +233,10 @@ where
         }
         let mut config = self.config;
         config.validate()?;
+        let tls = match &config.tls {
+            Some(t) => Some(t.build().map_err(Error::Tls)?),
+            None => None,
+        };
         config.backend = backend::resolve(config.backend)?;
         let n = config.worker_count();
         // What `Server::config` reports: the count in force, not the 0 that asked for it.
@@ -254,6 +266,7 @@ where
                 stopping: AtomicBool::new(false),
                 topics: Arc::new(Registry::new(n)),
                 max_topic_len: config.max_topic_len,
+                tls: tls::TlsState::new(tls),
             }),
         };
         Ok(Server { config: Arc::new(config), preps, factory: Arc::new(self.factory), handle })

@@ -184,6 +184,44 @@ impl OutQ {
         self.head = 0;
     }
 
+    /// Calls `f` with every unsent byte after the first `keep`, in order, in as few slices as
+    /// the queue holds them. The first `keep` unsent bytes must be owned ones (a TLS
+    /// connection's sealed records), so the tail starts at a frame's first byte if at all.
+    pub(crate) fn for_each_tail<'a>(&'a self, keep: usize, mut f: impl FnMut(&'a [u8])) {
+        let mut pos = self.pos + keep;
+        debug_assert!(pos <= self.bytes.len());
+        debug_assert!(
+            keep == 0 || (self.off == 0 && self.refs[self.head..].iter().all(|r| r.0 >= pos))
+        );
+        let mut off = self.off;
+        for (at, fr) in &self.refs[self.head..] {
+            if *at > pos {
+                f(&self.bytes[pos..*at]);
+                pos = *at;
+            }
+            if let Some(fr) = fr {
+                f(&fr[off..]);
+            }
+            off = 0;
+        }
+        if pos < self.bytes.len() {
+            f(&self.bytes[pos..]);
+        }
+    }
+
+    /// Removes every unsent byte after the first `keep` (see [`OutQ::for_each_tail`]): the
+    /// frames among them are let go of.
+    pub(crate) fn truncate_unsent(&mut self, keep: usize) {
+        let end = self.pos + keep;
+        self.bytes.truncate(end);
+        self.refs.truncate(self.head);
+        self.shared = 0;
+        self.off = 0;
+        if self.is_empty() {
+            self.clear();
+        }
+    }
+
     /// Empties the queue, keeping its capacity.
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
