@@ -20,11 +20,16 @@
 #
 # Environment (defaults in brackets):
 #   SERVERS    subset of: sockeye-epoll sockeye-io_uring tungstenite fastwebsockets
-#              tokio-websockets bun uws raw                                  [all]
+#              tokio-websockets bun node uws raw                             [all]
+#              (node, the ws peer, runs the deflate loads only)
 #   LOADS      subset of: echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20
 #              echo-10kx20 idle-10k idle-100k fanout-10k fanout-10k-4x8 fanout-1k-16t
-#                                                                            [all]
+#              deflate-100x1k deflate-10x64k                                 [all]
 #              echo-CxS: C connections × S bytes, closed loop, 1 in flight each;
+#              deflate-CxS: the same with `loadgen --deflate` (S bytes of JSON-like text,
+#              compressed both ways) against servers with permessage-deflate on: the demo
+#              with --deflate (shared compressor, its default), Bun perMessageDeflate: true,
+#              Node ws perMessageDeflate: true; the other servers skip them;
 #              fanout-N[-PxK][-Tt]: N subscribers on /chat, P publishers (default 1) with
 #              K in flight each (default 1), closed loop; -Tt: T rooms (?room=t{i % T}),
 #              publishers spread over them alike (P = T when only -Tt is given)
@@ -38,6 +43,8 @@
 #              benches/peers/target/release (PEERS_DIR overrides)
 #   BUN        the bun binary [benches/peers/bun/.bun/...: what benches/peers/bun/install.sh
 #              installs]; BUN=none leaves Bun out
+#   NODE       the node binary [node on PATH]; the ws peer needs benches/peers/node/install.sh
+#              (node_modules/ws); NODE=none leaves it out
 #   UWS        the peer-uws binary [benches/peers/uws/build/peer-uws, compiled from
 #              benches/peers/uws/peer-uws.cpp]; UWS=none leaves it out
 #   FANOUT_ARGS extra loadgen flags for the fanout loads
@@ -51,8 +58,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-ALL_SERVERS="sockeye-epoll sockeye-io_uring tungstenite fastwebsockets tokio-websockets bun uws raw"
-ALL_LOADS="echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20 echo-10kx20 idle-10k idle-100k fanout-10k fanout-10k-4x8 fanout-1k-16t"
+ALL_SERVERS="sockeye-epoll sockeye-io_uring tungstenite fastwebsockets tokio-websockets bun node uws raw"
+ALL_LOADS="echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20 echo-10kx20 idle-10k idle-100k fanout-10k fanout-10k-4x8 fanout-1k-16t deflate-100x1k deflate-10x64k"
 
 QUICK=0
 NO_BUILD=${NO_BUILD:-0}
@@ -143,14 +150,31 @@ bun_bin() {
     echo "$ROOT/benches/peers/bun/.bun/node_modules/@oven/bun-linux-x64/bin/bun" # missing
 }
 UWS_BIN=${UWS:-$ROOT/benches/peers/uws/build/peer-uws}
+# Node: $NODE, else node on PATH; the ws peer also needs its node_modules.
+node_bin() {
+    if [[ -n ${NODE:-} ]]; then
+        echo "$NODE"
+    elif [[ -f $ROOT/benches/peers/node/node_modules/ws/package.json ]] && command -v node >/dev/null; then
+        command -v node
+    else
+        echo "$ROOT/benches/peers/node/node_modules/.missing-node-or-ws" # missing
+    fi
+}
 
-# server_cmd NAME ADDR: the command line that starts NAME on ADDR.
+# server_cmd NAME ADDR [LOAD]: the command line that starts NAME on ADDR (for LOAD: the
+# deflate loads turn compression on).
 server_cmd() {
+    local z="" zb=""
+    if [[ ${3:-} == deflate-* ]]; then
+        z=" --deflate"
+        zb=" --deflate"
+    fi
     case $1 in
-        sockeye-epoll) echo "$T/examples/demo --addr $2 --workers 1 --backend epoll" ;;
-        sockeye-io_uring) echo "$T/examples/demo --addr $2 --workers 1 --backend io_uring" ;;
+        sockeye-epoll) echo "$T/examples/demo --addr $2 --workers 1 --backend epoll$z" ;;
+        sockeye-io_uring) echo "$T/examples/demo --addr $2 --workers 1 --backend io_uring$z" ;;
         tungstenite | fastwebsockets | tokio-websockets) echo "$(peer_bin "peer-$1") --addr $2" ;;
-        bun) echo "$(bun_bin) $ROOT/benches/peers/bun/server.js --addr $2" ;;
+        bun) echo "$(bun_bin) $ROOT/benches/peers/bun/server.js --addr $2$zb" ;;
+        node) echo "$(node_bin) $ROOT/benches/peers/node/server.js --addr $2" ;;
         uws) echo "$UWS_BIN --addr $2" ;;
         raw) echo "$T/rawecho --addr $2" ;;
         *) return 1 ;;
@@ -169,6 +193,9 @@ for s in ${SERVERS:-$ALL_SERVERS}; do
     elif [[ $s == bun ]]; then
         [[ ${BUN:-} == none ]] ||
             warn "skipping bun: not installed (benches/peers/bun/install.sh installs it; or BUN=/path/to/bun)"
+    elif [[ $s == node ]]; then
+        [[ ${NODE:-} == none ]] ||
+            warn "skipping node: no node on PATH or no benches/peers/node/node_modules/ws (run benches/peers/node/install.sh; or NODE=/path/to/node)"
     elif [[ $s == uws ]]; then
         [[ ${UWS:-} == none ]] ||
             warn "skipping uws: no $bin (compile benches/peers/uws/peer-uws.cpp there; see benches/peers/README.md)"
@@ -181,8 +208,10 @@ done
 # ---- loads ------------------------------------------------------------------------------------
 HAVE_FANOUT=0
 HAVE_TOPICS=0
+HAVE_DEFLATE=0
 LOADGEN_HELP=$("$LOADGEN" --help 2>&1 || true)
 [[ $LOADGEN_HELP == *fanout* ]] && HAVE_FANOUT=1
+[[ $LOADGEN_HELP == *--deflate* ]] && HAVE_DEFLATE=1
 [[ $LOADGEN_HELP == *--topics* ]] && HAVE_TOPICS=1
 
 # Open files: 100k idle connections need 100k descriptors in the server and in the loadgen.
@@ -247,6 +276,16 @@ for l in ${LOADS:-$ALL_LOADS}; do
                 continue
             fi
             ;;
+        deflate-*)
+            if [[ ! $l =~ ^deflate-[0-9]+k?x[0-9]+k?$ ]]; then
+                warn "unknown load $l (deflate-CxS; known: $ALL_LOADS)"
+                continue
+            fi
+            if ((!HAVE_DEFLATE)); then
+                warn "skipping $l: this loadgen has no --deflate"
+                continue
+            fi
+            ;;
         idle-*)
             if [[ ! $l =~ ^idle-[0-9]+k?$ ]]; then
                 warn "unknown load $l (idle-N; known: $ALL_LOADS)"
@@ -283,10 +322,17 @@ done
 
 # load_args LOAD URL-HOST:PORT: the loadgen arguments for LOAD (empty: not for this server).
 load_args() {
-    local load=$1 server=$2 hp=$3 c s
+    local load=$1 server=$2 hp=$3 c s z=""
+    # Node ws is here for compression only; the others have no permessage-deflate peer route.
+    if [[ $load == deflate-* ]]; then
+        case $server in sockeye-* | bun | node) ;; *) return 0 ;; esac
+        z="--deflate"
+    elif [[ $server == node ]]; then
+        return 0
+    fi
     case $load in
-        echo-*)
-            c=${load#echo-}
+        echo-* | deflate-*)
+            c=${load#*-}
             s=${c#*x}
             c=$(count "${c%x*}")
             s=${s/k/*1024}
@@ -298,7 +344,7 @@ load_args() {
             if [[ $server == raw ]]; then
                 echo "raw --url tcp://$hp --connections $c --size $s --duration $DURATION --warmup $WARMUP $src"
             else
-                echo "echo --url ws://$hp/echo --connections $c --size $s --duration $DURATION --warmup $WARMUP $src"
+                echo "echo --url ws://$hp/echo --connections $c --size $s --duration $DURATION --warmup $WARMUP $src $z"
             fi
             ;;
         idle-*)
@@ -391,7 +437,7 @@ run_one() { # SERVER LOAD ROUND
     [[ -n $args ]] || return 0 # raw: no idle or fan-out mode
     next_port
     args=${args//PORT/$PORT}
-    cmd=$(server_cmd "$server" "127.0.0.1:$PORT")
+    cmd=$(server_cmd "$server" "127.0.0.1:$PORT" "$load")
     take_noise
     # shellcheck disable=SC2086 # the command lines are word lists on purpose
     taskset -c 0 $cmd >"$WORK/server.log" 2>&1 &

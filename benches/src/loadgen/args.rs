@@ -38,6 +38,14 @@ echo / raw / fanout:
   --text               send text frames (ASCII payload) instead of binary (echo only;
                        fanout always sends text)
 
+echo / idle:
+  --deflate            offer permessage-deflate as a browser does
+                       (`permessage-deflate; client_max_window_bits`) and fail the
+                       handshake if the server declines; echo: text frames of JSON-like
+                       text, sent compressed (RSV1, per the negotiated parameters), echoes
+                       inflated and verified byte for byte
+  --deflate-level N    zlib level of what the loadgen sends (default 1)
+
 fanout:
   --publishers P       publisher connections, besides the N subscribers (default 1)
   --rate R             messages/s per publisher (open loop); 0 = closed loop: each
@@ -103,6 +111,10 @@ pub(crate) struct Args {
     pub(crate) rate: f64,
     /// Fanout: rooms (`?room=t{i % topics}`); 0 = one room, the URL's path as given.
     pub(crate) topics: usize,
+    /// Offer permessage-deflate (echo: send compressed JSON-like text, inflate the echoes).
+    pub(crate) deflate: bool,
+    /// zlib level of the loadgen's own compression.
+    pub(crate) deflate_level: u32,
 }
 
 fn fail(msg: &str) -> ! {
@@ -144,6 +156,8 @@ impl Args {
             publishers: 1,
             rate: 0.0,
             topics: 0,
+            deflate: false,
+            deflate_level: 1,
         };
         let mut src_addrs: Option<u8> = None;
         while let Some(flag) = it.next() {
@@ -189,6 +203,8 @@ impl Args {
                 "--publishers" | "-p" => a.publishers = num("--publishers", &val()),
                 "--rate" => a.rate = num("--rate", &val()),
                 "--topics" => a.topics = num("--topics", &val()),
+                "--deflate" => a.deflate = true,
+                "--deflate-level" => a.deflate_level = num("--deflate-level", &val()),
                 "-h" | "--help" => {
                     println!("{HELP}");
                     std::process::exit(0)
@@ -250,6 +266,16 @@ impl Args {
             }
             a.publishers = 0;
             a.rate = 0.0;
+        }
+        if a.deflate {
+            if !matches!(a.mode, Mode::Echo | Mode::Idle) {
+                fail("--deflate is for the echo and idle modes");
+            }
+            if a.deflate_level > 9 {
+                fail("--deflate-level must be 0..=9");
+            }
+            // JSON-like text: the prefix is hex.
+            a.text = a.mode == Mode::Echo;
         }
         a.threads = a.threads.min(a.connections);
         let loopback = matches!(a.addr, SocketAddr::V4(v) if v.ip().is_loopback());

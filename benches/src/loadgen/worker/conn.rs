@@ -14,6 +14,7 @@ use sockeye::proto::mask::unmask;
 
 use super::super::args::{Args, Mode};
 use super::ctx::Ctx;
+use super::deflate::Pmd;
 use super::fanout::FAN_PREFIX;
 use super::handshake;
 
@@ -80,6 +81,17 @@ pub(super) struct Conn {
     pub(super) own_acked: u64,
     /// Publisher: when it last got one of its own messages back (ns).
     pub(super) last_ack: u64,
+    // permessage-deflate (`deflate.rs`).
+    /// What the server's 101 agreed to; `None`: no compression.
+    pub(super) pmd: Option<Pmd>,
+    /// The inflater: kept when the server keeps its window, else lent for one message.
+    pub(super) zi: Option<Box<flate2::Decompress>>,
+    /// The current message is compressed (RSV1 on its first frame).
+    pub(super) msg_z: bool,
+    /// Payload bytes of the current message on the wire.
+    pub(super) msg_wire: u64,
+    /// The deflate stream of the current message ended (BFINAL).
+    pub(super) z_ended: bool,
 }
 
 /// Why a connection is being dropped.
@@ -119,7 +131,8 @@ pub(super) fn splitmix(x: &mut u64) -> u64 {
 
 impl Conn {
     pub(super) fn new(ctx: &Ctx, path: &str, host: &str, rng: &mut u64) -> Conn {
-        let (accept, request) = handshake::key_and_request(ctx.ws, path, host, rng);
+        let offer = ctx.z.is_some().then_some(super::deflate::OFFER);
+        let (accept, request) = handshake::key_and_request(ctx.ws, path, host, offer, rng);
         // Echo send times (fanout keeps them in `FanShared`).
         let ring =
             if matches!(ctx.mode, Mode::Echo | Mode::Raw) { ctx.inflight as usize } else { 0 };
@@ -163,6 +176,11 @@ impl Conn {
             cur_seq: 0,
             own_acked: 0,
             last_ack: 0,
+            pmd: None,
+            zi: None,
+            msg_z: false,
+            msg_wire: 0,
+            z_ended: false,
         }
     }
 
@@ -266,7 +284,7 @@ impl Conn {
             match self.st {
                 St::Handshake => {
                     self.hs.extend_from_slice(&rbuf[..n]);
-                    if let Some(head) = self.check_handshake()? {
+                    if let Some(head) = self.check_handshake(ctx)? {
                         self.opened(ctx);
                         let hs = std::mem::take(&mut self.hs);
                         self.on_data(ctx, &hs[head..], now)?;
@@ -364,5 +382,6 @@ impl Conn {
         self.st = St::Dead;
         self.wbuf = Vec::new();
         self.hs = Vec::new();
+        self.zi = None;
     }
 }

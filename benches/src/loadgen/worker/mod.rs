@@ -19,6 +19,7 @@
 
 mod conn;
 mod ctx;
+mod deflate;
 mod echo;
 mod fanout;
 mod frames;
@@ -39,7 +40,7 @@ use super::args::{Args, Mode};
 use conn::{Conn, Fail, St};
 use ctx::Ctx;
 pub(crate) use fanout::FanShared;
-pub(crate) use results::{Errors, FanCounts, Progress, WorkerResult};
+pub(crate) use results::{Errors, FanCounts, Progress, WorkerResult, ZCounts};
 
 /// What the workers and the main thread share.
 #[derive(Debug)]
@@ -117,6 +118,9 @@ pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) ->
         Ctx::new(args.mode, args.text, args.size, args.inflight as u64, &mut seed)
     };
     ctx.base = shared.base;
+    if args.deflate {
+        ctx.enable_deflate(args.deflate_level, &mut seed);
+    }
     // Subscriber k of this worker is global connection idx + k * threads; with topics it joins
     // room (idx + k * threads) % topics, publisher p room p % topics.
     let mut conns: Vec<Conn> = (0..n)
@@ -174,6 +178,8 @@ pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) ->
         clean_closes: ctx.clean_closes,
         first_error: ctx.first_error,
         fan: FanCounts { delivered_total: ctx.done, ..ctx.fc },
+        z: ctx.z.as_ref().map(|z| z.counts).unwrap_or_default(),
+        deflate_answer: ctx.z.as_mut().and_then(|z| z.answer.take()),
     }
 }
 
