@@ -46,6 +46,10 @@ echo / idle:
                        inflated and verified byte for byte
   --deflate-level N    zlib level of what the loadgen sends (default 1)
 
+wss://:
+  --ca FILE            trust this CA certificate (PEM) for wss:// URLs; without it the
+                       server's certificate is not verified (benchmarks on loopback only)
+
 fanout:
   --publishers P       publisher connections, besides the N subscribers (default 1)
   --rate R             messages/s per publisher (open loop); 0 = closed loop: each
@@ -115,6 +119,8 @@ pub(crate) struct Args {
     pub(crate) deflate: bool,
     /// zlib level of the loadgen's own compression.
     pub(crate) deflate_level: u32,
+    /// wss://: the client configuration every connection's TLS session is made from.
+    pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 fn fail(msg: &str) -> ! {
@@ -158,7 +164,9 @@ impl Args {
             topics: 0,
             deflate: false,
             deflate_level: 1,
+            tls: None,
         };
+        let mut ca: Option<String> = None;
         let mut src_addrs: Option<u8> = None;
         while let Some(flag) = it.next() {
             let mut val = || it.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
@@ -204,6 +212,7 @@ impl Args {
                 "--rate" => a.rate = num("--rate", &val()),
                 "--topics" => a.topics = num("--topics", &val()),
                 "--deflate" => a.deflate = true,
+                "--ca" => ca = Some(val()),
                 "--deflate-level" => a.deflate_level = num("--deflate-level", &val()),
                 "-h" | "--help" => {
                     println!("{HELP}");
@@ -225,9 +234,13 @@ impl Args {
             .or_else(|| a.url.strip_prefix("tcp://"))
             .unwrap_or(&a.url)
             .to_string();
-        if a.url.starts_with("wss://") {
-            fail("wss:// is not supported");
-        }
+        let rest = match a.url.strip_prefix("wss://") {
+            Some(r) => {
+                a.tls = Some(super::tls::client_config(ca.as_deref()));
+                r.to_string()
+            }
+            None => rest,
+        };
         let (hostport, path) = match rest.find('/') {
             Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
             None => (rest.clone(), "/".to_string()),

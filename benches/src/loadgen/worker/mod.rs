@@ -308,6 +308,7 @@ fn close_all(lp: &mut Loop<'_>, ctx: &mut Ctx, conns: &mut [Conn]) {
             ctx.clean_closes += 1;
         }
         c.sock = None;
+        c.tls = None;
         c.st = St::Dead;
     }
 }
