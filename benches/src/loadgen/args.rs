@@ -39,6 +39,10 @@ echo / raw / fanout:
                        fanout always sends text)
 
 echo / idle:
+  --churn              handshake rate: every connection is reset as soon as its upgrade
+                       completes and replaced by a new one (no messages); messages/s are
+                       handshakes/s (TCP + TLS for wss:// + HTTP upgrade), latency is
+                       connect-to-101. TLS sessions are never resumed: full handshakes
   --deflate            offer permessage-deflate as a browser does
                        (`permessage-deflate; client_max_window_bits`) and fail the
                        handshake if the server declines; echo: text frames of JSON-like
@@ -117,6 +121,9 @@ pub(crate) struct Args {
     pub(crate) topics: usize,
     /// Offer permessage-deflate (echo: send compressed JSON-like text, inflate the echoes).
     pub(crate) deflate: bool,
+    /// echo --churn: connections are closed as soon as they open and replaced; the rate is
+    /// of handshakes (TCP connect + TLS + upgrade), the latency each one's.
+    pub(crate) churn: bool,
     /// zlib level of the loadgen's own compression.
     pub(crate) deflate_level: u32,
     /// wss://: the client configuration every connection's TLS session is made from.
@@ -163,6 +170,7 @@ impl Args {
             rate: 0.0,
             topics: 0,
             deflate: false,
+            churn: false,
             deflate_level: 1,
             tls: None,
         };
@@ -212,6 +220,7 @@ impl Args {
                 "--rate" => a.rate = num("--rate", &val()),
                 "--topics" => a.topics = num("--topics", &val()),
                 "--deflate" => a.deflate = true,
+                "--churn" => a.churn = true,
                 "--ca" => ca = Some(val()),
                 "--deflate-level" => a.deflate_level = num("--deflate-level", &val()),
                 "-h" | "--help" => {
@@ -279,6 +288,9 @@ impl Args {
             }
             a.publishers = 0;
             a.rate = 0.0;
+        }
+        if a.churn && a.mode != Mode::Echo {
+            fail("--churn is for the echo mode");
         }
         if a.deflate {
             if !matches!(a.mode, Mode::Echo | Mode::Idle) {

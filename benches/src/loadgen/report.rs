@@ -325,8 +325,12 @@ impl Report {
                     self.window,
                     a.warmup
                 );
-                let _ =
-                    writeln!(s, "{:<28}{:>14.0}", "messages/s (round trips)", self.rate(self.msgs));
+                let what = if a.churn {
+                    "handshakes/s (--churn)"
+                } else {
+                    "messages/s (round trips)"
+                };
+                let _ = writeln!(s, "{:<28}{:>14.0}", what, self.rate(self.msgs));
                 let _ = writeln!(
                     s,
                     "{:<28}{:>14.1} MB/s  ({:.2} Gbit/s, payload, both directions)",

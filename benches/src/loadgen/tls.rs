@@ -39,6 +39,8 @@ pub(crate) fn client_config(ca: Option<&str>) -> Arc<ClientConfig> {
             .with_no_client_auth(),
     };
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Every connection's handshake is a full one (what `--churn` measures).
+    c.resumption = rustls::client::Resumption::disabled();
     Arc::new(c)
 }
 

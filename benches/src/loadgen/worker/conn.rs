@@ -48,6 +48,8 @@ pub(super) struct Conn {
     pub(super) accept: [u8; 28],
     pub(super) request: Vec<u8>,
     pub(super) deadline: Instant,
+    /// When `start` began the connect.
+    pub(super) started: Instant,
     // Frame parser.
     pub(super) hdr: [u8; MAX_HEADER_LEN],
     pub(super) hdr_len: usize,
@@ -157,6 +159,7 @@ impl Conn {
             accept,
             request,
             deadline: ctx.base,
+            started: ctx.base,
             hdr: [0; MAX_HEADER_LEN],
             hdr_len: 0,
             in_frame: false,
@@ -235,7 +238,8 @@ impl Conn {
             None => None,
         };
         self.st = St::Connecting;
-        self.deadline = Instant::now() + Duration::from_secs(15);
+        self.started = Instant::now();
+        self.deadline = self.started + Duration::from_secs(15);
         Ok(())
     }
 

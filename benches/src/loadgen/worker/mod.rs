@@ -237,12 +237,13 @@ fn measure(
     let t_warm = t0 + Duration::from_secs_f64(args.warmup);
     let t_end = t_warm + Duration::from_secs_f64(args.duration);
     let kick = ctx.now_ns();
+    let mut seed = kick ^ 0x5eed_c4a2;
     let fanout = args.mode == Mode::Fanout;
     for c in conns.iter_mut().filter(|c| c.st == St::Open) {
         if fanout {
             c.last_ack = kick;
             c.fan_refill(ctx, kick);
-        } else {
+        } else if !args.churn {
             for _ in 0..args.inflight {
                 c.queue_msg(ctx, kick);
             }
@@ -277,6 +278,38 @@ fn measure(
             fanout::unstall(ctx, conns, pubs);
         }
         lp.turn(ctx, conns, timeout);
+        if args.churn {
+            churn(lp, args, ctx, conns, &mut seed);
+        }
+    }
+}
+
+/// `--churn`: every connection that opened is counted (its connect-to-101 time into the
+/// histogram), reset (SO_LINGER 0: no TIME_WAIT left behind to exhaust the ports) and replaced
+/// by a new one in its slot; one that failed is replaced too.
+fn churn(lp: &mut Loop<'_>, args: &Args, ctx: &mut Ctx, conns: &mut [Conn], seed: &mut u64) {
+    let now = Instant::now();
+    for (k, c) in conns.iter_mut().enumerate() {
+        match c.st {
+            St::Open => {
+                if ctx.measuring {
+                    ctx.msgs += 1;
+                    ctx.hist.record((now - c.started).as_nanos() as u64);
+                }
+                if let Some(s) = c.sock.as_ref() {
+                    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+                }
+                ctx.open -= 1;
+            }
+            St::Dead => {}
+            _ => continue,
+        }
+        let room = c.room;
+        *c = Conn::new(ctx, &args.room_path(room), &args.host, seed);
+        c.room = room;
+        if let Err(e) = c.start(args, k, &lp.poll, k) {
+            c.kill(ctx, e);
+        }
     }
 }
 
