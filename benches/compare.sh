@@ -24,12 +24,17 @@
 #              (node, the ws peer, runs the deflate loads only)
 #   LOADS      subset of: echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20
 #              echo-10kx20 idle-10k idle-100k fanout-10k fanout-10k-4x8 fanout-1k-16t
-#              deflate-100x1k deflate-10x64k                                 [all]
+#              deflate-100x1k deflate-10x64k wss-100x20 wss-500x16k
+#              wss-handshake                                                 [all]
 #              echo-CxS: C connections × S bytes, closed loop, 1 in flight each;
 #              deflate-CxS: the same with `loadgen --deflate` (S bytes of JSON-like text,
 #              compressed both ways) against servers with permessage-deflate on: the demo
 #              with --deflate (shared compressor, its default), Bun perMessageDeflate: true,
 #              Node ws perMessageDeflate: true; the other servers skip them;
+#              wss-CxS: echo-CxS over TLS (the demo --tls, Bun tls: {cert, key}; a
+#              throwaway ECDSA P-256 certificate made with openssl; the others skip it);
+#              wss-handshake: the TLS handshake rate, `loadgen echo --churn` with 16
+#              connections (each reset once upgraded and replaced; full handshakes);
 #              fanout-N[-PxK][-Tt]: N subscribers on /chat, P publishers (default 1) with
 #              K in flight each (default 1), closed loop; -Tt: T rooms (?room=t{i % T}),
 #              publishers spread over them alike (P = T when only -Tt is given)
@@ -59,7 +64,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 ALL_SERVERS="sockeye-epoll sockeye-io_uring tungstenite fastwebsockets tokio-websockets bun node uws raw"
-ALL_LOADS="echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20 echo-10kx20 idle-10k idle-100k fanout-10k fanout-10k-4x8 fanout-1k-16t deflate-100x1k deflate-10x64k"
+ALL_LOADS="echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20 echo-10kx20 idle-10k idle-100k fanout-10k fanout-10k-4x8 fanout-1k-16t deflate-100x1k deflate-10x64k wss-100x20 wss-500x16k wss-handshake"
 
 QUICK=0
 NO_BUILD=${NO_BUILD:-0}
@@ -168,6 +173,9 @@ server_cmd() {
     if [[ ${3:-} == deflate-* ]]; then
         z=" --deflate"
         zb=" --deflate"
+    elif [[ ${3:-} == wss-* ]]; then
+        z=" --tls $PKI/cert.pem $PKI/key.pem"
+        zb=$z
     fi
     case $1 in
         sockeye-epoll) echo "$T/examples/demo --addr $2 --workers 1 --backend epoll$z" ;;
@@ -267,6 +275,26 @@ fanout_shape() {
     echo "$(count "$n") $p $k $t"
 }
 
+# A throwaway CA and a certificate for 127.0.0.1 (ECDSA P-256), for the wss loads.
+PKI=""
+if [[ " ${LOADS:-$ALL_LOADS} " == *" wss-"* ]] && command -v openssl >/dev/null; then
+    PKI=$(mktemp -d "${TMPDIR:-/tmp}/sockeye-compare-pki.XXXXXX")
+    if ! (
+        cd "$PKI" &&
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -keyout ca.key -out ca.pem -days 2 -subj "/CN=compare.sh CA" &&
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -keyout key.pem -out srv.csr -subj "/CN=127.0.0.1" &&
+            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >ext &&
+            openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                -out cert.pem -days 2 -extfile ext
+    ) >/dev/null 2>&1; then
+        warn "openssl could not make a test certificate: no wss loads"
+        rm -rf "$PKI"
+        PKI=""
+    fi
+fi
+
 LOAD_LIST=()
 for l in ${LOADS:-$ALL_LOADS}; do
     case $l in
@@ -283,6 +311,16 @@ for l in ${LOADS:-$ALL_LOADS}; do
             fi
             if ((!HAVE_DEFLATE)); then
                 warn "skipping $l: this loadgen has no --deflate"
+                continue
+            fi
+            ;;
+        wss-*)
+            if [[ ! $l =~ ^wss-([0-9]+k?x[0-9]+k?|handshake)$ ]]; then
+                warn "unknown load $l (wss-CxS or wss-handshake; known: $ALL_LOADS)"
+                continue
+            fi
+            if [[ -z $PKI ]]; then
+                warn "skipping $l: no openssl to make a test certificate"
                 continue
             fi
             ;;
@@ -327,10 +365,22 @@ load_args() {
     if [[ $load == deflate-* ]]; then
         case $server in sockeye-* | bun | node) ;; *) return 0 ;; esac
         z="--deflate"
+    elif [[ $load == wss-* ]]; then
+        case $server in sockeye-* | bun) ;; *) return 0 ;; esac
     elif [[ $server == node ]]; then
         return 0
     fi
     case $load in
+        wss-handshake)
+            echo "echo --churn --url wss://$hp/echo --ca $PKI/ca.pem --connections 16 --duration $DURATION --warmup $WARMUP"
+            ;;
+        wss-*)
+            c=${load#*-}
+            s=${c#*x}
+            c=$(count "${c%x*}")
+            s=${s/k/*1024}
+            echo "echo --url wss://$hp/echo --ca $PKI/ca.pem --connections $c --size $((s)) --duration $DURATION --warmup $WARMUP"
+            ;;
         echo-* | deflate-*)
             c=${load#*-}
             s=${c#*x}
@@ -398,6 +448,7 @@ cleanup() {
     if [[ -n $LG_PID ]]; then kill "$LG_PID" 2>/dev/null || true; fi
     stop_server
     rm -rf "$WORK"
+    if [[ -n $PKI ]]; then rm -rf "$PKI"; fi
 }
 trap cleanup EXIT
 trap 'echo "compare.sh: interrupted" >&2; exit 130' INT TERM

@@ -12,20 +12,26 @@
 // compresses only what is sent with compress = true. Bun's other WebSocket defaults
 // are kept (16 MiB messages and backpressure limit, 120 s idle timeout, automatic pings).
 //
-//   bun benches/peers/bun/server.js [--addr HOST:PORT] [--deflate]   (default 127.0.0.1:9400)
+// With --tls CERT.pem KEY.pem it serves wss:// (Bun.serve's `tls: { cert, key }`, BoringSSL).
+//
+//   bun benches/peers/bun/server.js [--addr HOST:PORT] [--deflate] [--tls CERT KEY]
+//   (default 127.0.0.1:9400)
 
 let addr = "127.0.0.1:9400";
 let deflate = false;
+let tls = undefined;
 const argv = Bun.argv.slice(2);
 for (let i = 0; i < argv.length; i++) {
   if (argv[i] === "--addr" && i + 1 < argv.length) {
     addr = argv[++i];
   } else if (argv[i] === "--deflate") {
     deflate = true;
+  } else if (argv[i] === "--tls" && i + 2 < argv.length) {
+    tls = { cert: Bun.file(argv[++i]), key: Bun.file(argv[++i]) };
   } else {
     const help = argv[i] === "-h" || argv[i] === "--help";
     (help ? console.log : console.error)(
-      "usage: bun server.js [--addr HOST:PORT] [--deflate]   (default 127.0.0.1:9400)",
+      "usage: bun server.js [--addr HOST:PORT] [--deflate] [--tls CERT KEY]   (default 127.0.0.1:9400)",
     );
     process.exit(help ? 0 : 2);
   }
@@ -41,6 +47,7 @@ if (colon < 0 || !Number.isInteger(port) || port < 0 || port > 65535) {
 const server = Bun.serve({
   hostname,
   port,
+  tls,
   fetch(req, server) {
     const url = new URL(req.url);
     if (url.pathname === "/chat") {
