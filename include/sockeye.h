@@ -356,6 +356,12 @@ typedef struct sockeye_config {
      * wss://: a NUL-terminated path to the PEM private key of `tls_cert_file`. Default NULL.
      */
     const char *tls_key_file;
+    /**
+     * With the TLS files: a NUL-terminated "host:port" where wss:// is served while
+     * `address` serves plain ws:// (port 0 picks one: `sockeye_server_local_tls_port`).
+     * NULL (the default): `address` itself serves wss://.
+     */
+    const char *tls_address;
 } sockeye_config;
 
 /**
@@ -827,6 +833,12 @@ enum sockeye_result sockeye_server_run(struct sockeye_server *server);
  * `server` is NULL, else `SOCKEYE_OK`.
  */
 enum sockeye_result sockeye_server_stop(struct sockeye_server *server);
+
+/**
+ * The port wss:// is served on when `tls_address` was set (the one picked for port 0); 0
+ * if `server` is NULL or has no TLS address of its own. Thread-safe.
+ */
+uint16_t sockeye_server_local_tls_port(const struct sockeye_server *server);
 
 /**
  * Replaces the TLS certificate and key of a server made with `tls_cert_file` and

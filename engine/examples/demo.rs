@@ -337,6 +337,7 @@ worker's counters in the Prometheus text format.
                      serve wss:// (and the page over https://) with this certificate
                      chain and key; the files are watched, and a changed pair is
                      loaded for new handshakes without a restart
+  --tls-addr ADDR    with --tls: serve wss:// on ADDR and plain ws:// on --addr
   --close-slow-subscribers
                      close (1008) a connection over --max-backpressure instead of
                      dropping the message for it: a slow chat or /stats member, and
@@ -402,6 +403,7 @@ fn main() {
     let mut close_slow = defaults.close_on_backpressure_limit;
     let mut deflate = false;
     let mut tls_files: Option<(String, String)> = None;
+    let mut tls_addr: Option<String> = None;
     let mut max_topic_len = defaults.max_topic_len;
     let mut chaos = false;
     let mut args = std::env::args().skip(1);
@@ -438,6 +440,7 @@ fn main() {
             "--max-backpressure" => max_backpressure = number(&value("--max-backpressure")),
             "--close-slow-subscribers" => close_slow = true,
             "--deflate" => deflate = true,
+            "--tls-addr" => tls_addr = Some(value("--tls-addr")),
             "--tls" => {
                 let cert = value("--tls");
                 tls_files = Some((cert, value("--tls (the key after the certificate)")));
@@ -468,6 +471,9 @@ fn main() {
     let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls(tls);
+    }
+    if let Some(a) = &tls_addr {
+        builder = builder.listen_tls(a.as_str());
     }
     let server = match builder
         .listen(addr.as_str())
@@ -500,13 +506,16 @@ fn main() {
     let cfg = server.config();
     log::info!(
         "listening on {}://{} ({} workers, {:?}): /echo, /chat, /stats, and {}://{}/ for the chat page",
-        if tls_files.is_some() { "wss" } else { "ws" },
+        if tls_files.is_some() && tls_addr.is_none() { "wss" } else { "ws" },
         server.local_addr(),
         cfg.worker_count(),
         cfg.backend,
-        if tls_files.is_some() { "https" } else { "http" },
+        if tls_files.is_some() && tls_addr.is_none() { "https" } else { "http" },
         server.local_addr()
     );
+    if let Some(a) = cfg.tls_addr {
+        log::info!("and on wss://{a} (https://{a}/ for the chat page)");
+    }
     let handle = server.handle();
     let _ = handle_cell.set(handle.clone());
     if let Some((cert, key)) = tls_files {

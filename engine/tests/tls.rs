@@ -392,3 +392,50 @@ fn building_a_plain_server_refuses_a_tls_reload() {
     assert!(matches!(srv.handle.reload_tls(&tls), Err(sockeye::Error::Tls(_))));
     assert_echo(srv.addr);
 }
+
+#[test]
+fn plain_and_tls_listeners_serve_side_by_side() {
+    let pki = Pki::new();
+    let (tls, _) = pki.server_config();
+    let srv = start_echo(|b| b.tls(tls).listen_tls("127.0.0.1:0"));
+    let tls_addr = srv.tls_addr.expect("a TLS address");
+    assert_ne!(tls_addr, srv.addr);
+    // ws:// on the main address, wss:// on the other, at once.
+    let client = pki.client(None);
+    let mut secure = wss_connect(tls_addr, &client);
+    let mut plain = ws_connect(srv.addr);
+    for i in 0..20 {
+        secure.send(WsMessage::text(format!("s{i}"))).expect("send");
+        plain.send(WsMessage::text(format!("p{i}"))).expect("send");
+    }
+    for i in 0..20 {
+        assert_eq!(read_data(&mut secure), WsMessage::text(format!("s{i}")));
+        assert_eq!(ws_read_data(&mut plain), WsMessage::text(format!("p{i}")));
+    }
+    // Each listener speaks its own protocol only.
+    assert!(tls_connect(srv.addr, &client).is_err(), "[{}] TLS on the plain port", backend_name());
+    let mut s = TcpStream::connect(tls_addr).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        got.starts_with(b"HTTP/1.1 400"),
+        "[{}] {:?}",
+        backend_name(),
+        String::from_utf8_lossy(&got)
+    );
+    close_cleanly(&mut secure);
+    ws_close(&mut plain);
+}
+
+#[test]
+fn a_tls_address_without_a_certificate_is_refused() {
+    let err = sockeye::Server::builder()
+        .listen("127.0.0.1:0")
+        .listen_tls("127.0.0.1:0")
+        .handler(|| Echo)
+        .build()
+        .expect_err("no certificate");
+    assert!(matches!(&err, sockeye::Error::Config(c) if c.field() == "tls_addr"), "{err:?}");
+}

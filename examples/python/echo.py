@@ -77,6 +77,7 @@ class Config(ctypes.Structure):
         ("deflate_min_size", c_size_t),
         ("tls_cert_file", c_char_p),
         ("tls_key_file", c_char_p),
+        ("tls_address", c_char_p),
     ]
 
 

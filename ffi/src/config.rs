@@ -131,6 +131,10 @@ pub struct sockeye_config {
     pub tls_cert_file: *const c_char,
     /// wss://: a NUL-terminated path to the PEM private key of `tls_cert_file`. Default NULL.
     pub tls_key_file: *const c_char,
+    /// With the TLS files: a NUL-terminated "host:port" where wss:// is served while
+    /// `address` serves plain ws:// (port 0 picks one: `sockeye_server_local_tls_port`).
+    /// NULL (the default): `address` itself serves wss://.
+    pub tls_address: *const c_char,
 }
 
 fn ms(d: Duration) -> u32 {
@@ -175,6 +179,7 @@ impl sockeye_config {
             deflate_min_size: c.deflate.min_size,
             tls_cert_file: std::ptr::null(),
             tls_key_file: std::ptr::null(),
+            tls_address: std::ptr::null(),
         }
     }
 
@@ -246,6 +251,11 @@ impl sockeye_config {
         let mut config = config;
         // SAFETY: each non-NULL path is NUL-terminated (this struct's contract).
         config.tls = unsafe { tls_files(self.tls_cert_file, self.tls_key_file) }?;
+        // SAFETY: as above.
+        if let Some(a) = unsafe { path_of(self.tls_address) }? {
+            config.tls_addr = Some(resolve(a, 0).ok_or(SOCKEYE_ERR_ADDRESS)?);
+            config.validate().map_err(|_| SOCKEYE_ERR_INVALID_ARGUMENT)?;
+        }
         Ok(config)
     }
 }

@@ -37,6 +37,8 @@ pub(crate) struct ServerObj {
     /// The built server until `sockeye_server_run` (which runs it) or `sockeye_server_free`
     /// (which drops it) takes it.
     pending: Mutex<Option<Server<CHandler>>>,
+    /// Where wss:// is served when it has a listener of its own.
+    pub(crate) tls_addr: Option<std::net::SocketAddr>,
 }
 
 // The server built on one thread is run on another (the one calling `sockeye_server_run`).
@@ -120,6 +122,7 @@ pub extern "C" fn sockeye_server_new(
             Err(e) => return error_code(&e),
         };
         let obj = Arc::new(ServerObj {
+            tls_addr: server.config().tls_addr,
             handle: server.handle(),
             shared: shared.clone(),
             pending: Mutex::new(Some(server)),
@@ -179,6 +182,17 @@ pub extern "C" fn sockeye_server_stop(server: *mut sockeye_server) -> sockeye_re
         };
         obj.handle.shutdown();
         SOCKEYE_OK
+    })
+}
+
+/// The port wss:// is served on when `tls_address` was set (the one picked for port 0); 0
+/// if `server` is NULL or has no TLS address of its own. Thread-safe.
+#[no_mangle]
+pub extern "C" fn sockeye_server_local_tls_port(server: *const sockeye_server) -> u16 {
+    guard(|| {
+        // SAFETY: `server` is NULL or from `sockeye_server_new` and not yet freed (documented
+        // contract); its `Arc` keeps the object alive and nothing changes it but through locks.
+        unsafe { opaque::as_ref(server) }.and_then(|o| o.tls_addr).map_or(0, |a| a.port())
     })
 }
 

@@ -325,11 +325,8 @@ impl Report {
                     self.window,
                     a.warmup
                 );
-                let what = if a.churn {
-                    "handshakes/s (--churn)"
-                } else {
-                    "messages/s (round trips)"
-                };
+                let what =
+                    if a.churn { "handshakes/s (--churn)" } else { "messages/s (round trips)" };
                 let _ = writeln!(s, "{:<28}{:>14.0}", what, self.rate(self.msgs));
                 let _ = writeln!(
                     s,

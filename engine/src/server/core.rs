@@ -191,8 +191,6 @@ pub(crate) struct CoreState<D> {
     to_close: Vec<u32>,
     /// Bytes of shared frames every queue let go of, to take off the memory budget.
     released: Rc<Cell<usize>>,
-    /// Whether connections accepted here speak TLS.
-    secure: bool,
     /// TLS connections' state by key (`TLS` in their flags); empty on a plain server. Kept
     /// beside the slab, not in the slot: a plain connection pays nothing for it.
     tls: Vec<Option<Box<TlsConn>>>,
@@ -886,7 +884,6 @@ impl<H: Handler> Core<H> {
         let wheel = Wheel::new(now, cfg.timer_tick);
         let topics = Topics::new(worker, Arc::clone(&handle.inner.topics));
         let capacity = cfg_conns(&cfg);
-        let secure = cfg.tls.is_some();
         Self {
             state: CoreState {
                 worker: worker as u32,
@@ -911,7 +908,6 @@ impl<H: Handler> Core<H> {
                 topics,
                 to_close: Vec::new(),
                 released: Rc::new(Cell::new(0)),
-                secure,
                 tls: Vec::new(),
                 tls_buf: Vec::new(),
                 tls_logged: false,
@@ -956,8 +952,9 @@ impl<H: Handler> Core<H> {
         put(&stats.tls_errors, c.tls_errors);
     }
 
-    /// A connection arrived on socket `fd` (the backend keeps owning it); returns its key.
-    pub(crate) fn accept(&mut self, peer: SocketAddr, fd: RawFd) -> usize {
+    /// A connection arrived on socket `fd` (the backend keeps owning it), on a TLS listener
+    /// when `secure`; returns its key.
+    pub(crate) fn accept(&mut self, peer: SocketAddr, fd: RawFd, secure: bool) -> usize {
         let st = &mut self.state;
         let slot = Slot {
             flags: 0,
@@ -974,7 +971,7 @@ impl<H: Handler> Core<H> {
         if st.gens.len() <= key {
             st.gens.resize(key + 1, 0);
         }
-        if st.secure {
+        if secure {
             st.start_tls(key);
         }
         st.arm(key);

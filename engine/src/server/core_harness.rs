@@ -225,7 +225,8 @@ impl Pair {
                 socket2::SockRef::from(s).set_send_buffer_size(n).expect("SO_SNDBUF");
             }
         }
-        let key = self.core.accept(peer(), server.as_raw_fd());
+        let secure = self.core.state.handle.inner.tls.current().is_some();
+        let key = self.core.accept(peer(), server.as_raw_fd(), secure);
         let proto = Connection::new_open(Role::Client, 0x5eed);
         self.clients.push(Client {
             key,
