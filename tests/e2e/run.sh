@@ -5,7 +5,7 @@
 #   tests/e2e/run.sh                 install what is missing, build the demo, run every test
 #   tests/e2e/run.sh python browser  run only the named tests (python node nginx browser)
 #
-# Idempotent: apt packages (nginx-light, chromium, python3-venv, nodejs/npm) are installed only
+# Idempotent: apt packages (nginx-light, chromium, python3-venv, nodejs/npm, openssl) are installed only
 # if missing; the Python venv (tests/e2e/.venv) and node_modules are (re)made only when absent or
 # out of date with requirements.txt / package-lock.json. Set E2E_NO_INSTALL=1 to skip installing.
 # The demo is built once (`cargo build --release --example demo`, honouring CARGO_TARGET_DIR),
@@ -46,6 +46,7 @@ install_deps() {
     /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)
     command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
     command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+    command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
     if [ ${#pkgs[@]} -gt 0 ]; then
         log "apt-get install ${pkgs[*]}"
         as_root apt-get update -qq
