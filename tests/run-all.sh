@@ -39,6 +39,7 @@ setup() {
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v chromium >/dev/null || need+=(chromium)
   command -v curl >/dev/null || need+=(curl)
+  command -v openssl >/dev/null || need+=(openssl) # the wss:// tests' throwaway certificates
   if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -114,9 +115,11 @@ autobahn() { autobahn_on 9301 epoll && autobahn_on 9302 io_uring; }
 e2e() { bash tests/e2e/run.sh; }
 
 # Fault injection (tests/faults/faults.py, Python standard library only): big message + close
-# never read, zero-window readers, slowloris, resets mid-message, EMFILE, handler panics and the
-# /metrics format, against a fresh demo per scenario on both backends; each must return to its
-# baseline (fds, connections, memory, RSS) within the configured timeouts. About 70 s.
+# never read, zero-window readers, slowloris, resets mid-message, EMFILE, handler panics, the
+# /metrics format and bad TLS input (plaintext HTTP, a truncated ClientHello, openssl s_client
+# with TLS 1.1 or an illegal SNI name), against a fresh demo per scenario on both backends; each
+# must return to its baseline (fds, connections, memory, RSS) within the configured timeouts.
+# About 80 s.
 faults() {
   cargo build --release --example demo --quiet &&
     timeout -k 5 170 python3 tests/faults/faults.py \

@@ -132,6 +132,8 @@ fn metric_help(name: &str) -> &'static str {
         "backpressure_closes" => "Connections closed with 1008 for a queue over max_backpressure.",
         "subscriptions" => "Topic subscriptions the worker holds.",
         "bad_handshakes" => "Handshake requests answered with an HTTP error.",
+        "tls_handshakes" => "TLS handshakes completed (wss:// only).",
+        "tls_errors" => "TLS connections dropped (failed handshake, bad record, alert, plaintext).",
         _ => "A sockeye per-worker counter.",
     }
 }
