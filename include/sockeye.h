@@ -349,7 +349,8 @@ typedef struct sockeye_config {
     /**
      * wss://: a NUL-terminated path to a PEM file with the certificate chain (the server's
      * certificate first), read once in `sockeye_server_new`. NULL (the default): plain ws://.
-     * Set both or neither of `tls_cert_file` and `tls_key_file`.
+     * Set both or neither of `tls_cert_file` and `tls_key_file` (one alone:
+     * `SOCKEYE_ERR_INVALID_ARGUMENT`, and `sockeye_last_error` says so).
      */
     const char *tls_cert_file;
     /**
@@ -597,8 +598,9 @@ extern "C" {
 const char *sockeye_strerror(int code);
 
 /**
- * Why the last call on this thread that returned `SOCKEYE_ERR_TLS` failed, in English (which
- * file, which check), as a NUL-terminated string owned by the library: valid until the next
+ * Why the last call on this thread that returned `SOCKEYE_ERR_TLS` failed (or
+ * `SOCKEYE_ERR_INVALID_ARGUMENT` for only one of `tls_cert_file` and `tls_key_file` set), in
+ * English (which file, which check), as a NUL-terminated string owned by the library: valid until the next
  * call into the library on this thread, never freed by the caller. Empty when there is
  * nothing to say.
  */

@@ -127,7 +127,8 @@ pub struct sockeye_config {
     pub deflate_min_size: usize,
     /// wss://: a NUL-terminated path to a PEM file with the certificate chain (the server's
     /// certificate first), read once in `sockeye_server_new`. NULL (the default): plain ws://.
-    /// Set both or neither of `tls_cert_file` and `tls_key_file`.
+    /// Set both or neither of `tls_cert_file` and `tls_key_file` (one alone:
+    /// `SOCKEYE_ERR_INVALID_ARGUMENT`, and `sockeye_last_error` says so).
     pub tls_cert_file: *const c_char,
     /// wss://: a NUL-terminated path to the PEM private key of `tls_cert_file`. Default NULL.
     pub tls_key_file: *const c_char,

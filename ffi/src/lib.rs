@@ -131,8 +131,9 @@ pub(crate) fn set_last_error(why: &str) {
     LAST_ERROR.with(|e| *e.borrow_mut() = text);
 }
 
-/// Why the last call on this thread that returned `SOCKEYE_ERR_TLS` failed, in English (which
-/// file, which check), as a NUL-terminated string owned by the library: valid until the next
+/// Why the last call on this thread that returned `SOCKEYE_ERR_TLS` failed (or
+/// `SOCKEYE_ERR_INVALID_ARGUMENT` for only one of `tls_cert_file` and `tls_key_file` set), in
+/// English (which file, which check), as a NUL-terminated string owned by the library: valid until the next
 /// call into the library on this thread, never freed by the caller. Empty when there is
 /// nothing to say.
 #[no_mangle]

@@ -680,13 +680,18 @@ impl<D> CoreState<D> {
     fn tls_failed(&mut self, key: usize, e: &rustls::Error, http: bool) {
         self.counts.tls_errors += 1;
         let peer = self.conns[key].peer.addr();
+        let what = if http {
+            "plaintext HTTP on the TLS port (answered 400)".to_string()
+        } else {
+            e.to_string()
+        };
         if self.tls_logged {
-            log::debug!("worker {}: TLS error from {peer}: {e}", self.worker);
+            log::debug!("worker {}: TLS error from {peer}: {what}", self.worker);
         } else {
             self.tls_logged = true;
             log::warn!(
-                "worker {}: TLS error from {peer}: {e} (that connection is dropped; further TLS \
-                 errors are counted in stats)",
+                "worker {}: TLS error from {peer}: {what} (that connection is dropped; further \
+                 TLS errors are counted in stats)",
                 self.worker
             );
         }

@@ -102,8 +102,12 @@ impl TlsConfig {
             return Err("TLS certificate chain: no CERTIFICATE in the PEM".into());
         };
         check_validity(leaf, UnixTime::now())?;
-        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
-            .map_err(|e| format!("TLS private key: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "TLS private key: no PRIVATE KEY in the PEM".to_string()
+            }
+            e => format!("TLS private key: {e}"),
+        })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
