@@ -260,7 +260,18 @@ where
         let mut config = self.config;
         config.validate()?;
         let tls = match &config.tls {
-            Some(t) => Some(t.build().map_err(Error::Tls)?),
+            Some(t) => {
+                let built = t.build().map_err(Error::Tls)?;
+                match backend::sys::ktls_probe() {
+                    Ok(()) => {
+                        log::info!("TLS: rustls in the workers (this kernel has kTLS; unused)")
+                    }
+                    Err(e) => {
+                        log::info!("TLS: rustls in the workers (no kTLS here: TCP_ULP tls: {e})")
+                    }
+                }
+                Some(built)
+            }
             None => None,
         };
         config.backend = backend::resolve(config.backend)?;
