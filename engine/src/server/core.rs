@@ -1425,15 +1425,15 @@ impl<H: Handler> Core<H> {
     /// Takes the queue for a send the kernel owns until its completion (completion backends).
     pub(crate) fn take_out(&mut self, key: usize) -> Option<Box<OutQ>> {
         self.state.seal(key);
-        if let Some(t) = self.state.tls.get_mut(key).and_then(|t| t.as_mut()) {
-            t.sealed = 0; // the whole queue leaves, sealed
-        }
         let s = self.state.conns.get_mut(key)?;
         if s.flags & DEAD != 0 || s.inflight != 0 || s.out.as_ref().is_none_or(|q| q.is_empty()) {
             return None;
         }
         let q = s.out.take()?;
         s.inflight = q.len() as u32;
+        if let Some(t) = self.state.tls.get_mut(key).and_then(|t| t.as_mut()) {
+            t.sealed = 0; // the whole queue left, sealed
+        }
         Some(q)
     }
 

@@ -247,6 +247,39 @@ mod tests {
         FrameBuf::new(b.to_vec(), &Rc::new(Cell::new(0)))
     }
 
+    /// What a TLS connection's queue goes through: its plaintext tail (owned bytes and shared
+    /// frames) handed out in order behind the sealed head, then replaced.
+    #[test]
+    fn the_tail_behind_a_sealed_head_is_handed_out_in_order_and_replaced() {
+        let released = Rc::new(Cell::new(0));
+        let mut q = OutQ::default();
+        q.bytes_mut().extend_from_slice(b"SEALED");
+        q.advance(2); // the socket took "SE"
+        let keep = q.len(); // "ALED": ciphertext still unsent
+        q.bytes_mut().extend_from_slice(b"a");
+        let f = FrameBuf::new(b"FRAME".to_vec(), &released);
+        q.push_frame(&f);
+        drop(f);
+        q.bytes_mut().extend_from_slice(b"bc");
+        let mut tail = Vec::new();
+        q.for_each_tail(keep, |part| tail.push(part.to_vec()));
+        assert_eq!(tail, [b"a".to_vec(), b"FRAME".to_vec(), b"bc".to_vec()]);
+        q.truncate_unsent(keep);
+        assert_eq!(drain(&q), b"ALED");
+        assert_eq!(released.get(), 5, "the frame was let go of");
+        q.bytes_mut().extend_from_slice(b"++");
+        assert_eq!(drain(&q), b"ALED++");
+        // With nothing sealed, the whole queue is the tail (a partly sent frame from its rest).
+        let mut q = OutQ::default();
+        q.push_frame(&frame(b"xyz"));
+        q.advance(1);
+        let mut tail = Vec::new();
+        q.for_each_tail(0, |part| tail.extend_from_slice(part));
+        assert_eq!(tail, b"yz");
+        q.truncate_unsent(0);
+        assert!(q.is_empty());
+    }
+
     #[test]
     fn a_frame_reports_its_bytes_when_the_last_queue_lets_go() {
         let released = Rc::new(Cell::new(0));
