@@ -61,6 +61,9 @@ fanout:
 idle:
   --hold SECS          keep the connections open this long after they are all up (default 5)
   --settle SECS        wait this long after the last handshake before sampling RSS (default 2)
+  --prime              first send one --size message on every connection and wait for its
+                       echo (within the settle), so that the server holds what a used
+                       connection keeps (e.g. a compression context), then hold them idle
 ";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +118,8 @@ pub(crate) struct Args {
     pub(crate) deflate: bool,
     /// zlib level of the loadgen's own compression.
     pub(crate) deflate_level: u32,
+    /// Idle: one echo per connection before the hold.
+    pub(crate) prime: bool,
 }
 
 fn fail(msg: &str) -> ! {
@@ -158,6 +163,7 @@ impl Args {
             topics: 0,
             deflate: false,
             deflate_level: 1,
+            prime: false,
         };
         let mut src_addrs: Option<u8> = None;
         while let Some(flag) = it.next() {
@@ -204,6 +210,7 @@ impl Args {
                 "--rate" => a.rate = num("--rate", &val()),
                 "--topics" => a.topics = num("--topics", &val()),
                 "--deflate" => a.deflate = true,
+                "--prime" => a.prime = true,
                 "--deflate-level" => a.deflate_level = num("--deflate-level", &val()),
                 "-h" | "--help" => {
                     println!("{HELP}");
@@ -275,7 +282,10 @@ impl Args {
                 fail("--deflate-level must be 0..=9");
             }
             // JSON-like text: the prefix is hex.
-            a.text = a.mode == Mode::Echo;
+            a.text = true;
+        }
+        if a.prime && a.mode != Mode::Idle {
+            fail("--prime is for the idle mode");
         }
         a.threads = a.threads.min(a.connections);
         let loopback = matches!(a.addr, SocketAddr::V4(v) if v.ip().is_loopback());
