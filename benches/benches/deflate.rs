@@ -118,7 +118,7 @@ fn libdeflate_compress(c: &mut LdCompressor, input: &[u8], out: &mut Vec<u8>) {
 /// An empty stored block with BFINAL: ends a sync-flushed stream for libdeflate.
 const FINAL: [u8; 5] = [0x01, 0x00, 0x00, 0xff, 0xff];
 
-fn libdeflate_inflate(d: &mut LdDecompressor, input: &[u8], out: &mut Vec<u8>) -> usize {
+fn libdeflate_inflate(d: &mut LdDecompressor, input: &[u8], out: &mut [u8]) -> usize {
     // `input` ends with the tail and the final block already (appended once, outside).
     d.deflate_decompress(input, out).unwrap()
 }

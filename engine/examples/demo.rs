@@ -333,6 +333,7 @@ worker's counters in the Prometheus text format.
   --deflate          negotiate permessage-deflate (RFC 7692) with clients that offer it
                      (browsers do): one shared compressor per worker, messages of 512
                      bytes or more compressed, a published line compressed once
+  --deflate-level N  with --deflate, the zlib level 0..=9 (engine default 1)
   --deflate-client-no-context-takeover
                      with --deflate, also ask clients for client_no_context_takeover:
                      incoming messages are inflated by an inflater the worker lends
@@ -403,6 +404,7 @@ fn main() {
     let mut close_slow = defaults.close_on_backpressure_limit;
     let mut deflate = false;
     let mut deflate_client_nct = defaults.deflate.client_no_context_takeover;
+    let mut deflate_level = defaults.deflate.level;
     let mut max_topic_len = defaults.max_topic_len;
     let mut chaos = false;
     let mut args = std::env::args().skip(1);
@@ -440,6 +442,7 @@ fn main() {
             "--close-slow-subscribers" => close_slow = true,
             "--deflate" => deflate = true,
             "--deflate-client-no-context-takeover" => deflate_client_nct = true,
+            "--deflate-level" => deflate_level = number(&value("--deflate-level")),
             "--max-topic-len" => max_topic_len = number(&value("--max-topic-len")),
             "--max-message-size" => max_message_size = number(&value("--max-message-size")),
             "--memory-budget" => memory_budget = number(&value("--memory-budget")),
@@ -466,6 +469,7 @@ fn main() {
         .deflate(sockeye::DeflateConfig {
             enabled: deflate,
             client_no_context_takeover: deflate_client_nct,
+            level: deflate_level,
             ..defaults.deflate
         })
         .max_topic_len(max_topic_len)
