@@ -340,6 +340,12 @@ worker's counters in the Prometheus text format.
                      chain and key; the files are watched, and a changed pair is
                      loaded for new handshakes without a restart
   --tls-addr ADDR    with --tls: serve wss:// on ADDR and plain ws:// on --addr
+  --deflate-level N  with --deflate, the zlib level 0..=9 (engine default 1)
+  --deflate-client-no-context-takeover
+                     with --deflate, also ask clients for client_no_context_takeover:
+                     incoming messages are inflated by an inflater the worker lends
+                     for the message, so a used idle connection keeps none (~47 KB
+                     otherwise), at the price of the clients' compression ratio
   --close-slow-subscribers
                      close (1008) a connection over --max-backpressure instead of
                      dropping the message for it: a slow chat or /stats member, and
@@ -406,6 +412,8 @@ fn main() {
     let mut deflate = false;
     let mut tls_files: Option<(String, String)> = None;
     let mut tls_addr: Option<String> = None;
+    let mut deflate_client_nct = defaults.deflate.client_no_context_takeover;
+    let mut deflate_level = defaults.deflate.level;
     let mut max_topic_len = defaults.max_topic_len;
     let mut chaos = false;
     let mut args = std::env::args().skip(1);
@@ -447,6 +455,8 @@ fn main() {
                 let cert = value("--tls");
                 tls_files = Some((cert, value("--tls (the key after the certificate)")));
             }
+            "--deflate-client-no-context-takeover" => deflate_client_nct = true,
+            "--deflate-level" => deflate_level = number(&value("--deflate-level")),
             "--max-topic-len" => max_topic_len = number(&value("--max-topic-len")),
             "--max-message-size" => max_message_size = number(&value("--max-message-size")),
             "--memory-budget" => memory_budget = number(&value("--memory-budget")),
@@ -483,7 +493,12 @@ fn main() {
         .backend(backend)
         .max_backpressure(max_backpressure)
         .close_on_backpressure_limit(close_slow)
-        .deflate(sockeye::DeflateConfig { enabled: deflate, ..defaults.deflate })
+        .deflate(sockeye::DeflateConfig {
+            enabled: deflate,
+            client_no_context_takeover: deflate_client_nct,
+            level: deflate_level,
+            ..defaults.deflate
+        })
         .max_topic_len(max_topic_len)
         .idle_timeout(idle_timeout)
         .close_timeout(close_timeout)

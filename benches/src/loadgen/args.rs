@@ -69,6 +69,9 @@ fanout:
 idle:
   --hold SECS          keep the connections open this long after they are all up (default 5)
   --settle SECS        wait this long after the last handshake before sampling RSS (default 2)
+  --prime              first send one --size message on every connection and wait for its
+                       echo (within the settle), so that the server holds what a used
+                       connection keeps (e.g. a compression context), then hold them idle
 ";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +131,8 @@ pub(crate) struct Args {
     pub(crate) deflate_level: u32,
     /// wss://: the client configuration every connection's TLS session is made from.
     pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Idle: one echo per connection before the hold.
+    pub(crate) prime: bool,
 }
 
 fn fail(msg: &str) -> ! {
@@ -173,6 +178,7 @@ impl Args {
             churn: false,
             deflate_level: 1,
             tls: None,
+            prime: false,
         };
         let mut ca: Option<String> = None;
         let mut src_addrs: Option<u8> = None;
@@ -222,6 +228,7 @@ impl Args {
                 "--deflate" => a.deflate = true,
                 "--churn" => a.churn = true,
                 "--ca" => ca = Some(val()),
+                "--prime" => a.prime = true,
                 "--deflate-level" => a.deflate_level = num("--deflate-level", &val()),
                 "-h" | "--help" => {
                     println!("{HELP}");
@@ -300,7 +307,10 @@ impl Args {
                 fail("--deflate-level must be 0..=9");
             }
             // JSON-like text: the prefix is hex.
-            a.text = a.mode == Mode::Echo;
+            a.text = true;
+        }
+        if a.prime && a.mode != Mode::Idle {
+            fail("--prime is for the idle mode");
         }
         a.threads = a.threads.min(a.connections);
         let loopback = matches!(a.addr, SocketAddr::V4(v) if v.ip().is_loopback());

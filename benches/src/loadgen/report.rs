@@ -588,6 +588,9 @@ impl Report {
             j.opt("server_rss_end_of_hold", f(r2));
             j.opt("server_rss_after_close", f(self.rss_after_close));
             j.opt("server_rss_bytes_per_conn", self.rss_per_conn());
+            if a.prime {
+                j.int("primed_echoes", self.fan.delivered_total);
+            }
             if let Some((_, x, y)) = &self.idle_samples {
                 j.opt("server_cpu_idle_s", diff(x.server_cpu, y.server_cpu));
                 j.opt("loadgen_cpu_idle_s", diff(x.self_cpu, y.self_cpu));

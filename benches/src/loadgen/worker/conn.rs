@@ -140,10 +140,13 @@ impl Conn {
         let offer = ctx.z.is_some().then_some(super::deflate::OFFER);
         let (accept, request) = handshake::key_and_request(ctx.ws, path, host, offer, rng);
         // Echo send times (fanout keeps them in `FanShared`).
-        let ring =
-            if matches!(ctx.mode, Mode::Echo | Mode::Raw) { ctx.inflight as usize } else { 0 };
+        let ring = if matches!(ctx.mode, Mode::Echo | Mode::Raw) || ctx.prime {
+            ctx.inflight as usize
+        } else {
+            0
+        };
         let wcap = match ctx.mode {
-            Mode::Idle => 0,
+            Mode::Idle if !ctx.prime => 0,
             // Subscribers send pongs and a close frame only (publishers: `make_publisher`).
             Mode::Fanout => 256,
             _ => ctx.inflight as usize * (ctx.size + MAX_HEADER_LEN) + 256,

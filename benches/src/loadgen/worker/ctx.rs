@@ -27,6 +27,8 @@ pub(super) struct Ctx {
     pub(super) hashed_bodies: bool,
     /// permessage-deflate: the loadgen's precompressed bodies, inflaters, counters.
     pub(super) z: Option<Box<super::deflate::ZCtx>>,
+    /// Idle `--prime`: one echo per connection before the hold.
+    pub(super) prime: bool,
     pub(super) prefix_len: usize,
     pub(super) base: Instant,
     pub(super) measuring: bool,
@@ -74,6 +76,7 @@ impl Ctx {
             bodies: 251,
             hashed_bodies: false,
             z: None,
+            prime: false,
             base: Instant::now(),
             measuring: false,
             sending: mode != Mode::Idle,
@@ -92,6 +95,12 @@ impl Ctx {
             topics: 0,
             fc: FanCounts::default(),
         }
+    }
+
+    /// Whether data messages from the server are echoes to verify (echo mode; idle `--prime`).
+    #[inline]
+    pub(super) fn echoes(&self) -> bool {
+        self.mode == Mode::Echo || self.prime
     }
 
     /// Where message `seq`'s body starts in `pattern`.

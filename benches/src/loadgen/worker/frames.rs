@@ -57,9 +57,9 @@ impl Conn {
             if self.ctrl_op.is_some() {
                 self.ctrl[self.ctrl_len..self.ctrl_len + n].copy_from_slice(chunk);
                 self.ctrl_len += n;
-            } else if ctx.mode == Mode::Echo && self.msg_z {
+            } else if ctx.echoes() && self.msg_z {
                 self.inflate_chunk(ctx, chunk)?;
-            } else if ctx.mode == Mode::Echo {
+            } else if ctx.echoes() {
                 if !ctx.verify(self.recv_seq, self.msg_off, chunk) {
                     self.msg_bad = true;
                 }
@@ -123,7 +123,7 @@ impl Conn {
                     // Text echoed as binary or the reverse is a mismatch.
                     self.msg_bad = (op == 1) != ctx.text;
                 }
-                if ctx.mode == Mode::Echo {
+                if ctx.echoes() {
                     if self.recv_seq >= self.send_seq {
                         return Err(Fail::Protocol("echo of a message never sent"));
                     }
@@ -193,7 +193,7 @@ impl Conn {
             return Ok(());
         }
         self.in_msg = false;
-        if ctx.mode == Mode::Idle {
+        if ctx.mode == Mode::Idle && !ctx.prime {
             ctx.errors.protocol += 1;
             ctx.note("data message on an idle connection".into());
             return Ok(());

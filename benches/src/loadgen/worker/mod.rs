@@ -121,6 +121,7 @@ pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) ->
     if args.deflate {
         ctx.enable_deflate(args.deflate_level, &mut seed);
     }
+    ctx.prime = args.prime;
     // Subscriber k of this worker is global connection idx + k * threads; with topics it joins
     // room (idx + k * threads) % topics, publisher p room p % topics.
     let mut conns: Vec<Conn> = (0..n)
