@@ -341,11 +341,13 @@ worker's counters in the Prometheus text format.
                      loaded for new handshakes without a restart
   --tls-addr ADDR    with --tls: serve wss:// on ADDR and plain ws:// on --addr
   --deflate-level N  with --deflate, the zlib level 0..=9 (engine default 1)
+  --deflate-client-context-takeover
+                     with --deflate, let clients keep their compression window (by
+                     default they are asked for client_no_context_takeover, and every
+                     incoming message is inflated by an inflater the worker lends for
+                     it): better ratios from clients, ~47 KB kept per used connection
   --deflate-client-no-context-takeover
-                     with --deflate, also ask clients for client_no_context_takeover:
-                     incoming messages are inflated by an inflater the worker lends
-                     for the message, so a used idle connection keeps none (~47 KB
-                     otherwise), at the price of the clients' compression ratio
+                     the default; kept for the scripts that name it
   --close-slow-subscribers
                      close (1008) a connection over --max-backpressure instead of
                      dropping the message for it: a slow chat or /stats member, and
@@ -456,6 +458,7 @@ fn main() {
                 tls_files = Some((cert, value("--tls (the key after the certificate)")));
             }
             "--deflate-client-no-context-takeover" => deflate_client_nct = true,
+            "--deflate-client-context-takeover" => deflate_client_nct = false,
             "--deflate-level" => deflate_level = number(&value("--deflate-level")),
             "--max-topic-len" => max_topic_len = number(&value("--max-topic-len")),
             "--max-message-size" => max_message_size = number(&value("--max-message-size")),

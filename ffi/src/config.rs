@@ -112,7 +112,7 @@ pub struct sockeye_config {
     /// connection) even when the client allows more. Default true.
     pub deflate_server_no_context_takeover: bool,
     /// Ask clients to reset their compressor per message, so no inflate window is kept per
-    /// idle connection. Default false.
+    /// idle connection. Default true.
     pub deflate_client_no_context_takeover: bool,
     /// Largest window the server compresses with (2^bits). Accepted: 9 to 15. Default 15.
     pub deflate_server_max_window_bits: u8,

@@ -43,7 +43,12 @@ fn pmd(snct: bool, cnct: bool, sbits: u8, cbits: u8) -> PerMessageDeflate {
 
 fn env_with(limits: Limits) -> Env {
     let mut env = Env::new(limits);
-    env.deflate = DeflateConfig { enabled: true, min_size: 0, ..DeflateConfig::default() };
+    env.deflate = DeflateConfig {
+        enabled: true,
+        min_size: 0,
+        client_no_context_takeover: false,
+        ..DeflateConfig::default()
+    };
     env
 }
 

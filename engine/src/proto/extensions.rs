@@ -31,7 +31,8 @@
 //! assert_eq!(answer.server_max_window_bits, 10);
 //! assert_eq!(
 //!     answer.to_string(),
-//!     "permessage-deflate; server_no_context_takeover; server_max_window_bits=10"
+//!     "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+//!      server_max_window_bits=10"
 //! );
 //! ```
 
@@ -59,7 +60,8 @@ pub enum DeflateMemory {
 
 /// The server's permessage-deflate preferences. The default is disabled; with `enabled` set,
 /// the defaults favour many connections: the server keeps no compression window between
-/// messages (one compressor per worker serves every connection) and lets clients keep theirs.
+/// messages (one compressor per worker serves every connection) and asks clients not to keep
+/// theirs (so it keeps no inflater per idle connection either; Bun's default too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeflateConfig {
     /// Negotiate permessage-deflate at all.
@@ -75,7 +77,10 @@ pub struct DeflateConfig {
     pub server_max_window_bits: u8,
     /// Ask clients not to keep their compression window between messages
     /// (`client_no_context_takeover`): the server then needs no inflate window per idle
-    /// connection.
+    /// connection (an inflater is lent for each message). Default true: with it off, a
+    /// connection that received one compressed message keeps a ~47 KB inflater, ~20 KB of it
+    /// resident (10,000 idle connections: 20,370 against 372 bytes each, benches/README.md),
+    /// for a better compression ratio of what clients send.
     pub client_no_context_takeover: bool,
     /// Largest LZ77 window the server asks clients to compress with (`client_max_window_bits`),
     /// which bounds the inflate window kept per connection. Accepted: 8..=15. Only a client
@@ -100,7 +105,7 @@ impl Default for DeflateConfig {
             enabled: false,
             server_no_context_takeover: true,
             server_max_window_bits: 15,
-            client_no_context_takeover: false,
+            client_no_context_takeover: true,
             client_max_window_bits: 15,
             min_size: 512,
             level: 1,
@@ -393,12 +398,24 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Context takeover both ways allowed: the answers below show what was offered.
     fn on() -> DeflateConfig {
         DeflateConfig {
             enabled: true,
             server_no_context_takeover: false,
+            client_no_context_takeover: false,
             ..DeflateConfig::default()
         }
+    }
+
+    #[test]
+    fn the_default_answer_keeps_no_window_on_either_side() {
+        let cfg = DeflateConfig { enabled: true, ..DeflateConfig::default() };
+        let a = negotiate(&cfg, ["permessage-deflate; client_max_window_bits"]).unwrap().unwrap();
+        assert_eq!(
+            a.to_string(),
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        );
     }
 
     fn pmd(snct: bool, cnct: bool, sbits: u8, cbits: u8) -> PerMessageDeflate {
