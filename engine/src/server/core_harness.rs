@@ -170,6 +170,8 @@ fn handle(cfg: &Config) -> ServerHandle {
             stopping: AtomicBool::new(false),
             topics: Arc::new(crate::server::topics::Registry::new(1)),
             max_topic_len: cfg.max_topic_len,
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }),
     }
 }
