@@ -340,6 +340,16 @@ typedef struct sockeye_config {
      * Messages shorter than this go uncompressed. Default 512.
      */
     size_t deflate_min_size;
+    /**
+     * Pub/sub across processes: the Redis server of the cluster bridge, a NUL-terminated
+     * `redis://host:port` string owned by the caller (read once, in `sockeye_server_new`), or
+     * NULL (the default) for none. Set, every publish also goes to Redis and every topic a
+     * local connection holds is subscribed there, so that the publishes of other Sockeye
+     * processes on the same Redis reach this one's subscribers (Redis 6 or later; sharded
+     * pub/sub on Redis 7). A string that is not such a URL, or a library built without the
+     * engine's `cluster` feature, is refused with `SOCKEYE_ERR_INVALID_ARGUMENT`.
+     */
+    const char *cluster_url;
 } sockeye_config;
 
 /**
@@ -518,6 +528,27 @@ typedef struct sockeye_stats {
      * Topic subscriptions the worker holds now (a gauge).
      */
     size_t subscriptions;
+    /**
+     * Cluster bridge (`cluster_url`; this and the next four are server-wide, counted on
+     * worker 0 and 0 on the others): publishes the broker took.
+     */
+    size_t cluster_published;
+    /**
+     * Cluster bridge: messages from other processes fanned out to this server's subscribers.
+     */
+    size_t cluster_received;
+    /**
+     * Cluster bridge: publishes not handed to the broker, its queue full (slow broker).
+     */
+    size_t cluster_queue_drops;
+    /**
+     * Cluster bridge: publishes not sent because the broker was unreachable.
+     */
+    size_t cluster_lost;
+    /**
+     * Cluster bridge: broker connections made again after a loss (each re-subscribes).
+     */
+    size_t cluster_reconnects;
 } sockeye_stats;
 
 /**

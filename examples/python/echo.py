@@ -75,6 +75,7 @@ class Config(ctypes.Structure):
         ("deflate_level", c_uint8),
         ("deflate_dedicated", c_bool),
         ("deflate_min_size", c_size_t),
+        ("cluster_url", c_char_p),
     ]
 
 

@@ -125,6 +125,14 @@ pub struct sockeye_config {
     pub deflate_dedicated: bool,
     /// Messages shorter than this go uncompressed. Default 512.
     pub deflate_min_size: usize,
+    /// Pub/sub across processes: the Redis server of the cluster bridge, a NUL-terminated
+    /// `redis://host:port` string owned by the caller (read once, in `sockeye_server_new`), or
+    /// NULL (the default) for none. Set, every publish also goes to Redis and every topic a
+    /// local connection holds is subscribed there, so that the publishes of other Sockeye
+    /// processes on the same Redis reach this one's subscribers (Redis 6 or later; sharded
+    /// pub/sub on Redis 7). A string that is not such a URL, or a library built without the
+    /// engine's `cluster` feature, is refused with `SOCKEYE_ERR_INVALID_ARGUMENT`.
+    pub cluster_url: *const c_char,
 }
 
 fn ms(d: Duration) -> u32 {
@@ -167,6 +175,7 @@ impl sockeye_config {
             deflate_level: c.deflate.level,
             deflate_dedicated: c.deflate.memory == DeflateMemory::Dedicated,
             deflate_min_size: c.deflate.min_size,
+            cluster_url: std::ptr::null(),
         }
     }
 
@@ -174,8 +183,15 @@ impl sockeye_config {
     /// ([`Config::validate`], the one check a Rust server gets too).
     ///
     /// # Safety
-    /// A non-NULL `address` must point to a NUL-terminated string.
+    /// A non-NULL `address` or `cluster_url` must point to a NUL-terminated string.
     pub(crate) unsafe fn engine_config(self) -> Result<Config, sockeye_result> {
+        let cluster_url = if self.cluster_url.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL, and NUL-terminated by this struct's contract.
+            let url = unsafe { CStr::from_ptr(self.cluster_url) };
+            Some(url.to_str().map_err(|_| SOCKEYE_ERR_UTF8)?.to_owned())
+        };
         if self.address.is_null() {
             return Err(SOCKEYE_ERR_NULL);
         }
@@ -231,6 +247,7 @@ impl sockeye_config {
                 min_size: self.deflate_min_size,
                 ..d.deflate
             },
+            cluster_url,
             ..d
         };
         config.validate().map_err(|_| SOCKEYE_ERR_INVALID_ARGUMENT)?;

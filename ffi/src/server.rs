@@ -247,6 +247,17 @@ pub struct sockeye_stats {
     pub backpressure_closes: usize,
     /// Topic subscriptions the worker holds now (a gauge).
     pub subscriptions: usize,
+    /// Cluster bridge (`cluster_url`; this and the next four are server-wide, counted on
+    /// worker 0 and 0 on the others): publishes the broker took.
+    pub cluster_published: usize,
+    /// Cluster bridge: messages from other processes fanned out to this server's subscribers.
+    pub cluster_received: usize,
+    /// Cluster bridge: publishes not handed to the broker, its queue full (slow broker).
+    pub cluster_queue_drops: usize,
+    /// Cluster bridge: publishes not sent because the broker was unreachable.
+    pub cluster_lost: usize,
+    /// Cluster bridge: broker connections made again after a loss (each re-subscribes).
+    pub cluster_reconnects: usize,
 }
 
 impl From<sockeye::Stats> for sockeye_stats {
@@ -271,6 +282,11 @@ impl From<sockeye::Stats> for sockeye_stats {
             publish_drops: s.publish_drops,
             backpressure_closes: s.backpressure_closes,
             subscriptions: s.subscriptions,
+            cluster_published: s.cluster_published,
+            cluster_received: s.cluster_received,
+            cluster_queue_drops: s.cluster_queue_drops,
+            cluster_lost: s.cluster_lost,
+            cluster_reconnects: s.cluster_reconnects,
         }
     }
 }

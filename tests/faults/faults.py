@@ -52,7 +52,8 @@ FIELDS = ["connections", "buffers_total", "buffers_in_kernel", "buffer_shortages
           "memory_in_use", "handshake_timeouts", "idle_timeouts", "close_timeouts",
           "handler_panics", "sends_dropped", "budget_refusals", "protocol_errors",
           "messages_in", "messages_out", "deliveries", "publish_drops", "backpressure_closes",
-          "subscriptions", "bad_handshakes"]
+          "subscriptions", "bad_handshakes", "cluster_published", "cluster_received",
+          "cluster_queue_drops", "cluster_lost", "cluster_reconnects"]
 
 
 class Failure(Exception):

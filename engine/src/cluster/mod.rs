@@ -157,6 +157,9 @@ pub(crate) trait Subscriber {
     fn next(&mut self, timeout: Duration) -> io::Result<Option<(Vec<u8>, Vec<u8>)>>;
 }
 
+/// Where the topic registry sends the topics whose count crossed 0.
+pub(crate) type EdgeSender = Sender<Box<[u8]>>;
+
 /// A bridge built with its server, started by `Server::run`.
 #[derive(Debug)]
 pub(crate) struct Bridge {
@@ -189,7 +192,7 @@ fn origin_id() -> u64 {
 impl Bridge {
     /// The bridge of a new server, its publishers' link, and the sender the topic registry
     /// tells of each topic whose count crossed 0.
-    pub(crate) fn new(url: &str) -> Result<(Bridge, Link, Sender<Box<[u8]>>), String> {
+    pub(crate) fn new(url: &str) -> Result<(Bridge, Link, EdgeSender), String> {
         let broker = Arc::new(redis::Redis::new(url)?);
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let (edges_tx, edges) = crossbeam_channel::unbounded();

@@ -387,6 +387,33 @@ mod tests {
     }
 
     #[test]
+    fn edges_tell_each_zero_crossing_of_the_server_wide_count() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let reg = Arc::new(Registry::with_edges(2, Some(tx)));
+        let mut a = Topics::new(0, Arc::clone(&reg));
+        let mut b = Topics::new(1, Arc::clone(&reg));
+        let news = || rx.try_iter().collect::<Vec<_>>();
+        assert!(a.subscribe(1, b"t"));
+        assert_eq!(news(), [Box::from(&b"t"[..])], "0 → 1");
+        // More subscribers, on either worker: the count stays above 0, no news.
+        assert!(a.subscribe(2, b"t") && b.subscribe(9, b"t"));
+        a.remove_conn(1);
+        assert!(news().is_empty());
+        assert_eq!(reg.live_topics(), [Box::from(&b"t"[..])]);
+        a.remove_conn(2);
+        assert!(b.unsubscribe(9, b"t"));
+        assert_eq!(news(), [Box::from(&b"t"[..])], "1 → 0");
+        assert!(reg.live_topics().is_empty());
+        // A quick subscribe, unsubscribe, subscribe: three edges; the count says where it
+        // ended.
+        b.subscribe(9, b"t");
+        b.unsubscribe(9, b"t");
+        b.subscribe(9, b"t");
+        assert_eq!(news().len(), 3);
+        assert_eq!(reg.count(b"t"), 1);
+    }
+
+    #[test]
     fn wide_servers_route_to_everyone() {
         let reg = Registry::new(100);
         assert_eq!(reg.route(b"x").others(3).count(), 99);
