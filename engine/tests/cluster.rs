@@ -84,11 +84,17 @@ struct RedisServer {
     child: Option<Child>,
     bin: PathBuf,
     port: u16,
+    /// The bridges are told to use plain pub/sub (`SOCKEYE_CLUSTER_SHARDED=0`).
+    plain: bool,
 }
 
 impl RedisServer {
     fn start(bin: &Path) -> Self {
-        let mut r = RedisServer { child: None, bin: bin.to_owned(), port: free_port() };
+        Self::start_as(bin, false)
+    }
+
+    fn start_as(bin: &Path, plain: bool) -> Self {
+        let mut r = RedisServer { child: None, bin: bin.to_owned(), port: free_port(), plain };
         r.restart();
         r
     }
@@ -134,7 +140,8 @@ impl RedisServer {
     }
 
     fn sharded(&self) -> bool {
-        matches!(self.query(&["COMMAND", "INFO", "SPUBLISH"]),
+        !self.plain
+            && matches!(self.query(&["COMMAND", "INFO", "SPUBLISH"]),
             Some(redis::Value::Array(v)) if v.first().is_some_and(|e| *e != redis::Value::Nil))
     }
 
@@ -178,10 +185,11 @@ struct Demo {
 }
 
 impl Demo {
-    fn start(cluster: &str) -> Self {
+    fn start(redis: &RedisServer) -> Self {
         let mut child = Command::new(demo_path())
-            .args(["--addr", "127.0.0.1:0", "--workers", "2", "--cluster", cluster])
+            .args(["--addr", "127.0.0.1:0", "--workers", "2", "--cluster", &redis.url()])
             .env("RUST_LOG", "info")
+            .env("SOCKEYE_CLUSTER_SHARDED", if redis.plain { "0" } else { "1" })
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -280,8 +288,39 @@ fn read_in_order(ws: &mut Ws, n: usize) -> HashMap<String, usize> {
 #[test]
 fn clients_on_three_processes_get_every_line_in_publisher_order() {
     let bin = need_redis!();
+    every_line_in_order(&RedisServer::start(&bin));
+}
+
+#[test]
+fn plain_pub_sub_where_sharded_is_not_used() {
+    let bin = need_redis!();
+    let redis = RedisServer::start_as(&bin, true);
+    every_line_in_order(&redis);
+    // Plain channels, not shard channels, carried it.
+    assert!(matches!(redis.query(&["PUBSUB", "SHARDCHANNELS"]),
+        Some(redis::Value::Array(v)) if v.is_empty()));
+}
+
+#[test]
+fn sharded_pub_sub_where_the_server_has_it() {
+    let bin = need_redis!();
     let redis = RedisServer::start(&bin);
-    let demos: Vec<Demo> = (0..3).map(|_| Demo::start(&redis.url())).collect();
+    if !redis.sharded() {
+        eprintln!("SKIPPED: this redis-server has no sharded pub/sub (Redis < 7)");
+        return;
+    }
+    let a = Demo::start(&redis);
+    let _w = a.join("shard");
+    assert!(wait_until(Duration::from_secs(10), || redis.numsub("sockeye:shard") == 1));
+    assert!(
+        matches!(redis.query(&["PUBSUB", "CHANNELS"]),
+        Some(redis::Value::Array(v)) if v.is_empty()),
+        "no plain channel: sharded only"
+    );
+}
+
+fn every_line_in_order(redis: &RedisServer) {
+    let demos: Vec<Demo> = (0..3).map(|_| Demo::start(redis)).collect();
     // Two members per process: the first of each publishes.
     let mut members: Vec<(usize, Ws)> =
         (0..6).map(|i| (i % 3, demos[i % 3].join("order"))).collect();
@@ -322,9 +361,18 @@ fn clients_on_three_processes_get_every_line_in_publisher_order() {
 #[test]
 fn a_room_everyone_left_is_unsubscribed_at_the_broker() {
     let bin = need_redis!();
-    let redis = RedisServer::start(&bin);
-    let a = Demo::start(&redis.url());
-    let b = Demo::start(&redis.url());
+    left_everywhere(&RedisServer::start(&bin));
+}
+
+#[test]
+fn a_room_everyone_left_is_unsubscribed_at_the_broker_plain() {
+    let bin = need_redis!();
+    left_everywhere(&RedisServer::start_as(&bin, true));
+}
+
+fn left_everywhere(redis: &RedisServer) {
+    let a = Demo::start(redis);
+    let b = Demo::start(redis);
     let mut ws = vec![a.join("left"), a.join("left"), b.join("left"), b.join("stays")];
     assert!(wait_until(Duration::from_secs(10), || {
         redis.channels() == ["sockeye:left", "sockeye:stays"] && redis.numsub("sockeye:left") == 2
@@ -353,8 +401,8 @@ fn a_room_everyone_left_is_unsubscribed_at_the_broker() {
 fn broker_loss_keeps_local_delivery_and_the_bridge_resubscribes() {
     let bin = need_redis!();
     let mut redis = RedisServer::start(&bin);
-    let mut a = Demo::start(&redis.url());
-    let mut b = Demo::start(&redis.url());
+    let mut a = Demo::start(&redis);
+    let mut b = Demo::start(&redis);
     let mut pa = a.join("loss");
     let mut ra = a.join("loss");
     let mut rb = b.join("loss");

@@ -3,6 +3,9 @@
 //! command, plain PUBLISH/SUBSCRIBE otherwise; the probe runs on every connect, so a server
 //! upgraded behind a reconnect is used as it is now.
 //!
+//! `SOCKEYE_CLUSTER_SHARDED=0` in the environment makes the bridge use plain pub/sub even where
+//! sharded is offered (tests/cluster.rs runs both ways on one Redis 7).
+//!
 //! The subscribe connection speaks RESP3 (Redis 6 or later): pushes (messages, subscription
 //! acknowledgements) are told apart from replies by type, so SUBSCRIBE and UNSUBSCRIBE are
 //! sent without waiting for a reply and a read timeout lets the bridge look at its topic
@@ -54,7 +57,8 @@ fn connect(client: &Client) -> io::Result<(Connection, bool)> {
         Err(e) if e.is_io_error() => return Err(io_err(e)),
         Err(_) => false,
     };
-    Ok((c, sharded))
+    let plain = std::env::var_os("SOCKEYE_CLUSTER_SHARDED").is_some_and(|v| v == "0");
+    Ok((c, sharded && !plain))
 }
 
 impl Broker for Redis {
