@@ -48,6 +48,12 @@ fanout:
                        (&room= when the URL has a query); every receiver checks that each
                        message comes from a publisher of its own room (else a wrong_room
                        error), and order and loss per publisher as usual
+  --peer HOST:PORT     cross-process fan-out (Sockeye's cluster bridge): every
+                       --peer-every'th subscriber (global index i with i % M == M - 1)
+                       connects to this second server, same path; publishers stay on
+                       --url's server (default: none)
+  --peer-every M       which subscribers go to --peer (default 2: every second one;
+                       1: all of them, so every delivery crosses the broker)
   A room must hold only this run's connections: a message from anyone else is an error.
 
 idle:
@@ -103,6 +109,10 @@ pub(crate) struct Args {
     pub(crate) rate: f64,
     /// Fanout: rooms (`?room=t{i % topics}`); 0 = one room, the URL's path as given.
     pub(crate) topics: usize,
+    /// Fanout: a second server for some subscribers (cross-process fan-out).
+    pub(crate) peer: Option<SocketAddr>,
+    /// Fanout: subscriber `i` goes to `peer` when `i % peer_every == peer_every - 1`.
+    pub(crate) peer_every: usize,
 }
 
 fn fail(msg: &str) -> ! {
@@ -115,6 +125,11 @@ fn num<T: std::str::FromStr>(name: &str, v: &str) -> T {
 }
 
 impl Args {
+    /// Whether subscriber `gid` connects to `--peer`.
+    pub(crate) fn on_peer(&self, gid: usize) -> bool {
+        self.peer.is_some() && gid % self.peer_every == self.peer_every - 1
+    }
+
     pub(crate) fn parse() -> Args {
         let mut it = std::env::args().skip(1);
         let mut mode = None;
@@ -144,6 +159,8 @@ impl Args {
             publishers: 1,
             rate: 0.0,
             topics: 0,
+            peer: None,
+            peer_every: 2,
         };
         let mut src_addrs: Option<u8> = None;
         while let Some(flag) = it.next() {
@@ -189,6 +206,16 @@ impl Args {
                 "--publishers" | "-p" => a.publishers = num("--publishers", &val()),
                 "--rate" => a.rate = num("--rate", &val()),
                 "--topics" => a.topics = num("--topics", &val()),
+                "--peer" => {
+                    let v = val();
+                    a.peer = Some(
+                        v.to_socket_addrs()
+                            .ok()
+                            .and_then(|mut i| i.find(|x| x.is_ipv4()))
+                            .unwrap_or_else(|| fail(&format!("--peer: cannot resolve {v:?}"))),
+                    )
+                }
+                "--peer-every" => a.peer_every = num("--peer-every", &val()),
                 "-h" | "--help" => {
                     println!("{HELP}");
                     std::process::exit(0)
@@ -225,6 +252,12 @@ impl Args {
         a.path = path;
         if a.connections == 0 || a.threads == 0 || a.inflight == 0 || a.size == 0 {
             fail("--connections, --threads, --inflight and --size must be at least 1");
+        }
+        if a.peer_every == 0 {
+            fail("--peer-every must be at least 1");
+        }
+        if a.peer.is_some() && a.mode != Mode::Fanout {
+            fail("--peer is for fanout mode");
         }
         if a.text && a.mode == Mode::Raw {
             fail("--text makes no sense in raw mode");
