@@ -27,7 +27,7 @@ mod redis;
 
 use std::collections::HashSet;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,8 +38,10 @@ use crate::proto::OpCode;
 use crate::server::topics::Registry;
 use crate::server::{ServerHandle, WorkerStats};
 
-/// Envelopes waiting for the publisher: past this, publishes are dropped for the broker.
+/// Envelopes waiting for the publisher: past this many, or past [`QUEUE_BYTES`] of them,
+/// publishes are dropped for the broker.
 const QUEUE: usize = 64 * 1024;
+const QUEUE_BYTES: usize = 64 << 20;
 /// Most envelopes sent in one pipelined batch.
 const BATCH: usize = 512;
 /// Every broker channel is the topic behind this prefix (another application's channels on
@@ -116,18 +118,29 @@ fn open_envelope(origin: u64, env: &[u8]) -> Option<(OpCode, &[u8])> {
 pub(crate) struct Link {
     tx: Sender<Outgoing>,
     origin: u64,
+    /// Bytes of the envelopes in the queue (the publisher takes them off as it sends).
+    queued: Arc<AtomicUsize>,
 }
 
 impl Link {
     /// Queues a publish for the broker, or counts it dropped if the queue is full. Never waits.
     pub(crate) fn offer(&self, topic: &[u8], op: OpCode, payload: &[u8], stats: &WorkerStats) {
-        match self.tx.try_send(Outgoing::new(topic, op, self.origin, payload)) {
+        let m = Outgoing::new(topic, op, self.origin, payload);
+        let len = m.buf.len();
+        if self.queued.fetch_add(len, Ordering::Relaxed) + len > QUEUE_BYTES {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            stats.cluster_queue_drops.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match self.tx.try_send(m) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                stats.cluster_queue_drops.fetch_add(1, Ordering::Relaxed);
+            Err(e) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                // Disconnected: the bridge stopped (the server is stopping), nothing to count.
+                if matches!(e, TrySendError::Full(_)) {
+                    stats.cluster_queue_drops.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            // The bridge stopped (the server is stopping): nothing to count.
-            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 }
@@ -167,6 +180,7 @@ pub(crate) struct Bridge {
     rx: Receiver<Outgoing>,
     edges: Receiver<Box<[u8]>>,
     origin: u64,
+    queued: Arc<AtomicUsize>,
 }
 
 /// A started bridge: its threads and the flag that ends them.
@@ -197,20 +211,22 @@ impl Bridge {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let (edges_tx, edges) = crossbeam_channel::unbounded();
         let origin = origin_id();
-        Ok((Bridge { broker, rx, edges, origin }, Link { tx, origin }, edges_tx))
+        let queued = Arc::new(AtomicUsize::new(0));
+        let link = Link { tx, origin, queued: Arc::clone(&queued) };
+        Ok((Bridge { broker, rx, edges, origin, queued }, link, edges_tx))
     }
 
     /// Starts the two threads.
     pub(crate) fn start(self, handle: ServerHandle) -> io::Result<Running> {
         let stop = Arc::new(AtomicBool::new(false));
-        let Bridge { broker, rx, edges, origin } = self;
+        let Bridge { broker, rx, edges, origin, queued } = self;
         let stats = Arc::clone(&handle.inner.workers[0].stats);
         let publisher = {
             let (broker, stop, stats) =
                 (Arc::clone(&broker), Arc::clone(&stop), Arc::clone(&stats));
             std::thread::Builder::new()
                 .name("sockeye-cluster-pub".into())
-                .spawn(move || publish_loop(&*broker, &rx, &stats, &stop))?
+                .spawn(move || publish_loop(&*broker, &rx, &queued, &stats, &stop))?
         };
         let subscriber = {
             let stop = Arc::clone(&stop);
@@ -271,11 +287,17 @@ impl Backoff {
 fn publish_loop(
     broker: &impl Broker,
     rx: &Receiver<Outgoing>,
+    queued: &AtomicUsize,
     stats: &WorkerStats,
     stop: &AtomicBool,
 ) {
     let lost = |n: usize| {
         stats.cluster_lost.fetch_add(n, Ordering::Relaxed);
+    };
+    // What leaves the queue leaves its byte count.
+    let take = |m: Outgoing| {
+        queued.fetch_sub(m.buf.len(), Ordering::Relaxed);
+        m
     };
     let mut backoff = Backoff::new();
     let mut batch = Vec::with_capacity(BATCH);
@@ -295,7 +317,10 @@ fn publish_loop(
                         break;
                     }
                     match rx.recv_timeout(left.min(IDLE)) {
-                        Ok(_) => lost(1),
+                        Ok(m) => {
+                            take(m);
+                            lost(1)
+                        }
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
@@ -305,14 +330,14 @@ fn publish_loop(
         };
         loop {
             match rx.recv_timeout(IDLE) {
-                Ok(m) => batch.push(m),
+                Ok(m) => batch.push(take(m)),
                 Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Acquire) => return,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             while batch.len() < BATCH {
                 match rx.try_recv() {
-                    Ok(m) => batch.push(m),
+                    Ok(m) => batch.push(take(m)),
                     Err(_) => break,
                 }
             }
@@ -432,6 +457,25 @@ mod tests {
         assert_eq!(open_envelope(2, t.envelope()), Some((OpCode::Text, &b""[..])));
         assert_eq!(open_envelope(2, b"short"), None);
         assert_eq!(open_envelope(2, &[9; 12]), None, "another version");
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_never_waits() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let link = Link { tx, origin: 1, queued: Arc::clone(&queued) };
+        let stats = WorkerStats::default();
+        link.offer(b"t", OpCode::Text, b"one", &stats);
+        link.offer(b"t", OpCode::Text, b"two", &stats);
+        assert_eq!(stats.cluster_queue_drops.load(Ordering::Relaxed), 1, "by count");
+        let one = rx.try_recv().expect("the first");
+        assert_eq!(queued.load(Ordering::Relaxed), one.buf.len(), "the second took nothing");
+        queued.fetch_sub(one.buf.len(), Ordering::Relaxed);
+        // By bytes: a message that would take the queue past QUEUE_BYTES is dropped whole.
+        link.offer(b"t", OpCode::Binary, &vec![0; QUEUE_BYTES], &stats);
+        assert_eq!(stats.cluster_queue_drops.load(Ordering::Relaxed), 2, "by bytes");
+        assert_eq!(queued.load(Ordering::Relaxed), 0);
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]
