@@ -20,11 +20,21 @@
 #
 # Environment (defaults in brackets):
 #   SERVERS    subset of: sockeye-epoll sockeye-io_uring tungstenite fastwebsockets
-#              tokio-websockets bun uws raw                                  [all]
+#              tokio-websockets bun node uws raw                             [all]
+#              (node, the ws peer, runs the deflate loads only)
 #   LOADS      subset of: echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20
 #              echo-10kx20 idle-10k idle-100k fanout-10k fanout-10k-4x8 fanout-1k-16t
-#                                                                            [all]
+#              deflate-100x1k deflate-10x64k wss-100x20 wss-500x16k
+#              wss-handshake                                                 [all]
 #              echo-CxS: C connections × S bytes, closed loop, 1 in flight each;
+#              deflate-CxS: the same with `loadgen --deflate` (S bytes of JSON-like text,
+#              compressed both ways) against servers with permessage-deflate on: the demo
+#              with --deflate (shared compressor, its default), Bun perMessageDeflate: true,
+#              Node ws perMessageDeflate: true; the other servers skip them;
+#              wss-CxS: echo-CxS over TLS (the demo --tls, Bun tls: {cert, key}; a
+#              throwaway ECDSA P-256 certificate made with openssl; the others skip it);
+#              wss-handshake: the TLS handshake rate, `loadgen echo --churn` with 16
+#              connections (each reset once upgraded and replaced; full handshakes);
 #              fanout-N[-PxK][-Tt]: N subscribers on /chat, P publishers (default 1) with
 #              K in flight each (default 1), closed loop; -Tt: T rooms (?room=t{i % T}),
 #              publishers spread over them alike (P = T when only -Tt is given)
@@ -38,6 +48,8 @@
 #              benches/peers/target/release (PEERS_DIR overrides)
 #   BUN        the bun binary [benches/peers/bun/.bun/...: what benches/peers/bun/install.sh
 #              installs]; BUN=none leaves Bun out
+#   NODE       the node binary [node on PATH]; the ws peer needs benches/peers/node/install.sh
+#              (node_modules/ws); NODE=none leaves it out
 #   UWS        the peer-uws binary [benches/peers/uws/build/peer-uws, compiled from
 #              benches/peers/uws/peer-uws.cpp]; UWS=none leaves it out
 #   FANOUT_ARGS extra loadgen flags for the fanout loads
@@ -51,8 +63,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-ALL_SERVERS="sockeye-epoll sockeye-io_uring tungstenite fastwebsockets tokio-websockets bun uws raw"
-ALL_LOADS="echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20 echo-10kx20 idle-10k idle-100k fanout-10k fanout-10k-4x8 fanout-1k-16t"
+ALL_SERVERS="sockeye-epoll sockeye-io_uring tungstenite fastwebsockets tokio-websockets bun node uws raw"
+ALL_LOADS="echo-100x20 echo-100x1k echo-10x64k echo-500x16k echo-1000x20 echo-10kx20 idle-10k idle-100k fanout-10k fanout-10k-4x8 fanout-1k-16t deflate-100x1k deflate-10x64k wss-100x20 wss-500x16k wss-handshake"
 
 QUICK=0
 NO_BUILD=${NO_BUILD:-0}
@@ -143,14 +155,34 @@ bun_bin() {
     echo "$ROOT/benches/peers/bun/.bun/node_modules/@oven/bun-linux-x64/bin/bun" # missing
 }
 UWS_BIN=${UWS:-$ROOT/benches/peers/uws/build/peer-uws}
+# Node: $NODE, else node on PATH; the ws peer also needs its node_modules.
+node_bin() {
+    if [[ -n ${NODE:-} ]]; then
+        echo "$NODE"
+    elif [[ -f $ROOT/benches/peers/node/node_modules/ws/package.json ]] && command -v node >/dev/null; then
+        command -v node
+    else
+        echo "$ROOT/benches/peers/node/node_modules/.missing-node-or-ws" # missing
+    fi
+}
 
-# server_cmd NAME ADDR: the command line that starts NAME on ADDR.
+# server_cmd NAME ADDR [LOAD]: the command line that starts NAME on ADDR (for LOAD: the
+# deflate loads turn compression on).
 server_cmd() {
+    local z="" zb=""
+    if [[ ${3:-} == deflate-* ]]; then
+        z=" --deflate"
+        zb=" --deflate"
+    elif [[ ${3:-} == wss-* ]]; then
+        z=" --tls $PKI/cert.pem $PKI/key.pem"
+        zb=$z
+    fi
     case $1 in
-        sockeye-epoll) echo "$T/examples/demo --addr $2 --workers 1 --backend epoll" ;;
-        sockeye-io_uring) echo "$T/examples/demo --addr $2 --workers 1 --backend io_uring" ;;
+        sockeye-epoll) echo "$T/examples/demo --addr $2 --workers 1 --backend epoll$z" ;;
+        sockeye-io_uring) echo "$T/examples/demo --addr $2 --workers 1 --backend io_uring$z" ;;
         tungstenite | fastwebsockets | tokio-websockets) echo "$(peer_bin "peer-$1") --addr $2" ;;
-        bun) echo "$(bun_bin) $ROOT/benches/peers/bun/server.js --addr $2" ;;
+        bun) echo "$(bun_bin) $ROOT/benches/peers/bun/server.js --addr $2$zb" ;;
+        node) echo "$(node_bin) $ROOT/benches/peers/node/server.js --addr $2" ;;
         uws) echo "$UWS_BIN --addr $2" ;;
         raw) echo "$T/rawecho --addr $2" ;;
         *) return 1 ;;
@@ -169,6 +201,9 @@ for s in ${SERVERS:-$ALL_SERVERS}; do
     elif [[ $s == bun ]]; then
         [[ ${BUN:-} == none ]] ||
             warn "skipping bun: not installed (benches/peers/bun/install.sh installs it; or BUN=/path/to/bun)"
+    elif [[ $s == node ]]; then
+        [[ ${NODE:-} == none ]] ||
+            warn "skipping node: no node on PATH or no benches/peers/node/node_modules/ws (run benches/peers/node/install.sh; or NODE=/path/to/node)"
     elif [[ $s == uws ]]; then
         [[ ${UWS:-} == none ]] ||
             warn "skipping uws: no $bin (compile benches/peers/uws/peer-uws.cpp there; see benches/peers/README.md)"
@@ -181,8 +216,10 @@ done
 # ---- loads ------------------------------------------------------------------------------------
 HAVE_FANOUT=0
 HAVE_TOPICS=0
+HAVE_DEFLATE=0
 LOADGEN_HELP=$("$LOADGEN" --help 2>&1 || true)
 [[ $LOADGEN_HELP == *fanout* ]] && HAVE_FANOUT=1
+[[ $LOADGEN_HELP == *--deflate* ]] && HAVE_DEFLATE=1
 [[ $LOADGEN_HELP == *--topics* ]] && HAVE_TOPICS=1
 
 # Open files: 100k idle connections need 100k descriptors in the server and in the loadgen.
@@ -238,12 +275,52 @@ fanout_shape() {
     echo "$(count "$n") $p $k $t"
 }
 
+# A throwaway CA and a certificate for 127.0.0.1 (ECDSA P-256), for the wss loads.
+PKI=""
+if [[ " ${LOADS:-$ALL_LOADS} " == *" wss-"* ]] && command -v openssl >/dev/null; then
+    PKI=$(mktemp -d "${TMPDIR:-/tmp}/sockeye-compare-pki.XXXXXX")
+    if ! (
+        cd "$PKI" &&
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -keyout ca.key -out ca.pem -days 2 -subj "/CN=compare.sh CA" &&
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -keyout key.pem -out srv.csr -subj "/CN=127.0.0.1" &&
+            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >ext &&
+            openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                -out cert.pem -days 2 -extfile ext
+    ) >/dev/null 2>&1; then
+        warn "openssl could not make a test certificate: no wss loads"
+        rm -rf "$PKI"
+        PKI=""
+    fi
+fi
+
 LOAD_LIST=()
 for l in ${LOADS:-$ALL_LOADS}; do
     case $l in
         echo-*)
             if [[ ! $l =~ ^echo-[0-9]+k?x[0-9]+k?$ ]]; then
                 warn "unknown load $l (echo-CxS; known: $ALL_LOADS)"
+                continue
+            fi
+            ;;
+        deflate-*)
+            if [[ ! $l =~ ^deflate-[0-9]+k?x[0-9]+k?$ ]]; then
+                warn "unknown load $l (deflate-CxS; known: $ALL_LOADS)"
+                continue
+            fi
+            if ((!HAVE_DEFLATE)); then
+                warn "skipping $l: this loadgen has no --deflate"
+                continue
+            fi
+            ;;
+        wss-*)
+            if [[ ! $l =~ ^wss-([0-9]+k?x[0-9]+k?|handshake)$ ]]; then
+                warn "unknown load $l (wss-CxS or wss-handshake; known: $ALL_LOADS)"
+                continue
+            fi
+            if [[ -z $PKI ]]; then
+                warn "skipping $l: no openssl to make a test certificate"
                 continue
             fi
             ;;
@@ -283,10 +360,29 @@ done
 
 # load_args LOAD URL-HOST:PORT: the loadgen arguments for LOAD (empty: not for this server).
 load_args() {
-    local load=$1 server=$2 hp=$3 c s
+    local load=$1 server=$2 hp=$3 c s z=""
+    # Node ws is here for compression only; the others have no permessage-deflate peer route.
+    if [[ $load == deflate-* ]]; then
+        case $server in sockeye-* | bun | node) ;; *) return 0 ;; esac
+        z="--deflate"
+    elif [[ $load == wss-* ]]; then
+        case $server in sockeye-* | bun) ;; *) return 0 ;; esac
+    elif [[ $server == node ]]; then
+        return 0
+    fi
     case $load in
-        echo-*)
-            c=${load#echo-}
+        wss-handshake)
+            echo "echo --churn --url wss://$hp/echo --ca $PKI/ca.pem --connections 16 --duration $DURATION --warmup $WARMUP"
+            ;;
+        wss-*)
+            c=${load#*-}
+            s=${c#*x}
+            c=$(count "${c%x*}")
+            s=${s/k/*1024}
+            echo "echo --url wss://$hp/echo --ca $PKI/ca.pem --connections $c --size $((s)) --duration $DURATION --warmup $WARMUP"
+            ;;
+        echo-* | deflate-*)
+            c=${load#*-}
             s=${c#*x}
             c=$(count "${c%x*}")
             s=${s/k/*1024}
@@ -298,7 +394,7 @@ load_args() {
             if [[ $server == raw ]]; then
                 echo "raw --url tcp://$hp --connections $c --size $s --duration $DURATION --warmup $WARMUP $src"
             else
-                echo "echo --url ws://$hp/echo --connections $c --size $s --duration $DURATION --warmup $WARMUP $src"
+                echo "echo --url ws://$hp/echo --connections $c --size $s --duration $DURATION --warmup $WARMUP $src $z"
             fi
             ;;
         idle-*)
@@ -352,6 +448,7 @@ cleanup() {
     if [[ -n $LG_PID ]]; then kill "$LG_PID" 2>/dev/null || true; fi
     stop_server
     rm -rf "$WORK"
+    if [[ -n $PKI ]]; then rm -rf "$PKI"; fi
 }
 trap cleanup EXIT
 trap 'echo "compare.sh: interrupted" >&2; exit 130' INT TERM
@@ -391,7 +488,7 @@ run_one() { # SERVER LOAD ROUND
     [[ -n $args ]] || return 0 # raw: no idle or fan-out mode
     next_port
     args=${args//PORT/$PORT}
-    cmd=$(server_cmd "$server" "127.0.0.1:$PORT")
+    cmd=$(server_cmd "$server" "127.0.0.1:$PORT" "$load")
     take_noise
     # shellcheck disable=SC2086 # the command lines are word lists on purpose
     taskset -c 0 $cmd >"$WORK/server.log" 2>&1 &

@@ -101,6 +101,12 @@ typedef enum sockeye_result {
      * A message is larger than one send takes (2 GiB).
      */
     SOCKEYE_ERR_MESSAGE_TOO_LARGE = 13,
+    /**
+     * The TLS certificate or key was refused: a file that cannot be read, no PEM in it, a
+     * key that does not match the certificate, a certificate not valid now; or a TLS reload
+     * on a server that does not serve TLS. The log says which.
+     */
+    SOCKEYE_ERR_TLS = 14,
 } sockeye_result;
 
 /**
@@ -341,6 +347,23 @@ typedef struct sockeye_config {
      */
     size_t deflate_min_size;
     /**
+     * wss://: a NUL-terminated path to a PEM file with the certificate chain (the server's
+     * certificate first), read once in `sockeye_server_new`. NULL (the default): plain ws://.
+     * Set both or neither of `tls_cert_file` and `tls_key_file` (one alone:
+     * `SOCKEYE_ERR_INVALID_ARGUMENT`, and `sockeye_last_error` says so).
+     */
+    const char *tls_cert_file;
+    /**
+     * wss://: a NUL-terminated path to the PEM private key of `tls_cert_file`. Default NULL.
+     */
+    const char *tls_key_file;
+    /**
+     * With the TLS files: a NUL-terminated "host:port" where wss:// is served while
+     * `address` serves plain ws:// (port 0 picks one: `sockeye_server_local_tls_port`).
+     * NULL (the default): `address` itself serves wss://.
+     */
+    const char *tls_address;
+    /**
      * Pub/sub across processes: the Redis server of the cluster bridge, a NUL-terminated
      * `redis://host:port` string owned by the caller (read once, in `sockeye_server_new`), or
      * NULL (the default) for none. Set, every publish also goes to Redis and every topic a
@@ -529,6 +552,15 @@ typedef struct sockeye_stats {
      */
     size_t subscriptions;
     /**
+     * TLS handshakes completed.
+     */
+    size_t tls_handshakes;
+    /**
+     * TLS connections that failed (bad records, failed handshakes, alerts, plaintext on the
+     * TLS port); each was dropped.
+     */
+    size_t tls_errors;
+    /**
      * Cluster bridge (`cluster_url`; this and the next four are server-wide, counted on
      * worker 0 and 0 on the others): publishes the broker took.
      */
@@ -595,6 +627,15 @@ extern "C" {
  * other value gives "unknown error"). The string is never freed and never changes.
  */
 const char *sockeye_strerror(int code);
+
+/**
+ * Why the last call on this thread that returned `SOCKEYE_ERR_TLS` failed (or
+ * `SOCKEYE_ERR_INVALID_ARGUMENT` for only one of `tls_cert_file` and `tls_key_file` set), in
+ * English (which file, which check), as a NUL-terminated string owned by the library: valid until the next
+ * call into the library on this thread, never freed by the caller. Empty when there is
+ * nothing to say.
+ */
+const char *sockeye_last_error(void);
 
 /**
  * Returns the library version ("MAJOR.MINOR.PATCH") as a NUL-terminated static string, never
@@ -825,6 +866,22 @@ enum sockeye_result sockeye_server_run(struct sockeye_server *server);
  * `server` is NULL, else `SOCKEYE_OK`.
  */
 enum sockeye_result sockeye_server_stop(struct sockeye_server *server);
+
+/**
+ * The port wss:// is served on when `tls_address` was set (the one picked for port 0); 0
+ * if `server` is NULL or has no TLS address of its own. Thread-safe.
+ */
+uint16_t sockeye_server_local_tls_port(const struct sockeye_server *server);
+
+/**
+ * Replaces the TLS certificate and key of a server made with `tls_cert_file` and
+ * `tls_key_file`: both files are read and checked now, and handshakes that start from now on
+ * use them; open connections keep theirs. Thread-safe. Returns `SOCKEYE_OK`;
+ * `SOCKEYE_ERR_NULL` for a NULL `server`, `cert_file` or `key_file`; `SOCKEYE_ERR_UTF8` for a
+ * path that is not UTF-8; `SOCKEYE_ERR_TLS` when a file cannot be read or is refused, or the
+ * server does not serve TLS (the log says why; the certificate in force stays).
+ */
+enum sockeye_result sockeye_server_reload_tls(struct sockeye_server *server, const char *cert_file, const char *key_file);
 
 /**
  * The port the server listens on (the one picked when port 0 was asked for); 0 if `server`

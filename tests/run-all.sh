@@ -40,6 +40,7 @@ setup() {
   command -v nginx >/dev/null || need+=(nginx-light)
   command -v chromium >/dev/null || need+=(chromium)
   command -v curl >/dev/null || need+=(curl)
+  command -v openssl >/dev/null || need+=(openssl) # the wss:// tests' throwaway certificates
   # The cluster stage starts its own redis-server instances (loopback, picked ports); the
   # package's own service is never started (no init system runs it here; policy-rc.d or not).
   command -v redis-server >/dev/null || need+=(redis-server)
@@ -103,7 +104,8 @@ header() { bash ffi/check-header.sh; }
 
 asan() { bash tests/asan.sh; }
 
-fuzz() { FUZZ_SECONDS=${FUZZ_SECONDS:-20} bash fuzz/run.sh; }
+# Every target FUZZ_SECONDS, except inflate (10 s; fuzz/run.sh).
+fuzz() { FUZZ_SECONDS=${FUZZ_SECONDS:-20} FUZZ_SECONDS_INFLATE=${FUZZ_SECONDS_INFLATE:-10} bash fuzz/run.sh; }
 
 # Starts the demo on $1 with backend $2 and permessage-deflate on, runs Autobahn strict (1-7,
 # 10, then 9.*, then a subset of the compression cases 12.* and 13.* that fits CI's time; the
@@ -127,9 +129,11 @@ autobahn() { autobahn_on 9301 epoll && autobahn_on 9302 io_uring; }
 e2e() { bash tests/e2e/run.sh; }
 
 # Fault injection (tests/faults/faults.py, Python standard library only): big message + close
-# never read, zero-window readers, slowloris, resets mid-message, EMFILE, handler panics and the
-# /metrics format, against a fresh demo per scenario on both backends; each must return to its
-# baseline (fds, connections, memory, RSS) within the configured timeouts. About 70 s.
+# never read, zero-window readers, slowloris, resets mid-message, EMFILE, handler panics, the
+# /metrics format and bad TLS input (plaintext HTTP, a truncated ClientHello, openssl s_client
+# with TLS 1.1 or an illegal SNI name), against a fresh demo per scenario on both backends; each
+# must return to its baseline (fds, connections, memory, RSS) within the configured timeouts.
+# About 80 s.
 faults() {
   cargo build --release --example demo --quiet &&
     timeout -k 5 170 python3 tests/faults/faults.py \

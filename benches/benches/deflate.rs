@@ -1,8 +1,15 @@
 //! permessage-deflate throughput: compressing and inflating one message without context
 //! takeover (the engine's default), with flate2 on zlib-rs (what the engine uses) beside
-//! miniz_oxide (flate2's pure-Rust backend, called directly), at 125 B, 1 KiB and 16 KiB, for
+//! miniz_oxide (flate2's pure-Rust backend, called directly) and libdeflate (libdeflater:
+//! whole-message only, no streaming, no context takeover), at 125 B, 1 KiB and 16 KiB, for
 //! JSON-like and random payloads; then the same messages through `proto::Connection`
 //! (`send_message` on the worker's shared compressor, `read` of a compressed frame).
+//!
+//! libdeflate's compressor writes one complete stream (last block BFINAL), which RFC 7692
+//! §7.2.3.3 allows as a message; its inflater wants a complete stream and an output buffer
+//! as large as the message may be, so it is fed the zlib-rs data + `00 00 ff ff` + an empty
+//! final stored block, into a buffer of the message's size + 1 (the most favourable case:
+//! a server would need one of `max_message_size`).
 //!
 //! Run with `cargo bench -p sockeye-benches --bench deflate`. The compression ratio of each
 //! payload at each level is printed once, before its group.
@@ -13,6 +20,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 // The workspace's flate2, as the engine has it: the zlib-rs backend.
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use libdeflater::{CompressionLvl, Compressor as LdCompressor, Decompressor as LdDecompressor};
 use miniz_oxide::deflate::core::{
     compress as mz_compress, create_comp_flags_from_zip_params, CompressorOxide, TDEFLFlush,
 };
@@ -100,6 +108,21 @@ fn miniz_inflate(d: &mut InflateState, input: &[u8], out: &mut Vec<u8>, size: us
     d.reset(DataFormat::Raw);
 }
 
+fn libdeflate_compress(c: &mut LdCompressor, input: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(c.deflate_compress_bound(input.len()), 0);
+    let n = c.deflate_compress(input, out).unwrap();
+    out.truncate(n);
+}
+
+/// An empty stored block with BFINAL: ends a sync-flushed stream for libdeflate.
+const FINAL: [u8; 5] = [0x01, 0x00, 0x00, 0xff, 0xff];
+
+fn libdeflate_inflate(d: &mut LdDecompressor, input: &[u8], out: &mut [u8]) -> usize {
+    // `input` ends with the tail and the final block already (appended once, outside).
+    d.deflate_decompress(input, out).unwrap()
+}
+
 fn bench(c: &mut Criterion) {
     let sizes: [(usize, &str); 3] = [(125, "125B"), (1024, "1KiB"), (16 << 10, "16KiB")];
     for (kind, make) in [("json", json as fn(usize) -> Vec<u8>), ("random", random)] {
@@ -113,10 +136,14 @@ fn bench(c: &mut Criterion) {
                 let mut mc =
                     CompressorOxide::new(create_comp_flags_from_zip_params(level as i32, 0, 0));
                 miniz_compress(&mut mc, &data, &mut out);
+                let m = out.len();
+                let mut lc = LdCompressor::new(CompressionLvl::new(level as i32).unwrap());
+                libdeflate_compress(&mut lc, &data, &mut out);
                 eprintln!(
-                    "{kind} {label} level {level}: zlib-rs {z} bytes ({:.1} %), miniz_oxide {} \
-                     bytes ({:.1} %)",
+                    "{kind} {label} level {level}: zlib-rs {z} bytes ({:.1} %), miniz_oxide {m} \
+                     bytes ({:.1} %), libdeflate {} bytes ({:.1} %)",
                     100.0 * z as f64 / size as f64,
+                    100.0 * m as f64 / size as f64,
                     out.len(),
                     100.0 * out.len() as f64 / size as f64
                 );
@@ -133,6 +160,10 @@ fn bench(c: &mut Criterion) {
                     CompressorOxide::new(create_comp_flags_from_zip_params(level as i32, 0, 0));
                 g.bench_function(BenchmarkId::new("miniz_oxide", format!("L{level}")), |b| {
                     b.iter(|| miniz_compress(&mut mc, black_box(&data), &mut out))
+                });
+                let mut lc = LdCompressor::new(CompressionLvl::new(level as i32).unwrap());
+                g.bench_function(BenchmarkId::new("libdeflate", format!("L{level}")), |b| {
+                    b.iter(|| libdeflate_compress(&mut lc, black_box(&data), &mut out))
                 });
             }
             // Where the time of a small message goes: the reset alone (what no context
@@ -168,6 +199,22 @@ fn bench(c: &mut Criterion) {
             });
             miniz_inflate(&mut md, &compressed, &mut out, size);
             assert_eq!(out, data);
+            let mut whole = compressed.clone();
+            whole.extend_from_slice(&TAIL);
+            whole.extend_from_slice(&FINAL);
+            let mut ld = LdDecompressor::new();
+            let mut lout = vec![0u8; size + 1];
+            g.bench_function("libdeflate", |b| {
+                b.iter(|| libdeflate_inflate(&mut ld, black_box(&whole), &mut lout))
+            });
+            let n = libdeflate_inflate(&mut ld, &whole, &mut lout);
+            assert_eq!(&lout[..n], &data[..]);
+            // And libdeflate's own whole-message output, as zlib-rs would inflate it.
+            let mut lc = LdCompressor::new(CompressionLvl::new(1).unwrap());
+            let mut ldata = Vec::new();
+            libdeflate_compress(&mut lc, &data, &mut ldata);
+            zlib_rs_inflate(&mut zd, &ldata, &mut out, size);
+            assert_eq!(out, data, "a libdeflate message inflates with zlib-rs");
             g.finish();
 
             connection(c, kind, label, &data);

@@ -132,6 +132,8 @@ fn metric_help(name: &str) -> &'static str {
         "backpressure_closes" => "Connections closed with 1008 for a queue over max_backpressure.",
         "subscriptions" => "Topic subscriptions the worker holds.",
         "bad_handshakes" => "Handshake requests answered with an HTTP error.",
+        "tls_handshakes" => "TLS handshakes completed (wss:// only).",
+        "tls_errors" => "TLS connections dropped (failed handshake, bad record, alert, plaintext).",
         "cluster_published" => "Cluster: publishes the broker took (server-wide, worker 0).",
         "cluster_received" => "Cluster: messages from other processes fanned out here.",
         "cluster_queue_drops" => "Cluster: publishes dropped for the broker, its queue full.",
@@ -339,6 +341,17 @@ worker's counters in the Prometheus text format.
   --deflate          negotiate permessage-deflate (RFC 7692) with clients that offer it
                      (browsers do): one shared compressor per worker, messages of 512
                      bytes or more compressed, a published line compressed once
+  --tls CERT.pem KEY.pem
+                     serve wss:// (and the page over https://) with this certificate
+                     chain and key; the files are watched, and a changed pair is
+                     loaded for new handshakes without a restart
+  --tls-addr ADDR    with --tls: serve wss:// on ADDR and plain ws:// on --addr
+  --deflate-level N  with --deflate, the zlib level 0..=9 (engine default 1)
+  --deflate-client-no-context-takeover
+                     with --deflate, also ask clients for client_no_context_takeover:
+                     incoming messages are inflated by an inflater the worker lends
+                     for the message, so a used idle connection keeps none (~47 KB
+                     otherwise), at the price of the clients' compression ratio
   --close-slow-subscribers
                      close (1008) a connection over --max-backpressure instead of
                      dropping the message for it: a slow chat or /stats member, and
@@ -407,6 +420,10 @@ fn main() {
     let mut buffer_cache = defaults.buffer_cache;
     let mut close_slow = defaults.close_on_backpressure_limit;
     let mut deflate = false;
+    let mut tls_files: Option<(String, String)> = None;
+    let mut tls_addr: Option<String> = None;
+    let mut deflate_client_nct = defaults.deflate.client_no_context_takeover;
+    let mut deflate_level = defaults.deflate.level;
     let mut max_topic_len = defaults.max_topic_len;
     let mut chaos = false;
     let mut cluster: Option<String> = None;
@@ -444,6 +461,13 @@ fn main() {
             "--max-backpressure" => max_backpressure = number(&value("--max-backpressure")),
             "--close-slow-subscribers" => close_slow = true,
             "--deflate" => deflate = true,
+            "--tls-addr" => tls_addr = Some(value("--tls-addr")),
+            "--tls" => {
+                let cert = value("--tls");
+                tls_files = Some((cert, value("--tls (the key after the certificate)")));
+            }
+            "--deflate-client-no-context-takeover" => deflate_client_nct = true,
+            "--deflate-level" => deflate_level = number(&value("--deflate-level")),
             "--max-topic-len" => max_topic_len = number(&value("--max-topic-len")),
             "--max-message-size" => max_message_size = number(&value("--max-message-size")),
             "--memory-budget" => memory_budget = number(&value("--memory-budget")),
@@ -460,15 +484,33 @@ fn main() {
             }
         }
     }
+    let tls = tls_files.as_ref().map(|(c, k)| {
+        sockeye::TlsConfig::from_pem_files(c, k).unwrap_or_else(|e| {
+            log::error!("--tls: {e}");
+            std::process::exit(1)
+        })
+    });
     let handle_cell = Arc::new(OnceLock::new());
     let cell = Arc::clone(&handle_cell);
-    let server = match Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
+    }
+    if let Some(a) = &tls_addr {
+        builder = builder.listen_tls(a.as_str());
+    }
+    let server = match builder
         .listen(addr.as_str())
         .workers(workers)
         .backend(backend)
         .max_backpressure(max_backpressure)
         .close_on_backpressure_limit(close_slow)
-        .deflate(sockeye::DeflateConfig { enabled: deflate, ..defaults.deflate })
+        .deflate(sockeye::DeflateConfig {
+            enabled: deflate,
+            client_no_context_takeover: deflate_client_nct,
+            level: deflate_level,
+            ..defaults.deflate
+        })
         .max_topic_len(max_topic_len)
         .idle_timeout(idle_timeout)
         .close_timeout(close_timeout)
@@ -493,14 +535,22 @@ fn main() {
     // First thing once the port listens: tests wait for this line to learn the backend.
     let cfg = server.config();
     log::info!(
-        "listening on ws://{} ({} workers, {:?}): /echo, /chat, /stats, and http://{}/ for the chat page",
+        "listening on {}://{} ({} workers, {:?}): /echo, /chat, /stats, and {}://{}/ for the chat page",
+        if tls_files.is_some() && tls_addr.is_none() { "wss" } else { "ws" },
         server.local_addr(),
         cfg.worker_count(),
         cfg.backend,
+        if tls_files.is_some() && tls_addr.is_none() { "https" } else { "http" },
         server.local_addr()
     );
+    if let Some(a) = cfg.tls_addr {
+        log::info!("and on wss://{a} (https://{a}/ for the chat page)");
+    }
     let handle = server.handle();
     let _ = handle_cell.set(handle.clone());
+    if let Some((cert, key)) = tls_files {
+        watch_certificate(handle.clone(), cert, key);
+    }
     if chaos {
         log::warn!("--chaos: /panic panics on every message");
     }
@@ -541,4 +591,31 @@ fn main() {
         std::process::exit(1);
     }
     log::info!("stopped");
+}
+
+/// Reloads the certificate and key when either file changes (a renewal), checking every two
+/// seconds; a pair that does not load is logged and the one in force kept.
+fn watch_certificate(handle: ServerHandle, cert: String, key: String) {
+    let stamp = |p: &str| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let spawned = thread::Builder::new().name("demo-tls-watch".into()).spawn(move || {
+        let mut seen = (stamp(&cert), stamp(&key));
+        while !handle.is_shutting_down() {
+            thread::sleep(Duration::from_secs(2));
+            let now = (stamp(&cert), stamp(&key));
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let loaded = sockeye::TlsConfig::from_pem_files(&cert, &key)
+                .map_err(|e| e.to_string())
+                .and_then(|t| handle.reload_tls(&t).map_err(|e| e.to_string()));
+            match loaded {
+                Ok(()) => log::info!("--tls: reloaded {cert} and {key} for new handshakes"),
+                Err(e) => log::warn!("--tls: not reloaded ({e}); the certificate in force stays"),
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("--tls: no certificate watcher ({e})");
+    }
 }

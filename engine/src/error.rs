@@ -24,6 +24,9 @@ pub enum Error {
     Backend(String),
     /// Binding the address or setting up or running a worker failed.
     Io(io::Error),
+    /// The TLS certificate or key was refused (unreadable PEM, a key that does not match, an
+    /// expired certificate); the text says which and why.
+    Tls(String),
     /// A worker thread panicked outside the handler callbacks (which are caught): an engine
     /// bug; the other workers were stopped.
     WorkerPanicked,
@@ -33,7 +36,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Config(e) => e.fmt(f),
-            Error::Address(why) => f.write_str(why),
+            Error::Address(why) | Error::Tls(why) => f.write_str(why),
             Error::AddrInUse(a) => write!(
                 f,
                 "{a}: address already in use (another socket listens on it; servers that mean \
@@ -60,7 +63,7 @@ impl Error {
     /// The `io::ErrorKind` this error becomes as an `io::Error`.
     pub fn kind(&self) -> io::ErrorKind {
         match self {
-            Error::Config(_) | Error::Address(_) => io::ErrorKind::InvalidInput,
+            Error::Config(_) | Error::Address(_) | Error::Tls(_) => io::ErrorKind::InvalidInput,
             Error::AddrInUse(_) => io::ErrorKind::AddrInUse,
             Error::Backend(_) => io::ErrorKind::Unsupported,
             Error::Io(e) => e.kind(),

@@ -88,6 +88,7 @@ pub use error::Error;
 pub use proto::handshake::Request;
 pub use proto::{CloseCode, Limits};
 pub use proto::{DeflateConfig, DeflateMemory, PerMessageDeflate};
+pub use server::tls::TlsConfig;
 pub use server::{
     Backend, Config, ConfigError, Conn, ConnId, Ctx, Handler, HttpResponse, InvalidCloseCode,
     Message, NoHandler, Post, SendStatus, Server, ServerBuilder, ServerHandle, Stats, TopicError,

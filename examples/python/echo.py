@@ -75,6 +75,9 @@ class Config(ctypes.Structure):
         ("deflate_level", c_uint8),
         ("deflate_dedicated", c_bool),
         ("deflate_min_size", c_size_t),
+        ("tls_cert_file", c_char_p),
+        ("tls_key_file", c_char_p),
+        ("tls_address", c_char_p),
         ("cluster_url", c_char_p),
     ]
 

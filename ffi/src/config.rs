@@ -12,7 +12,7 @@ use sockeye::{Backend, Config, DeflateConfig, DeflateMemory};
 use crate::{
     guard, sockeye_result, SOCKEYE_ERR_ADDRESS, SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_NULL,
 };
-use crate::{SOCKEYE_ERR_UTF8, SOCKEYE_OK};
+use crate::{SOCKEYE_ERR_TLS, SOCKEYE_ERR_UTF8, SOCKEYE_OK};
 
 /// Which I/O backend the workers use: one of the `SOCKEYE_BACKEND_*` values.
 pub type sockeye_backend = u32;
@@ -125,6 +125,17 @@ pub struct sockeye_config {
     pub deflate_dedicated: bool,
     /// Messages shorter than this go uncompressed. Default 512.
     pub deflate_min_size: usize,
+    /// wss://: a NUL-terminated path to a PEM file with the certificate chain (the server's
+    /// certificate first), read once in `sockeye_server_new`. NULL (the default): plain ws://.
+    /// Set both or neither of `tls_cert_file` and `tls_key_file` (one alone:
+    /// `SOCKEYE_ERR_INVALID_ARGUMENT`, and `sockeye_last_error` says so).
+    pub tls_cert_file: *const c_char,
+    /// wss://: a NUL-terminated path to the PEM private key of `tls_cert_file`. Default NULL.
+    pub tls_key_file: *const c_char,
+    /// With the TLS files: a NUL-terminated "host:port" where wss:// is served while
+    /// `address` serves plain ws:// (port 0 picks one: `sockeye_server_local_tls_port`).
+    /// NULL (the default): `address` itself serves wss://.
+    pub tls_address: *const c_char,
     /// Pub/sub across processes: the Redis server of the cluster bridge, a NUL-terminated
     /// `redis://host:port` string owned by the caller (read once, in `sockeye_server_new`), or
     /// NULL (the default) for none. Set, every publish also goes to Redis and every topic a
@@ -175,6 +186,9 @@ impl sockeye_config {
             deflate_level: c.deflate.level,
             deflate_dedicated: c.deflate.memory == DeflateMemory::Dedicated,
             deflate_min_size: c.deflate.min_size,
+            tls_cert_file: std::ptr::null(),
+            tls_key_file: std::ptr::null(),
+            tls_address: std::ptr::null(),
             cluster_url: std::ptr::null(),
         }
     }
@@ -247,11 +261,57 @@ impl sockeye_config {
                 min_size: self.deflate_min_size,
                 ..d.deflate
             },
+            tls: None,
             cluster_url,
             ..d
         };
         config.validate().map_err(|_| SOCKEYE_ERR_INVALID_ARGUMENT)?;
+        let mut config = config;
+        // SAFETY: each non-NULL path is NUL-terminated (this struct's contract).
+        config.tls = unsafe { tls_files(self.tls_cert_file, self.tls_key_file) }?;
+        // SAFETY: as above.
+        if let Some(a) = unsafe { path_of(self.tls_address) }? {
+            config.tls_addr = Some(resolve(a, 0).ok_or(SOCKEYE_ERR_ADDRESS)?);
+            config.validate().map_err(|_| SOCKEYE_ERR_INVALID_ARGUMENT)?;
+        }
         Ok(config)
+    }
+}
+
+/// A NUL-terminated path, or `None` for NULL.
+///
+/// # Safety
+/// A non-NULL `p` must point to a NUL-terminated string.
+pub(crate) unsafe fn path_of<'a>(p: *const c_char) -> Result<Option<&'a str>, sockeye_result> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-NULL and NUL-terminated (the caller's contract); the string is read during
+    // the call that lent it.
+    let s = unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| SOCKEYE_ERR_UTF8)?;
+    Ok(Some(s))
+}
+
+/// The TLS configuration read from a certificate and a key file (both or neither).
+///
+/// # Safety
+/// Each non-NULL pointer must point to a NUL-terminated string.
+pub(crate) unsafe fn tls_files(
+    cert: *const c_char,
+    key: *const c_char,
+) -> Result<Option<sockeye::TlsConfig>, sockeye_result> {
+    // SAFETY: the caller's contract, passed on.
+    let (cert, key) = unsafe { (path_of(cert)?, path_of(key)?) };
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(c), Some(k)) => sockeye::TlsConfig::from_pem_files(c, k).map(Some).map_err(|e| {
+            crate::set_last_error(&format!("TLS: {e}"));
+            SOCKEYE_ERR_TLS
+        }),
+        _ => {
+            crate::set_last_error("TLS: set both tls_cert_file and tls_key_file, or neither");
+            Err(SOCKEYE_ERR_INVALID_ARGUMENT)
+        }
     }
 }
 

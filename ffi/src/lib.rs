@@ -79,6 +79,10 @@ pub enum sockeye_result {
     SOCKEYE_ERR_CLOSED = 12,
     /// A message is larger than one send takes (2 GiB).
     SOCKEYE_ERR_MESSAGE_TOO_LARGE = 13,
+    /// The TLS certificate or key was refused: a file that cannot be read, no PEM in it, a
+    /// key that does not match the certificate, a certificate not valid now; or a TLS reload
+    /// on a server that does not serve TLS. The log says which.
+    SOCKEYE_ERR_TLS = 14,
 }
 
 pub use sockeye_result::*;
@@ -91,7 +95,7 @@ pub extern "C" fn sockeye_strerror(code: c_int) -> *const c_char {
 }
 
 /// Every result code with its description: `sockeye_strerror` and the tests read this one table.
-const DESCRIPTIONS: [(sockeye_result, &std::ffi::CStr); 14] = [
+const DESCRIPTIONS: [(sockeye_result, &std::ffi::CStr); 15] = [
     (SOCKEYE_OK, c"success"),
     (SOCKEYE_ERR_NULL, c"a required pointer was NULL"),
     (SOCKEYE_ERR_INVALID_ARGUMENT, c"invalid argument"),
@@ -106,6 +110,7 @@ const DESCRIPTIONS: [(sockeye_result, &std::ffi::CStr); 14] = [
     (SOCKEYE_ERR_TOPIC_TOO_LONG, c"the topic name is longer than max_topic_len"),
     (SOCKEYE_ERR_CLOSED, c"the connection is closing or closed"),
     (SOCKEYE_ERR_MESSAGE_TOO_LARGE, c"the message is larger than one send takes (2 GiB)"),
+    (SOCKEYE_ERR_TLS, c"the TLS certificate or key was refused (sockeye_last_error says why)"),
 ];
 
 fn strerror(code: c_int) -> &'static std::ffi::CStr {
@@ -113,6 +118,27 @@ fn strerror(code: c_int) -> &'static std::ffi::CStr {
         .iter()
         .find(|(r, _)| *r as c_int == code)
         .map_or(c"unknown error", |(_, text)| text)
+}
+
+thread_local! {
+    static LAST_ERROR: std::cell::RefCell<std::ffi::CString> =
+        std::cell::RefCell::new(std::ffi::CString::default());
+}
+
+/// Records why the call now returning an error failed, for `sockeye_last_error`.
+pub(crate) fn set_last_error(why: &str) {
+    let text = std::ffi::CString::new(why.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = text);
+}
+
+/// Why the last call on this thread that returned `SOCKEYE_ERR_TLS` failed (or
+/// `SOCKEYE_ERR_INVALID_ARGUMENT` for only one of `tls_cert_file` and `tls_key_file` set), in
+/// English (which file, which check), as a NUL-terminated string owned by the library: valid until the next
+/// call into the library on this thread, never freed by the caller. Empty when there is
+/// nothing to say.
+#[no_mangle]
+pub extern "C" fn sockeye_last_error() -> *const c_char {
+    guard(|| LAST_ERROR.with(|e| e.borrow().as_ptr()))
 }
 
 /// Returns the library version ("MAJOR.MINOR.PATCH") as a NUL-terminated static string, never

@@ -15,7 +15,7 @@ use crate::{bytes, guard, opt_str, sockeye_result};
 use crate::{
     SOCKEYE_ERR_ADDRESS, SOCKEYE_ERR_ADDRESS_IN_USE, SOCKEYE_ERR_ALREADY_RUN,
     SOCKEYE_ERR_BACKEND_UNAVAILABLE, SOCKEYE_ERR_INVALID_ARGUMENT, SOCKEYE_ERR_IO,
-    SOCKEYE_ERR_NULL, SOCKEYE_ERR_STOPPED, SOCKEYE_OK,
+    SOCKEYE_ERR_NULL, SOCKEYE_ERR_STOPPED, SOCKEYE_ERR_TLS, SOCKEYE_OK,
 };
 
 /// A server: its listeners are bound by `sockeye_server_new`, its workers run inside
@@ -37,6 +37,8 @@ pub(crate) struct ServerObj {
     /// The built server until `sockeye_server_run` (which runs it) or `sockeye_server_free`
     /// (which drops it) takes it.
     pending: Mutex<Option<Server<CHandler>>>,
+    /// Where wss:// is served when it has a listener of its own.
+    pub(crate) tls_addr: Option<std::net::SocketAddr>,
 }
 
 // The server built on one thread is run on another (the one calling `sockeye_server_run`).
@@ -59,6 +61,10 @@ fn error_code(e: &sockeye::Error) -> sockeye_result {
     match e {
         sockeye::Error::Config(_) => SOCKEYE_ERR_INVALID_ARGUMENT,
         sockeye::Error::Address(_) => SOCKEYE_ERR_ADDRESS,
+        sockeye::Error::Tls(why) => {
+            crate::set_last_error(why);
+            SOCKEYE_ERR_TLS
+        }
         sockeye::Error::AddrInUse(_) => SOCKEYE_ERR_ADDRESS_IN_USE,
         sockeye::Error::Backend(_) => SOCKEYE_ERR_BACKEND_UNAVAILABLE,
         sockeye::Error::Io(_) | sockeye::Error::WorkerPanicked => SOCKEYE_ERR_IO,
@@ -116,6 +122,7 @@ pub extern "C" fn sockeye_server_new(
             Err(e) => return error_code(&e),
         };
         let obj = Arc::new(ServerObj {
+            tls_addr: server.config().tls_addr,
             handle: server.handle(),
             shared: shared.clone(),
             pending: Mutex::new(Some(server)),
@@ -175,6 +182,51 @@ pub extern "C" fn sockeye_server_stop(server: *mut sockeye_server) -> sockeye_re
         };
         obj.handle.shutdown();
         SOCKEYE_OK
+    })
+}
+
+/// The port wss:// is served on when `tls_address` was set (the one picked for port 0); 0
+/// if `server` is NULL or has no TLS address of its own. Thread-safe.
+#[no_mangle]
+pub extern "C" fn sockeye_server_local_tls_port(server: *const sockeye_server) -> u16 {
+    guard(|| {
+        // SAFETY: `server` is NULL or from `sockeye_server_new` and not yet freed (documented
+        // contract); its `Arc` keeps the object alive and nothing changes it but through locks.
+        unsafe { opaque::as_ref(server) }.and_then(|o| o.tls_addr).map_or(0, |a| a.port())
+    })
+}
+
+/// Replaces the TLS certificate and key of a server made with `tls_cert_file` and
+/// `tls_key_file`: both files are read and checked now, and handshakes that start from now on
+/// use them; open connections keep theirs. Thread-safe. Returns `SOCKEYE_OK`;
+/// `SOCKEYE_ERR_NULL` for a NULL `server`, `cert_file` or `key_file`; `SOCKEYE_ERR_UTF8` for a
+/// path that is not UTF-8; `SOCKEYE_ERR_TLS` when a file cannot be read or is refused, or the
+/// server does not serve TLS (the log says why; the certificate in force stays).
+#[no_mangle]
+pub extern "C" fn sockeye_server_reload_tls(
+    server: *mut sockeye_server,
+    cert_file: *const c_char,
+    key_file: *const c_char,
+) -> sockeye_result {
+    guard(|| {
+        // SAFETY: `server` is NULL or from `sockeye_server_new` and not yet freed (documented
+        // contract); its `Arc` keeps the object alive and nothing changes it but through locks.
+        let Some(obj) = (unsafe { opaque::as_ref(server) }) else {
+            return SOCKEYE_ERR_NULL;
+        };
+        if cert_file.is_null() || key_file.is_null() {
+            return SOCKEYE_ERR_NULL;
+        }
+        // SAFETY: both non-NULL and NUL-terminated (documented contract).
+        let tls = match unsafe { crate::config::tls_files(cert_file, key_file) } {
+            Ok(Some(t)) => t,
+            Ok(None) => return SOCKEYE_ERR_NULL,
+            Err(e) => return e,
+        };
+        match obj.handle.reload_tls(&tls) {
+            Ok(()) => SOCKEYE_OK,
+            Err(e) => error_code(&e),
+        }
     })
 }
 
@@ -247,6 +299,11 @@ pub struct sockeye_stats {
     pub backpressure_closes: usize,
     /// Topic subscriptions the worker holds now (a gauge).
     pub subscriptions: usize,
+    /// TLS handshakes completed.
+    pub tls_handshakes: usize,
+    /// TLS connections that failed (bad records, failed handshakes, alerts, plaintext on the
+    /// TLS port); each was dropped.
+    pub tls_errors: usize,
     /// Cluster bridge (`cluster_url`; this and the next four are server-wide, counted on
     /// worker 0 and 0 on the others): publishes the broker took.
     pub cluster_published: usize,
@@ -282,6 +339,8 @@ impl From<sockeye::Stats> for sockeye_stats {
             publish_drops: s.publish_drops,
             backpressure_closes: s.backpressure_closes,
             subscriptions: s.subscriptions,
+            tls_handshakes: s.tls_handshakes,
+            tls_errors: s.tls_errors,
             cluster_published: s.cluster_published,
             cluster_received: s.cluster_received,
             cluster_queue_drops: s.cluster_queue_drops,

@@ -383,7 +383,7 @@ fn a_second_server_on_the_same_port_is_refused() {
 /// ever grows at its end, so its ABI order differs from the engine's declaration order).
 #[test]
 fn stats_struct_matches_the_engine() {
-    const C_ORDER: [&str; 24] = [
+    const C_ORDER: [&str; 26] = [
         "connections",
         "buffers_total",
         "buffers_in_kernel",
@@ -404,6 +404,9 @@ fn stats_struct_matches_the_engine() {
         "publish_drops",
         "backpressure_closes",
         "subscriptions",
+        // TLS.
+        "tls_handshakes",
+        "tls_errors",
         // Cluster bridge.
         "cluster_published",
         "cluster_received",

@@ -7,6 +7,10 @@ bad frame). Used by tests/c/run.sh:
     python drive.py chat-http ws://.../chat          the same, and GET / answers 200 (chat.cpp)
     python drive.py rooms ws://127.0.0.1:PORT/       rooms.c: 404/400/403, subprotocol choice,
                                                     fan-out within a room, 1003, GET /
+    python drive.py wss wss://127.0.0.1:PORT/echo CA.pem CN
+                                                    tls.c: the certificate chains to CA.pem and
+                                                    its subject CN is CN; echo text + binary
+                                                    over TLS, close 1000 echoed
 
 Prints one line per check (`ok NAME` / `FAIL NAME: why`) and exits 1 if any failed.
 """
@@ -15,6 +19,7 @@ import asyncio
 import base64
 import os
 import socket
+import ssl
 import struct
 import sys
 from urllib.parse import urlparse
@@ -323,8 +328,25 @@ async def rooms_http(base):
     await asyncio.get_running_loop().run_in_executor(None, run)
 
 
-async def main(mode, url):
-    if mode == "echo":
+async def wss_echo(url, ca, cn):
+    ctx = ssl.create_default_context(cafile=ca)  # verifies the chain and the host name
+    async with websockets.connect(url, ssl=ctx, max_size=None) as ws:
+        cert = ws.transport.get_extra_info("peercert")
+        subject = dict(kv for rdn in cert["subject"] for kv in rdn)
+        assert subject.get("commonName") == cn, f"served CN {subject.get('commonName')!r}, want {cn!r}"
+        for msg in ["hello over TLS", "ünïcödé ✓", "x" * 70000, os.urandom(200000)]:
+            await ws.send(msg)
+            got = await ws.recv()
+            assert got == msg, f"{len(msg)} sent, {len(got)} came back"
+        await ws.close(1000)
+        assert ws.close_code == 1000, f"close answered {ws.close_code}"
+
+
+async def main(mode, url, *rest):
+    if mode == "wss":
+        ca, cn = rest
+        await check(f"wss: certificate {cn!r} from the CA, echo, close 1000", wss_echo(url, ca, cn))
+    elif mode == "echo":
         await check("echo text", echo_text(url))
         await check("echo binary", echo_binary(url))
         await check("echo fragmented", echo_fragmented(url))
@@ -349,7 +371,7 @@ async def main(mode, url):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) != (5 if sys.argv[1:2] == ["wss"] else 3):
         raise SystemExit(__doc__)
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(*sys.argv[1:]))
     sys.exit(1 if failures else 0)

@@ -8,13 +8,19 @@
 #    `pkg-config --cflags --libs sockeye`): examples/c/echo.c, examples/c/chat.c,
 #    examples/c/rooms.c and examples/cpp/chat.cpp with -fsanitize=address,undefined, echo.c
 #    plain (for valgrind) and echo.c linked statically, tests/c/config.c and tests/c/wrapper.cpp
-#    with the sanitizers, and tests/c/pubsub.c with the sanitizers and plain (for valgrind);
+#    with the sanitizers, tests/c/pubsub.c with the sanitizers and plain (for valgrind), and
+#    tests/c/tls.c with the sanitizers;
 # 2. runs config.c: a second server on a taken port gets SOCKEYE_ERR_ADDRESS_IN_USE (unless
 #    both set share_port), out-of-range fields get SOCKEYE_ERR_INVALID_ARGUMENT;
 # 3. runs pubsub.c (its own server and WebSocket clients): a publish from another pthread
 #    reaches every subscriber, publishes with and without the sender, unsubscribe, counts and
 #    stats, a too-long topic gets SOCKEYE_ERR_TOPIC_TOO_LONG; with ASan on every backend in
 #    CABI_BACKENDS, and on epoll under valgrind;
+# 3b. runs tls.c on every backend in CABI_BACKENDS, with a throwaway CA and two certificates
+#    made by tests/tls/make-certs.sh (openssl) in this run's temp dir and drive.py's `wss` mode
+#    as its client: a wss:// server from tls_cert_file/tls_key_file, sockeye_server_reload_tls
+#    with a second certificate (a new client sees it) and with bad files (SOCKEYE_ERR_TLS,
+#    sockeye_last_error() naming the problem), a missing key file at sockeye_server_new;
 # 4. starts each server on a free port (port 0; the server prints the one it got), drives it
 #    with Python `websockets` and a raw socket (tests/c/drive.py), stops it with SIGINT or
 #    SIGTERM, and requires exit status 0 and no sanitizer report on stderr:
@@ -47,6 +53,7 @@ command -v gcc >/dev/null 2>&1 || pkgs+=(gcc)
 command -v g++ >/dev/null 2>&1 || pkgs+=(g++)
 command -v valgrind >/dev/null 2>&1 || pkgs+=(valgrind)
 command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
+command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)
 if [ ${#pkgs[@]} -gt 0 ]; then
     log "apt-get install ${pkgs[*]}"
@@ -105,6 +112,7 @@ build chat-asan c++ -std=c++17 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o 
 build config-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/config-asan" "$HERE/config.c" "${PC[@]}"
 build wrapper-asan c++ -std=c++17 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/wrapper-asan" "$HERE/wrapper.cpp" "${PC[@]}"
 build pubsub-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/pubsub-asan" "$HERE/pubsub.c" "${PC[@]}"
+build tls-asan cc -std=c11 -Wall -Wextra -Werror -g -pthread "${SAN[@]}" -o "$WORK/tls-asan" "$HERE/tls.c" "${PC[@]}"
 build pubsub cc -std=c11 -Wall -Wextra -Werror -O1 -g -pthread -o "$WORK/pubsub" "$HERE/pubsub.c" "${PC[@]}"
 build echo cc -std=c11 -Wall -Wextra -Werror -O1 -g -pthread -o "$WORK/echo" "$ROOT/examples/c/echo.c" "${PC[@]}"
 build echo-static cc -std=c11 -Wall -Wextra -Werror -O1 -pthread -o "$WORK/echo-static" "$ROOT/examples/c/echo.c" \
@@ -233,6 +241,17 @@ if [ -x "$WORK/pubsub-asan" ]; then
     for b in $BACKENDS; do
         selftest "pubsub-asan-$b" env SOCKEYE_BACKEND="$b" "$WORK/pubsub-asan"
     done
+fi
+if [ -x "$WORK/tls-asan" ]; then
+    mkdir -p "$WORK/tls"
+    if bash "$ROOT/tests/tls/make-certs.sh" "$WORK/tls"; then
+        for b in $BACKENDS; do
+            selftest "tls-asan-$b" env SOCKEYE_BACKEND="$b" "$WORK/tls-asan" "$WORK/tls" \
+                "$PY" "$HERE/drive.py" wss
+        done
+    else
+        fail "tls: tests/tls/make-certs.sh"
+    fi
 fi
 if [ -x "$WORK/pubsub" ]; then
     selftest pubsub-valgrind env SOCKEYE_BACKEND=epoll \

@@ -5,13 +5,18 @@
 #   tests/e2e/run.sh                 install what is missing, build the demo, run every test
 #   tests/e2e/run.sh python browser  run only the named tests (python node nginx browser)
 #
-# Idempotent: apt packages (nginx-light, chromium, python3-venv, nodejs/npm) are installed only
+# Idempotent: apt packages (nginx-light, chromium, python3-venv, nodejs/npm, openssl) are installed only
 # if missing; the Python venv (tests/e2e/.venv) and node_modules are (re)made only when absent or
 # out of date with requirements.txt / package-lock.json. Set E2E_NO_INSTALL=1 to skip installing.
 # The demo is built once (`cargo build --release --example demo`, honouring CARGO_TARGET_DIR),
 # started on a free loopback port with 2 workers, and always killed on exit, like nginx.
 # Every test runs once per I/O backend in E2E_BACKENDS (default "epoll io_uring"; io_uring is
-# skipped, not failed, where the kernel lacks it, i.e. where `--backend auto` picks epoll).
+# skipped, not failed, where the kernel lacks it, i.e. where `--backend auto` picks epoll), and
+# per scheme in E2E_SCHEMES (default "ws wss"): for wss a throwaway CA and a certificate for
+# localhost/127.0.0.1 are made with openssl (tests/tls/make-certs.sh, in this run's temp dir),
+# the demo runs with `--tls`, and the Python, Node and browser tests run again over TLS, the
+# clients trusting that CA alone (chromium: --ignore-certificate-errors); nginx and the close
+# suite stay ws:// only.
 # Ends with `e2e: N passed, N failed`; exits non-zero if anything failed.
 set -euo pipefail
 
@@ -41,6 +46,7 @@ install_deps() {
     /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)
     command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
     command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+    command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
     if [ ${#pkgs[@]} -gt 0 ]; then
         log "apt-get install ${pkgs[*]}"
         as_root apt-get update -qq
@@ -110,21 +116,22 @@ wait_port() { # port pid what
     return 1
 }
 
-start_demo() { # backend
-    local try
+start_demo() { # backend [demo flags...]
+    local backend=$1 try
+    shift
     for try in 1 2 3; do
         DEMO_PORT="$(free_port)"
         # SOCKEYE_BACKEND overrides --backend in the demo: set both, so an exported one
         # from the caller cannot silently swap the backend under test.
         # --deflate: browsers, Python websockets and Node ws all offer permessage-deflate, so
         # every end-to-end test runs compressed.
-        SOCKEYE_BACKEND="$1" "$DEMO" --addr "127.0.0.1:$DEMO_PORT" --workers 2 --backend "$1" \
-            --deflate >"$WORK/demo.log" 2>&1 &
+        SOCKEYE_BACKEND="$backend" "$DEMO" --addr "127.0.0.1:$DEMO_PORT" --workers 2 \
+            --backend "$backend" --deflate "$@" >"$WORK/demo.log" 2>&1 &
         DEMO_PID=$!
         if wait_port "$DEMO_PORT" "$DEMO_PID"; then
             # The port accepts a moment before the "listening" line (with the backend) is logged.
             for _ in $(seq 20); do grep -q 'workers, ' "$WORK/demo.log" && break; sleep 0.1; done
-            log "demo (pid $DEMO_PID) on 127.0.0.1:$DEMO_PORT: $(grep -o '([0-9]* workers, [A-Za-z]*)' "$WORK/demo.log" || true)"
+            log "demo (pid $DEMO_PID) on $(grep -o 'wss\?://127[^ ]*' "$WORK/demo.log" | head -1): $(grep -o '([0-9]* workers, [A-Za-z]*)' "$WORK/demo.log" || true)"
             return 0
         fi
         kill "$DEMO_PID" 2>/dev/null || true
@@ -208,10 +215,29 @@ record() { # ok|fail NAME
         FAILED=$((FAILED + 1)); FAILED_NAMES+=("$2"); echo "FAIL $2"; fi
 }
 
+SCHEMES="${E2E_SCHEMES:-ws wss}"
+if [[ " $SCHEMES " == *" wss "* ]]; then
+    mkdir -p "$WORK/tls"
+    bash "$ROOT/tests/tls/make-certs.sh" "$WORK/tls"
+    CA="$WORK/tls/ca.pem"
+fi
+
 START=$(date +%s)
 for BACKEND in ${E2E_BACKENDS:-epoll io_uring}; do
+for SCHEME in $SCHEMES; do
     B="[$BACKEND]"
-    if ! start_demo "$BACKEND"; then
+    TLS_FLAGS=()
+    CA_ARGS=()
+    NODE_CA=()
+    HTTP=http
+    if [ "$SCHEME" = wss ]; then
+        B="[$BACKEND wss]"
+        TLS_FLAGS=(--tls "$WORK/tls/cert.pem" "$WORK/tls/key.pem")
+        CA_ARGS=(--ca "$CA")
+        NODE_CA=("$CA")
+        HTTP=https
+    fi
+    if ! start_demo "$BACKEND" "${TLS_FLAGS[@]}"; then
         if [ "$BACKEND" = io_uring ] && [ "$(auto_backend)" = Epoll ]; then
             echo "SKIP $B: this kernel offers no io_uring (--backend auto picks epoll)"
         else
@@ -223,16 +249,21 @@ for BACKEND in ${E2E_BACKENDS:-epoll io_uring}; do
     if [ -n "$want" ] && ! grep -q "workers, $want)" "$WORK/demo.log"; then
         record fail "$B demo runs the $want backend (log: $(grep -o 'workers, [A-Za-z]*)' "$WORK/demo.log" || echo none))"
     fi
-    WS="ws://127.0.0.1:$DEMO_PORT"
+    if ! grep -q "listening on $SCHEME://127.0.0.1:$DEMO_PORT " "$WORK/demo.log"; then
+        record fail "$B demo says it listens on $SCHEME:// (log: $(grep -o 'listening on [^ ]*' "$WORK/demo.log" || echo none))"
+    fi
+    WS="$SCHEME://127.0.0.1:$DEMO_PORT"
     if wants python; then
-        run_test "$B python: echo" 60 "$PY" "$HERE/test_python.py" --base "$WS" --suite echo
-        run_test "$B python: chat (4 and 16 clients)" 60 "$PY" "$HERE/test_python.py" --base "$WS" --suite chat
-        run_test "$B python: close codes" 60 "$PY" "$HERE/test_python.py" --base "$WS" --suite close
+        run_test "$B python: echo" 60 "$PY" "$HERE/test_python.py" --base "$WS" "${CA_ARGS[@]}" --suite echo
+        run_test "$B python: chat (4 and 16 clients)" 60 "$PY" "$HERE/test_python.py" --base "$WS" "${CA_ARGS[@]}" --suite chat
+        if [ "$SCHEME" = ws ]; then
+            run_test "$B python: close codes" 60 "$PY" "$HERE/test_python.py" --base "$WS" --suite close
+        fi
     fi
     if wants node; then
-        run_test "$B node ws: echo, chat, ping/pong" 60 node "$HERE/test_node.mjs" "$WS"
+        run_test "$B node ws: echo, chat, ping/pong" 60 node "$HERE/test_node.mjs" "$WS" "${NODE_CA[@]}"
     fi
-    if wants nginx; then
+    if wants nginx && [ "$SCHEME" = ws ]; then
         if start_nginx; then
             run_test "$B nginx: python echo, chat, close through the proxy" 60 \
                 "$PY" "$HERE/test_python.py" --base "ws://127.0.0.1:$NGINX_PORT" --label nginx
@@ -243,8 +274,8 @@ for BACKEND in ${E2E_BACKENDS:-epoll io_uring}; do
     fi
     if wants browser; then
         run_test "$B browser: chromium two-tab chat, live stats" 90 \
-            "$PY" "$HERE/test_browser.py" --page "http://127.0.0.1:$DEMO_PORT/" --screenshot "$SCREENSHOT" \
-            --backend "$BACKEND"
+            "$PY" "$HERE/test_browser.py" --page "$HTTP://127.0.0.1:$DEMO_PORT/" "${CA_ARGS[@]}" \
+            --screenshot "$SCREENSHOT" --backend "$BACKEND"
     fi
 
     # The demo survived everything above, and stops cleanly on SIGINT (its Ctrl-C handler).
@@ -271,6 +302,7 @@ for BACKEND in ${E2E_BACKENDS:-epoll io_uring}; do
         echo "---- $B demo log (tail) ----"
         tail -n 40 "$WORK/demo.log" || true
     fi
+done
 done
 
 echo "elapsed: $(($(date +%s) - START))s"

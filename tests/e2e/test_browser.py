@@ -3,6 +3,12 @@
 
 Usage: test_browser.py --page http://127.0.0.1:PORT/ [--chromium /usr/bin/chromium]
                        [--screenshot /tmp/chat.png] [--backend epoll|io_uring]
+       test_browser.py --page https://127.0.0.1:PORT/ --ca CA.pem [...]
+
+With an https:// page the tabs load it over TLS and the page's WebSockets are wss:// (the page
+picks the scheme from its own location); chromium is started with --ignore-certificate-errors
+(a throwaway CA is not in its store), the page must report wss:// URLs, and the burst client
+verifies the certificate against --ca.
 
 Starts Debian's chromium headless with a fresh profile and --remote-debugging-port=0, speaks CDP
 to it with the `websockets` client (no playwright, no downloaded browsers), opens the page in two
@@ -23,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -113,9 +120,9 @@ def stat(name):
             f" const v = Number(t); return t && t !== '–' && Number.isFinite(v) ? v : null; }})()")
 
 
-async def burst(url, lines):
+async def burst(url, lines, tls=None):
     """Sends `lines` lines to a room of its own, reading each back (the sender is a member)."""
-    async with connect(url, proxy=None, ping_interval=None) as ws:
+    async with connect(url, proxy=None, ping_interval=None, ssl=tls) as ws:
         for i in range(lines):
             await ws.send(f"load line {i}")
             await asyncio.wait_for(ws.recv(), 10)
@@ -185,6 +192,15 @@ async def run(args, port_file):
                    f"messages in {await cdp.eval(s, stat('in'))!r}, backend {backend!r}")
         in_before = await cdp.eval(a, stat("in"))
 
+        if args.page.startswith("https://"):
+            for name, s in (("A", a), ("B", b)):
+                proto = await cdp.eval(s, "location.protocol")
+                report(proto == "https:", f"tab {name} loaded the page over https", repr(proto))
+            # Both of the page's WebSockets (its top-level `ws` and `stats`) are wss:// and open.
+            sockets = await cdp.eval(a, "[ws, stats].map(w => [w.url, w.readyState])")
+            report(bool(sockets) and all(u.startswith("wss://") and st == 1 for u, st in sockets),
+                   "the page's chat and stats WebSockets are open wss:// ones", f"{sockets}")
+
         for sender, (src, dst) in (("A", (a, b)), ("B", (b, a))):
             line = f"hello from tab {sender} ✓ 🐟 {os.getpid()}"
             typed = await type_and_send(cdp, src, line)
@@ -211,8 +227,10 @@ async def run(args, port_file):
 
         # A burst to another room: the figures move, the tabs' logs do not.
         in_start = await cdp.eval(a, stat("in"))
-        ws_base = args.page.replace("http://", "ws://", 1).rstrip("/")
-        load = asyncio.create_task(burst(f"{ws_base}/chat?room=e2e-load-{os.getpid()}", LOAD_LINES))
+        ws_base = args.page.replace("http", "ws", 1).rstrip("/")  # https:// -> wss://
+        tls = ssl.create_default_context(cafile=args.ca) if args.page.startswith("https") else None
+        load = asyncio.create_task(burst(f"{ws_base}/chat?room=e2e-load-{os.getpid()}",
+                                         LOAD_LINES, tls))
         max_rate, blue = 0.0, 0
         while not load.done():
             max_rate = max(max_rate, await cdp.eval(a, stat("in-rate")) or 0.0)
@@ -259,11 +277,15 @@ async def run(args, port_file):
 
 async def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--page", required=True, help="http://host:port/ of the demo's chat page")
+    ap.add_argument("--page", required=True,
+                    help="http://host:port/ or https://host:port/ of the demo's chat page")
+    ap.add_argument("--ca", help="https://: the PEM file of the CA that signed the demo's certificate")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--screenshot", default="/tmp/chat.png")
     ap.add_argument("--backend", help="the backend the page's stats must name")
     args = ap.parse_args()
+    if args.page.startswith("https://") and not args.ca:
+        ap.error("an https:// page needs --ca")
     print(f"[browser] two tabs on {args.page}")
     profile = tempfile.mkdtemp(prefix="sockeye-e2e-chromium-")
     cmd = [args.chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -272,7 +294,10 @@ async def main():
            "--no-proxy-server", "--disable-dev-shm-usage", "--mute-audio",
            "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
            "--disable-backgrounding-occluded-windows", "--remote-debugging-address=127.0.0.1",
-           "--remote-debugging-port=0", "about:blank"]
+           "--remote-debugging-port=0"]
+    if args.page.startswith("https://"):
+        cmd.append("--ignore-certificate-errors")  # the test CA is in no store chromium reads
+    cmd.append("about:blank")
     log = open(os.path.join(profile, "chromium.log"), "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

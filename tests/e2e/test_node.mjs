@@ -1,6 +1,7 @@
 // End-to-end checks of the sockeye demo server with the Node `ws` client.
 //
 // Usage: node test_node.mjs ws://127.0.0.1:PORT
+//        node test_node.mjs wss://127.0.0.1:PORT CA.pem   (TLS, trusting only that CA)
 //
 //   echo       /echo returns text (multi-byte UTF-8) and binary messages of several sizes
 //              unchanged, with the right type (text stays text, binary stays binary).
@@ -11,13 +12,18 @@
 // Prints one `ok`/`FAIL` line per check; exits 1 if any check failed.
 
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import WebSocket from "ws";
 
 const base = process.argv[2];
-if (!base) {
-  console.error("usage: node test_node.mjs ws://HOST:PORT");
+const caFile = process.argv[3];
+if (!base || (base.startsWith("wss://") && !caFile)) {
+  console.error("usage: node test_node.mjs ws://HOST:PORT | wss://HOST:PORT CA.pem");
   process.exit(2);
 }
+// wss://: the demo's certificate must chain to this CA alone (and name the host); Node checks
+// both, as for any https.
+const tls = base.startsWith("wss://") ? { ca: readFileSync(caFile) } : {};
 const TIMEOUT_MS = 10_000;
 let failures = 0;
 
@@ -39,7 +45,7 @@ function withTimeout(promise, what) {
 
 // A client whose incoming messages queue up, so tests can `await next()` them in order.
 function open(path) {
-  const ws = new WebSocket(base + path, { perMessageDeflate: false, maxPayload: 16 << 20 });
+  const ws = new WebSocket(base + path, { perMessageDeflate: false, maxPayload: 16 << 20, ...tls });
   const queue = [];
   const waiters = [];
   ws.on("message", (data, isBinary) => {
@@ -80,6 +86,11 @@ function closeAndWait(ws, code, reason) {
 async function testEcho() {
   console.log(`[node] echo via ${base}/echo`);
   const ws = await open("/echo");
+  if (base.startsWith("wss://")) {
+    const sock = ws._socket; // ws' own tls.TLSSocket under the WebSocket
+    report(sock.encrypted && sock.authorized, `TLS ${sock.getProtocol()} to a certificate the CA signed`,
+      `encrypted=${sock.encrypted} authorized=${sock.authorized} ${sock.authorizationError ?? ""}`);
+  }
   for (const n of [0, 1, 125, 126, 65535, 65536, 1 << 20]) {
     const msg = textOf(n);
     ws.send(msg);

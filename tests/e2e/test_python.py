@@ -2,6 +2,10 @@
 """End-to-end checks of the sockeye demo server with the Python `websockets` client.
 
 Usage: test_python.py --base ws://127.0.0.1:PORT [--suite echo|chat|close ...] [--label NAME]
+       test_python.py --base wss://127.0.0.1:PORT --ca CA.pem [--suite ...]
+
+With a wss:// base every connection is TLS, verified against the CA in --ca (the certificate
+must name 127.0.0.1), and the suites are the same.
 
 Suites (default: all three):
   echo   /echo returns every text and binary message unchanged: sizes across the 7/16/64-bit
@@ -21,6 +25,7 @@ Prints one `ok`/`FAIL` line per check; exits 1 if any check failed.
 import argparse
 import asyncio
 import os
+import ssl
 import sys
 
 from websockets.asyncio.client import connect
@@ -30,6 +35,7 @@ TIMEOUT = 10.0  # seconds for any single receive / handshake
 MAX_SIZE = 16 << 20  # the engine's default max message size
 
 failures = 0
+TLS = None  # the ssl.SSLContext for wss:// (from --ca), None for ws://
 
 
 def report(ok, what, detail=""):
@@ -45,8 +51,17 @@ def report(ok, what, detail=""):
 def ws_connect(url, **kw):
     # proxy=None: never pick up *_PROXY from the environment; compression=None: the engine
     # does not negotiate permessage-deflate yet, and we want plain frames on the wire.
+    if url.startswith("wss://"):
+        kw["ssl"] = TLS
     return connect(url, proxy=None, compression=None, max_size=MAX_SIZE,
                    open_timeout=TIMEOUT, close_timeout=TIMEOUT, ping_interval=None, **kw)
+
+
+def tls_context(ca_file):
+    """A client context that trusts only `ca_file` and checks the host name, as a browser does."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 def text_of(n):
@@ -228,10 +243,17 @@ SUITES = {"echo": suite_echo, "chat": suite_chat_all, "close": suite_close}
 
 async def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--base", required=True, help="ws://host:port of the demo (or a proxy)")
+    ap.add_argument("--base", required=True,
+                    help="ws://host:port or wss://host:port of the demo (or a proxy)")
+    ap.add_argument("--ca", help="wss://: the PEM file of the CA that signed the demo's certificate")
     ap.add_argument("--suite", action="append", choices=sorted(SUITES))
     ap.add_argument("--label", default="python")
     args = ap.parse_args()
+    global TLS
+    if args.base.startswith("wss://"):
+        if not args.ca:
+            ap.error("a wss:// base needs --ca")
+        TLS = tls_context(args.ca)
     for name in args.suite or ["echo", "chat", "close"]:
         print(f"[{args.label}] {name} via {args.base}")
         try:

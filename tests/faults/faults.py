@@ -14,8 +14,12 @@ the configured timeouts plus a few seconds of slack:
   - the demo is still running.
 
 The scenarios: /metrics format; big message + close, never read; zero-window readers; slowloris;
-resets mid-message; EMFILE; handler panics (--chaos). One line per scenario and backend, `ok` or
-`FAILED: what did not return`; exits 1 if any failed.
+resets mid-message; EMFILE; handler panics (--chaos); bad input to a wss:// demo (--tls with a
+throwaway CA's certificate from tests/tls/make-certs.sh, so `openssl` is needed): plaintext HTTP
+gets a 400 naming TLS, a truncated ClientHello is dropped at the handshake timeout, openssl
+s_client offering only TLS 1.1 or an illegal SNI name fails cleanly, while a wss:// client keeps
+echoing (every client of that demo, the baseline's and /metrics included, speaks TLS). One line
+per scenario and backend, `ok` or `FAILED: what did not return`; exits 1 if any failed.
 
     tests/faults/faults.py --demo target/release/examples/demo [--backends "epoll io_uring"]
         [--only NAME ...]
@@ -29,8 +33,10 @@ import random
 import re
 import resource
 import select
+import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -52,8 +58,12 @@ FIELDS = ["connections", "buffers_total", "buffers_in_kernel", "buffer_shortages
           "memory_in_use", "handshake_timeouts", "idle_timeouts", "close_timeouts",
           "handler_panics", "sends_dropped", "budget_refusals", "protocol_errors",
           "messages_in", "messages_out", "deliveries", "publish_drops", "backpressure_closes",
-          "subscriptions", "bad_handshakes", "cluster_published", "cluster_received",
-          "cluster_queue_drops", "cluster_lost", "cluster_reconnects"]
+          "subscriptions", "bad_handshakes", "tls_handshakes", "tls_errors", "cluster_published",
+          "cluster_received", "cluster_queue_drops", "cluster_lost", "cluster_reconnects"]
+GENERIC_HELP = "A sockeye per-worker counter."  # the demo's HELP for a field it has no text for
+HERE = os.path.dirname(os.path.abspath(__file__))
+CERTS = {}  # "@CERT@", "@KEY@", "@CA@" -> files, made by main() when a TLS scenario runs
+TLS_CLIENT = None  # the ssl.SSLContext every client uses while the demo under test is wss://
 
 
 class Failure(Exception):
@@ -94,15 +104,28 @@ def upgrade_request(port, path, key):
             "Sec-WebSocket-Version: 13\r\n\r\n").encode()
 
 
+def dial(port, timeout=5.0, rcvbuf=None):
+    """A connected socket to the demo: TLS (verified against the test CA) while TLS_CLIENT is
+    set, plain TCP otherwise."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    if TLS_CLIENT is not None:
+        try:
+            sock = TLS_CLIENT.wrap_socket(sock, server_hostname="localhost")
+        except OSError:
+            sock.close()
+            raise
+    return sock
+
+
 class Ws:
-    """A blocking WebSocket client on a raw socket."""
+    """A blocking WebSocket client on a raw socket (TLS while TLS_CLIENT is set)."""
 
     def __init__(self, port, path="/echo", rcvbuf=None, timeout=5.0):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
-        self.sock.connect(("127.0.0.1", port))
+        self.sock = dial(port, timeout, rcvbuf)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(upgrade_request(port, path, key))
         self.buf = b""
@@ -182,7 +205,7 @@ def fresh_echo(port):
 
 
 def http_get(port, path, timeout=5.0):
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s = dial(port, timeout)
     try:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
         data = b""
@@ -240,6 +263,8 @@ def parse_metrics(text, strict=False):
             kind = "gauge" if f in GAUGES else "counter"
             if typed.get(fam) != kind:
                 problems.append(f"{fam}: TYPE {typed.get(fam)!r}, want {kind}")
+            if f"# HELP {fam} {GENERIC_HELP}\n" in text:
+                problems.append(f"{fam}: the demo has no HELP text for it")
             if sorted(out.get(fam, {})) != list(range(WORKERS)):
                 problems.append(f"{fam}: workers {sorted(out.get(fam, {}))}, want 0..{WORKERS - 1}")
         extra = set(out) - {f"sockeye_{f}" if f in GAUGES else f"sockeye_{f}_total" for f in FIELDS}
@@ -703,6 +728,90 @@ def sc_panics(demo, base, k=6):
     return problems, CLOSE + SLACK
 
 
+def client_hello():
+    """The first flight of a real TLS client (Python's ssl, from a memory BIO), as bytes."""
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def s_client(port, *flags):
+    """openssl s_client against the demo with `flags`: (exit status, output)."""
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                        "-CAfile", CERTS["@CA@"], *flags], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10)
+    return r.returncode, r.stdout.decode(errors="replace")
+
+
+def sc_tls(demo, base):
+    """--tls: plaintext HTTP, a truncated ClientHello left hanging, TLS 1.1 only and an illegal
+    SNI name from openssl s_client; a wss:// client opened first echoes throughout."""
+    problems = []
+    errors_before = demo.total("sockeye_tls_errors_total")
+    keeper = Ws(demo.port, "/echo")
+    keeper.echo(0x1, b"before")
+
+    # Plaintext HTTP (a client that meant ws://) gets a 400 that says TLS, then the end.
+    s = socket.create_connection(("127.0.0.1", demo.port), timeout=5)
+    s.sendall(f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1:{demo.port}\r\n\r\n".encode())
+    got = b""
+    try:
+        while chunk := s.recv(4096):
+            got += chunk
+    except OSError as e:
+        problems.append(f"plaintext HTTP: {type(e).__name__} after {got[:40]!r}")
+    s.close()
+    head, _, body = got.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 400 ") or b"TLS" not in body:
+        problems.append(f"plaintext HTTP answered {got[:120]!r}, want a 400 whose body names TLS")
+
+    # Half a ClientHello, then silence: dropped at the handshake timeout, not before.
+    hello = client_hello()
+    stalled = socket.create_connection(("127.0.0.1", demo.port), timeout=HANDSHAKE + SLACK)
+    stalled.sendall(hello[:len(hello) // 2])
+    t0 = time.monotonic()
+    try:
+        end = stalled.recv(4096)
+    except OSError as e:  # a reset is a drop too
+        end = type(e).__name__
+    waited = time.monotonic() - t0
+    stalled.close()
+    NOTES.append(f"truncated ClientHello dropped after {waited:.1f} s")
+    if end not in (b"", "ConnectionResetError") or waited < HANDSHAKE * 0.8:
+        problems.append(f"truncated ClientHello: read {end!r} after {waited:.1f} s, want the "
+                        f"end of the stream at the {HANDSHAKE:.0f} s handshake timeout")
+
+    # openssl s_client: TLS 1.1 only (refused: the engine speaks 1.2 and 1.3), and a server
+    # name that is no DNS name (refused by rustls with an alert). Both fail, and say so.
+    for what, flags, want in (("TLS 1.1 only", ["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"], "alert"),
+                              ("an illegal SNI name", ["-servername", "bad_name!"], "alert")):
+        rc, out = s_client(demo.port, *flags)
+        if rc == 0 or want not in out:
+            tail = " | ".join(out.strip().splitlines()[-3:])
+            problems.append(f"s_client with {what}: exit {rc}, want a failure with an {want} "
+                            f"({tail})")
+    # The same s_client, well-formed, succeeds (so the failures above are the server's doing).
+    rc, out = s_client(demo.port, "-servername", "localhost", "-verify_return_error")
+    if rc != 0 or "Verify return code: 0 (ok)" not in out:
+        problems.append(f"s_client, well-formed: exit {rc}: {out.strip().splitlines()[-1:]}")
+
+    try:
+        keeper.echo(0x1, b"after the bad clients")
+        keeper.echo(0x2, os.urandom(100000))
+        keeper.close(1000)
+    except (OSError, EOFError, Failure) as e:
+        problems.append(f"the wss:// client stopped echoing: {type(e).__name__}: {e}")
+    errors = demo.total("sockeye_tls_errors_total") - errors_before
+    if errors < 3:  # plaintext, TLS 1.1, bad SNI (the stalled one is a timeout)
+        problems.append(f"sockeye_tls_errors_total +{errors}, want at least +3")
+    return problems, SLACK
+
+
 SCENARIOS = [
     ("metrics", "/metrics format and values", sc_metrics, [], None),
     ("big-close", "big message + close, never read", sc_big_close,
@@ -712,6 +821,7 @@ SCENARIOS = [
     ("resets", "resets mid-message", sc_resets, [], None),
     ("emfile", f"EMFILE (ulimit -n {NOFILE})", sc_emfile, [], NOFILE),
     ("panics", "handler panics (--chaos)", sc_panics, ["--chaos"], None),
+    ("tls", "bad input over TLS (--tls)", sc_tls, ["--tls", "@CERT@", "@KEY@"], None),
 ]
 
 
@@ -730,9 +840,13 @@ def release_held():
 
 
 def run_one(binary, backend, name, title, fn, flags, nofile):
+    global TLS_CLIENT
     t0 = time.monotonic()
+    flags = [CERTS.get(f, f) for f in flags]
     demo = Demo(binary, backend, COMMON + flags, nofile)
     problems = []
+    if "--tls" in flags:
+        TLS_CLIENT = ssl.create_default_context(cafile=CERTS["@CA@"])
     try:
         demo.start()
         want = {"epoll": "Epoll", "io_uring": "IoUring"}.get(backend)
@@ -761,6 +875,7 @@ def run_one(binary, backend, name, title, fn, flags, nofile):
             problems.append(f"demo died (exit {rc}): {demo.log_tail(3)}")
         elif rc != 0:
             problems.append(f"demo exited {rc} on SIGINT")
+        TLS_CLIENT = None
     dt = time.monotonic() - t0
     notes = f" [{'; '.join(NOTES)}]" if NOTES else ""
     NOTES.clear()
@@ -811,6 +926,23 @@ def main():
     chosen = [s for s in SCENARIOS if args.only is None or s[0] in args.only]
     if args.only and len(chosen) != len(args.only):
         sys.exit(f"unknown scenario in {args.only}")
+    if any("--tls" in s[3] for s in chosen):
+        if not shutil.which("openssl"):
+            sys.exit("faults: the TLS scenario needs openssl")
+        certs = tempfile.mkdtemp(prefix="sockeye-faults-tls-")
+        subprocess.run(["bash", os.path.join(HERE, "..", "tls", "make-certs.sh"), certs],
+                       check=True)
+        CERTS.update({"@CERT@": os.path.join(certs, "cert.pem"),
+                      "@KEY@": os.path.join(certs, "key.pem"),
+                      "@CA@": os.path.join(certs, "ca.pem")})
+    try:
+        run_all(args, chosen)
+    finally:
+        if CERTS:
+            shutil.rmtree(os.path.dirname(CERTS["@CA@"]), ignore_errors=True)
+
+
+def run_all(args, chosen):
     t0 = time.monotonic()
     ok = failed = 0
     for backend in args.backends.split():

@@ -6,20 +6,32 @@
 //                     published with server.publish, so the sender receives it too
 //   anything else     404
 //
-// No compression (perMessageDeflate: false); Bun's other WebSocket defaults are kept (16 MiB
-// messages and backpressure limit, 120 s idle timeout, automatic pings).
+// No compression (perMessageDeflate: false) unless --deflate: perMessageDeflate: true (Bun's
+// shared compressor and decompressor; Bun 1.4.5 answers client_no_context_takeover and
+// server_no_context_takeover) and every echo sent with ws.send(message, true), since Bun
+// compresses only what is sent with compress = true. Bun's other WebSocket defaults
+// are kept (16 MiB messages and backpressure limit, 120 s idle timeout, automatic pings).
 //
-//   bun benches/peers/bun/server.js [--addr HOST:PORT]     (default 127.0.0.1:9400)
+// With --tls CERT.pem KEY.pem it serves wss:// (Bun.serve's `tls: { cert, key }`, BoringSSL).
+//
+//   bun benches/peers/bun/server.js [--addr HOST:PORT] [--deflate] [--tls CERT KEY]
+//   (default 127.0.0.1:9400)
 
 let addr = "127.0.0.1:9400";
+let deflate = false;
+let tls = undefined;
 const argv = Bun.argv.slice(2);
 for (let i = 0; i < argv.length; i++) {
   if (argv[i] === "--addr" && i + 1 < argv.length) {
     addr = argv[++i];
+  } else if (argv[i] === "--deflate") {
+    deflate = true;
+  } else if (argv[i] === "--tls" && i + 2 < argv.length) {
+    tls = { cert: Bun.file(argv[++i]), key: Bun.file(argv[++i]) };
   } else {
     const help = argv[i] === "-h" || argv[i] === "--help";
     (help ? console.log : console.error)(
-      "usage: bun server.js [--addr HOST:PORT]   (default 127.0.0.1:9400)",
+      "usage: bun server.js [--addr HOST:PORT] [--deflate] [--tls CERT KEY]   (default 127.0.0.1:9400)",
     );
     process.exit(help ? 0 : 2);
   }
@@ -35,6 +47,7 @@ if (colon < 0 || !Number.isInteger(port) || port < 0 || port > 65535) {
 const server = Bun.serve({
   hostname,
   port,
+  tls,
   fetch(req, server) {
     const url = new URL(req.url);
     if (url.pathname === "/chat") {
@@ -49,13 +62,14 @@ const server = Bun.serve({
     return new Response("not found\n", { status: 404 });
   },
   websocket: {
-    perMessageDeflate: false,
+    perMessageDeflate: deflate,
     open(ws) {
       if (ws.data.room !== null) ws.subscribe(ws.data.room);
     },
     message(ws, message) {
       if (ws.data.room === null) {
-        ws.send(message);
+        // Bun compresses a message only when asked (`compress` defaults to false).
+        ws.send(message, deflate);
       } else if (typeof message === "string") {
         server.publish(ws.data.room, message);
       }
@@ -63,4 +77,6 @@ const server = Bun.serve({
   },
 });
 
-console.error(`listening on ws://${server.hostname}:${server.port} (Bun ${Bun.version})`);
+console.error(
+  `listening on ws://${server.hostname}:${server.port} (Bun ${Bun.version}, perMessageDeflate ${deflate})`,
+);

@@ -59,6 +59,7 @@ const SERVER_ORDER: &[&str] = &[
     "fastwebsockets",
     "tokio-websockets",
     "bun",
+    "node",
     "uws",
     "raw",
 ];
@@ -74,6 +75,8 @@ const LOAD_ORDER: &[&str] = &[
     "fanout-10k",
     "fanout-10k-4x8",
     "fanout-1k-16t",
+    "deflate-100x1k",
+    "deflate-10x64k",
 ];
 
 fn main() -> ExitCode {
@@ -869,6 +872,13 @@ fn describe(load: &str) -> String {
         "echo" => rest.split_once('x').and_then(|(c, s)| {
             Some(format!("{} conns × {}", group_thousands(count(c)? as f64, 0), size(s)?))
         }),
+        "deflate" => rest.split_once('x').and_then(|(c, s)| {
+            Some(format!(
+                "{} conns × {} JSON, permessage-deflate",
+                group_thousands(count(c)? as f64, 0),
+                size(s)?
+            ))
+        }),
         "idle" => count(rest).map(|c| format!("{} idle conns", group_thousands(c as f64, 0))),
         "fanout" => {
             let (subs, extra) = fanout_shape(rest);
@@ -1064,6 +1074,7 @@ fn colour(server: &str, index: usize) -> RGBColor {
         "tokio-websockets" => RGBColor(0x9b, 0x59, 0xc5),
         "bun" => RGBColor(0xc9, 0xa2, 0x27),
         "uws" => RGBColor(0x16, 0xa3, 0xa3),
+        "node" => RGBColor(0x5f, 0x8f, 0x3e),
         "raw" => RGBColor(0x8a, 0x8a, 0x8a),
         _ => [
             RGBColor(0xc0, 0x39, 0x2b),

@@ -16,6 +16,8 @@ mod hist;
 mod procstat;
 #[path = "../loadgen/report.rs"]
 mod report;
+#[path = "../loadgen/tls.rs"]
+mod tls;
 #[path = "../loadgen/worker/mod.rs"]
 mod worker;
 

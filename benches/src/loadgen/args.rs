@@ -38,6 +38,22 @@ echo / raw / fanout:
   --text               send text frames (ASCII payload) instead of binary (echo only;
                        fanout always sends text)
 
+echo / idle:
+  --churn              handshake rate: every connection is reset as soon as its upgrade
+                       completes and replaced by a new one (no messages); messages/s are
+                       handshakes/s (TCP + TLS for wss:// + HTTP upgrade), latency is
+                       connect-to-101. TLS sessions are never resumed: full handshakes
+  --deflate            offer permessage-deflate as a browser does
+                       (`permessage-deflate; client_max_window_bits`) and fail the
+                       handshake if the server declines; echo: text frames of JSON-like
+                       text, sent compressed (RSV1, per the negotiated parameters), echoes
+                       inflated and verified byte for byte
+  --deflate-level N    zlib level of what the loadgen sends (default 1)
+
+wss://:
+  --ca FILE            trust this CA certificate (PEM) for wss:// URLs; without it the
+                       server's certificate is not verified (benchmarks on loopback only)
+
 fanout:
   --publishers P       publisher connections, besides the N subscribers (default 1)
   --rate R             messages/s per publisher (open loop); 0 = closed loop: each
@@ -59,6 +75,9 @@ fanout:
 idle:
   --hold SECS          keep the connections open this long after they are all up (default 5)
   --settle SECS        wait this long after the last handshake before sampling RSS (default 2)
+  --prime              first send one --size message on every connection and wait for its
+                       echo (within the settle), so that the server holds what a used
+                       connection keeps (e.g. a compression context), then hold them idle
 ";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +128,17 @@ pub(crate) struct Args {
     pub(crate) rate: f64,
     /// Fanout: rooms (`?room=t{i % topics}`); 0 = one room, the URL's path as given.
     pub(crate) topics: usize,
+    /// Offer permessage-deflate (echo: send compressed JSON-like text, inflate the echoes).
+    pub(crate) deflate: bool,
+    /// echo --churn: connections are closed as soon as they open and replaced; the rate is
+    /// of handshakes (TCP connect + TLS + upgrade), the latency each one's.
+    pub(crate) churn: bool,
+    /// zlib level of the loadgen's own compression.
+    pub(crate) deflate_level: u32,
+    /// wss://: the client configuration every connection's TLS session is made from.
+    pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Idle: one echo per connection before the hold.
+    pub(crate) prime: bool,
     /// Fanout: a second server for some subscribers (cross-process fan-out).
     pub(crate) peer: Option<SocketAddr>,
     /// Fanout: subscriber `i` goes to `peer` when `i % peer_every == peer_every - 1`.
@@ -159,9 +189,15 @@ impl Args {
             publishers: 1,
             rate: 0.0,
             topics: 0,
+            deflate: false,
+            churn: false,
+            deflate_level: 1,
+            tls: None,
+            prime: false,
             peer: None,
             peer_every: 2,
         };
+        let mut ca: Option<String> = None;
         let mut src_addrs: Option<u8> = None;
         while let Some(flag) = it.next() {
             let mut val = || it.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
@@ -206,6 +242,11 @@ impl Args {
                 "--publishers" | "-p" => a.publishers = num("--publishers", &val()),
                 "--rate" => a.rate = num("--rate", &val()),
                 "--topics" => a.topics = num("--topics", &val()),
+                "--deflate" => a.deflate = true,
+                "--churn" => a.churn = true,
+                "--ca" => ca = Some(val()),
+                "--prime" => a.prime = true,
+                "--deflate-level" => a.deflate_level = num("--deflate-level", &val()),
                 "--peer" => {
                     let v = val();
                     a.peer = Some(
@@ -236,9 +277,13 @@ impl Args {
             .or_else(|| a.url.strip_prefix("tcp://"))
             .unwrap_or(&a.url)
             .to_string();
-        if a.url.starts_with("wss://") {
-            fail("wss:// is not supported");
-        }
+        let rest = match a.url.strip_prefix("wss://") {
+            Some(r) => {
+                a.tls = Some(super::tls::client_config(ca.as_deref()));
+                r.to_string()
+            }
+            None => rest,
+        };
         let (hostport, path) = match rest.find('/') {
             Some(i) => (rest[..i].to_string(), rest[i..].to_string()),
             None => (rest.clone(), "/".to_string()),
@@ -283,6 +328,22 @@ impl Args {
             }
             a.publishers = 0;
             a.rate = 0.0;
+        }
+        if a.churn && a.mode != Mode::Echo {
+            fail("--churn is for the echo mode");
+        }
+        if a.deflate {
+            if !matches!(a.mode, Mode::Echo | Mode::Idle) {
+                fail("--deflate is for the echo and idle modes");
+            }
+            if a.deflate_level > 9 {
+                fail("--deflate-level must be 0..=9");
+            }
+            // JSON-like text: the prefix is hex.
+            a.text = true;
+        }
+        if a.prime && a.mode != Mode::Idle {
+            fail("--prime is for the idle mode");
         }
         a.threads = a.threads.min(a.connections);
         let loopback = matches!(a.addr, SocketAddr::V4(v) if v.ip().is_loopback());

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::args::{Args, Mode};
 use super::hist::Histogram;
 use super::procstat::{clk_tck, CpuTimes};
-use super::worker::{Errors, FanCounts, WorkerResult};
+use super::worker::{Errors, FanCounts, WorkerResult, ZCounts};
 use super::Sample;
 
 #[derive(Debug)]
@@ -27,6 +27,8 @@ pub(crate) struct Report {
     clean_closes: u64,
     pub(crate) first_error: Option<String>,
     fan: FanCounts,
+    z: ZCounts,
+    deflate_answer: Option<String>,
 }
 
 /// A CPU core's busy share over an interval, split.
@@ -142,6 +144,8 @@ impl Report {
             clean_closes: 0,
             first_error: None,
             fan: FanCounts::default(),
+            z: ZCounts::default(),
+            deflate_answer: None,
         }
     }
 
@@ -157,6 +161,10 @@ impl Report {
             self.open_at_end += r.open_at_end;
             self.clean_closes += r.clean_closes;
             self.fan.add(&r.fan);
+            self.z.add(&r.z);
+            if self.deflate_answer.is_none() {
+                self.deflate_answer = r.deflate_answer.clone();
+            }
             if self.first_error.is_none() {
                 self.first_error = r.first_error.clone();
             }
@@ -317,8 +325,9 @@ impl Report {
                     self.window,
                     a.warmup
                 );
-                let _ =
-                    writeln!(s, "{:<28}{:>14.0}", "messages/s (round trips)", self.rate(self.msgs));
+                let what =
+                    if a.churn { "handshakes/s (--churn)" } else { "messages/s (round trips)" };
+                let _ = writeln!(s, "{:<28}{:>14.0}", what, self.rate(self.msgs));
                 let _ = writeln!(
                     s,
                     "{:<28}{:>14.1} MB/s  ({:.2} Gbit/s, payload, both directions)",
@@ -327,6 +336,21 @@ impl Report {
                     self.rate(self.bytes) * 8.0 / 1e9
                 );
                 latency(&mut s, "latency");
+                if a.deflate {
+                    let z = &self.z;
+                    let _ = writeln!(
+                        s,
+                        "{:<28}{}  sent {}/{} compressed, {:.1} % of payload on the wire; echoes {}/{} compressed, {:.1} %",
+                        "permessage-deflate",
+                        self.deflate_answer.as_deref().unwrap_or("(not negotiated)"),
+                        z.sent_compressed,
+                        z.sent_msgs,
+                        100.0 * z.sent_wire as f64 / (z.sent_msgs * a.size as u64).max(1) as f64,
+                        z.recv_compressed,
+                        z.recv_msgs,
+                        100.0 * z.recv_wire as f64 / (z.recv_msgs * a.size as u64).max(1) as f64,
+                    );
+                }
             }
             Mode::Idle => {}
         }
@@ -564,10 +588,26 @@ impl Report {
             j.opt("server_rss_end_of_hold", f(r2));
             j.opt("server_rss_after_close", f(self.rss_after_close));
             j.opt("server_rss_bytes_per_conn", self.rss_per_conn());
+            if a.prime {
+                j.int("primed_echoes", self.fan.delivered_total);
+            }
             if let Some((_, x, y)) = &self.idle_samples {
                 j.opt("server_cpu_idle_s", diff(x.server_cpu, y.server_cpu));
                 j.opt("loadgen_cpu_idle_s", diff(x.self_cpu, y.self_cpu));
             }
+        }
+        if a.deflate {
+            let z = &self.z;
+            j.open("deflate");
+            j.str("answer", self.deflate_answer.as_deref().unwrap_or(""));
+            j.int("level", u64::from(a.deflate_level));
+            j.int("sent_messages", z.sent_msgs);
+            j.int("sent_compressed", z.sent_compressed);
+            j.int("sent_wire_bytes", z.sent_wire);
+            j.int("received_messages", z.recv_msgs);
+            j.int("received_compressed", z.recv_compressed);
+            j.int("received_wire_bytes", z.recv_wire);
+            j.close();
         }
         let e = &self.errors;
         j.open("errors");

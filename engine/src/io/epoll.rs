@@ -21,9 +21,10 @@ use crate::server::core::{After, Core, WRITE_SLICES};
 use crate::server::handle::{Command, Wake, WorkerStats};
 use crate::server::worker::{self, Driver, Worker, ACCEPT_BACKOFF};
 
-const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
-const FIRST_CONN: usize = 2;
+const WAKER: Token = Token(0);
+/// Listener `i` is `Token(FIRST_LISTENER + i)`.
+const FIRST_LISTENER: usize = 1;
+const FIRST_CONN: usize = FIRST_LISTENER + super::MAX_LISTENERS;
 
 #[derive(Debug)]
 struct MioWake(Waker);
@@ -39,15 +40,19 @@ impl Wake for MioWake {
 pub(crate) struct Prep {
     poll: Poll,
     waker: Arc<MioWake>,
-    listener: std::net::TcpListener,
+    listeners: Vec<(std::net::TcpListener, bool)>,
     rx: Receiver<Command>,
 }
 
 impl Prep {
-    pub(crate) fn new(listener: std::net::TcpListener, rx: Receiver<Command>) -> io::Result<Self> {
+    /// `listeners`: each with whether it speaks TLS.
+    pub(crate) fn new(
+        listeners: Vec<(std::net::TcpListener, bool)>,
+        rx: Receiver<Command>,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(MioWake(Waker::new(poll.registry(), WAKER)?));
-        Ok(Self { poll, waker, listener, rx })
+        Ok(Self { poll, waker, listeners, rx })
     }
 
     pub(crate) fn waker(&self) -> Arc<dyn Wake> {
@@ -60,13 +65,20 @@ impl Prep {
         cfg: &Config,
         stats: Arc<WorkerStats>,
     ) -> io::Result<()> {
-        let mut listener = TcpListener::from_std(self.listener);
-        self.poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut listeners = Vec::with_capacity(self.listeners.len());
+        for (i, (l, secure)) in self.listeners.into_iter().enumerate() {
+            let mut sock = TcpListener::from_std(l);
+            self.poll.registry().register(
+                &mut sock,
+                Token(FIRST_LISTENER + i),
+                Interest::READABLE,
+            )?;
+            listeners.push(Listening { sock: Some(sock), secure, registered: true });
+        }
         let mut l = Loop {
             poll: self.poll,
             events: Events::with_capacity(1024),
-            listener: Some(listener),
-            listening: true,
+            listeners,
             socks: Vec::new(),
             rbuf: vec![0u8; cfg.read_buffer_size.max(4096)],
             w: Worker::new(core, self.rx, stats, cfg.shutdown_timeout),
@@ -76,12 +88,20 @@ impl Prep {
     }
 }
 
+/// One of a worker's listening sockets.
+struct Listening {
+    /// `None` once the worker stops accepting for good.
+    sock: Option<TcpListener>,
+    /// Whether the connections it accepts speak TLS.
+    secure: bool,
+    /// Whether it is registered (it is not while full or backing off).
+    registered: bool,
+}
+
 struct Loop<H: Handler> {
     poll: Poll,
     events: Events,
-    listener: Option<TcpListener>,
-    /// Whether the listener is registered (it is not while full or backing off).
-    listening: bool,
+    listeners: Vec<Listening>,
     socks: Vec<Option<TcpStream>>,
     rbuf: Vec<u8>,
     w: Worker<H>,
@@ -105,8 +125,8 @@ impl<H: Handler> Driver for Loop<H> {
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for ev in events.iter() {
             match ev.token() {
-                LISTENER => self.accept_all(),
                 WAKER => {}
+                Token(t) if t < FIRST_CONN => self.accept_all(t - FIRST_LISTENER),
                 Token(t) => {
                     let key = t - FIRST_CONN;
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -132,7 +152,9 @@ impl<H: Handler> Driver for Loop<H> {
 
     fn stop_accepting(&mut self) {
         self.stop_listening();
-        self.listener = None;
+        for l in &mut self.listeners {
+            l.sock = None;
+        }
     }
 }
 
@@ -179,38 +201,45 @@ impl<H: Handler> Loop<H> {
     }
 
     fn stop_listening(&mut self) {
-        if self.listening {
-            if let Some(l) = self.listener.as_mut() {
-                let _ = self.poll.registry().deregister(l);
+        for l in &mut self.listeners {
+            if l.registered {
+                if let Some(s) = l.sock.as_mut() {
+                    let _ = self.poll.registry().deregister(s);
+                }
+                l.registered = false;
             }
-            self.listening = false;
         }
     }
 
     fn resume_listening(&mut self) {
-        if self.listening {
-            return;
-        }
-        if let Some(l) = self.listener.as_mut() {
-            if self.poll.registry().register(l, LISTENER, Interest::READABLE).is_ok() {
-                self.listening = true;
+        for i in 0..self.listeners.len() {
+            let l = &mut self.listeners[i];
+            if l.registered {
+                continue;
+            }
+            let Some(s) = l.sock.as_mut() else { continue };
+            let token = Token(FIRST_LISTENER + i);
+            if self.poll.registry().register(s, token, Interest::READABLE).is_ok() {
+                l.registered = true;
                 // Edge triggered: connections may already wait in the backlog.
-                self.accept_all();
+                self.accept_all(i);
             }
         }
     }
 
-    fn accept_all(&mut self) {
+    fn accept_all(&mut self, which: usize) {
         loop {
             if !self.w.core.has_room() {
                 self.stop_listening();
                 return;
             }
-            let Some(listener) = self.listener.as_ref() else { return };
+            let Some(l) = self.listeners.get(which) else { return };
+            let secure = l.secure;
+            let Some(listener) = l.sock.as_ref() else { return };
             match listener.accept() {
                 Ok((mut sock, peer)) => {
                     let _ = sock.set_nodelay(true);
-                    let key = self.w.core.accept(peer, sock.as_raw_fd());
+                    let key = self.w.core.accept(peer, sock.as_raw_fd(), secure);
                     let token = Token(key + FIRST_CONN);
                     if let Err(e) = self.poll.registry().register(
                         &mut sock,

@@ -110,6 +110,9 @@ pub(crate) fn bind_listener(
     Ok(sock.into())
 }
 
+/// Most listening sockets one worker has: plain and TLS.
+pub(crate) const MAX_LISTENERS: usize = 2;
+
 /// A worker made on the building thread, run on its own.
 #[derive(Debug)]
 pub(crate) enum WorkerPrep {
@@ -118,16 +121,19 @@ pub(crate) enum WorkerPrep {
 }
 
 impl WorkerPrep {
+    /// `listeners`: the worker's listening sockets, each with whether it speaks TLS (at most
+    /// [`MAX_LISTENERS`]).
     pub(crate) fn new(
         backend: Backend,
-        listener: std::net::TcpListener,
+        listeners: Vec<(std::net::TcpListener, bool)>,
         rx: Receiver<Command>,
     ) -> io::Result<Self> {
+        debug_assert!(listeners.len() <= MAX_LISTENERS);
         match backend {
             Backend::Epoll | Backend::Auto => {
-                Ok(WorkerPrep::Epoll(epoll::Prep::new(listener, rx)?))
+                Ok(WorkerPrep::Epoll(epoll::Prep::new(listeners, rx)?))
             }
-            Backend::IoUring => Ok(WorkerPrep::IoUring(uring::Prep::new(listener, rx)?)),
+            Backend::IoUring => Ok(WorkerPrep::IoUring(uring::Prep::new(listeners, rx)?)),
         }
     }
 

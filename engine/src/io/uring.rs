@@ -251,13 +251,17 @@ impl Wake for EventFd {
 /// A worker's listener and waker, made on the building thread; the ring is made on the worker.
 #[derive(Debug)]
 pub(crate) struct Prep {
-    listener: std::net::TcpListener,
+    listeners: Vec<(std::net::TcpListener, bool)>,
     rx: Receiver<Command>,
     efd: Arc<EventFd>,
 }
 
 impl Prep {
-    pub(crate) fn new(listener: std::net::TcpListener, rx: Receiver<Command>) -> io::Result<Self> {
+    /// `listeners`: each with whether it speaks TLS.
+    pub(crate) fn new(
+        listeners: Vec<(std::net::TcpListener, bool)>,
+        rx: Receiver<Command>,
+    ) -> io::Result<Self> {
         // SAFETY: eventfd has no memory arguments; the result is checked.
         // Non-blocking: the ring polls it (multishot), and several POLLIN completions can
         // arrive for one counter, so `clear_wake` may find it already cleared (EAGAIN, not a
@@ -268,7 +272,7 @@ impl Prep {
         }
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
         let efd = Arc::new(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }));
-        Ok(Self { listener, rx, efd })
+        Ok(Self { listeners, rx, efd })
     }
 
     pub(crate) fn waker(&self) -> Arc<dyn Wake> {
@@ -313,8 +317,11 @@ impl Prep {
         let w = Loop {
             ring: ManuallyDrop::new(ring),
             bufs: ManuallyDrop::new(bufs),
-            listener: Some(self.listener),
-            accepting: false,
+            listeners: self
+                .listeners
+                .into_iter()
+                .map(|(sock, secure)| Listening { sock: Some(sock), secure, accepting: false })
+                .collect(),
             efd: self.efd,
             wake_armed: false,
             zc_threshold,
@@ -399,12 +406,21 @@ impl ConnIo {
     }
 }
 
+/// One of a worker's listening sockets; its multishot accept's user data is `ACCEPT | index`.
+struct Listening {
+    /// `None` once the worker stops accepting for good.
+    sock: Option<std::net::TcpListener>,
+    /// Whether the connections it accepts speak TLS.
+    secure: bool,
+    /// Whether its multishot accept is armed.
+    accepting: bool,
+}
+
 struct Loop<H: Handler> {
     // Dropped by hand in `teardown`, ring before the memory it points into.
     ring: ManuallyDrop<IoUring>,
     bufs: ManuallyDrop<BufRing>,
-    listener: Option<std::net::TcpListener>,
-    accepting: bool,
+    listeners: Vec<Listening>,
     efd: Arc<EventFd>,
     wake_armed: bool,
     /// Sends of at least this many bytes use SEND_ZC.
@@ -504,25 +520,33 @@ impl<H: Handler> Loop<H> {
     }
 
     fn arm_accept(&mut self) {
-        let Some(l) = self.listener.as_ref() else { return };
-        if self.accepting || self.w.accepts_backed_off() || self.w.stopping() {
+        if self.w.accepts_backed_off() || self.w.stopping() {
             return;
         }
-        let fd = l.as_raw_fd();
-        let sqe = opcode::AcceptMulti::new(types::Fd(fd))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(ACCEPT);
-        self.push(sqe);
-        self.accepting = true;
+        for i in 0..self.listeners.len() {
+            let l = &self.listeners[i];
+            let Some(sock) = l.sock.as_ref() else { continue };
+            if l.accepting {
+                continue;
+            }
+            let sqe = opcode::AcceptMulti::new(types::Fd(sock.as_raw_fd()))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(ACCEPT | i as u64);
+            self.push(sqe);
+            self.listeners[i].accepting = true;
+        }
     }
 
     fn cancel_accept(&mut self) {
-        if self.accepting {
-            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(ACCEPT))
-                .build()
-                .user_data(CANCEL);
-            self.push(sqe);
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].accepting {
+                let sqe =
+                    opcode::AsyncCancel2::new(types::CancelBuilder::user_data(ACCEPT | i as u64))
+                        .build()
+                        .user_data(CANCEL);
+                self.push(sqe);
+            }
         }
     }
 
@@ -599,7 +623,7 @@ impl<H: Handler> Loop<H> {
     fn complete(&mut self, ud: u64, res: i32, flags: u32) {
         let key = (ud & 0xffff_ffff) as usize;
         match ud & KIND {
-            ACCEPT => self.on_accept(res, flags),
+            ACCEPT => self.on_accept(key, res, flags),
             WAKE => {
                 if res > 0 {
                     self.clear_wake();
@@ -645,10 +669,12 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    fn on_accept(&mut self, res: i32, flags: u32) {
+    fn on_accept(&mut self, which: usize, res: i32, flags: u32) {
+        let Some(l) = self.listeners.get_mut(which) else { return };
         if !cqueue::more(flags) {
-            self.accepting = false;
+            l.accepting = false;
         }
+        let secure = l.secure;
         if res < 0 {
             match -res {
                 libc::ECANCELED | libc::EINTR | libc::ECONNABORTED | libc::EAGAIN => {}
@@ -672,7 +698,7 @@ impl<H: Handler> Loop<H> {
         }
         let peer = peer_addr(fd.as_raw_fd()).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         set_nodelay(fd.as_raw_fd());
-        let key = self.w.core.accept(peer, fd.as_raw_fd());
+        let key = self.w.core.accept(peer, fd.as_raw_fd(), secure);
         if self.conns.len() <= key {
             self.conns.resize_with(key + 1, ConnIo::default);
         }
@@ -1058,7 +1084,8 @@ mod tests {
             super::super::sys::write_now,
         );
         let (_tx, rx) = crossbeam_channel::unbounded();
-        let prep = Prep::new(TcpListener::bind("127.0.0.1:0").expect("bind"), rx).expect("prep");
+        let prep = Prep::new(vec![(TcpListener::bind("127.0.0.1:0").expect("bind"), false)], rx)
+            .expect("prep");
         let mut w =
             prep.into_loop(core, &cfg, Arc::new(WorkerStats::default())).expect("io_uring loop");
 

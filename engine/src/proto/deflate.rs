@@ -420,10 +420,13 @@ pub(crate) fn inflate(
             // Full: one byte more of output is one byte too many. Probe with a byte of room.
             let mut probe = [0u8; 1];
             let (in0, out0) = (inf.total_in(), inf.total_out());
-            let st = inf.decompress(input, &mut probe, FlushDecompress::None).map_err(corrupt)?;
+            let st = inf.decompress(input, &mut probe, FlushDecompress::None);
+            // A byte over the limit came out, even if the data goes bad right after it (the
+            // same call may go on to read a corrupt block header): the limit was passed first.
             if inf.total_out() > out0 {
                 return Err(ProtocolError::MessageTooLarge);
             }
+            let st = st.map_err(corrupt)?;
             let used = (inf.total_in() - in0) as usize;
             input = &input[used..];
             if st == Status::StreamEnd {
@@ -520,6 +523,17 @@ mod tests {
         assert_eq!(inflate_all(&data, 1000).unwrap().len(), 1000);
         assert_eq!(inflate_all(&data, 999), Err(ProtocolError::MessageTooLarge));
         assert_eq!(inflate_all(&data, 0), Err(ProtocolError::MessageTooLarge));
+    }
+
+    #[test]
+    fn over_the_limit_before_corrupt_data() {
+        // 1025 bytes of 'x' then a stored block with bad lengths (found by fuzz/inflate): the
+        // 1025th byte and the error come out of the same call; the limit was passed first.
+        let data = [0xaa, 0xa8, 0x18, 0x05, 0xa3, 0x60, 0x14, 0x8c, 0x58, 0, 0, 0xff, 0xff, 0xff];
+        let mut with_tail = data.to_vec();
+        with_tail.push(0x35);
+        assert_eq!(inflate_all(&with_tail, 1024), Err(ProtocolError::MessageTooLarge));
+        assert_eq!(inflate_all(&with_tail, 1025), Err(ProtocolError::InvalidCompressedData));
     }
 
     #[test]

@@ -97,6 +97,15 @@ pub struct Config {
     /// negotiated it, a published message is compressed once per worker for all subscribers
     /// that share parameters, and `max_message_size` bounds the inflated size.
     pub deflate: DeflateConfig,
+    /// wss://: the certificate and key the listener serves TLS with (rustls). `None` (the
+    /// default): plain ws://. Checked by `build` (PEM, key matching the certificate, the
+    /// certificate valid now); swapped at run time by [`crate::ServerHandle::reload_tls`].
+    pub tls: Option<crate::TlsConfig>,
+    /// With [`Config::tls`]: a second address where wss:// is served, while `addr` serves
+    /// plain ws:// (both on every worker, one server, one set of handlers). `None` (the
+    /// default): `addr` itself serves wss://. [`crate::Server::config`] reports it with its
+    /// port resolved when 0 was asked for.
+    pub tls_addr: Option<SocketAddr>,
     /// Longest topic name ([`crate::Conn::subscribe`], `publish`), in bytes; a longer one is
     /// refused with [`crate::TopicError::TooLong`]. Default 256. Accepted: 1..=65536.
     pub max_topic_len: usize,
@@ -187,6 +196,8 @@ impl Default for Config {
             close_on_backpressure_limit: false,
             max_topic_len: 256,
             deflate: DeflateConfig::default(),
+            tls: None,
+            tls_addr: None,
             max_connections: 1 << 20,
             worker_memory_budget: 256 << 20,
             buffer_cache: 16 << 20,
@@ -362,6 +373,20 @@ impl Config {
     /// before binding anything.
     pub fn validate(&self) -> Result<(), ConfigError> {
         in_range("workers", self.workers, 0, MAX_WORKERS)?;
+        if let Some(a) = self.tls_addr {
+            if self.tls.is_none() {
+                return Err(ConfigError::new(
+                    "tls_addr",
+                    format!("= {a}: a TLS address needs a certificate (`tls`)"),
+                ));
+            }
+            if a == self.addr && a.port() != 0 {
+                return Err(ConfigError::new(
+                    "tls_addr",
+                    format!("= {a}: the same address as `addr`; one listener speaks one protocol"),
+                ));
+            }
+        }
         let l = &self.limits;
         at_least_one("max_frame_size", l.max_frame_size)?;
         at_least_one("max_message_size", l.max_message_size)?;

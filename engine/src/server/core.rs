@@ -40,6 +40,7 @@ use super::handle::{ServerHandle, WorkerStats};
 pub(crate) use super::outq::OutQ;
 use super::outq::{Frame, FrameBuf, REF_COST};
 use super::timer::Wheel;
+use super::tls::{self, TlsConn};
 use super::topics::Topics;
 
 /// The backend's hook for a write at once: one non-blocking write of `parts`, in order, to the
@@ -55,6 +56,9 @@ const NO_TIMER: u64 = u64::MAX;
 /// A key's generation after its last use: the key is retired, never handed out again, so an
 /// old [`ConnId`] can never come to name a new connection (after 2^32 - 1 uses of one slot).
 const RETIRED_GEN: u32 = u32::MAX;
+
+/// Plaintext read out of rustls at a time (its records hold at most 16 KiB).
+const TLS_READ: usize = 32 << 10;
 
 /// Largest payload one send accepts: send queues count bytes in u32.
 pub(crate) const MAX_SEND: usize = 1 << 31;
@@ -98,6 +102,7 @@ const OVER: u16 = 512; // a data send was dropped at the limit: reading pauses u
 const RETIRED: u16 = 1024; // a tombstone holding a retired key (see `RETIRED_GEN`)
 const RESET: u16 = 2048; // dead by force: the backend closes the socket with a reset
 const SUBSCRIBED: u16 = 4096; // may hold topic subscriptions (the index has an entry)
+const TLS: u16 = 8192; // speaks TLS: its state is `CoreState::tls[key]`
 
 /// Counters a worker keeps in plain integers and publishes once per loop turn.
 #[derive(Debug, Default, Clone, Copy)]
@@ -115,6 +120,8 @@ pub(crate) struct Counts {
     pub(crate) deliveries: usize,
     pub(crate) publish_drops: usize,
     pub(crate) backpressure_closes: usize,
+    pub(crate) tls_handshakes: usize,
+    pub(crate) tls_errors: usize,
 }
 
 /// One connection's state in the worker. Its generation lives in `CoreState::gens`, which
@@ -184,6 +191,13 @@ pub(crate) struct CoreState<D> {
     to_close: Vec<u32>,
     /// Bytes of shared frames every queue let go of, to take off the memory budget.
     released: Rc<Cell<usize>>,
+    /// TLS connections' state by key (`TLS` in their flags); empty on a plain server. Kept
+    /// beside the slab, not in the slot: a plain connection pays nothing for it.
+    tls: Vec<Option<Box<TlsConn>>>,
+    /// Plaintext read out of rustls for the core (one per worker).
+    tls_buf: Vec<u8>,
+    /// Whether a TLS error was logged on this worker (the first is; the rest are counted).
+    tls_logged: bool,
 }
 
 /// A worker's core: its state plus the application's handler.
@@ -241,7 +255,11 @@ impl<D> CoreState<D> {
 
     fn mark_dirty(&mut self, key: usize) {
         let s = &mut self.conns[key];
-        if s.flags & DIRTY == 0 && s.out.as_ref().is_some_and(|q| !q.is_empty()) {
+        let tls_out =
+            || self.tls.get(key).and_then(|t| t.as_ref()).is_some_and(|t| t.conn.wants_write());
+        if s.flags & DIRTY == 0
+            && (s.out.as_ref().is_some_and(|q| !q.is_empty()) || (s.flags & TLS != 0 && tls_out()))
+        {
             s.flags |= DIRTY;
             self.dirty.push(key as u32);
         }
@@ -328,6 +346,8 @@ impl<D> CoreState<D> {
             }
         } else if payload.len() >= self.cfg.direct_write_min
             && s.inflight == 0
+            // TLS: bytes reach the socket only sealed, at the flush.
+            && s.flags & TLS == 0
             // Blocked: the bytes wait their turn. Read-paused: the drain that resumes reading
             // runs in the backend's flush (`on_written`), which must see the queue.
             && s.flags & (BLOCKED | READ_PAUSED) == 0
@@ -563,7 +583,7 @@ impl<D> CoreState<D> {
         if pending.saturating_add(extra) > max
             && pending > 0
             && s.inflight == 0
-            && s.flags & (BLOCKED | READ_PAUSED) == 0
+            && s.flags & (BLOCKED | READ_PAUSED | TLS) == 0
         {
             Self::write_now(write, out_pool, s, None);
             return pending_of(s);
@@ -629,6 +649,108 @@ impl<D> CoreState<D> {
             Self::out_q(out_pool, &mut s.out).bytes_mut().extend_from_slice(&payload[n - hn..]);
         }
         Self::tidy(out_pool, s);
+    }
+
+    /// Gives a just-accepted connection its TLS state, under the configuration in force now
+    /// (a reload reaches new connections only).
+    fn start_tls(&mut self, key: usize) {
+        let made = match self.handle.inner.tls.current() {
+            Some(c) => TlsConn::new(c).map_err(|e| e.to_string()),
+            None => Err("no TLS configuration".to_string()),
+        };
+        match made {
+            Ok(t) => {
+                if self.tls.len() <= key {
+                    self.tls.resize_with(key + 1, || None);
+                }
+                self.tls[key] = Some(Box::new(t));
+                self.conns[key].flags |= TLS;
+            }
+            Err(e) => {
+                log::warn!("worker {}: starting TLS: {e}", self.worker);
+                self.counts.tls_errors += 1;
+                self.kill(key, false);
+            }
+        }
+    }
+
+    /// A TLS connection failed (a bad record, a failed handshake, an alert from the peer): its
+    /// alert, if rustls made one, or a plain 400 if it spoke HTTP to the TLS port, goes out
+    /// with one non-blocking write, and the connection is dropped. Counted; the first on this
+    /// worker is logged.
+    fn tls_failed(&mut self, key: usize, e: &rustls::Error, http: bool) {
+        self.counts.tls_errors += 1;
+        let peer = self.conns[key].peer.addr();
+        let what = if http {
+            "plaintext HTTP on the TLS port (answered 400)".to_string()
+        } else {
+            e.to_string()
+        };
+        if self.tls_logged {
+            log::debug!("worker {}: TLS error from {peer}: {what}", self.worker);
+        } else {
+            self.tls_logged = true;
+            log::warn!(
+                "worker {}: TLS error from {peer}: {what} (that connection is dropped; further \
+                 TLS errors are counted in stats)",
+                self.worker
+            );
+        }
+        let mut alert = Vec::new();
+        if http {
+            alert.extend_from_slice(tls::HTTP_ON_TLS_PORT);
+        } else if let Some(t) = self.tls.get_mut(key).and_then(|t| t.as_mut()) {
+            t.drain_records(&mut alert);
+        }
+        let s = &mut self.conns[key];
+        // Only when nothing is queued or in flight: the alert must not cut into a record.
+        if !alert.is_empty() && s.inflight == 0 && s.out.as_ref().is_none_or(|q| q.is_empty()) {
+            (self.write)(s.fd, &[IoSlice::new(&alert)]);
+        }
+        self.kill(key, false);
+    }
+
+    /// Seals a TLS connection's plaintext into records: everything queued after its sealed
+    /// part goes through rustls (one call: records of up to 16 KiB across message
+    /// boundaries), and the records, with whatever else rustls had to send, replace it.
+    fn seal(&mut self, key: usize) {
+        let Some(s) = self.conns.get_mut(key) else { return };
+        if s.flags & (TLS | DEAD) != TLS {
+            return;
+        }
+        let Some(t) = self.tls.get_mut(key).and_then(|t| t.as_mut()) else { return };
+        let queued = s.out.as_ref().map_or(0, |q| q.len());
+        if queued <= t.sealed && !t.conn.wants_write() {
+            return;
+        }
+        let before = footprint_of(s);
+        if queued > t.sealed {
+            let q = s.out.as_ref().expect("a queue holds the plaintext");
+            let mut iov = [IoSlice::new(&[]); WRITE_SLICES];
+            let mut n = 0;
+            let mut w = t.conn.writer();
+            let put = |iov: &[IoSlice<'_>], w: &mut rustls::Writer<'_>| {
+                let want: usize = iov.iter().map(|v| v.len()).sum();
+                let took = std::io::Write::write_vectored(w, iov).unwrap_or(0);
+                debug_assert_eq!(took, want, "rustls takes all (no buffer limit)");
+            };
+            q.for_each_tail(t.sealed, |part| {
+                if n == iov.len() {
+                    put(&iov, &mut w);
+                    n = 0;
+                }
+                iov[n] = IoSlice::new(part);
+                n += 1;
+            });
+            if n > 0 {
+                put(&iov[..n], &mut w);
+            }
+        }
+        let q = Self::out_q(&mut self.out_pool, &mut s.out);
+        q.truncate_unsent(t.sealed);
+        t.drain_records(q.bytes_mut());
+        t.sealed = q.len();
+        self.requeued(key, before);
     }
 
     /// Starts the close handshake. `code` must be one that may go on the wire (the API
@@ -792,6 +914,9 @@ impl<H: Handler> Core<H> {
                 topics,
                 to_close: Vec::new(),
                 released: Rc::new(Cell::new(0)),
+                tls: Vec::new(),
+                tls_buf: Vec::new(),
+                tls_logged: false,
             },
             handler,
             expired: Vec::new(),
@@ -829,10 +954,13 @@ impl<H: Handler> Core<H> {
         put(&stats.publish_drops, c.publish_drops);
         put(&stats.backpressure_closes, c.backpressure_closes);
         put(&stats.subscriptions, st.topics.subscriptions());
+        put(&stats.tls_handshakes, c.tls_handshakes);
+        put(&stats.tls_errors, c.tls_errors);
     }
 
-    /// A connection arrived on socket `fd` (the backend keeps owning it); returns its key.
-    pub(crate) fn accept(&mut self, peer: SocketAddr, fd: RawFd) -> usize {
+    /// A connection arrived on socket `fd` (the backend keeps owning it), on a TLS listener
+    /// when `secure`; returns its key.
+    pub(crate) fn accept(&mut self, peer: SocketAddr, fd: RawFd, secure: bool) -> usize {
         let st = &mut self.state;
         let slot = Slot {
             flags: 0,
@@ -848,6 +976,9 @@ impl<H: Handler> Core<H> {
         let key = st.conns.insert(slot);
         if st.gens.len() <= key {
             st.gens.resize(key + 1, 0);
+        }
+        if secure {
+            st.start_tls(key);
         }
         st.arm(key);
         key
@@ -898,8 +1029,94 @@ impl<H: Handler> Core<H> {
         }
     }
 
-    /// Bytes arrived for `key`. They are parsed (and unmasked) in place.
+    /// Bytes arrived for `key`. They are parsed (and unmasked) in place; a TLS connection's
+    /// are deciphered first.
     pub(crate) fn on_data(&mut self, key: usize, data: &mut [u8]) -> After {
+        if self.state.conns.get(key).is_some_and(|s| s.flags & TLS != 0) {
+            return self.on_tls_data(key, data);
+        }
+        self.on_plaintext(key, data)
+    }
+
+    /// Ciphertext arrived for a TLS connection: rustls takes it, and every byte of plaintext
+    /// it yields goes through [`Core::on_plaintext`] as if it had been read so. What rustls
+    /// has to send (its handshake, alerts) marks the connection for the flush.
+    fn on_tls_data(&mut self, key: usize, data: &[u8]) -> After {
+        let mut buf = std::mem::take(&mut self.state.tls_buf);
+        if buf.len() < TLS_READ {
+            buf.resize(TLS_READ, 0);
+        }
+        let mut after = After::Continue;
+        let mut pos = 0;
+        let mut first = true;
+        'records: while pos < data.len() {
+            let st = &mut self.state;
+            match st.conns.get(key) {
+                Some(s) if s.flags & (DEAD | LINGER) == 0 => {}
+                Some(s) if s.flags & LINGER != 0 => break, // discarding until EOF
+                _ => {
+                    after = After::StopReading;
+                    break;
+                }
+            }
+            let Some(t) = st.tls.get_mut(key).and_then(|t| t.as_mut()) else { break };
+            let fresh = first && t.conn.is_handshaking() && !t.established;
+            first = false;
+            let r = t
+                .conn
+                .read_tls(&mut &data[pos..])
+                .map_err(|e| rustls::Error::General(format!("reading TLS records: {e}")));
+            let r = r.and_then(|n| {
+                pos += n;
+                t.conn.process_new_packets().map(|_| n)
+            });
+            if let Err(e) = r {
+                let http = fresh && pos > 0 && tls::looks_like_http(data);
+                self.state.tls_failed(key, &e, http);
+                after = After::StopReading;
+                break;
+            }
+            if !t.established && !t.conn.is_handshaking() {
+                t.established = true;
+                st.counts.tls_handshakes += 1;
+            }
+            loop {
+                let st = &mut self.state;
+                let Some(t) = st.tls.get_mut(key).and_then(|t| t.as_mut()) else { break 'records };
+                match std::io::Read::read(&mut t.conn.reader(), &mut buf) {
+                    Ok(0) => {
+                        // close_notify: the peer's end of the stream, as an EOF.
+                        self.on_hangup(key);
+                        after = After::StopReading;
+                        break 'records;
+                    }
+                    Ok(n) => {
+                        // The whole turn's plaintext is handled, paused or not (as a plain
+                        // connection's read buffer is): rustls holds none of it back.
+                        if self.on_plaintext(key, &mut buf[..n]) == After::StopReading {
+                            after = After::StopReading;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        // Unexpected EOF inside a record, as the peer hanging up.
+                        self.on_hangup(key);
+                        after = After::StopReading;
+                        break 'records;
+                    }
+                }
+            }
+        }
+        self.state.tls_buf = buf;
+        if self.state.conns.get(key).is_some_and(|s| s.flags & DEAD == 0) {
+            self.state.mark_dirty(key);
+        }
+        after
+    }
+
+    /// Plaintext arrived for `key` (a plain connection's bytes, or a TLS connection's
+    /// deciphered ones). They are parsed (and unmasked) in place.
+    fn on_plaintext(&mut self, key: usize, data: &mut [u8]) -> After {
         let now = self.state.now;
         let Some(s) = self.state.conns.get_mut(key) else { return After::StopReading };
         if s.flags & DEAD != 0 {
@@ -1114,6 +1331,18 @@ impl<H: Handler> Core<H> {
     fn begin_linger(&mut self, key: usize) {
         let st = &mut self.state;
         let s = &mut st.conns[key];
+        if s.flags & (TLS | LINGER | DEAD) == TLS {
+            if let Some(t) = st.tls.get_mut(key).and_then(|t| t.as_mut()) {
+                if !t.notified {
+                    // The TLS stream ends with our close_notify: the write side is shut only
+                    // once it has gone out (`on_written` comes back here).
+                    t.notified = true;
+                    t.conn.send_close_notify();
+                    st.mark_dirty(key);
+                    return;
+                }
+            }
+        }
         if s.flags & (LINGER | DEAD) == 0 {
             s.flags |= LINGER;
             st.shut.push(key as u32);
@@ -1133,7 +1362,8 @@ impl<H: Handler> Core<H> {
 
     /// Bytes waiting for this connection's socket: fills `iov` with them in order (as many
     /// slices as fit) and returns how many slices it filled; 0 when nothing waits.
-    pub(crate) fn pending<'a>(&'a self, key: usize, iov: &mut [IoSlice<'a>]) -> usize {
+    pub(crate) fn pending<'a>(&'a mut self, key: usize, iov: &mut [IoSlice<'a>]) -> usize {
+        self.state.seal(key);
         match self.state.conns.get(key) {
             Some(Slot { flags, out: Some(q), .. }) if flags & DEAD == 0 => q.slices(iov),
             _ => 0,
@@ -1155,6 +1385,11 @@ impl<H: Handler> Core<H> {
     pub(crate) fn on_written(&mut self, key: usize, n: usize, blocked: bool) -> bool {
         let st = &mut self.state;
         let Some(s) = st.conns.get_mut(key) else { return false };
+        if s.flags & TLS != 0 {
+            if let Some(t) = st.tls.get_mut(key).and_then(|t| t.as_mut()) {
+                t.sealed = t.sealed.saturating_sub(n);
+            }
+        }
         if let Some(q) = &mut s.out {
             let before = q.footprint();
             q.advance(n);
@@ -1190,12 +1425,16 @@ impl<H: Handler> Core<H> {
 
     /// Takes the queue for a send the kernel owns until its completion (completion backends).
     pub(crate) fn take_out(&mut self, key: usize) -> Option<Box<OutQ>> {
+        self.state.seal(key);
         let s = self.state.conns.get_mut(key)?;
         if s.flags & DEAD != 0 || s.inflight != 0 || s.out.as_ref().is_none_or(|q| q.is_empty()) {
             return None;
         }
         let q = s.out.take()?;
         s.inflight = q.len() as u32;
+        if let Some(t) = self.state.tls.get_mut(key).and_then(|t| t.as_mut()) {
+            t.sealed = 0; // the whole queue left, sealed
+        }
         Some(q)
     }
 
@@ -1280,6 +1519,9 @@ impl<H: Handler> Core<H> {
             _ => return,
         }
         st.drop_subscriptions(key);
+        if let Some(t) = st.tls.get_mut(key) {
+            *t = None;
+        }
         let Some(mut s) = st.conns.try_remove(key) else { return };
         st.env.memory.queued = st.env.memory.queued.saturating_sub(footprint_of(&s));
         if let Some(q) = s.out.take() {

@@ -170,6 +170,9 @@ fn handle(cfg: &Config) -> ServerHandle {
             stopping: AtomicBool::new(false),
             topics: Arc::new(crate::server::topics::Registry::new(1)),
             max_topic_len: cfg.max_topic_len,
+            tls: crate::server::tls::TlsState::new(
+                cfg.tls.as_ref().map(|t| t.build().expect("the test's TLS configuration")),
+            ),
             #[cfg(feature = "cluster")]
             cluster: None,
         }),
@@ -224,7 +227,8 @@ impl Pair {
                 socket2::SockRef::from(s).set_send_buffer_size(n).expect("SO_SNDBUF");
             }
         }
-        let key = self.core.accept(peer(), server.as_raw_fd());
+        let secure = self.core.state.handle.inner.tls.current().is_some();
+        let key = self.core.accept(peer(), server.as_raw_fd(), secure);
         let proto = Connection::new_open(Role::Client, 0x5eed);
         self.clients.push(Client {
             key,

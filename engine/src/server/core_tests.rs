@@ -173,13 +173,13 @@ fn memory_budget_refuses_assembly_with_1009_and_serves_on() {
 #[test]
 fn a_stale_id_never_names_a_later_connection() {
     let mut p = Pair::new(Config { idle_timeout: None, ..cfg() });
-    let key = p.core.accept(peer(), -1);
+    let key = p.core.accept(peer(), -1, false);
     p.core.state.conns[key].flags |= OPENED;
     let victim = p.core.state.id_of(key);
     let packed = victim.to_u64();
     p.core.remove(key);
     for i in 0..(1u32 << 24) {
-        let k = p.core.accept(peer(), -1);
+        let k = p.core.accept(peer(), -1, false);
         assert_eq!(k, key, "slab reuses the freed slot");
         p.core.remove(k);
         if i % (1 << 20) == 0 {
@@ -187,7 +187,7 @@ fn a_stale_id_never_names_a_later_connection() {
             p.advance(Duration::from_secs(11));
         }
     }
-    let attacker = p.core.accept(peer(), -1);
+    let attacker = p.core.accept(peer(), -1, false);
     assert_eq!(attacker, key);
     p.core.state.conns[attacker].flags |= OPENED;
     assert_eq!(p.core.state.key_of(victim), None, "the stale id reached the new connection");
@@ -199,11 +199,11 @@ fn a_stale_id_never_names_a_later_connection() {
 #[test]
 fn a_slot_whose_generations_are_used_up_is_retired() {
     let mut p = Pair::new(cfg());
-    let key = p.core.accept(peer(), -1);
+    let key = p.core.accept(peer(), -1, false);
     p.core.state.gens[key] = RETIRED_GEN - 1;
     p.core.remove(key);
     assert_eq!(p.len(), 0, "a tombstone is not a connection");
-    let next = p.core.accept(peer(), -1);
+    let next = p.core.accept(peer(), -1, false);
     assert_ne!(next, key, "the retired key was handed out again");
     assert_eq!(p.len(), 1);
     assert!(p.core.has_room());

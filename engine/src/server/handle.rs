@@ -121,6 +121,11 @@ worker_stats! {
     backpressure_closes,
     /// Topic subscriptions the worker holds now (a gauge).
     subscriptions,
+    /// TLS handshakes completed.
+    tls_handshakes,
+    /// TLS connections that failed (bad records, failed handshakes, alerts, plaintext on
+    /// the TLS port); each is dropped, and only the first per worker is logged.
+    tls_errors,
     /// Cluster bridge (`Config::cluster_url`; this and the next four are server-wide figures,
     /// counted on worker 0's `Stats` and 0 on the others, so that sums over workers stay
     /// right): published messages the broker took (one per publish, however many processes
@@ -148,6 +153,7 @@ pub(crate) struct HandleInner {
     pub(crate) stopping: AtomicBool,
     pub(crate) topics: Arc<Registry>,
     pub(crate) max_topic_len: usize,
+    pub(crate) tls: super::tls::TlsState,
     /// The cluster bridge's queue, when `Config::cluster_url` is set.
     #[cfg(feature = "cluster")]
     pub(crate) cluster: Option<crate::cluster::Link>,
@@ -288,6 +294,22 @@ impl ServerHandle {
         }
         self.publish_others(usize::MAX, topic, msg.opcode(), msg.as_bytes());
         self.publish_remote(topic, msg.opcode(), msg.as_bytes());
+        Ok(())
+    }
+
+    /// Replaces the TLS certificate and key of a server built with [`crate::Config::tls`]:
+    /// handshakes that start from now on use the new ones; connections already open keep
+    /// theirs. The new configuration is checked as `build` checks it, and refused whole.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Tls`]: the server does not serve TLS, or the certificate or key was
+    /// refused (the text says why); the old ones stay in force.
+    pub fn reload_tls(&self, tls: &crate::TlsConfig) -> Result<(), crate::Error> {
+        if self.inner.tls.current().is_none() {
+            return Err(crate::Error::Tls("this server does not serve TLS".into()));
+        }
+        self.inner.tls.replace(tls.build().map_err(crate::Error::Tls)?);
         Ok(())
     }
 

@@ -11,6 +11,7 @@ pub(crate) mod core;
 pub(crate) mod handle;
 pub(crate) mod outq;
 pub(crate) mod timer;
+pub(crate) mod tls;
 pub(crate) mod topics;
 pub(crate) mod worker;
 
@@ -72,6 +73,8 @@ pub struct ServerBuilder<F = ()> {
     config: Config,
     /// Why the last [`ServerBuilder::listen`] address was refused; `build` reports it.
     bad_addr: Option<String>,
+    /// The same for [`ServerBuilder::listen_tls`].
+    bad_tls_addr: Option<String>,
     factory: F,
 }
 
@@ -98,6 +101,7 @@ impl<F> ServerBuilder<F> {
             Ok(Some(a)) => {
                 self.config.addr = a;
                 self.bad_addr = None;
+                self.bad_tls_addr = None;
             }
             Ok(None) => {
                 self.bad_addr = Some(format!("listen address {addr:?}: resolves to nothing"))
@@ -142,6 +146,31 @@ impl<F> ServerBuilder<F> {
         close_on_backpressure_limit: bool => close_on_backpressure_limit);
     setter!(/// permessage-deflate preferences (default off). See [`Config::deflate`].
         deflate: crate::proto::DeflateConfig => deflate);
+
+    /// Serves wss:// at `addr` too, besides plain ws:// at [`ServerBuilder::listen`]'s
+    /// address (with [`ServerBuilder::tls`]; see [`Config::tls_addr`]). Resolved as `listen`
+    /// resolves its address, and refused the same way.
+    pub fn listen_tls(mut self, addr: impl std::net::ToSocketAddrs + std::fmt::Debug) -> Self {
+        match addr.to_socket_addrs().map(|mut i| i.next()) {
+            Ok(Some(a)) => {
+                self.config.tls_addr = Some(a);
+                self.bad_tls_addr = None;
+            }
+            Ok(None) => {
+                self.bad_tls_addr =
+                    Some(format!("TLS listen address {addr:?}: resolves to nothing"))
+            }
+            Err(e) => self.bad_tls_addr = Some(format!("TLS listen address {addr:?}: {e}")),
+        }
+        self
+    }
+
+    /// Serves wss://: the listener speaks TLS with this certificate and key (or, with
+    /// [`ServerBuilder::listen_tls`], a second listener does). See [`Config::tls`].
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.config.tls = Some(tls);
+        self
+    }
     setter!(/// Longest topic name, in bytes (default 256). See [`Config::max_topic_len`].
         max_topic_len: usize => max_topic_len);
     setter!(/// Connections per worker (default 1048576). See [`Config::max_connections`].
@@ -203,7 +232,12 @@ impl<F> ServerBuilder<F> {
         G: Fn() -> H + Send + Sync + 'static,
         H: Handler,
     {
-        ServerBuilder { config: self.config, bad_addr: self.bad_addr, factory }
+        ServerBuilder {
+            config: self.config,
+            bad_addr: self.bad_addr,
+            bad_tls_addr: self.bad_tls_addr,
+            factory,
+        }
     }
 }
 
@@ -223,11 +257,26 @@ where
     ///
     /// `Error` converts into `std::io::Error` (`?` in a `main` returning `io::Result`).
     pub fn build(self) -> Result<Server<H>, Error> {
-        if let Some(why) = self.bad_addr {
+        if let Some(why) = self.bad_addr.or(self.bad_tls_addr) {
             return Err(Error::Address(why));
         }
         let mut config = self.config;
         config.validate()?;
+        let tls = match &config.tls {
+            Some(t) => {
+                let built = t.build().map_err(Error::Tls)?;
+                match backend::sys::ktls_probe() {
+                    Ok(()) => {
+                        log::info!("TLS: rustls in the workers (this kernel has kTLS; unused)")
+                    }
+                    Err(e) => {
+                        log::info!("TLS: rustls in the workers (no kTLS here: TCP_ULP tls: {e})")
+                    }
+                }
+                Some(built)
+            }
+            None => None,
+        };
         config.backend = backend::resolve(config.backend)?;
         let n = config.worker_count();
         // What `Server::config` reports: the count in force, not the 0 that asked for it.
@@ -238,18 +287,33 @@ where
         // (and port 0 becomes a port nothing uses). The workers then form their own group.
         let mut addr =
             if config.share_port { config.addr } else { backend::claim_port(config.addr)? };
+        let mut tls_addr = match config.tls_addr {
+            Some(a) if !config.share_port => Some(backend::claim_port(a)?),
+            a => a,
+        };
+        // Without a TLS address of its own, the one listener speaks TLS when TLS is set.
+        let main_secure = config.tls.is_some() && tls_addr.is_none();
         for i in 0..n {
             let listener = backend::bind_listener(addr, config.backlog)?;
             if i == 0 {
                 addr = listener.local_addr()?;
             }
+            let mut listeners = vec![(listener, main_secure)];
+            if let Some(a) = tls_addr {
+                let l = backend::bind_listener(a, config.backlog)?;
+                if i == 0 {
+                    tls_addr = Some(l.local_addr()?);
+                }
+                listeners.push((l, true));
+            }
             let (tx, rx) = crossbeam_channel::unbounded();
-            let prep = backend::WorkerPrep::new(config.backend, listener, rx)?;
+            let prep = backend::WorkerPrep::new(config.backend, listeners, rx)?;
             let stats = Arc::new(WorkerStats::default());
             links.push(WorkerLink { tx, waker: prep.waker(), stats: Arc::clone(&stats) });
             preps.push((prep, stats));
         }
         config.addr = addr;
+        config.tls_addr = tls_addr;
         // The cluster bridge: its queue (in the handle, for every publisher) and the news of
         // topics whose first subscriber came or last one left (from the registry).
         #[cfg(feature = "cluster")]
@@ -270,6 +334,7 @@ where
                 stopping: AtomicBool::new(false),
                 topics: Arc::new(Registry::with_edges(n, edges)),
                 max_topic_len: config.max_topic_len,
+                tls: tls::TlsState::new(tls),
                 #[cfg(feature = "cluster")]
                 cluster: link,
             }),
@@ -305,7 +370,7 @@ impl<H: Handler> std::fmt::Debug for Server<H> {
 impl Server<NoHandler> {
     /// Starts building a server.
     pub fn builder() -> ServerBuilder<()> {
-        ServerBuilder { config: Config::default(), bad_addr: None, factory: () }
+        ServerBuilder { config: Config::default(), bad_addr: None, bad_tls_addr: None, factory: () }
     }
 }
 

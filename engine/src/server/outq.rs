@@ -184,6 +184,44 @@ impl OutQ {
         self.head = 0;
     }
 
+    /// Calls `f` with every unsent byte after the first `keep`, in order, in as few slices as
+    /// the queue holds them. The first `keep` unsent bytes must be owned ones (a TLS
+    /// connection's sealed records), so the tail starts at a frame's first byte if at all.
+    pub(crate) fn for_each_tail<'a>(&'a self, keep: usize, mut f: impl FnMut(&'a [u8])) {
+        let mut pos = self.pos + keep;
+        debug_assert!(pos <= self.bytes.len());
+        debug_assert!(
+            keep == 0 || (self.off == 0 && self.refs[self.head..].iter().all(|r| r.0 >= pos))
+        );
+        let mut off = self.off;
+        for (at, fr) in &self.refs[self.head..] {
+            if *at > pos {
+                f(&self.bytes[pos..*at]);
+                pos = *at;
+            }
+            if let Some(fr) = fr {
+                f(&fr[off..]);
+            }
+            off = 0;
+        }
+        if pos < self.bytes.len() {
+            f(&self.bytes[pos..]);
+        }
+    }
+
+    /// Removes every unsent byte after the first `keep` (see [`OutQ::for_each_tail`]): the
+    /// frames among them are let go of.
+    pub(crate) fn truncate_unsent(&mut self, keep: usize) {
+        let end = self.pos + keep;
+        self.bytes.truncate(end);
+        self.refs.truncate(self.head);
+        self.shared = 0;
+        self.off = 0;
+        if self.is_empty() {
+            self.clear();
+        }
+    }
+
     /// Empties the queue, keeping its capacity.
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
@@ -207,6 +245,39 @@ mod tests {
 
     fn frame(b: &[u8]) -> Frame {
         FrameBuf::new(b.to_vec(), &Rc::new(Cell::new(0)))
+    }
+
+    /// What a TLS connection's queue goes through: its plaintext tail (owned bytes and shared
+    /// frames) handed out in order behind the sealed head, then replaced.
+    #[test]
+    fn the_tail_behind_a_sealed_head_is_handed_out_in_order_and_replaced() {
+        let released = Rc::new(Cell::new(0));
+        let mut q = OutQ::default();
+        q.bytes_mut().extend_from_slice(b"SEALED");
+        q.advance(2); // the socket took "SE"
+        let keep = q.len(); // "ALED": ciphertext still unsent
+        q.bytes_mut().extend_from_slice(b"a");
+        let f = FrameBuf::new(b"FRAME".to_vec(), &released);
+        q.push_frame(&f);
+        drop(f);
+        q.bytes_mut().extend_from_slice(b"bc");
+        let mut tail = Vec::new();
+        q.for_each_tail(keep, |part| tail.push(part.to_vec()));
+        assert_eq!(tail, [b"a".to_vec(), b"FRAME".to_vec(), b"bc".to_vec()]);
+        q.truncate_unsent(keep);
+        assert_eq!(drain(&q), b"ALED");
+        assert_eq!(released.get(), 5, "the frame was let go of");
+        q.bytes_mut().extend_from_slice(b"++");
+        assert_eq!(drain(&q), b"ALED++");
+        // With nothing sealed, the whole queue is the tail (a partly sent frame from its rest).
+        let mut q = OutQ::default();
+        q.push_frame(&frame(b"xyz"));
+        q.advance(1);
+        let mut tail = Vec::new();
+        q.for_each_tail(0, |part| tail.extend_from_slice(part));
+        assert_eq!(tail, b"yz");
+        q.truncate_unsent(0);
+        assert!(q.is_empty());
     }
 
     #[test]

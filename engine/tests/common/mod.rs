@@ -157,6 +157,8 @@ impl Handler for Probe {
 #[derive(Debug)]
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
+    /// The wss:// address of a server with a TLS listener of its own (`listen_tls`).
+    pub(crate) tls_addr: Option<SocketAddr>,
     pub(crate) handle: ServerHandle,
     thread: Option<JoinHandle<Result<(), sockeye::Error>>>,
 }
@@ -176,12 +178,13 @@ where
     let backend = format!("{:?}", server.config().backend);
     let _ = BACKEND.set(backend);
     let addr = server.local_addr();
+    let tls_addr = server.config().tls_addr;
     let handle = server.handle();
     let thread = thread::Builder::new()
         .name("test-server-run".into())
         .spawn(move || server.run())
         .expect("spawn the server thread");
-    TestServer { addr, handle, thread: Some(thread) }
+    TestServer { addr, tls_addr, handle, thread: Some(thread) }
 }
 
 /// Starts an echo server (2 workers) with `configure` applied.

@@ -4,6 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -14,6 +15,7 @@ use sockeye::proto::mask::unmask;
 
 use super::super::args::{Args, Mode};
 use super::ctx::Ctx;
+use super::deflate::Pmd;
 use super::fanout::FAN_PREFIX;
 use super::handshake;
 
@@ -33,6 +35,9 @@ pub(super) enum St {
 
 pub(super) struct Conn {
     pub(super) sock: Option<TcpStream>,
+    /// wss://: the TLS session over `sock` (what `wbuf` holds is plaintext, sealed at the
+    /// flush; what is read is deciphered before the frame parser sees it).
+    pub(super) tls: Option<Box<rustls::ClientConnection>>,
     pub(super) st: St,
     /// We started the closing handshake (end of run), as opposed to the server.
     pub(super) we_closed: bool,
@@ -43,6 +48,8 @@ pub(super) struct Conn {
     pub(super) accept: [u8; 28],
     pub(super) request: Vec<u8>,
     pub(super) deadline: Instant,
+    /// When `start` began the connect.
+    pub(super) started: Instant,
     // Frame parser.
     pub(super) hdr: [u8; MAX_HEADER_LEN],
     pub(super) hdr_len: usize,
@@ -82,6 +89,17 @@ pub(super) struct Conn {
     pub(super) own_acked: u64,
     /// Publisher: when it last got one of its own messages back (ns).
     pub(super) last_ack: u64,
+    // permessage-deflate (`deflate.rs`).
+    /// What the server's 101 agreed to; `None`: no compression.
+    pub(super) pmd: Option<Pmd>,
+    /// The inflater: kept when the server keeps its window, else lent for one message.
+    pub(super) zi: Option<Box<flate2::Decompress>>,
+    /// The current message is compressed (RSV1 on its first frame).
+    pub(super) msg_z: bool,
+    /// Payload bytes of the current message on the wire.
+    pub(super) msg_wire: u64,
+    /// The deflate stream of the current message ended (BFINAL).
+    pub(super) z_ended: bool,
 }
 
 /// Why a connection is being dropped.
@@ -121,18 +139,23 @@ pub(super) fn splitmix(x: &mut u64) -> u64 {
 
 impl Conn {
     pub(super) fn new(ctx: &Ctx, path: &str, host: &str, rng: &mut u64) -> Conn {
-        let (accept, request) = handshake::key_and_request(ctx.ws, path, host, rng);
+        let offer = ctx.z.is_some().then_some(super::deflate::OFFER);
+        let (accept, request) = handshake::key_and_request(ctx.ws, path, host, offer, rng);
         // Echo send times (fanout keeps them in `FanShared`).
-        let ring =
-            if matches!(ctx.mode, Mode::Echo | Mode::Raw) { ctx.inflight as usize } else { 0 };
+        let ring = if matches!(ctx.mode, Mode::Echo | Mode::Raw) || ctx.prime {
+            ctx.inflight as usize
+        } else {
+            0
+        };
         let wcap = match ctx.mode {
-            Mode::Idle => 0,
+            Mode::Idle if !ctx.prime => 0,
             // Subscribers send pongs and a close frame only (publishers: `make_publisher`).
             Mode::Fanout => 256,
             _ => ctx.inflight as usize * (ctx.size + MAX_HEADER_LEN) + 256,
         };
         Conn {
             sock: None,
+            tls: None,
             st: St::Idle,
             we_closed: false,
             wbuf: Vec::with_capacity(wcap),
@@ -141,6 +164,7 @@ impl Conn {
             accept,
             request,
             deadline: ctx.base,
+            started: ctx.base,
             hdr: [0; MAX_HEADER_LEN],
             hdr_len: 0,
             in_frame: false,
@@ -166,6 +190,11 @@ impl Conn {
             cur_seq: 0,
             own_acked: 0,
             last_ack: 0,
+            pmd: None,
+            zi: None,
+            msg_z: false,
+            msg_wire: 0,
+            z_ended: false,
         }
     }
 
@@ -211,8 +240,16 @@ impl Conn {
             .register(&mut s, Token(token), Interest::READABLE | Interest::WRITABLE)
             .map_err(Fail::Io)?;
         self.sock = Some(s);
+        self.tls = match &args.tls {
+            Some(cfg) => Some(Box::new(
+                rustls::ClientConnection::new(Arc::clone(cfg), crate::tls::server_name(&args.host))
+                    .map_err(|e| Fail::Handshake(format!("TLS: {e}")))?,
+            )),
+            None => None,
+        };
         self.st = St::Connecting;
-        self.deadline = Instant::now() + Duration::from_secs(15);
+        self.started = Instant::now();
+        self.deadline = self.started + Duration::from_secs(15);
         Ok(())
     }
 
@@ -240,9 +277,32 @@ impl Conn {
         unmask(&mut self.wbuf[start..], key, 0);
     }
 
+    /// Whether anything waits to be written (plaintext, or TLS records).
+    pub(super) fn has_output(&self) -> bool {
+        self.wpos < self.wbuf.len() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
     /// Writes what is pending; Ok when the socket would block (the rest waits for WRITABLE).
     pub(super) fn flush(&mut self) -> Result<(), Fail> {
         let Some(sock) = self.sock.as_mut() else { return Ok(()) };
+        if let Some(t) = self.tls.as_mut() {
+            if self.wpos < self.wbuf.len() {
+                // Sealed into records now (rustls keeps them until the socket takes them).
+                t.writer().write_all(&self.wbuf[self.wpos..]).map_err(Fail::Io)?;
+                self.wbuf.clear();
+                self.wpos = 0;
+            }
+            while t.wants_write() {
+                match t.write_tls(sock) {
+                    Ok(0) => return Err(Fail::Io(io::ErrorKind::WriteZero.into())),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Fail::Io(e)),
+                }
+            }
+            return Ok(());
+        }
         while self.wpos < self.wbuf.len() {
             match sock.write(&self.wbuf[self.wpos..]) {
                 Ok(0) => return Err(Fail::Io(io::ErrorKind::WriteZero.into())),
@@ -260,6 +320,9 @@ impl Conn {
     /// Reads until the socket is drained (a short read means drained: with edge-triggered
     /// epoll, bytes arriving later raise a new event, so the EAGAIN read is skipped).
     pub(super) fn read_all(&mut self, ctx: &mut Ctx, rbuf: &mut [u8]) -> Result<(), Fail> {
+        if self.tls.is_some() {
+            return self.read_tls(ctx, rbuf);
+        }
         loop {
             let Some(sock) = self.sock.as_mut() else { return Ok(()) };
             let n = match sock.read(rbuf) {
@@ -269,21 +332,53 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Fail::Io(e)),
             };
-            let now = ctx.now_ns();
-            match self.st {
-                St::Handshake => {
-                    self.hs.extend_from_slice(&rbuf[..n]);
-                    if let Some(head) = self.check_handshake()? {
-                        self.opened(ctx);
-                        let hs = std::mem::take(&mut self.hs);
-                        self.on_data(ctx, &hs[head..], now)?;
-                    }
-                }
-                St::Open | St::Closing | St::CloseSeen => self.on_data(ctx, &rbuf[..n], now)?,
-                St::Idle | St::Connecting | St::Dead => {}
-            }
+            self.take(ctx, &rbuf[..n])?;
             if n < rbuf.len() {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Bytes the server sent (deciphered, over TLS), to the handshake or the frame parser.
+    fn take(&mut self, ctx: &mut Ctx, data: &[u8]) -> Result<(), Fail> {
+        let now = ctx.now_ns();
+        match self.st {
+            St::Handshake => {
+                self.hs.extend_from_slice(data);
+                if let Some(head) = self.check_handshake(ctx)? {
+                    self.opened(ctx);
+                    let hs = std::mem::take(&mut self.hs);
+                    self.on_data(ctx, &hs[head..], now)?;
+                }
+            }
+            St::Open | St::Closing | St::CloseSeen => self.on_data(ctx, data, now)?,
+            St::Idle | St::Connecting | St::Dead => {}
+        }
+        Ok(())
+    }
+
+    /// wss://: records from the socket until it is drained, their plaintext to [`Conn::take`].
+    fn read_tls(&mut self, ctx: &mut Ctx, rbuf: &mut [u8]) -> Result<(), Fail> {
+        loop {
+            let (Some(sock), Some(t)) = (self.sock.as_mut(), self.tls.as_mut()) else {
+                return Ok(());
+            };
+            match t.read_tls(sock) {
+                Ok(0) => return Err(Fail::Eof),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Fail::Io(e)),
+            }
+            t.process_new_packets().map_err(|e| Fail::Handshake(format!("TLS: {e}")))?;
+            loop {
+                let Some(t) = self.tls.as_mut() else { return Ok(()) };
+                match t.reader().read(rbuf) {
+                    Ok(0) => return Err(Fail::Eof), // close_notify
+                    Ok(n) => self.take(ctx, &rbuf[..n])?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(Fail::Io(e)),
+                }
             }
         }
     }
@@ -324,7 +419,7 @@ impl Conn {
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
             self.read_all(ctx, rbuf)?;
         }
-        if self.wpos < self.wbuf.len() {
+        if self.has_output() {
             self.flush()?;
         }
         Ok(())
@@ -368,8 +463,10 @@ impl Conn {
             ctx.open -= 1;
         }
         self.sock = None;
+        self.tls = None;
         self.st = St::Dead;
         self.wbuf = Vec::new();
         self.hs = Vec::new();
+        self.zi = None;
     }
 }

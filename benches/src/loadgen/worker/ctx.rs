@@ -18,8 +18,17 @@ pub(super) struct Ctx {
     pub(super) text: bool,
     pub(super) size: usize,
     pub(super) inflight: u64,
-    /// `size + 251` bytes: message `seq` uses `pattern[seq % 251 ..][.. size - prefix_len]`.
+    /// `size + 251` bytes: message `seq` uses `pattern[seq % 251 ..][.. size - prefix_len]`
+    /// (with `--deflate`: 1 MiB + `size` of JSON-like text, see [`Ctx::base`]).
     pub(super) pattern: Vec<u8>,
+    /// Distinct message bodies: 251, or with `--deflate` as many as `deflate.rs` picks.
+    pub(super) bodies: u64,
+    /// Body `k` starts at a hashed offset into the 1 MiB pattern (`--deflate`), else at `k`.
+    pub(super) hashed_bodies: bool,
+    /// permessage-deflate: the loadgen's precompressed bodies, inflaters, counters.
+    pub(super) z: Option<Box<super::deflate::ZCtx>>,
+    /// Idle `--prime`: one echo per connection before the hold.
+    pub(super) prime: bool,
     pub(super) prefix_len: usize,
     pub(super) base: Instant,
     pub(super) measuring: bool,
@@ -64,6 +73,10 @@ impl Ctx {
             inflight,
             pattern,
             prefix_len: size.min(if text { 16 } else { 8 }),
+            bodies: 251,
+            hashed_bodies: false,
+            z: None,
+            prime: false,
             base: Instant::now(),
             measuring: false,
             sending: mode != Mode::Idle,
@@ -81,6 +94,23 @@ impl Ctx {
             rate: 0.0,
             topics: 0,
             fc: FanCounts::default(),
+        }
+    }
+
+    /// Whether data messages from the server are echoes to verify (echo mode; idle `--prime`).
+    #[inline]
+    pub(super) fn echoes(&self) -> bool {
+        self.mode == Mode::Echo || self.prime
+    }
+
+    /// Where message `seq`'s body starts in `pattern`.
+    #[inline]
+    pub(super) fn base(&self, seq: u64) -> usize {
+        let k = seq % self.bodies;
+        if self.hashed_bodies {
+            (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 44) as usize // 20 bits: 0..1 MiB
+        } else {
+            k as usize
         }
     }
 

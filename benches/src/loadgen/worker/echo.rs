@@ -39,7 +39,7 @@ impl Ctx {
             off += n;
         }
         if !c.is_empty() {
-            let b = (seq % 251) as usize + off - p;
+            let b = self.base(seq) + off - p;
             ok &= c == &self.pattern[b..b + c.len()];
         }
         ok
@@ -49,11 +49,17 @@ impl Ctx {
 impl Conn {
     /// Appends the next echo message, stamped `now`.
     #[inline]
-    pub(super) fn queue_msg(&mut self, ctx: &Ctx, now: u64) {
+    pub(super) fn queue_msg(&mut self, ctx: &mut Ctx, now: u64) {
         self.compact();
         let seq = self.send_seq;
         self.send_seq += 1;
         self.ring[(seq % ctx.inflight) as usize] = now;
+        if self.pmd.is_some() {
+            if self.queue_deflated(ctx, seq) {
+                return;
+            }
+            self.count_plain_sent(ctx);
+        }
         let key = xorshift(&mut self.rng).to_le_bytes();
         if ctx.ws {
             let op = if ctx.text { OpCode::Text } else { OpCode::Binary };
@@ -64,7 +70,7 @@ impl Conn {
         let start = self.wbuf.len();
         let p = ctx.prefix_len;
         self.wbuf.extend_from_slice(&ctx.prefix(seq)[..p]);
-        let b = (seq % 251) as usize;
+        let b = ctx.base(seq);
         self.wbuf.extend_from_slice(&ctx.pattern[b..b + ctx.size - p]);
         if ctx.ws {
             unmask(&mut self.wbuf[start..], key, 0);
@@ -126,7 +132,7 @@ mod tests {
         let mut c = Conn::new(&ctx, "/echo", "x", &mut seed);
         c.st = St::Open;
         for _ in 0..n {
-            c.queue_msg(&ctx, 0);
+            c.queue_msg(&mut ctx, 0);
         }
         let msgs = client_payloads(&c.wbuf);
         assert_eq!(msgs.len() as u64, n);
@@ -190,7 +196,7 @@ mod tests {
         let mut ctx = Ctx::new(Mode::Echo, false, 4, 1, &mut seed);
         let mut c = Conn::new(&ctx, "/", "x", &mut seed);
         c.st = St::Open;
-        c.queue_msg(&ctx, 0);
+        c.queue_msg(&mut ctx, 0);
         let masked = c.wbuf.clone();
         assert!(matches!(c.on_data(&mut ctx, &masked, 0), Err(Fail::Protocol(_))));
     }

@@ -57,7 +57,9 @@ impl Conn {
             if self.ctrl_op.is_some() {
                 self.ctrl[self.ctrl_len..self.ctrl_len + n].copy_from_slice(chunk);
                 self.ctrl_len += n;
-            } else if ctx.mode == Mode::Echo {
+            } else if ctx.echoes() && self.msg_z {
+                self.inflate_chunk(ctx, chunk)?;
+            } else if ctx.echoes() {
                 if !ctx.verify(self.recv_seq, self.msg_off, chunk) {
                     self.msg_bad = true;
                 }
@@ -97,11 +99,13 @@ impl Conn {
             10 => u64::from_be_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]),
             _ => u64::from(b1 & 0x7f),
         };
-        if b0 & 0x70 != 0 {
-            return Err(Fail::Protocol("RSV bits set"));
-        }
         let fin = b0 & 0x80 != 0;
         let op = b0 & 0x0f;
+        // RSV1: a compressed message, on the first frame of a data message only (RFC 7692 §6).
+        let z = b0 & 0x70 == 0x40 && self.pmd.is_some() && (op == 1 || op == 2);
+        if b0 & 0x70 != 0 && !z {
+            return Err(Fail::Protocol("RSV bits set"));
+        }
         self.ctrl_op = None;
         match op {
             0..=2 => {
@@ -114,17 +118,26 @@ impl Conn {
                     }
                     self.in_msg = true;
                     self.msg_off = 0;
+                    self.msg_z = z;
+                    self.msg_wire = 0;
                     // Text echoed as binary or the reverse is a mismatch.
                     self.msg_bad = (op == 1) != ctx.text;
                 }
-                if ctx.mode == Mode::Echo {
+                if ctx.echoes() {
                     if self.recv_seq >= self.send_seq {
                         return Err(Fail::Protocol("echo of a message never sent"));
                     }
-                    if self.msg_off as u64 + len > ctx.size as u64 {
+                    if self.msg_z {
+                        // Checked on the inflated bytes; on the wire, deflate's own framing.
+                        let wire_max = ctx.size as u64 + ctx.size as u64 / 8 + 1024;
+                        if self.msg_wire + len > wire_max {
+                            return Err(Fail::Protocol("compressed echo far longer than sent"));
+                        }
+                    } else if self.msg_off as u64 + len > ctx.size as u64 {
                         return Err(Fail::Protocol("echo longer than the message sent"));
                     }
                 }
+                self.msg_wire += len;
                 if ctx.mode == Mode::Fanout && self.msg_off as u64 + len > ctx.size as u64 {
                     return Err(Fail::Protocol("message longer than --size"));
                 }
@@ -180,11 +193,15 @@ impl Conn {
             return Ok(());
         }
         self.in_msg = false;
-        if ctx.mode == Mode::Idle {
+        if ctx.mode == Mode::Idle && !ctx.prime {
             ctx.errors.protocol += 1;
             ctx.note("data message on an idle connection".into());
             return Ok(());
         }
+        if self.msg_z {
+            self.end_inflate(ctx)?;
+        }
+        self.count_received(ctx);
         self.complete(ctx, now);
         Ok(())
     }

@@ -4,6 +4,8 @@ use base64::Engine as _;
 use sockeye::proto::handshake::accept_key;
 
 use super::conn::{splitmix, Conn, Fail};
+use super::ctx::Ctx;
+use super::deflate::parse_answer;
 
 /// A fresh random `Sec-WebSocket-Key`: the `Sec-WebSocket-Accept` the server must answer with,
 /// and the upgrade request (empty for raw TCP, which still draws the key so that the random
@@ -12,6 +14,7 @@ pub(super) fn key_and_request(
     ws: bool,
     path: &str,
     host: &str,
+    extensions: Option<&str>,
     rng: &mut u64,
 ) -> ([u8; 28], Vec<u8>) {
     let mut key = [0u8; 16];
@@ -23,8 +26,11 @@ pub(super) fn key_and_request(
         format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                  Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\
-                 User-Agent: sockeye-loadgen\r\n\r\n",
-            path, host, key_b64
+                 User-Agent: sockeye-loadgen\r\n{}\r\n",
+            path,
+            host,
+            key_b64,
+            extensions.map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n")).unwrap_or_default()
         )
         .into_bytes()
     } else {
@@ -36,7 +42,7 @@ pub(super) fn key_and_request(
 impl Conn {
     /// The 101 response: bytes so far in `hs`. Returns the length of the head once it is
     /// complete and valid.
-    pub(super) fn check_handshake(&self) -> Result<Option<usize>, Fail> {
+    pub(super) fn check_handshake(&mut self, ctx: &mut Ctx) -> Result<Option<usize>, Fail> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
         let n = match resp.parse(&self.hs) {
@@ -80,8 +86,23 @@ impl Conn {
             }
             None => return Err(Fail::Handshake("101 without Sec-WebSocket-Accept".into())),
         }
-        if hv("sec-websocket-extensions").is_some() {
-            return Err(Fail::Handshake("server picked an extension we did not offer".into()));
+        let ext =
+            resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"));
+        match (ext.count(), hv("sec-websocket-extensions"), ctx.z.as_mut()) {
+            (0, _, None) => {}
+            (_, Some(_), None) => {
+                return Err(Fail::Handshake("server picked an extension we did not offer".into()))
+            }
+            (1, Some(v), Some(z)) => {
+                self.pmd = Some(parse_answer(v).map_err(Fail::Handshake)?);
+                if z.answer.is_none() {
+                    z.answer = Some(String::from_utf8_lossy(v).into_owned());
+                }
+            }
+            (0, _, Some(_)) => {
+                return Err(Fail::Handshake("server declined permessage-deflate".into()))
+            }
+            _ => return Err(Fail::Handshake("more than one Sec-WebSocket-Extensions".into())),
         }
         if hv("sec-websocket-protocol").is_some() {
             return Err(Fail::Handshake("server picked a subprotocol we did not offer".into()));

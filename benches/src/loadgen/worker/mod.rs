@@ -19,6 +19,7 @@
 
 mod conn;
 mod ctx;
+mod deflate;
 mod echo;
 mod fanout;
 mod frames;
@@ -39,7 +40,7 @@ use super::args::{Args, Mode};
 use conn::{Conn, Fail, St};
 use ctx::Ctx;
 pub(crate) use fanout::FanShared;
-pub(crate) use results::{Errors, FanCounts, Progress, WorkerResult};
+pub(crate) use results::{Errors, FanCounts, Progress, WorkerResult, ZCounts};
 
 /// What the workers and the main thread share.
 #[derive(Debug)]
@@ -117,6 +118,10 @@ pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) ->
         Ctx::new(args.mode, args.text, args.size, args.inflight as u64, &mut seed)
     };
     ctx.base = shared.base;
+    if args.deflate {
+        ctx.enable_deflate(args.deflate_level, &mut seed);
+    }
+    ctx.prime = args.prime;
     // Subscriber k of this worker is global connection idx + k * threads; with topics it joins
     // room (idx + k * threads) % topics, publisher p room p % topics.
     let mut conns: Vec<Conn> = (0..n)
@@ -176,6 +181,8 @@ pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) ->
         clean_closes: ctx.clean_closes,
         first_error: ctx.first_error,
         fan: FanCounts { delivered_total: ctx.done, ..ctx.fc },
+        z: ctx.z.as_ref().map(|z| z.counts).unwrap_or_default(),
+        deflate_answer: ctx.z.as_mut().and_then(|z| z.answer.take()),
     }
 }
 
@@ -233,12 +240,13 @@ fn measure(
     let t_warm = t0 + Duration::from_secs_f64(args.warmup);
     let t_end = t_warm + Duration::from_secs_f64(args.duration);
     let kick = ctx.now_ns();
+    let mut seed = kick ^ 0x5eed_c4a2;
     let fanout = args.mode == Mode::Fanout;
     for c in conns.iter_mut().filter(|c| c.st == St::Open) {
         if fanout {
             c.last_ack = kick;
             c.fan_refill(ctx, kick);
-        } else {
+        } else if !args.churn {
             for _ in 0..args.inflight {
                 c.queue_msg(ctx, kick);
             }
@@ -273,6 +281,38 @@ fn measure(
             fanout::unstall(ctx, conns, pubs);
         }
         lp.turn(ctx, conns, timeout);
+        if args.churn {
+            churn(lp, args, ctx, conns, &mut seed);
+        }
+    }
+}
+
+/// `--churn`: every connection that opened is counted (its connect-to-101 time into the
+/// histogram), reset (SO_LINGER 0: no TIME_WAIT left behind to exhaust the ports) and replaced
+/// by a new one in its slot; one that failed is replaced too.
+fn churn(lp: &mut Loop<'_>, args: &Args, ctx: &mut Ctx, conns: &mut [Conn], seed: &mut u64) {
+    let now = Instant::now();
+    for (k, c) in conns.iter_mut().enumerate() {
+        match c.st {
+            St::Open => {
+                if ctx.measuring {
+                    ctx.msgs += 1;
+                    ctx.hist.record((now - c.started).as_nanos() as u64);
+                }
+                if let Some(s) = c.sock.as_ref() {
+                    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+                }
+                ctx.open -= 1;
+            }
+            St::Dead => {}
+            _ => continue,
+        }
+        let room = c.room;
+        *c = Conn::new(ctx, &args.room_path(room), &args.host, seed);
+        c.room = room;
+        if let Err(e) = c.start(args, k, &lp.poll, k) {
+            c.kill(ctx, e);
+        }
     }
 }
 
@@ -304,6 +344,7 @@ fn close_all(lp: &mut Loop<'_>, ctx: &mut Ctx, conns: &mut [Conn]) {
             ctx.clean_closes += 1;
         }
         c.sock = None;
+        c.tls = None;
         c.st = St::Dead;
     }
 }

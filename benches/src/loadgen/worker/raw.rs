@@ -39,7 +39,7 @@ mod tests {
         let mut c = Conn::new(&ctx, "/", "x", &mut seed);
         c.st = St::Open;
         for _ in 0..4 {
-            c.queue_msg(&ctx, 0);
+            c.queue_msg(&mut ctx, 0);
         }
         let bytes = c.wbuf.clone();
         assert_eq!(bytes.len(), 4 * 33);

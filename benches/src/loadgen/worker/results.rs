@@ -86,6 +86,34 @@ pub(crate) struct WorkerResult {
     pub(crate) clean_closes: u64,
     pub(crate) first_error: Option<String>,
     pub(crate) fan: FanCounts,
+    /// `--deflate`: the counters, and the first permessage-deflate answer seen.
+    pub(crate) z: ZCounts,
+    pub(crate) deflate_answer: Option<String>,
+}
+
+/// permessage-deflate counters over the measured window (`--deflate`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ZCounts {
+    /// Messages sent on connections that negotiated compression, of them compressed, and
+    /// their payload bytes on the wire.
+    pub(crate) sent_msgs: u64,
+    pub(crate) sent_compressed: u64,
+    pub(crate) sent_wire: u64,
+    /// The same for the echoes received.
+    pub(crate) recv_msgs: u64,
+    pub(crate) recv_compressed: u64,
+    pub(crate) recv_wire: u64,
+}
+
+impl ZCounts {
+    pub(crate) fn add(&mut self, o: &ZCounts) {
+        self.sent_msgs += o.sent_msgs;
+        self.sent_compressed += o.sent_compressed;
+        self.sent_wire += o.sent_wire;
+        self.recv_msgs += o.recv_msgs;
+        self.recv_compressed += o.recv_compressed;
+        self.recv_wire += o.recv_wire;
+    }
 }
 
 /// Fanout counters a worker hands back (`WorkerResult::msgs` = deliveries to subscribers in
