@@ -363,6 +363,16 @@ typedef struct sockeye_config {
      * NULL (the default): `address` itself serves wss://.
      */
     const char *tls_address;
+    /**
+     * Pub/sub across processes: the Redis server of the cluster bridge, a NUL-terminated
+     * `redis://host:port` string owned by the caller (read once, in `sockeye_server_new`), or
+     * NULL (the default) for none. Set, every publish also goes to Redis and every topic a
+     * local connection holds is subscribed there, so that the publishes of other Sockeye
+     * processes on the same Redis reach this one's subscribers (Redis 6 or later; sharded
+     * pub/sub on Redis 7). A string that is not such a URL, or a library built without the
+     * engine's `cluster` feature, is refused with `SOCKEYE_ERR_INVALID_ARGUMENT`.
+     */
+    const char *cluster_url;
 } sockeye_config;
 
 /**
@@ -550,6 +560,27 @@ typedef struct sockeye_stats {
      * TLS port); each was dropped.
      */
     size_t tls_errors;
+    /**
+     * Cluster bridge (`cluster_url`; this and the next four are server-wide, counted on
+     * worker 0 and 0 on the others): publishes the broker took.
+     */
+    size_t cluster_published;
+    /**
+     * Cluster bridge: messages from other processes fanned out to this server's subscribers.
+     */
+    size_t cluster_received;
+    /**
+     * Cluster bridge: publishes not handed to the broker, its queue full (slow broker).
+     */
+    size_t cluster_queue_drops;
+    /**
+     * Cluster bridge: publishes not sent because the broker was unreachable.
+     */
+    size_t cluster_lost;
+    /**
+     * Cluster bridge: broker connections made again after a loss (each re-subscribes).
+     */
+    size_t cluster_reconnects;
 } sockeye_stats;
 
 /**

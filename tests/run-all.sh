@@ -5,7 +5,8 @@
 # tests on BOTH backends, the unsafe modules' tests under AddressSanitizer, a short fuzz run of
 # every target, the Autobahn conformance suite against the demo on both backends, the end-to-end
 # tests (Python, Node, nginx, headless Chromium), fault injection against the demo (both
-# backends) and the C ABI tests (ASan/UBSan, valgrind).
+# backends), the C ABI tests (ASan/UBSan, valgrind) and the cluster bridge against a real
+# redis-server (both backends).
 #
 #   tests/run-all.sh            # everything (about 15 minutes on 2 cores, first run longer)
 #   STAGES="unit autobahn" tests/run-all.sh   # a subset
@@ -15,7 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export CARGO_TERM_COLOR=never
-STAGES=${STAGES:-"setup fmt clippy doc package msrv unit asan header fuzz autobahn e2e faults cabi"}
+STAGES=${STAGES:-"setup fmt clippy doc package msrv unit cluster asan header fuzz autobahn e2e faults cabi"}
 passed=0; failed=0; failures=()
 
 log() { printf '\n=== %s ===\n' "$*"; }
@@ -40,6 +41,9 @@ setup() {
   command -v chromium >/dev/null || need+=(chromium)
   command -v curl >/dev/null || need+=(curl)
   command -v openssl >/dev/null || need+=(openssl) # the wss:// tests' throwaway certificates
+  # The cluster stage starts its own redis-server instances (loopback, picked ports); the
+  # package's own service is never started (no init system runs it here; policy-rc.d or not).
+  command -v redis-server >/dev/null || need+=(redis-server)
   if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -85,6 +89,15 @@ unit() {
   SOCKEYE_BACKEND=epoll cargo test --workspace --all-targets &&
     SOCKEYE_BACKEND=io_uring cargo test -p sockeye --tests &&
     cargo test --workspace --doc
+}
+
+# Pub/sub across processes (feature `cluster`): engine/tests/cluster.rs starts a real
+# redis-server and demo processes with --cluster, on both backends; the bridge's unit tests too.
+cluster() {
+  command -v redis-server >/dev/null || { echo "cluster: redis-server is not installed" >&2; return 1; }
+  SOCKEYE_BACKEND=epoll cargo test -p sockeye --features cluster --test cluster &&
+    SOCKEYE_BACKEND=io_uring cargo test -p sockeye --features cluster --test cluster &&
+    cargo test -p sockeye --features cluster --lib cluster::
 }
 
 header() { bash ffi/check-header.sh; }
@@ -136,6 +149,7 @@ stage doc doc
 stage package package
 stage msrv msrv
 stage unit unit
+stage cluster cluster
 stage asan asan
 stage header header
 stage fuzz fuzz

@@ -134,6 +134,11 @@ fn metric_help(name: &str) -> &'static str {
         "bad_handshakes" => "Handshake requests answered with an HTTP error.",
         "tls_handshakes" => "TLS handshakes completed (wss:// only).",
         "tls_errors" => "TLS connections dropped (failed handshake, bad record, alert, plaintext).",
+        "cluster_published" => "Cluster: publishes the broker took (server-wide, worker 0).",
+        "cluster_received" => "Cluster: messages from other processes fanned out here.",
+        "cluster_queue_drops" => "Cluster: publishes dropped for the broker, its queue full.",
+        "cluster_lost" => "Cluster: publishes not sent, the broker unreachable.",
+        "cluster_reconnects" => "Cluster: broker connections made again after a loss.",
         _ => "A sockeye per-worker counter.",
     }
 }
@@ -226,7 +231,8 @@ fn stats_loop(handle: &ServerHandle, backend: &str, stop: &mpsc::Receiver<()>) {
         let now = Instant::now();
         let totals = Totals::of(&stats);
         let json = stats_json(backend, &stats, totals, prev, (now - then).as_secs_f64());
-        if let Err(e) = handle.publish(STATS_TOPIC, json.as_str()) {
+        // This process's figures: to its own subscribers, not to the cluster's.
+        if let Err(e) = handle.publish_local(STATS_TOPIC, json.as_str()) {
             log::warn!("stats thread: cannot publish to {STATS_TOPIC}: {e}; stopping");
             return;
         }
@@ -362,6 +368,10 @@ worker's counters in the Prometheus text format.
   --max-message-size BYTES
                      largest message accepted, close 1009 above it (engine default;
                      a single frame stays capped by the engine's max_frame_size)
+  --cluster redis://HOST:PORT
+                     pub/sub across processes: every demo started with the same
+                     Redis shares its chat rooms (needs the engine's `cluster`
+                     feature: cargo run --example demo --features cluster)
   --chaos            fault injection: add /panic, whose handler panics on every
                      message (off by default; for tests/faults/)
   --uring-buffers N  io_uring: provided buffers per worker (engine default)
@@ -418,6 +428,7 @@ fn main() {
     let mut deflate_level = defaults.deflate.level;
     let mut max_topic_len = defaults.max_topic_len;
     let mut chaos = false;
+    let mut cluster: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| {
@@ -465,6 +476,7 @@ fn main() {
             "--memory-budget" => memory_budget = number(&value("--memory-budget")),
             "--buffer-cache" => buffer_cache = number(&value("--buffer-cache")),
             "--chaos" => chaos = true,
+            "--cluster" => cluster = Some(value("--cluster")),
             "-h" | "--help" => {
                 println!("{HELP}");
                 return;
@@ -513,6 +525,7 @@ fn main() {
         .uring_buffer_size(uring_buffer_size)
         .uring_send_zc_threshold(zc_threshold)
         .direct_write_min(direct_write_min)
+        .cluster_url(cluster.clone())
         .handler(move || Demo { server: Arc::clone(&cell), chaos, max_topic_len })
         .build()
     {
@@ -543,6 +556,9 @@ fn main() {
     }
     if chaos {
         log::warn!("--chaos: /panic panics on every message");
+    }
+    if let Some(url) = &cluster {
+        log::info!("cluster: rooms shared through {url}");
     }
     let backend = match cfg.backend {
         Backend::Epoll => "epoll",

@@ -62,6 +62,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "cluster")]
+mod cluster;
 mod error;
 
 /// The README's Rust examples, compiled as doc-tests so the front door stays true.

@@ -241,3 +241,23 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.direct_write_min, 32 << 10);
     assert_eq!(c.uring_send_zc_threshold, usize::MAX);
 }
+
+/// `cluster_url`: `None` by default; a `redis://` URL needs the `cluster` feature (refused
+/// without it, naming the field); anything else is refused either way.
+#[test]
+fn cluster_url_needs_the_feature_and_a_redis_url() {
+    assert_eq!(Config::default().cluster_url, None);
+    let ok = Config { cluster_url: Some("redis://127.0.0.1:6379".into()), ..Config::default() };
+    let r = ok.validate();
+    if cfg!(feature = "cluster") {
+        r.expect("a redis:// URL with the feature");
+    } else {
+        let e = r.expect_err("no feature, no cluster_url");
+        assert_eq!(e.field(), "cluster_url");
+        assert!(e.reason().contains("`cluster` feature"), "{e}");
+    }
+    for bad in ["http://127.0.0.1:6379", "127.0.0.1:6379", ""] {
+        let c = Config { cluster_url: Some(bad.into()), ..Config::default() };
+        assert_eq!(c.validate().expect_err(bad).field(), "cluster_url", "{bad:?}");
+    }
+}

@@ -78,6 +78,7 @@ class Config(ctypes.Structure):
         ("tls_cert_file", c_char_p),
         ("tls_key_file", c_char_p),
         ("tls_address", c_char_p),
+        ("cluster_url", c_char_p),
     ]
 
 

@@ -136,6 +136,14 @@ pub struct sockeye_config {
     /// `address` serves plain ws:// (port 0 picks one: `sockeye_server_local_tls_port`).
     /// NULL (the default): `address` itself serves wss://.
     pub tls_address: *const c_char,
+    /// Pub/sub across processes: the Redis server of the cluster bridge, a NUL-terminated
+    /// `redis://host:port` string owned by the caller (read once, in `sockeye_server_new`), or
+    /// NULL (the default) for none. Set, every publish also goes to Redis and every topic a
+    /// local connection holds is subscribed there, so that the publishes of other Sockeye
+    /// processes on the same Redis reach this one's subscribers (Redis 6 or later; sharded
+    /// pub/sub on Redis 7). A string that is not such a URL, or a library built without the
+    /// engine's `cluster` feature, is refused with `SOCKEYE_ERR_INVALID_ARGUMENT`.
+    pub cluster_url: *const c_char,
 }
 
 fn ms(d: Duration) -> u32 {
@@ -181,6 +189,7 @@ impl sockeye_config {
             tls_cert_file: std::ptr::null(),
             tls_key_file: std::ptr::null(),
             tls_address: std::ptr::null(),
+            cluster_url: std::ptr::null(),
         }
     }
 
@@ -188,8 +197,15 @@ impl sockeye_config {
     /// ([`Config::validate`], the one check a Rust server gets too).
     ///
     /// # Safety
-    /// A non-NULL `address` must point to a NUL-terminated string.
+    /// A non-NULL `address` or `cluster_url` must point to a NUL-terminated string.
     pub(crate) unsafe fn engine_config(self) -> Result<Config, sockeye_result> {
+        let cluster_url = if self.cluster_url.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL, and NUL-terminated by this struct's contract.
+            let url = unsafe { CStr::from_ptr(self.cluster_url) };
+            Some(url.to_str().map_err(|_| SOCKEYE_ERR_UTF8)?.to_owned())
+        };
         if self.address.is_null() {
             return Err(SOCKEYE_ERR_NULL);
         }
@@ -246,6 +262,7 @@ impl sockeye_config {
                 ..d.deflate
             },
             tls: None,
+            cluster_url,
             ..d
         };
         config.validate().map_err(|_| SOCKEYE_ERR_INVALID_ARGUMENT)?;

@@ -304,6 +304,17 @@ pub struct sockeye_stats {
     /// TLS connections that failed (bad records, failed handshakes, alerts, plaintext on the
     /// TLS port); each was dropped.
     pub tls_errors: usize,
+    /// Cluster bridge (`cluster_url`; this and the next four are server-wide, counted on
+    /// worker 0 and 0 on the others): publishes the broker took.
+    pub cluster_published: usize,
+    /// Cluster bridge: messages from other processes fanned out to this server's subscribers.
+    pub cluster_received: usize,
+    /// Cluster bridge: publishes not handed to the broker, its queue full (slow broker).
+    pub cluster_queue_drops: usize,
+    /// Cluster bridge: publishes not sent because the broker was unreachable.
+    pub cluster_lost: usize,
+    /// Cluster bridge: broker connections made again after a loss (each re-subscribes).
+    pub cluster_reconnects: usize,
 }
 
 impl From<sockeye::Stats> for sockeye_stats {
@@ -330,6 +341,11 @@ impl From<sockeye::Stats> for sockeye_stats {
             subscriptions: s.subscriptions,
             tls_handshakes: s.tls_handshakes,
             tls_errors: s.tls_errors,
+            cluster_published: s.cluster_published,
+            cluster_received: s.cluster_received,
+            cluster_queue_drops: s.cluster_queue_drops,
+            cluster_lost: s.cluster_lost,
+            cluster_reconnects: s.cluster_reconnects,
         }
     }
 }

@@ -66,6 +66,30 @@ fn max_topic_len_is_in_the_c_config() {
     sockeye_server_free(s);
 }
 
+/// `cluster_url`: NULL by default; a string that is not a `redis://` URL is refused; a good
+/// one builds (the bridge connects only once the server runs).
+#[test]
+fn cluster_url_is_in_the_c_config() {
+    let c = config();
+    assert!(c.cluster_url.is_null());
+    let cb = sockeye_callbacks::default();
+    for bad in [c"", c"http://127.0.0.1:6379", c"redis://"] {
+        let mut c = config();
+        c.cluster_url = bad.as_ptr();
+        let mut out = null_mut();
+        assert_eq!(
+            sockeye_server_new(&c, &cb, null_mut(), &mut out),
+            SOCKEYE_ERR_INVALID_ARGUMENT,
+            "{bad:?}"
+        );
+        assert!(out.is_null());
+    }
+    let mut c = config();
+    c.cluster_url = c"redis://127.0.0.1:1".as_ptr();
+    let s = new_server(&c, &cb, null_mut());
+    sockeye_server_free(s);
+}
+
 #[test]
 fn null_and_bad_arguments_are_refused() {
     let c: *mut sockeye_conn = null_mut();

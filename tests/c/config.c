@@ -54,6 +54,7 @@ static void refused(const char *name, const sockeye_config *cfg, sockeye_result 
 int main(void) {
     sockeye_config d = config(0);
     check("share_port defaults to false", d.share_port == false, "it is true");
+    check("cluster_url defaults to NULL", d.cluster_url == NULL, "it is set");
     check("buffer_cache defaults to 16 MiB", d.buffer_cache == (size_t)16 << 20, "another value");
     check("worker_memory_budget defaults to 256 MiB", d.worker_memory_budget == (size_t)256 << 20,
           "another value");

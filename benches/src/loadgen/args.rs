@@ -64,6 +64,12 @@ fanout:
                        (&room= when the URL has a query); every receiver checks that each
                        message comes from a publisher of its own room (else a wrong_room
                        error), and order and loss per publisher as usual
+  --peer HOST:PORT     cross-process fan-out (Sockeye's cluster bridge): every
+                       --peer-every'th subscriber (global index i with i % M == M - 1)
+                       connects to this second server, same path; publishers stay on
+                       --url's server (default: none)
+  --peer-every M       which subscribers go to --peer (default 2: every second one;
+                       1: all of them, so every delivery crosses the broker)
   A room must hold only this run's connections: a message from anyone else is an error.
 
 idle:
@@ -133,6 +139,10 @@ pub(crate) struct Args {
     pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Idle: one echo per connection before the hold.
     pub(crate) prime: bool,
+    /// Fanout: a second server for some subscribers (cross-process fan-out).
+    pub(crate) peer: Option<SocketAddr>,
+    /// Fanout: subscriber `i` goes to `peer` when `i % peer_every == peer_every - 1`.
+    pub(crate) peer_every: usize,
 }
 
 fn fail(msg: &str) -> ! {
@@ -145,6 +155,11 @@ fn num<T: std::str::FromStr>(name: &str, v: &str) -> T {
 }
 
 impl Args {
+    /// Whether subscriber `gid` connects to `--peer`.
+    pub(crate) fn on_peer(&self, gid: usize) -> bool {
+        self.peer.is_some() && gid % self.peer_every == self.peer_every - 1
+    }
+
     pub(crate) fn parse() -> Args {
         let mut it = std::env::args().skip(1);
         let mut mode = None;
@@ -179,6 +194,8 @@ impl Args {
             deflate_level: 1,
             tls: None,
             prime: false,
+            peer: None,
+            peer_every: 2,
         };
         let mut ca: Option<String> = None;
         let mut src_addrs: Option<u8> = None;
@@ -230,6 +247,16 @@ impl Args {
                 "--ca" => ca = Some(val()),
                 "--prime" => a.prime = true,
                 "--deflate-level" => a.deflate_level = num("--deflate-level", &val()),
+                "--peer" => {
+                    let v = val();
+                    a.peer = Some(
+                        v.to_socket_addrs()
+                            .ok()
+                            .and_then(|mut i| i.find(|x| x.is_ipv4()))
+                            .unwrap_or_else(|| fail(&format!("--peer: cannot resolve {v:?}"))),
+                    )
+                }
+                "--peer-every" => a.peer_every = num("--peer-every", &val()),
                 "-h" | "--help" => {
                     println!("{HELP}");
                     std::process::exit(0)
@@ -270,6 +297,12 @@ impl Args {
         a.path = path;
         if a.connections == 0 || a.threads == 0 || a.inflight == 0 || a.size == 0 {
             fail("--connections, --threads, --inflight and --size must be at least 1");
+        }
+        if a.peer_every == 0 {
+            fail("--peer-every must be at least 1");
+        }
+        if a.peer.is_some() && a.mode != Mode::Fanout {
+            fail("--peer is for fanout mode");
         }
         if a.text && a.mode == Mode::Raw {
             fail("--text makes no sense in raw mode");

@@ -172,6 +172,15 @@ pub struct Config {
     /// io_uring: sends of at least this many bytes use SEND_ZC (zero copy). `usize::MAX`
     /// turns it off. Default `usize::MAX` (off).
     pub uring_send_zc_threshold: usize,
+    /// Pub/sub across processes: the Redis server the cluster bridge uses
+    /// (`redis://host:port`, optionally `redis://:password@host:port/db`), `None` (the
+    /// default) for none. Set, every publish also goes to the broker (once per process), and
+    /// each topic some local connection holds is subscribed there, so that publishes of other
+    /// Sockeye processes on the same Redis reach this one's subscribers. Needs the crate's
+    /// `cluster` feature: without it, a `Some` is refused. Redis 6 or later (the subscribe
+    /// connection speaks RESP3); sharded pub/sub (SSUBSCRIBE/SPUBLISH) where the server has
+    /// it (Redis 7). ARCHITECTURE.md ("Cluster bridge") tells the whole story.
+    pub cluster_url: Option<String>,
 }
 
 impl Default for Config {
@@ -202,6 +211,7 @@ impl Default for Config {
             uring_buffer_size: 64 << 10,
             uring_send_zc_threshold: usize::MAX,
             direct_write_min: 32 << 10,
+            cluster_url: None,
         }
     }
 }
@@ -324,6 +334,28 @@ fn optional_timeout(field: &'static str, v: Option<Duration>) -> Result<(), Conf
     }
 }
 
+/// A `cluster_url` the bridge can use: the `cluster` feature compiled in, and a `redis://`
+/// URL the client accepts.
+fn check_cluster_url(url: &str) -> Result<(), ConfigError> {
+    if !cfg!(feature = "cluster") {
+        return Err(ConfigError::new(
+            "cluster_url",
+            format!("= {url:?}: this build of sockeye lacks the `cluster` feature"),
+        ));
+    }
+    if !url.starts_with("redis://") {
+        return Err(ConfigError::new(
+            "cluster_url",
+            format!("= {url:?}: must be a redis://host:port URL"),
+        ));
+    }
+    #[cfg(feature = "cluster")]
+    if let Err(e) = crate::cluster::check_url(url) {
+        return Err(ConfigError::new("cluster_url", format!("= {url:?}: {e}")));
+    }
+    Ok(())
+}
+
 impl Config {
     /// The worker count with 0 resolved to the number of available cores (at most 4096).
     pub fn worker_count(&self) -> usize {
@@ -402,6 +434,9 @@ impl Config {
                     self.uring_buffers, self.uring_buffer_size
                 ),
             ));
+        }
+        if let Some(url) = &self.cluster_url {
+            check_cluster_url(url)?;
         }
         Ok(())
     }

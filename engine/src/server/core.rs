@@ -467,6 +467,7 @@ impl<D> CoreState<D> {
         }
         self.publish_local(topic, msg.opcode(), payload, exclude);
         self.handle.publish_others(self.worker as usize, topic, msg.opcode(), payload);
+        self.handle.publish_remote(topic, msg.opcode(), payload);
         Ok(())
     }
 

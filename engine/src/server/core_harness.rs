@@ -173,6 +173,8 @@ fn handle(cfg: &Config) -> ServerHandle {
             tls: crate::server::tls::TlsState::new(
                 cfg.tls.as_ref().map(|t| t.build().expect("the test's TLS configuration")),
             ),
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }),
     }
 }

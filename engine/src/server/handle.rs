@@ -126,6 +126,24 @@ worker_stats! {
     /// TLS connections that failed (bad records, failed handshakes, alerts, plaintext on
     /// the TLS port); each is dropped, and only the first per worker is logged.
     tls_errors,
+    /// Cluster bridge (`Config::cluster_url`; this and the next four are server-wide figures,
+    /// counted on worker 0's `Stats` and 0 on the others, so that sums over workers stay
+    /// right): published messages the broker took (one per publish, however many processes
+    /// subscribe).
+    cluster_published,
+    /// Cluster bridge: messages from other processes fanned out to this server's subscribers
+    /// (one per message, however many subscribers it reached; see `deliveries` for those).
+    cluster_received,
+    /// Cluster bridge: publishes not handed to the broker because the bridge's queue was full
+    /// (a broker slower than the publishers); local subscribers got them.
+    cluster_queue_drops,
+    /// Cluster bridge: publishes that could not be sent because the broker was unreachable
+    /// (queued while it was down, or in a batch whose send failed); local subscribers got
+    /// them.
+    cluster_lost,
+    /// Cluster bridge: connections to the broker made again after one was lost or refused
+    /// (each reconnect re-subscribes every topic a local connection holds).
+    cluster_reconnects,
 }
 
 #[derive(Debug)]
@@ -136,6 +154,9 @@ pub(crate) struct HandleInner {
     pub(crate) topics: Arc<Registry>,
     pub(crate) max_topic_len: usize,
     pub(crate) tls: super::tls::TlsState,
+    /// The cluster bridge's queue, when `Config::cluster_url` is set.
+    #[cfg(feature = "cluster")]
+    pub(crate) cluster: Option<crate::cluster::Link>,
 }
 
 /// Controls a running server from any thread: shutdown, sends to a connection, posts to every
@@ -272,6 +293,7 @@ impl ServerHandle {
             return Err(TopicError::TooLarge);
         }
         self.publish_others(usize::MAX, topic, msg.opcode(), msg.as_bytes());
+        self.publish_remote(topic, msg.opcode(), msg.as_bytes());
         Ok(())
     }
 
@@ -289,6 +311,39 @@ impl ServerHandle {
         }
         self.inner.tls.replace(tls.build().map_err(crate::Error::Tls)?);
         Ok(())
+    }
+
+    /// Publishes to the subscribers of `topic` in this process only, as
+    /// [`ServerHandle::publish`] does without a cluster: with `Config::cluster_url` set, the
+    /// message does not go to the broker (for what is about this process, such as its own
+    /// stats).
+    pub fn publish_local<'m>(
+        &self,
+        topic: impl AsRef<[u8]>,
+        msg: impl Into<Message<'m>>,
+    ) -> Result<(), TopicError> {
+        let topic = topic.as_ref();
+        let msg = msg.into();
+        self.check_topic(topic)?;
+        if msg.as_bytes().len() > super::core::MAX_SEND {
+            return Err(TopicError::TooLarge);
+        }
+        self.publish_others(usize::MAX, topic, msg.opcode(), msg.as_bytes());
+        Ok(())
+    }
+
+    /// Hands a publish to the cluster bridge (when `Config::cluster_url` is set), for the other
+    /// processes: never waits (a full queue drops it, counted in `Stats::cluster_queue_drops`).
+    /// Every publish goes, whatever this process holds: whether another process has a
+    /// subscriber is known only to the broker.
+    #[inline]
+    pub(crate) fn publish_remote(&self, topic: &[u8], op: OpCode, payload: &[u8]) {
+        #[cfg(feature = "cluster")]
+        if let Some(link) = &self.inner.cluster {
+            link.offer(topic, op, payload, &self.inner.workers[0].stats);
+        }
+        #[cfg(not(feature = "cluster"))]
+        let _ = (topic, op, payload);
     }
 
     /// Subscribers of `topic` over all workers. Each worker's part is exact as of its last

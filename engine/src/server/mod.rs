@@ -205,6 +205,9 @@ impl<F> ServerBuilder<F> {
         /// into the send queue (`usize::MAX`: never; default 32 KiB). See
         /// [`Config::direct_write_min`].
         direct_write_min: usize => direct_write_min);
+    setter!(/// The Redis server of the cluster bridge, `redis://host:port` (default `None`: no
+        /// bridge; needs the `cluster` feature). See [`Config::cluster_url`].
+        cluster_url: Option<String> => cluster_url);
     setter!(/// Sends of at least this many bytes use SEND_ZC (io_uring; `usize::MAX`, the
         /// default: never). See [`Config::uring_send_zc_threshold`].
         uring_send_zc_threshold: usize => uring_send_zc_threshold);
@@ -311,17 +314,39 @@ where
         }
         config.addr = addr;
         config.tls_addr = tls_addr;
+        // The cluster bridge: its queue (in the handle, for every publisher) and the news of
+        // topics whose first subscriber came or last one left (from the registry).
+        #[cfg(feature = "cluster")]
+        let (bridge, link, edges) = match &config.cluster_url {
+            Some(url) => {
+                let (bridge, link, edges) = crate::cluster::Bridge::new(url)
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+                (Some(bridge), Some(link), Some(edges))
+            }
+            None => (None, None, None),
+        };
+        #[cfg(not(feature = "cluster"))]
+        let edges = None;
         let handle = ServerHandle {
             inner: Arc::new(HandleInner {
                 workers: links,
                 local_addr: addr,
                 stopping: AtomicBool::new(false),
-                topics: Arc::new(Registry::new(n)),
+                topics: Arc::new(Registry::with_edges(n, edges)),
                 max_topic_len: config.max_topic_len,
                 tls: tls::TlsState::new(tls),
+                #[cfg(feature = "cluster")]
+                cluster: link,
             }),
         };
-        Ok(Server { config: Arc::new(config), preps, factory: Arc::new(self.factory), handle })
+        Ok(Server {
+            config: Arc::new(config),
+            preps,
+            factory: Arc::new(self.factory),
+            handle,
+            #[cfg(feature = "cluster")]
+            bridge,
+        })
     }
 }
 
@@ -331,6 +356,9 @@ pub struct Server<H: Handler> {
     preps: Vec<(backend::WorkerPrep, Arc<WorkerStats>)>,
     factory: Arc<dyn Fn() -> H + Send + Sync>,
     handle: ServerHandle,
+    /// The cluster bridge, started by `run` (`Config::cluster_url`).
+    #[cfg(feature = "cluster")]
+    bridge: Option<crate::cluster::Bridge>,
 }
 
 impl<H: Handler> std::fmt::Debug for Server<H> {
@@ -377,6 +405,12 @@ impl<H: Handler> Server<H> {
     /// Errors: a worker failed ([`Error::Io`]) or panicked ([`Error::WorkerPanicked`]); the
     /// other workers are then stopped.
     pub fn run(self) -> Result<(), Error> {
+        // The bridge first: a publish from a worker's first callback finds it running.
+        #[cfg(feature = "cluster")]
+        let bridge = match self.bridge {
+            Some(b) => Some(b.start(self.handle.clone())?),
+            None => None,
+        };
         let mut threads = Vec::with_capacity(self.preps.len());
         for (i, (prep, stats)) in self.preps.into_iter().enumerate() {
             let cfg = Arc::clone(&self.config);
@@ -402,6 +436,10 @@ impl<H: Handler> Server<H> {
                     result = result.and(Err(Error::WorkerPanicked));
                 }
             }
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(b) = bridge {
+            b.stop();
         }
         result
     }

@@ -14,6 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crossbeam_channel::Sender;
 use slab::Slab;
 
 /// Buckets of the routing table (a power of two).
@@ -30,6 +31,11 @@ pub(crate) struct Registry {
     workers: usize,
     /// Each topic some worker holds: its subscribers over all workers.
     counts: Mutex<HashMap<Box<[u8]>, Arc<AtomicUsize>>>,
+    /// Told a topic's name whenever its server-wide count goes 0 → 1 or 1 → 0 (the cluster
+    /// bridge, which reads [`Registry::count`] when it gets the name: the name says "look
+    /// again", never which way it went, so notifications that cross cannot mislead it).
+    /// Unbounded: one message per such edge, and its reader never waits on the broker.
+    edges: Option<Sender<Box<[u8]>>>,
 }
 
 fn bucket_of(topic: &[u8]) -> usize {
@@ -41,12 +47,39 @@ fn bucket_of(topic: &[u8]) -> usize {
 }
 
 impl Registry {
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn new(workers: usize) -> Self {
+        Self::with_edges(workers, None)
+    }
+
+    /// A registry that sends `edges` each topic whose server-wide count goes 0 → 1 or 1 → 0.
+    pub(crate) fn with_edges(workers: usize, edges: Option<Sender<Box<[u8]>>>) -> Self {
         Self {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             wide: workers > 64,
             workers,
             counts: Mutex::new(HashMap::new()),
+            edges,
+        }
+    }
+
+    /// Every topic some connection of the server holds now (the bridge re-subscribes them
+    /// after a reconnect).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn live_topics(&self) -> Vec<Box<[u8]>> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts
+            .iter()
+            .filter(|(_, c)| c.load(Ordering::Relaxed) > 0)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    /// Tells the edge listener, if any, that `topic`'s count crossed 0.
+    fn edge(&self, topic: &[u8]) {
+        if let Some(tx) = &self.edges {
+            // A listener that is gone (the bridge stopped) needs no more news.
+            let _ = tx.send(topic.into());
         }
     }
 
@@ -150,8 +183,11 @@ impl Topics {
         let t = &mut self.topics[tid as usize];
         list.push((tid, t.subs.len() as u32));
         t.subs.push(key);
-        t.total.fetch_add(1, Ordering::Relaxed);
+        let was = t.total.fetch_add(1, Ordering::Relaxed);
         self.total += 1;
+        if was == 0 {
+            self.registry.edge(topic);
+        }
         true
     }
 
@@ -189,8 +225,11 @@ impl Topics {
     fn leave(&mut self, tid: u32, pos: u32) {
         let t = &mut self.topics[tid as usize];
         t.subs.swap_remove(pos as usize);
-        t.total.fetch_sub(1, Ordering::Relaxed);
+        let was = t.total.fetch_sub(1, Ordering::Relaxed);
         self.total -= 1;
+        if was == 1 {
+            self.registry.edge(&t.name);
+        }
         if let Some(&moved) = t.subs.get(pos as usize) {
             // The last subscriber took the freed place: its own list says where it is now.
             if let Some(e) =
@@ -345,6 +384,33 @@ mod tests {
         }
         assert_eq!(a.subscriptions(), 0);
         assert!(a.topics.is_empty() && a.by_name.is_empty() && a.of_conn.is_empty());
+    }
+
+    #[test]
+    fn edges_tell_each_zero_crossing_of_the_server_wide_count() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let reg = Arc::new(Registry::with_edges(2, Some(tx)));
+        let mut a = Topics::new(0, Arc::clone(&reg));
+        let mut b = Topics::new(1, Arc::clone(&reg));
+        let news = || rx.try_iter().collect::<Vec<_>>();
+        assert!(a.subscribe(1, b"t"));
+        assert_eq!(news(), [Box::from(&b"t"[..])], "0 → 1");
+        // More subscribers, on either worker: the count stays above 0, no news.
+        assert!(a.subscribe(2, b"t") && b.subscribe(9, b"t"));
+        a.remove_conn(1);
+        assert!(news().is_empty());
+        assert_eq!(reg.live_topics(), [Box::from(&b"t"[..])]);
+        a.remove_conn(2);
+        assert!(b.unsubscribe(9, b"t"));
+        assert_eq!(news(), [Box::from(&b"t"[..])], "1 → 0");
+        assert!(reg.live_topics().is_empty());
+        // A quick subscribe, unsubscribe, subscribe: three edges; the count says where it
+        // ended.
+        b.subscribe(9, b"t");
+        b.unsubscribe(9, b"t");
+        b.subscribe(9, b"t");
+        assert_eq!(news().len(), 3);
+        assert_eq!(reg.count(b"t"), 1);
     }
 
     #[test]

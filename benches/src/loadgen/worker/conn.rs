@@ -75,6 +75,8 @@ pub(super) struct Conn {
     /// The room it joined (index; 0 with one room): it must receive only that room's
     /// publishers' messages.
     pub(super) room: usize,
+    /// Connects to `--peer` instead of `--url`'s server.
+    pub(super) on_peer: bool,
     /// The current message comes from a publisher of another room.
     pub(super) msg_foreign: bool,
     /// Per publisher: the next sequence number expected.
@@ -180,6 +182,7 @@ impl Conn {
             rng: (splitmix(rng) as u32) | 1,
             pub_id: None,
             room: 0,
+            on_peer: false,
             msg_foreign: false,
             next: vec![0; ctx.publishers].into_boxed_slice(),
             pre: [0; FAN_PREFIX],
@@ -223,7 +226,11 @@ impl Conn {
             let ip = Ipv4Addr::new(127, 0, 0, 1 + (gid % usize::from(args.src_addrs)) as u8);
             sock.bind(&SocketAddr::new(IpAddr::V4(ip), 0).into()).map_err(Fail::Io)?;
         }
-        match sock.connect(&args.addr.into()) {
+        let addr = match args.peer {
+            Some(peer) if self.on_peer => peer,
+            _ => args.addr,
+        };
+        match sock.connect(&addr.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(Fail::Io(e)),

@@ -126,9 +126,11 @@ pub(crate) fn run(args: Arc<Args>, shared: Arc<Shared>, idx: usize, n: usize) ->
     // room (idx + k * threads) % topics, publisher p room p % topics.
     let mut conns: Vec<Conn> = (0..n)
         .map(|k| {
-            let room = args.room(idx + k * args.threads);
+            let gid = idx + k * args.threads;
+            let room = args.room(gid);
             let mut c = Conn::new(&ctx, &args.room_path(room), &args.host, &mut seed);
             c.room = room;
+            c.on_peer = args.on_peer(gid);
             c
         })
         .collect();
