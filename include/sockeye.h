@@ -322,7 +322,7 @@ typedef struct sockeye_config {
     bool deflate_server_no_context_takeover;
     /**
      * Ask clients to reset their compressor per message, so no inflate window is kept per
-     * idle connection. Default false.
+     * idle connection. Default true.
      */
     bool deflate_client_no_context_takeover;
     /**
