@@ -288,11 +288,7 @@ impl ServerHandle {
     ) -> Result<(), TopicError> {
         let topic = topic.as_ref();
         let msg = msg.into();
-        self.check_topic(topic)?;
-        if msg.as_bytes().len() > super::core::MAX_SEND {
-            return Err(TopicError::TooLarge);
-        }
-        self.publish_others(usize::MAX, topic, msg.opcode(), msg.as_bytes());
+        self.publish_local(topic, msg)?;
         self.publish_remote(topic, msg.opcode(), msg.as_bytes());
         Ok(())
     }
