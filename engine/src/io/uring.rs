@@ -1055,7 +1055,8 @@ mod hooks {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpListener;
+    use std::os::unix::net::UnixStream;
     use std::panic::{catch_unwind, AssertUnwindSafe};
 
     struct Nop;
@@ -1067,7 +1068,7 @@ mod tests {
     /// A loop on this thread, with one connection (key 0) whose peer never reads and a send
     /// to it in flight: the socket is full before the send is submitted, so the kernel holds
     /// the send's buffer. Returns the loop and the peer (which must stay open).
-    fn loop_with_send_in_flight() -> (Loop<Nop>, TcpStream) {
+    fn loop_with_send_in_flight() -> (Loop<Nop>, UnixStream) {
         let server = crate::Server::builder()
             .listen("127.0.0.1:0")
             .workers(1)
@@ -1089,9 +1090,10 @@ mod tests {
         let mut w =
             prep.into_loop(core, &cfg, Arc::new(WorkerStats::default())).expect("io_uring loop");
 
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let peer = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
-        let (mut s, _) = l.accept().expect("accept");
+        // A Unix stream pair, not TCP: once full it stays full while the peer does not read
+        // (on loopback TCP the kernel may still free room after a refused write: ACKs,
+        // the receiver collapsing its queue, autotuning), so the send cannot complete.
+        let (mut s, peer) = UnixStream::pair().expect("socketpair");
         s.set_nonblocking(true).expect("nonblocking");
         let chunk = [0x55u8; 1 << 16];
         loop {
