@@ -561,7 +561,7 @@ typedef struct sockeye_stats {
      */
     size_t tls_errors;
     /**
-     * Cluster bridge (`cluster_url`; this and the next four are server-wide, counted on
+     * Cluster bridge (`cluster_url`; this and the next five are server-wide, counted on
      * worker 0 and 0 on the others): publishes the broker took.
      */
     size_t cluster_published;
@@ -581,6 +581,11 @@ typedef struct sockeye_stats {
      * Cluster bridge: broker connections made again after a loss (each re-subscribes).
      */
     size_t cluster_reconnects;
+    /**
+     * Cluster bridge: messages from other processes not handed to a worker that was behind
+     * (one per worker skipped); its subscribers missed them.
+     */
+    size_t cluster_inbound_drops;
 } sockeye_stats;
 
 /**

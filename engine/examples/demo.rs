@@ -139,6 +139,7 @@ fn metric_help(name: &str) -> &'static str {
         "cluster_queue_drops" => "Cluster: publishes dropped for the broker, its queue full.",
         "cluster_lost" => "Cluster: publishes not sent, the broker unreachable.",
         "cluster_reconnects" => "Cluster: broker connections made again after a loss.",
+        "cluster_inbound_drops" => "Cluster: broker messages missed by a worker behind.",
         _ => "A sockeye per-worker counter.",
     }
 }

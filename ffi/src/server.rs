@@ -304,7 +304,7 @@ pub struct sockeye_stats {
     /// TLS connections that failed (bad records, failed handshakes, alerts, plaintext on the
     /// TLS port); each was dropped.
     pub tls_errors: usize,
-    /// Cluster bridge (`cluster_url`; this and the next four are server-wide, counted on
+    /// Cluster bridge (`cluster_url`; this and the next five are server-wide, counted on
     /// worker 0 and 0 on the others): publishes the broker took.
     pub cluster_published: usize,
     /// Cluster bridge: messages from other processes fanned out to this server's subscribers.
@@ -315,6 +315,9 @@ pub struct sockeye_stats {
     pub cluster_lost: usize,
     /// Cluster bridge: broker connections made again after a loss (each re-subscribes).
     pub cluster_reconnects: usize,
+    /// Cluster bridge: messages from other processes not handed to a worker that was behind
+    /// (one per worker skipped); its subscribers missed them.
+    pub cluster_inbound_drops: usize,
 }
 
 impl From<sockeye::Stats> for sockeye_stats {
@@ -346,6 +349,7 @@ impl From<sockeye::Stats> for sockeye_stats {
             cluster_queue_drops: s.cluster_queue_drops,
             cluster_lost: s.cluster_lost,
             cluster_reconnects: s.cluster_reconnects,
+            cluster_inbound_drops: s.cluster_inbound_drops,
         }
     }
 }

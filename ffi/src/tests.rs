@@ -383,7 +383,7 @@ fn a_second_server_on_the_same_port_is_refused() {
 /// ever grows at its end, so its ABI order differs from the engine's declaration order).
 #[test]
 fn stats_struct_matches_the_engine() {
-    const C_ORDER: [&str; 26] = [
+    const C_ORDER: [&str; 27] = [
         "connections",
         "buffers_total",
         "buffers_in_kernel",
@@ -413,6 +413,7 @@ fn stats_struct_matches_the_engine() {
         "cluster_queue_drops",
         "cluster_lost",
         "cluster_reconnects",
+        "cluster_inbound_drops",
     ];
     let mut names: Vec<&str> = sockeye::Stats::default().fields().map(|(n, _)| n).collect();
     assert_eq!(std::mem::size_of::<sockeye_stats>(), C_ORDER.len() * std::mem::size_of::<usize>());

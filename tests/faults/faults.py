@@ -59,7 +59,8 @@ FIELDS = ["connections", "buffers_total", "buffers_in_kernel", "buffer_shortages
           "handler_panics", "sends_dropped", "budget_refusals", "protocol_errors",
           "messages_in", "messages_out", "deliveries", "publish_drops", "backpressure_closes",
           "subscriptions", "bad_handshakes", "tls_handshakes", "tls_errors", "cluster_published",
-          "cluster_received", "cluster_queue_drops", "cluster_lost", "cluster_reconnects"]
+          "cluster_received", "cluster_queue_drops", "cluster_lost", "cluster_reconnects",
+          "cluster_inbound_drops"]
 GENERIC_HELP = "A sockeye per-worker counter."  # the demo's HELP for a field it has no text for
 HERE = os.path.dirname(os.path.abspath(__file__))
 CERTS = {}  # "@CERT@", "@KEY@", "@CA@" -> files, made by main() when a TLS scenario runs

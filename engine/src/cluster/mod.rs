@@ -10,8 +10,16 @@
 //!   holds: told of each topic whose server-wide count crosses 0 ([`Registry`]'s edges), it
 //!   reads the count then and subscribes or unsubscribes to match (so a quick subscribe,
 //!   unsubscribe, subscribe cannot leave it wrong whatever order it hears of them), and fans
-//!   out each message another process published exactly like `ServerHandle::publish` does
-//!   (one command per worker that may hold a subscriber, the frame built once per worker).
+//!   out each message another process published as `ServerHandle::publish` does (one
+//!   command per worker that may hold a subscriber, the frame built once per worker), but
+//!   bounded: a worker behind by [`INBOUND_BACKLOG`] commands is skipped, and so is every
+//!   worker once [`INBOUND_BYTES`] of broker messages wait for some worker
+//!   (`Stats::cluster_inbound_drops`, one per worker skipped).
+//!
+//! Against a Redis Cluster (`redis.rs`) "one connection" is one per master: each channel is
+//! sent to the master of its hash slot (`slots.rs`), always on the same connection, which
+//! is what keeps the order. The Redis broker also runs a small reader thread per subscribe
+//! connection (the sync client waits on one socket at a time); the bridge sees none of it.
 //!
 //! What it must never do: make a worker wait. A worker's only contact is a `try_send` into
 //! the bounded queue (full: the message is dropped for the other processes and counted in
@@ -24,8 +32,9 @@
 //! NATS would too (ARCHITECTURE.md says how).
 
 mod redis;
+mod slots;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -56,6 +65,13 @@ const HEADER: usize = 1 + 1 + 8;
 const POLL: Duration = Duration::from_millis(10);
 /// How long the publisher waits for work before it looks at the stop flag.
 const IDLE: Duration = Duration::from_millis(100);
+/// Commands waiting in a worker's channel past which a message from the broker is not handed
+/// to it (dropped for its subscribers, counted in `Stats::cluster_inbound_drops`).
+const INBOUND_BACKLOG: usize = 4096;
+/// Bytes of broker messages handed to the workers and not yet taken by all of them, past
+/// which a message is handed to none; each counts its payload and [`INBOUND_ENTRY`].
+const INBOUND_BYTES: usize = 64 << 20;
+const INBOUND_ENTRY: usize = 64;
 /// Reconnect backoff: doubles from the first to the last.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -302,11 +318,11 @@ fn publish_loop(
     let mut backoff = Backoff::new();
     let mut batch = Vec::with_capacity(BATCH);
     while !stop.load(Ordering::Acquire) {
+        // The connection is "back" once the broker took a batch on it: against a cluster,
+        // the node first reached may be up while the one a batch goes to is not.
+        let mut confirmed = false;
         let mut conn = match broker.publisher() {
-            Ok(c) => {
-                backoff.up("publish", stats);
-                c
-            }
+            Ok(c) => c,
             Err(e) => {
                 // Down: what arrives meanwhile is counted lost, not kept (it would be stale,
                 // and the queue is for a slow broker, not an absent one).
@@ -346,6 +362,10 @@ fn publish_loop(
             batch.clear();
             match sent {
                 Ok(()) => {
+                    if !confirmed {
+                        backoff.up("publish", stats);
+                        confirmed = true;
+                    }
                     stats.cluster_published.fetch_add(n, Ordering::Relaxed);
                 }
                 Err(e) => {
@@ -396,6 +416,48 @@ fn reconcile(
     Ok(())
 }
 
+/// The broker messages handed to the workers and not yet taken by all of them: their shared
+/// payloads, oldest first (a worker drops its reference once it has fanned the message out).
+#[derive(Debug, Default)]
+struct Inbound {
+    held: VecDeque<Arc<[u8]>>,
+    bytes: usize,
+}
+
+impl Inbound {
+    /// Lets go of the oldest payloads every worker has taken. Only from the front, so a
+    /// worker behind keeps what came after its oldest message counted: this errs towards
+    /// dropping early, never towards holding more than [`INBOUND_BYTES`].
+    fn prune(&mut self) {
+        while self.held.front().is_some_and(|p| Arc::strong_count(p) == 1) {
+            if let Some(p) = self.held.pop_front() {
+                self.bytes -= p.len() + INBOUND_ENTRY;
+            }
+        }
+    }
+
+    /// Fans a broker message out to the workers, bounded (see the module's docs).
+    fn deliver(
+        &mut self,
+        handle: &ServerHandle,
+        topic: &[u8],
+        op: OpCode,
+        payload: &[u8],
+        stats: &WorkerStats,
+    ) {
+        self.prune();
+        let room = INBOUND_BYTES.saturating_sub(self.bytes + INBOUND_ENTRY);
+        let (shared, skipped) = handle.publish_inbound(topic, op, payload, INBOUND_BACKLOG, room);
+        if let Some(p) = shared {
+            self.bytes += p.len() + INBOUND_ENTRY;
+            self.held.push_back(p);
+        }
+        if skipped > 0 {
+            stats.cluster_inbound_drops.fetch_add(skipped, Ordering::Relaxed);
+        }
+    }
+}
+
 fn subscribe_loop(
     broker: &impl Broker,
     edges: &Receiver<Box<[u8]>>,
@@ -406,9 +468,9 @@ fn subscribe_loop(
     let registry = Arc::clone(&handle.inner.topics);
     let stats = Arc::clone(&handle.inner.workers[0].stats);
     let mut backoff = Backoff::new();
+    let mut inbound = Inbound::default();
     while !stop.load(Ordering::Acquire) {
         let result = broker.subscriber().and_then(|mut sub| {
-            backoff.up("subscribe", &stats);
             // A fresh connection holds nothing: every edge so far is covered by subscribing
             // what is live now.
             while edges.try_recv().is_ok() {}
@@ -416,6 +478,9 @@ fn subscribe_loop(
             for topic in registry.live_topics() {
                 reconcile(&mut sub, &mut held, &registry, topic)?;
             }
+            // Back once every live topic is subscribed again (against a cluster, the node
+            // first reached may be up while a topic's master is not).
+            backoff.up("subscribe", &stats);
             while !stop.load(Ordering::Acquire) {
                 loop {
                     match edges.try_recv() {
@@ -424,10 +489,13 @@ fn subscribe_loop(
                         Err(TryRecvError::Disconnected) => return Ok(()),
                     }
                 }
-                let Some((channel, env)) = sub.next(POLL)? else { continue };
+                let Some((channel, env)) = sub.next(POLL)? else {
+                    inbound.prune();
+                    continue;
+                };
                 let Some(topic) = channel.strip_prefix(PREFIX) else { continue };
                 if let Some((op, payload)) = open_envelope(origin, &env) {
-                    handle.publish_others(usize::MAX, topic, op, payload);
+                    inbound.deliver(handle, topic, op, payload, &stats);
                     stats.cluster_received.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -476,6 +544,103 @@ mod tests {
         assert_eq!(stats.cluster_queue_drops.load(Ordering::Relaxed), 2, "by bytes");
         assert_eq!(queued.load(Ordering::Relaxed), 0);
         assert!(rx.try_recv().is_err());
+    }
+
+    #[derive(Debug)]
+    struct NoWake;
+    impl crate::server::handle::Wake for NoWake {
+        fn wake(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A handle on two workers that never run (their channels only fill), each holding a
+    /// subscriber of `t`.
+    #[allow(clippy::type_complexity)]
+    fn stalled_workers() -> (
+        ServerHandle,
+        Vec<Receiver<crate::server::handle::Command>>,
+        Vec<crate::server::topics::Topics>,
+    ) {
+        use crate::server::handle::{HandleInner, WorkerLink};
+        let registry = Arc::new(Registry::new(2));
+        let (mut links, mut rxs) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            links.push(WorkerLink {
+                tx,
+                waker: Arc::new(NoWake),
+                stats: Arc::new(WorkerStats::default()),
+            });
+            rxs.push(rx);
+        }
+        let topics: Vec<_> = (0..2)
+            .map(|w| {
+                let mut t = crate::server::topics::Topics::new(w, Arc::clone(&registry));
+                t.subscribe(1, b"t");
+                t
+            })
+            .collect();
+        let handle = ServerHandle {
+            inner: Arc::new(HandleInner {
+                workers: links,
+                local_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                stopping: AtomicBool::new(false),
+                topics: registry,
+                max_topic_len: 256,
+                tls: crate::server::tls::TlsState::new(None),
+                cluster: None,
+            }),
+        };
+        (handle, rxs, topics)
+    }
+
+    #[test]
+    fn inbound_messages_are_bounded_per_worker_by_count() {
+        let (handle, rxs, _topics) = stalled_workers();
+        let stats = WorkerStats::default();
+        let mut inbound = Inbound::default();
+        for _ in 0..INBOUND_BACKLOG + 10 {
+            inbound.deliver(&handle, b"t", OpCode::Text, b"m", &stats);
+        }
+        // Each stalled worker took its backlog's worth, then was skipped.
+        assert!(rxs.iter().all(|rx| rx.len() == INBOUND_BACKLOG));
+        assert_eq!(stats.cluster_inbound_drops.load(Ordering::Relaxed), 2 * 10);
+        // Worker 1 catches up: it takes messages again, worker 0 still does not.
+        while rxs[1].try_recv().is_ok() {}
+        inbound.deliver(&handle, b"t", OpCode::Text, b"m", &stats);
+        assert_eq!((rxs[0].len(), rxs[1].len()), (INBOUND_BACKLOG, 1));
+        assert_eq!(stats.cluster_inbound_drops.load(Ordering::Relaxed), 2 * 10 + 1);
+        // A topic nobody holds reaches no worker and drops nothing.
+        inbound.deliver(&handle, b"other", OpCode::Text, b"m", &stats);
+        assert_eq!(stats.cluster_inbound_drops.load(Ordering::Relaxed), 2 * 10 + 1);
+    }
+
+    #[test]
+    fn inbound_messages_are_bounded_by_bytes_and_freed_as_workers_take_them() {
+        let (handle, rxs, _topics) = stalled_workers();
+        let stats = WorkerStats::default();
+        let mut inbound = Inbound::default();
+        let big = vec![7u8; INBOUND_BYTES / 4];
+        for _ in 0..3 {
+            inbound.deliver(&handle, b"t", OpCode::Binary, &big, &stats);
+        }
+        assert_eq!(stats.cluster_inbound_drops.load(Ordering::Relaxed), 0);
+        // The fourth would pass the bound (each also counts its entry): both workers skip it.
+        inbound.deliver(&handle, b"t", OpCode::Binary, &big, &stats);
+        assert_eq!(stats.cluster_inbound_drops.load(Ordering::Relaxed), 2);
+        assert!(inbound.bytes <= INBOUND_BYTES);
+        // Worker 0 takes everything: still held by worker 1, nothing freed.
+        while rxs[0].try_recv().is_ok() {}
+        inbound.prune();
+        assert_eq!(inbound.held.len(), 3);
+        // Worker 1 too: all freed, and a message goes through again.
+        while rxs[1].try_recv().is_ok() {}
+        inbound.prune();
+        assert_eq!((inbound.held.len(), inbound.bytes), (0, 0));
+        inbound.deliver(&handle, b"t", OpCode::Binary, &big, &stats);
+        assert_eq!((rxs[0].len(), rxs[1].len()), (1, 1));
+        assert_eq!(stats.cluster_inbound_drops.load(Ordering::Relaxed), 2);
     }
 
     #[test]

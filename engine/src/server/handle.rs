@@ -126,7 +126,7 @@ worker_stats! {
     /// TLS connections that failed (bad records, failed handshakes, alerts, plaintext on
     /// the TLS port); each is dropped, and only the first per worker is logged.
     tls_errors,
-    /// Cluster bridge (`Config::cluster_url`; this and the next four are server-wide figures,
+    /// Cluster bridge (`Config::cluster_url`; this and the next five are server-wide figures,
     /// counted on worker 0's `Stats` and 0 on the others, so that sums over workers stay
     /// right): published messages the broker took (one per publish, however many processes
     /// subscribe).
@@ -144,6 +144,11 @@ worker_stats! {
     /// Cluster bridge: connections to the broker made again after one was lost or refused
     /// (each reconnect re-subscribes every topic a local connection holds).
     cluster_reconnects,
+    /// Cluster bridge: messages from other processes not handed to a worker, one per worker
+    /// skipped, because that worker was behind (its command backlog at the bridge's bound, or
+    /// the bridge's bytes of messages not yet taken by every worker at theirs); its
+    /// subscribers missed them.
+    cluster_inbound_drops,
 }
 
 #[derive(Debug)]
@@ -364,6 +369,36 @@ impl ServerHandle {
             let (t, p) = shared.get_or_insert_with(|| (topic.into(), payload.into()));
             self.command(w, Command::Publish(Arc::clone(t), op, Arc::clone(p)));
         }
+    }
+
+    /// Sends a message from the cluster broker to the workers that may hold a subscriber of
+    /// `topic`, as `publish_others` does, but never to a worker whose command channel already
+    /// holds `backlog` commands, nor to any when the payload is over `room` bytes: those
+    /// workers are skipped (their subscribers miss it). The channels stay unbounded (a
+    /// handle's sends and posts never fail); the bound is their length, read, never waited
+    /// on. Returns the payload as the workers share it (`None` if none took it) and how many
+    /// were skipped.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn publish_inbound(
+        &self,
+        topic: &[u8],
+        op: OpCode,
+        payload: &[u8],
+        backlog: usize,
+        room: usize,
+    ) -> (Option<Arc<[u8]>>, usize) {
+        let mut shared: Option<SharedPublish> = None;
+        let mut skipped = 0;
+        for w in self.inner.topics.route(topic).others(usize::MAX) {
+            let Some(link) = self.inner.workers.get(w) else { continue };
+            if payload.len() > room || link.tx.len() >= backlog {
+                skipped += 1;
+                continue;
+            }
+            let (t, p) = shared.get_or_insert_with(|| (topic.into(), payload.into()));
+            self.command(w, Command::Publish(Arc::clone(t), op, Arc::clone(p)));
+        }
+        (shared.map(|(_, p)| p), skipped)
     }
 
     /// Starts the close handshake of a connection on any worker. Returns false if `code` may
