@@ -8,7 +8,7 @@
 # backends), the C ABI tests (ASan/UBSan, valgrind) and the cluster bridge against a real
 # redis-server (both backends).
 #
-#   tests/run-all.sh            # everything (about 15 minutes on 2 cores, first run longer)
+#   tests/run-all.sh            # everything (about 31 minutes on 2 cores, first run longer)
 #   STAGES="unit autobahn" tests/run-all.sh   # a subset
 #
 # The last line reads `ci: N passed, N failed` (stages).
