@@ -45,33 +45,13 @@ macro_rules! need_redis {
     };
 }
 
+mod build_examples;
+
 /// The demo, built with the `cluster` feature into this test's target directory and profile.
 fn demo_path() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test's own path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-        let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("profile name");
-        let target_dir = profile_dir.parent().expect("the target directory");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--example", "demo", "--features", "cluster"])
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(target_dir);
-        match profile {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        let status = cmd.status().expect("run cargo build --example demo");
-        assert!(status.success(), "cargo build --example demo --features cluster: {status}");
-        profile_dir.join("examples").join("demo")
+        build_examples::build_examples(&["--example", "demo", "--features", "cluster"]).join("demo")
     })
 }
 

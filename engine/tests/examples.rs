@@ -21,46 +21,12 @@ const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 type Ws = WebSocket<TcpStream>;
 
-/// The directory of this test's profile (`target/debug`, `target/release`, or
-/// `target/TRIPLE/debug` under `--target`) and how to ask cargo for the same one.
+mod build_examples;
+
+/// The example binaries, built once per run of this test.
 fn build_examples() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test's own path");
-        // target/<profile>/deps/examples-HASH
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-        let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("profile name");
-        let above = profile_dir.parent().expect("the target directory");
-        // Cargo keeps `.rustc_info.json` (and `CACHEDIR.TAG`) at the root of every target
-        // directory; without them, `above` is a target triple's directory inside it.
-        let is_root = ["CACHEDIR.TAG", ".rustc_info.json"].iter().any(|f| above.join(f).exists());
-        let (target_dir, triple) = if is_root {
-            (above, None)
-        } else {
-            (above.parent().expect("target dir"), above.file_name().and_then(|n| n.to_str()))
-        };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--examples", "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(target_dir);
-        match profile {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        if let Some(t) = triple {
-            cmd.args(["--target", t]);
-        }
-        let status = cmd.status().expect("run cargo build --examples");
-        assert!(status.success(), "cargo build --examples failed: {status}");
-        profile_dir.join("examples")
-    })
+    DIR.get_or_init(|| build_examples::build_examples(&["--examples"]))
 }
 
 /// A running example; killed (if still running) when dropped.

@@ -14,16 +14,7 @@
 
 #include <sockeye.h>
 
-static int failures = 0;
-
-static void check(const char *name, int ok, const char *why) {
-    if (ok) {
-        printf("ok %s\n", name);
-    } else {
-        failures++;
-        printf("FAIL %s: %s\n", name, why);
-    }
-}
+#include "check.h"
 
 static sockeye_config config(uint16_t port) {
     sockeye_config cfg;

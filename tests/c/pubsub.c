@@ -42,24 +42,7 @@
 #define CLIENTS 3
 #define MAX_OPENS 24 /* CLIENTS, plus reconnections until they are not all on one worker */
 
-static int failures = 0;
-
-static void check(const char *name, int ok, const char *why) {
-    if (ok) {
-        printf("ok %s\n", name);
-    } else {
-        failures++;
-        printf("FAIL %s: %s\n", name, why);
-    }
-    fflush(stdout);
-}
-
-static void check_rc(const char *name, sockeye_result got, sockeye_result want) {
-    char why[200];
-    snprintf(why, sizeof why, "expected %d (%s), got %d (%s)", (int)want, sockeye_strerror(want),
-             (int)got, sockeye_strerror(got));
-    check(name, got == want, why);
-}
+#include "check.h"
 
 static void sleep_ms(long ms) {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};

@@ -38,24 +38,7 @@
 
 extern char **environ;
 
-static int failures = 0;
-
-static void check(const char *name, int ok, const char *why) {
-    if (ok) {
-        printf("ok %s\n", name);
-    } else {
-        failures++;
-        printf("FAIL %s: %s\n", name, why);
-    }
-    fflush(stdout);
-}
-
-static void check_rc(const char *name, sockeye_result got, sockeye_result want) {
-    char why[512];
-    snprintf(why, sizeof why, "expected %d (%s), got %d (%s); last error: %s", (int)want,
-             sockeye_strerror(want), (int)got, sockeye_strerror(got), sockeye_last_error());
-    check(name, got == want, why);
-}
+#include "check.h"
 
 /* sockeye_last_error() holds `needle`. */
 static void check_last_error(const char *name, const char *needle) {
