@@ -529,6 +529,34 @@ fn outq_ref_cost() -> usize {
     super::REF_COST
 }
 
+/// A small frame is copied into each subscriber's own bytes, a larger one shared: queued
+/// (nothing is written before the turn ends), small publishes cost the budget their bytes per
+/// subscriber, a large one its bytes once plus a reference each; and small, large and small
+/// again, queued in one turn, arrive whole and in order.
+#[test]
+fn small_published_frames_are_copied_and_keep_their_order_with_shared_ones() {
+    let mut p = Pair::new(cfg());
+    let subs = subscribers(&mut p, 4, "m");
+    let base = p.core.state.env.memory.queued;
+    // The longest frame copied and the shortest shared (payloads of 125 and 126 bytes take
+    // 2- and 4-byte headers: frames of 127 and 130 bytes around the 128-byte limit).
+    let small = "s".repeat(125);
+    let large = "L".repeat(126);
+    assert!(127 <= super::COPY_FRAME_MAX && 130 > super::COPY_FRAME_MAX);
+    p.core.on_publish(b"m", OpCode::Text, small.as_bytes());
+    let copied = p.core.state.env.memory.queued - base;
+    assert_eq!(copied, 4 * 127, "a small frame is not one copy per subscriber");
+    p.core.on_publish(b"m", OpCode::Text, large.as_bytes());
+    let shared = p.core.state.env.memory.queued - base - copied;
+    assert_eq!(shared, 130 + 4 * outq_ref_cost(), "a larger frame is not shared");
+    p.core.on_publish(b"m", OpCode::Text, b"last");
+    p.pump();
+    for got in drain_texts(&mut p, &subs) {
+        assert_eq!(got, [small.as_str(), &large, "last"]);
+    }
+    assert_eq!(p.core.state.env.memory.used(), 0);
+}
+
 /// Unsubscribing stops delivery; a connection that closes leaves the index (its subscriptions
 /// are still visible in its `on_close`, gone right after); a too-long name is an error.
 #[test]
