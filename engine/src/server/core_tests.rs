@@ -542,7 +542,7 @@ fn small_published_frames_are_copied_and_keep_their_order_with_shared_ones() {
     // 2- and 4-byte headers: frames of 127 and 130 bytes around the 128-byte limit).
     let small = "s".repeat(125);
     let large = "L".repeat(126);
-    assert!(127 <= super::COPY_FRAME_MAX && 130 > super::COPY_FRAME_MAX);
+    const { assert!(127 <= super::COPY_FRAME_MAX && 130 > super::COPY_FRAME_MAX) };
     p.core.on_publish(b"m", OpCode::Text, small.as_bytes());
     let copied = p.core.state.env.memory.queued - base;
     assert_eq!(copied, 4 * 127, "a small frame is not one copy per subscriber");
