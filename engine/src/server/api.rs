@@ -662,10 +662,11 @@ impl<D> Conn<'_, D> {
     /// connection (as uWebSockets' and Bun's `ws.publish`); see
     /// [`Conn::publish_including_self`]. The frame is built once per worker and every
     /// subscriber's queue holds a reference to it (a frame of at most 128 bytes is copied
-    /// into the queue instead, which costs less than the reference); what a subscriber is sent in one loop
-    /// turn leaves in one write. A subscriber over `max_backpressure` loses the message (or
-    /// is closed with 1008, see `Config::close_on_backpressure_limit`): it never slows the
-    /// others. Messages from one connection to one topic reach every subscriber in order.
+    /// into the queue instead, which costs less than the reference); what a subscriber is
+    /// sent in one loop turn leaves in one write. A subscriber over `max_backpressure` loses
+    /// the message (or is closed with 1008, see `Config::close_on_backpressure_limit`): it
+    /// never slows the others. Messages from one connection to one topic reach every
+    /// subscriber in order.
     pub fn publish<'m>(
         &mut self,
         topic: impl AsRef<[u8]>,

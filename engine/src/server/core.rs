@@ -53,10 +53,11 @@ pub(crate) const WRITE_SLICES: usize = 64;
 
 /// A published frame up to this long is copied into each subscriber's own bytes instead of
 /// being queued by reference: a reference costs about as much (an `Rc` count, `REF_COST` =
-/// 16 B in the queue, 16 B of iovec the kernel copies and walks), and copied frames leave with the rest of
-/// the turn's output as one contiguous slice. Measured on fanout-10k-4x8 (epoll, 3 rounds
-/// each, benches/README.md): +5 % deliveries/s at 100 B; at 512 B copying halved them (the
-/// deep queues of lagging subscribers then move and reallocate 21× more bytes than refs).
+/// 16 B in the queue, 16 B of iovec the kernel copies and walks), and copied frames leave
+/// with the rest of the turn's output as one contiguous slice. Measured on fanout-10k-4x8
+/// (epoll, 3-4 rounds each, benches/README.md): +27 % deliveries/s (medians) at 20 B, +5 % at
+/// 100 B; at 512 B copying halved them (the deep queues of lagging subscribers then move and
+/// reallocate far more bytes than references).
 pub(crate) const COPY_FRAME_MAX: usize = 128;
 
 const NO_TIMER: u64 = u64::MAX;
