@@ -12,6 +12,7 @@ used for benches/README.md:
 
     ep-500x16k | --backend epoll | echo --connections 500 --size 16384 --duration 3 --warmup 1
     ur-500x16k | --backend io_uring --uring-buffer-size 32768 | echo --connections 500 --size 16384 --duration 3 --warmup 1
+    old-10x64k | --backend io_uring --bin=/tmp/old/demo | echo --connections 10 --size 65536 --duration 3 --warmup 1
     urzc4k-10x64k | --backend io_uring --zc-threshold 4096 | echo --connections 10 --size 65536 --duration 3 --warmup 1
     ur-nodirect | --backend io_uring --direct-write-min 18446744073709551615 | echo --connections 10 --size 65536 --duration 3 --warmup 1
 """
@@ -23,8 +24,21 @@ def wait_port(p):
         try:
             socket.create_connection(('127.0.0.1', p), 0.2).close(); return
         except OSError: time.sleep(0.05)
+def wait_free(p):
+    # An io_uring demo's listener can outlive its process for a moment (the ring is torn down
+    # after exit): starting the next demo before the port is free would fail to bind.
+    for _ in range(200):
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(('127.0.0.1', p)); s.listen(1); return
+        except OSError: time.sleep(0.05)
+        finally: s.close()
 def run(out, name, sargs, largs, rnd):
-    srv = subprocess.Popen(['taskset','-c','0',f'{T}/examples/demo','--addr',f'127.0.0.1:{PORT}','--workers','1',*sargs], stderr=subprocess.DEVNULL)
+    wait_free(PORT)
+    # `--bin=PATH` among the demo flags runs that build of the demo instead (old against new).
+    demo = next((a[6:] for a in sargs if a.startswith('--bin=')), f'{T}/examples/demo')
+    sargs = [a for a in sargs if not a.startswith('--bin=')]
+    srv = subprocess.Popen(['taskset','-c','0',demo,'--addr',f'127.0.0.1:{PORT}','--workers','1',*sargs], stderr=subprocess.DEVNULL)
     wait_port(PORT); time.sleep(0.3)
     try:
         subprocess.run(['taskset','-c','1',f'{T}/loadgen',*largs,'--url',f'ws://127.0.0.1:{PORT}/echo','--server-pid',str(srv.pid),

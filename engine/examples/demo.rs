@@ -375,6 +375,7 @@ worker's counters in the Prometheus text format.
                      feature: cargo run --example demo --features cluster)
   --chaos            fault injection: add /panic, whose handler panics on every
                      message (off by default; for tests/faults/)
+  --uring-entries N  io_uring: submission queue entries per worker (engine default)
   --uring-buffers N  io_uring: provided buffers per worker (engine default)
   --uring-buffer-size BYTES
                      io_uring: size of each provided buffer (engine default)
@@ -410,6 +411,7 @@ fn main() {
     let mut workers = 0usize;
     let mut backend = Backend::Auto;
     let defaults = sockeye::Config::default();
+    let mut uring_entries = defaults.uring_entries;
     let mut uring_buffers = defaults.uring_buffers;
     let mut uring_buffer_size = defaults.uring_buffer_size;
     let mut zc_threshold = defaults.uring_send_zc_threshold;
@@ -452,6 +454,7 @@ fn main() {
                     std::process::exit(2)
                 })
             }
+            "--uring-entries" => uring_entries = number(&value("--uring-entries")),
             "--uring-buffers" => uring_buffers = number(&value("--uring-buffers")),
             "--uring-buffer-size" => uring_buffer_size = number(&value("--uring-buffer-size")),
             "--direct-write-min" => direct_write_min = number(&value("--direct-write-min")),
@@ -522,6 +525,7 @@ fn main() {
         .max_message_size(max_message_size)
         .worker_memory_budget(memory_budget)
         .buffer_cache(buffer_cache)
+        .uring_entries(uring_entries)
         .uring_buffers(uring_buffers)
         .uring_buffer_size(uring_buffer_size)
         .uring_send_zc_threshold(zc_threshold)

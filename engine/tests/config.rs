@@ -65,7 +65,8 @@ const BAD: &[(&str, Set)] = &[
     ("uring_buffer_size", |b| b.uring_buffer_size(0)),
     ("uring_buffer_size", |b| b.uring_buffer_size(100)),
     ("uring_buffer_size", |b| b.uring_buffer_size(usize::MAX)),
-    ("uring_buffers", |b| b.uring_buffers(0)),
+    // 0 (automatic) may mean 128 buffers: 128 × 16 MiB is over the 1 GiB limit.
+    ("uring_buffers", |b| b.uring_buffers(0).uring_buffer_size(16 << 20)),
     ("uring_buffers", |b| b.uring_buffers(1)),
     ("uring_buffers", |b| b.uring_buffers(100)),
     ("uring_buffers", |b| b.uring_buffers(u16::MAX)),
@@ -105,6 +106,7 @@ const GOOD: &[Set] = &[
     |b| b.max_connections(1 << 20),
     |b| b.workers(0),
     |b| b.uring_buffer_size(1024).uring_buffers(2),
+    |b| b.uring_buffers(0).uring_buffer_size(8 << 20),
     |b| b.uring_buffers(1 << 15).uring_buffer_size(32 << 10),
     |b| b.uring_entries(2),
     |b| b.uring_entries(16384),
@@ -235,8 +237,8 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.read_buffer_size, 256 << 10);
     assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
     assert_eq!(c.timer_tick, Duration::from_millis(250));
-    assert_eq!(c.uring_entries, 4096);
-    assert_eq!(c.uring_buffers, 128);
+    assert_eq!(c.uring_entries, 1024);
+    assert_eq!(c.uring_buffers, 0);
     assert_eq!(c.uring_buffer_size, 64 << 10);
     assert_eq!(c.direct_write_min, 32 << 10);
     assert_eq!(c.uring_send_zc_threshold, usize::MAX);

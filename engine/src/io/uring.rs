@@ -26,7 +26,7 @@ use crossbeam_channel::Receiver;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use crate::server::api::Handler;
-use crate::server::config::Config;
+use crate::server::config::{Config, AUTO_URING_BUFFERS, AUTO_URING_BUFFERS_INC};
 use crate::server::core::{After, Core, OutQ, WRITE_SLICES};
 use crate::server::handle::{Command, Wake, WorkerStats};
 use crate::server::worker::{self, Driver, Worker, ACCEPT_BACKOFF};
@@ -107,18 +107,70 @@ fn kernel_version() -> Option<(u32, u32)> {
 struct BufRing {
     ring: *mut types::BufRingEntry,
     ring_layout: Layout,
-    /// `entries * size` bytes, `bufs_layout`; null once freed or leaked.
+    /// `entries * size` bytes (`bufs_len`) of anonymous memory mapped for the ring: its pages
+    /// are zero and cost nothing until the kernel first writes into them (an aligned
+    /// `alloc_zeroed` would write every page up front). Null once freed or leaked.
     bufs: *mut u8,
-    bufs_layout: Layout,
+    bufs_len: usize,
     entries: u16,
     size: usize,
     tail: u16,
     /// Buffers the kernel holds (lent and not yet returned to us); for leak accounting.
     lent: usize,
+    /// Registered with `IOU_PBUF_RING_INC` (kernel 6.12+): the kernel consumes a buffer
+    /// piece by piece, each receive taking only the bytes it wrote, and hands the buffer back
+    /// (a completion without `IORING_CQE_F_BUF_MORE`) once it is full. Without it every
+    /// receive takes a whole buffer, however few bytes it carries.
+    incremental: bool,
+    /// Per buffer, how many of its bytes earlier receives consumed: where the next receive
+    /// into it starts (incremental mode; always 0 otherwise).
+    used: Box<[u32]>,
 }
 
+/// `IOU_PBUF_RING_INC` from the kernel's uapi (the crate keeps its `sys` module private).
+const PBUF_RING_INC: u16 = 2;
+
 impl BufRing {
+    /// A ring of `entries` buffers (`0`: [`AUTO_URING_BUFFERS_INC`] or [`AUTO_URING_BUFFERS`],
+    /// whichever the kernel's mode calls for) of `size` bytes, registered with `ring`,
+    /// consuming incrementally where the kernel can (6.12+).
     fn new(ring: &IoUring, entries: u16, size: usize) -> io::Result<Self> {
+        let (inc, plain) = if entries == 0 {
+            (AUTO_URING_BUFFERS_INC, AUTO_URING_BUFFERS)
+        } else {
+            (entries, entries)
+        };
+        let mut br = Self::alloc(inc, size)?;
+        // A kernel before 6.12 refuses the incremental flag (EINVAL) and registers nothing,
+        // so a plain registration may follow, of a fresh allocation if the mode wants another
+        // size (the first one is dropped unregistered, which frees it).
+        // Every `register` here: `br` is fresh from `alloc`; once registered it is returned to
+        // the caller, which keeps it until it is unregistered or the ring is gone (`register`'s
+        // contract).
+        #[cfg(test)]
+        let plain_only = hooks::PLAIN_RING.with(|p| p.get());
+        #[cfg(not(test))]
+        let plain_only = false;
+        // SAFETY: as above.
+        if !plain_only && unsafe { br.register(ring, PBUF_RING_INC) }.is_ok() {
+            br.incremental = true;
+        } else {
+            if plain != br.entries {
+                br = Self::alloc(plain, size)?;
+            }
+            // SAFETY: as above. Not registered (an error): `Drop` frees both allocations.
+            unsafe { br.register(ring, 0) }?;
+        }
+        for bid in 0..br.entries {
+            br.push(bid);
+        }
+        br.lent = br.entries as usize;
+        br.publish();
+        Ok(br)
+    }
+
+    /// The ring's memory, not yet registered.
+    fn alloc(entries: u16, size: usize) -> io::Result<Self> {
         let entries = entries.clamp(2, 1 << 15).next_power_of_two();
         let ring_layout = Layout::from_size_align(
             entries as usize * std::mem::size_of::<types::BufRingEntry>(),
@@ -129,34 +181,62 @@ impl BufRing {
             .checked_mul(size)
             .filter(|&t| t > 0 && u32::try_from(size).is_ok())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "uring buffer size"))?;
-        let bufs_layout = Layout::from_size_align(total, 4096).map_err(io::Error::other)?;
         // SAFETY: the layout has a non-zero size (at least 2 entries of 16 bytes).
         let mem = unsafe { alloc::alloc_zeroed(ring_layout) }.cast::<types::BufRingEntry>();
         if mem.is_null() {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
-        // SAFETY: the layout has a non-zero size (checked above). Zeroed, so every byte a
+        // SAFETY: a fresh private anonymous mapping of `total > 0` bytes (checked above), no
+        // memory argument; the result is checked. Its pages read as zero, so every byte a
         // buffer slice covers is initialized whatever the kernel wrote.
-        let bufs = unsafe { alloc::alloc_zeroed(bufs_layout) };
-        if bufs.is_null() {
+        let bufs = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if bufs == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
             // SAFETY: allocated above with this layout, never registered.
             unsafe { alloc::dealloc(mem.cast(), ring_layout) };
-            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+            return Err(e);
         }
-        let mut br =
-            BufRing { ring: mem, ring_layout, bufs, bufs_layout, entries, size, tail: 0, lent: 0 };
-        // SAFETY: `mem` is page aligned, zeroed and `entries` long; it lives until `Drop`, which
-        // runs only after the ring is unregistered or the io_uring instance is gone.
-        let r =
-            unsafe { ring.submitter().register_buf_ring_with_flags(mem as u64, entries, BGID, 0) };
-        // Not registered: `Drop` frees both allocations.
-        r?;
-        for bid in 0..entries {
-            br.push(bid);
+        Ok(BufRing {
+            ring: mem,
+            ring_layout,
+            bufs: bufs.cast::<u8>(),
+            bufs_len: total,
+            entries,
+            size,
+            tail: 0,
+            lent: 0,
+            incremental: false,
+            used: vec![0; entries as usize].into_boxed_slice(),
+        })
+    }
+
+    /// Registers the ring with `ring` under [`BGID`] with `flags`.
+    ///
+    /// # Safety
+    ///
+    /// The kernel keeps writing the ring's entries and buffers until it is unregistered or
+    /// the io_uring instance is gone: `self` must not be freed before either (`unregister`
+    /// frees only after the kernel let go; `Loop::teardown` leaks it otherwise). The entry
+    /// array is page aligned, zeroed and `entries` long (`alloc`).
+    unsafe fn register(&self, ring: &IoUring, flags: u16) -> io::Result<()> {
+        // SAFETY: the caller's contract above.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                self.ring as u64,
+                self.entries,
+                BGID,
+                flags,
+            )
         }
-        br.lent = entries as usize;
-        br.publish();
-        Ok(br)
     }
 
     /// Puts buffer `bid` at the ring's tail (visible to the kernel after `publish`).
@@ -179,18 +259,33 @@ impl BufRing {
         tail.store(self.tail, Ordering::Release);
     }
 
-    /// The bytes the kernel wrote into buffer `bid`, which a completion just handed back.
-    fn buf_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
+    /// Takes the `len` bytes a receive completion reported in buffer `bid`: where they lie,
+    /// and whether the buffer came back with them (`done`: push it again once they are
+    /// handled) or the kernel keeps filling the rest of it (`more`, incremental mode only).
+    fn take(&mut self, bid: u16, len: usize, more: bool) -> Piece {
         // The kernel names only buffers we published; anything else would be a kernel bug.
         assert!(bid < self.entries && !self.bufs.is_null(), "buffer id {bid} out of range");
-        let start = bid as usize * self.size;
-        // SAFETY: `start + len.min(size)` lies inside the `entries * size` allocation, which
-        // lives until `free`. The completion that named `bid` gave that buffer back: the kernel
-        // does not touch it again until `push` republishes it, which needs `&mut self`, so
-        // nothing writes it while this slice lives, and `&mut self` makes it the only
-        // reference. The kernel keeps writing the *other* buffers, which this slice does not
-        // cover (no reference to the whole storage exists).
-        unsafe { std::slice::from_raw_parts_mut(self.bufs.add(start), len.min(self.size)) }
+        let b = bid as usize;
+        let used = self.used[b] as usize;
+        let len = len.min(self.size - used);
+        let more = more && self.incremental && used + len < self.size;
+        self.used[b] = if more { (used + len) as u32 } else { 0 };
+        if !more {
+            self.lent -= 1;
+        }
+        Piece { bid, start: b * self.size + used, len, done: !more }
+    }
+
+    /// The bytes of `piece`, which the completion that `take` read handed over.
+    fn bytes_mut(&mut self, piece: &Piece) -> &mut [u8] {
+        // SAFETY: `start + len` lies inside buffer `bid` (`take` clamps `len` to its size),
+        // inside the `entries * size` allocation, which lives until `free`. The kernel wrote
+        // these bytes before posting the completion and never writes them again: it gave the
+        // whole buffer back (`done`), which it does not touch until `push` republishes it
+        // (that needs `&mut self`), or, consuming incrementally, it only writes past them,
+        // at the part of the buffer this slice does not cover. `&mut self` makes the slice
+        // the only reference; no reference to the whole storage exists.
+        unsafe { std::slice::from_raw_parts_mut(self.bufs.add(piece.start), piece.len) }
     }
 
     fn unregister(mut self, ring: &IoUring) {
@@ -211,24 +306,38 @@ impl BufRing {
             self.ring = std::ptr::null_mut();
         }
         if !self.bufs.is_null() {
-            // SAFETY: allocated in `new` with `bufs_layout`; the kernel no longer uses it.
-            unsafe { alloc::dealloc(self.bufs, self.bufs_layout) };
+            // SAFETY: mapped in `new`, `bufs_len` long; the kernel no longer uses it and no
+            // slice of it outlives `&mut self`.
+            unsafe { libc::munmap(self.bufs.cast(), self.bufs_len) };
             self.bufs = std::ptr::null_mut();
         }
     }
 }
 
-/// Returns a received buffer to the ring when dropped, whatever path the handling takes.
+/// The bytes one receive completion delivered, in buffer `bid` at `start..start + len` of
+/// the ring's storage.
+struct Piece {
+    bid: u16,
+    start: usize,
+    len: usize,
+    /// The kernel gave the buffer back with these bytes.
+    done: bool,
+}
+
+/// Returns a buffer the kernel gave back to the ring when dropped, whatever path the handling
+/// takes; a buffer the kernel still fills stays with it.
 struct Lend<'a> {
     ring: &'a mut BufRing,
-    bid: u16,
+    piece: Piece,
 }
 
 impl Drop for Lend<'_> {
     fn drop(&mut self) {
-        self.ring.push(self.bid);
-        self.ring.publish();
-        self.ring.lent += 1;
+        if self.piece.done {
+            self.ring.push(self.piece.bid);
+            self.ring.publish();
+            self.ring.lent += 1;
+        }
     }
 }
 
@@ -361,7 +470,7 @@ impl MsgBuf {
 }
 
 /// Spare SENDMSG headers kept for reuse (about 1 KiB each); more are freed.
-const MAX_SPARE_MSGS: usize = 256;
+const MAX_SPARE_MSGS: usize = 64;
 
 /// No send in flight (`ConnIo::send`).
 const NO_SEND: u32 = u32::MAX;
@@ -716,12 +825,13 @@ impl<H: Handler> Loop<H> {
         }
         if res > 0 {
             let Some(bid) = cqueue::buffer_select(flags) else { return };
-            self.bufs.lent -= 1;
+            let piece = self.bufs.take(bid, res as usize, cqueue::buffer_more(flags));
             let dying = self.conns.get(key).is_none_or(|c| c.dying);
-            let lend = Lend { ring: &mut self.bufs, bid };
+            let mut lend = Lend { ring: &mut self.bufs, piece };
             let mut after = After::Continue;
             if !dying {
-                let data = lend.ring.buf_mut(bid, res as usize);
+                let Lend { ring, piece } = &mut lend;
+                let data = ring.bytes_mut(piece);
                 if !self.w.core.wants_read(key) || self.parked.contains_key(&(key as u32)) {
                     // Posted after the pause (or behind bytes that were): keep it for later.
                     self.parked.entry(key as u32).or_default().push_back(data.to_vec());
@@ -1048,6 +1158,8 @@ mod hooks {
         pub(super) static LEAKED_SENDS: Cell<usize> = const { Cell::new(0) };
         /// Overrides how long teardown waits for completions.
         pub(super) static TEARDOWN_WAIT: Cell<Option<Duration>> = const { Cell::new(None) };
+        /// Makes buffer rings register as a kernel before 6.12 would (no incremental mode).
+        pub(super) static PLAIN_RING: Cell<bool> = const { Cell::new(false) };
     }
 }
 
@@ -1112,6 +1224,78 @@ mod tests {
         assert!(w.cqes.is_empty(), "the send completed at once: {:?}", w.cqes);
         assert_eq!((w.outstanding, w.sends.len()), (1, 1), "one send in flight");
         (w, peer)
+    }
+
+    /// Incremental consumption against the kernel: receives into a 4 KiB buffer take only the
+    /// bytes they carry, one after the other in the same buffer, which stays with the kernel
+    /// (`IORING_CQE_F_BUF_MORE`) until a receive fills it; the next receive starts in the next
+    /// buffer, and the full one is back in our hands.
+    #[test]
+    fn receives_consume_a_provided_buffer_piece_by_piece() {
+        if let Err(e) = probe() {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        if kernel_version().unwrap_or((0, 0)) < (6, 12) {
+            eprintln!("skipped: incremental buffer consumption needs kernel 6.12");
+            return;
+        }
+        let mut ring = IoUring::new(8).expect("io_uring");
+        let mut br = BufRing::new(&ring, 2, 4096).expect("buffer ring");
+        assert!(br.incremental, "kernel 6.12+ refused IOU_PBUF_RING_INC");
+        let (mut tx, rx) = UnixStream::pair().expect("socketpair");
+        let sqe = opcode::RecvMulti::new(types::Fd(rx.as_raw_fd()), BGID).build().user_data(1);
+        // SAFETY: the socket and the buffer ring outlive every completion reaped here.
+        unsafe { ring.submission().push(&sqe) }.expect("push");
+        let mut recv = |ring: &mut IoUring, bytes: &[u8]| {
+            tx.write_all(bytes).expect("write");
+            ring.submit_and_wait(1).expect("wait");
+            let cqe = ring.completion().next().expect("a completion");
+            assert!(cqe.result() > 0, "receive failed: {}", cqe.result());
+            let bid = cqueue::buffer_select(cqe.flags()).expect("a provided buffer");
+            (bid, cqe.result() as usize, cqueue::buffer_more(cqe.flags()))
+        };
+        let mut seen = Vec::new();
+        for msg in [&b"hello"[..], b"world", &[0x42; 4086][..], b"next"] {
+            let (bid, len, more) = recv(&mut ring, msg);
+            let piece = br.take(bid, len, more);
+            assert_eq!(br.bytes_mut(&piece), msg);
+            seen.push((bid, piece.start - usize::from(bid) * 4096, piece.done));
+        }
+        let first = seen[0].0;
+        assert_eq!(
+            seen,
+            [(first, 0, false), (first, 5, false), (first, 10, true), (1 - first, 0, false)],
+            "(buffer, offset, given back) per receive"
+        );
+        assert_eq!(br.lent, 1, "the full buffer is ours, the other one the kernel's");
+        br.unregister(&ring);
+    }
+
+    /// `uring_buffers` 0 picks the ring the kernel's mode calls for: 8 buffers consumed
+    /// incrementally, or, where the kernel lacks that mode (forced here), 128 whole ones.
+    #[test]
+    fn automatic_ring_size_follows_the_kernels_mode() {
+        if let Err(e) = probe() {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        let ring = IoUring::new(8).expect("io_uring");
+        hooks::PLAIN_RING.with(|p| p.set(true));
+        let plain = BufRing::new(&ring, 0, 4096).expect("plain ring");
+        hooks::PLAIN_RING.with(|p| p.set(false));
+        assert!(!plain.incremental);
+        assert_eq!((plain.entries, plain.lent), (AUTO_URING_BUFFERS, 128));
+        plain.unregister(&ring);
+        let fixed = BufRing::new(&ring, 4, 4096).expect("4 buffers");
+        assert_eq!(fixed.entries, 4, "an explicit count is kept whatever the mode");
+        fixed.unregister(&ring);
+        if kernel_version().unwrap_or((0, 0)) >= (6, 12) {
+            let inc = BufRing::new(&ring, 0, 4096).expect("incremental ring");
+            assert!(inc.incremental);
+            assert_eq!((inc.entries, inc.lent), (AUTO_URING_BUFFERS_INC, 8));
+            inc.unregister(&ring);
+        }
     }
 
     /// A panic unwinding out of the loop still tears it down: it waits for what is in flight

@@ -146,18 +146,26 @@ pub struct Config {
     /// 1 ms..=10 s. Default 250 ms.
     pub timer_tick: Duration,
     /// io_uring: submission queue entries per worker (the completion queue is four times as
-    /// large, and the kernel allows at most 65536 of those). Default 4096. Accepted: a power
-    /// of two in 2..=16384 (tiny queues are for tests that overflow them).
+    /// large, and the kernel allows at most 65536 of those). A fuller queue is submitted in
+    /// the middle of a loop turn, and completions beyond the completion queue wait in the
+    /// kernel, so this bounds memory, not what a turn can do: 1024 (64 KiB of submission
+    /// entries, 64 KiB of completions) measured level with 4096 (four times that) at 1,000
+    /// and 10,000 connections (benches/README.md). Default 1024. Accepted: a power of two in
+    /// 2..=16384 (tiny queues are for tests that overflow them).
     pub uring_entries: u32,
-    /// io_uring: buffers in each worker's provided-buffer ring. Accepted: a power of two in
-    /// 2..=32768, with `uring_buffers × uring_buffer_size` at most 1 GiB. Default 128.
+    /// io_uring: buffers in each worker's provided-buffer ring. Where the kernel consumes
+    /// buffers incrementally (6.12+), each receive takes only the bytes it carries and a
+    /// buffer goes back to the worker once full; before 6.12 every receive takes a whole
+    /// buffer, so the ring needs one per connection with bytes to read in a loop turn. `0`
+    /// (the default) picks 8 buffers in the first case (512 KiB at the default size) and 128
+    /// in the second (8 MiB). Memory is virtual until the kernel writes into it. Accepted: 0,
+    /// or a power of two in 2..=32768, with `uring_buffers × uring_buffer_size` at most 1 GiB.
     pub uring_buffers: u16,
-    /// io_uring: size of each provided buffer. A frame larger than one buffer is assembled
-    /// (copied) across buffers, so this is sized to hold a 16 KiB message whole: at 500 × 16 KiB
-    /// echoes 64 KiB buffers took 6.2-6.3 µs of server CPU per message where 16 KiB × 512 took
-    /// 7.25 (interleaved runs, benches/README.md); 128 of them keep the ring at 8 MiB. Memory
-    /// is virtual until the kernel writes into it: small messages touch one page per buffer.
-    /// Accepted: 1 KiB..=16 MiB. Default 64 KiB.
+    /// io_uring: size of each provided buffer. A frame that one receive's bytes do not hold
+    /// whole is assembled (copied) across receives, so this is sized well above a 16 KiB
+    /// message: at 500 × 16 KiB echoes (whole-buffer receives) 64 KiB buffers took 6.2-6.3 µs
+    /// of server CPU per message where 16 KiB × 512 took 7.25 (interleaved runs,
+    /// benches/README.md). Accepted: 1 KiB..=16 MiB. Default 64 KiB.
     pub uring_buffer_size: usize,
     /// Data messages of at least this many bytes are written at once, straight from the
     /// sender's memory (header and payload in one `sendmsg`), when nothing of the connection
@@ -206,8 +214,8 @@ impl Default for Config {
             read_buffer_size: 256 << 10,
             shutdown_timeout: Duration::from_secs(5),
             timer_tick: Duration::from_millis(250),
-            uring_entries: 4096,
-            uring_buffers: 128,
+            uring_entries: 1024,
+            uring_buffers: 0,
             uring_buffer_size: 64 << 10,
             uring_send_zc_threshold: usize::MAX,
             direct_write_min: 32 << 10,
@@ -238,6 +246,15 @@ const MAX_URING_BUFFERS: u16 = 1 << 15;
 const MIN_URING_BUFFER: usize = 1 << 10;
 const MAX_URING_BUFFER: usize = 16 << 20;
 const MAX_URING_RING: usize = 1 << 30;
+/// Buffers in a ring of [`Config::uring_buffers`] `0` (the default) where the kernel consumes
+/// buffers incrementally: each receive takes only the bytes it carries, so a few buffers serve
+/// thousands of small receives per loop turn, and 8 × 64 KiB keep the worker's ring at 512 KiB.
+/// Interleaved A/B runs (benches/README.md) put it level with 128 whole-buffer receives at
+/// every echo load, 1,000 × 20 B to 10 × 64 KiB.
+pub(crate) const AUTO_URING_BUFFERS_INC: u16 = 8;
+/// Buffers in a ring of `uring_buffers` `0` on a kernel before 6.12, where every receive takes
+/// a whole buffer, however few bytes it carries.
+pub(crate) const AUTO_URING_BUFFERS: u16 = 128;
 
 /// A [`Config`] field outside its accepted range: which one, and why. `build` turns it into
 /// an [`io::Error`] of kind [`io::ErrorKind::InvalidInput`] with the same message; the C ABI
@@ -416,22 +433,26 @@ impl Config {
             MAX_URING_ENTRIES,
             self.uring_entries.is_power_of_two(),
         )?;
-        power_of_two(
-            "uring_buffers",
-            self.uring_buffers,
-            MIN_URING_BUFFERS,
-            MAX_URING_BUFFERS,
-            self.uring_buffers.is_power_of_two(),
-        )?;
+        if self.uring_buffers != 0 {
+            power_of_two(
+                "uring_buffers",
+                self.uring_buffers,
+                MIN_URING_BUFFERS,
+                MAX_URING_BUFFERS,
+                self.uring_buffers.is_power_of_two(),
+            )?;
+        }
         in_range("uring_buffer_size", self.uring_buffer_size, MIN_URING_BUFFER, MAX_URING_BUFFER)?;
-        let ring = usize::from(self.uring_buffers) * self.uring_buffer_size;
+        // `0` may mean the larger of the automatic counts.
+        let most = if self.uring_buffers == 0 { AUTO_URING_BUFFERS } else { self.uring_buffers };
+        let ring = usize::from(most) * self.uring_buffer_size;
         if ring > MAX_URING_RING {
             return Err(ConfigError::new(
                 "uring_buffers",
                 format!(
-                    "× uring_buffer_size = {} × {} = {ring} bytes: the ring must hold at most \
-                     {MAX_URING_RING} (1 GiB)",
-                    self.uring_buffers, self.uring_buffer_size
+                    "× uring_buffer_size = {most} × {} = {ring} bytes: the ring must hold at \
+                     most {MAX_URING_RING} (1 GiB)",
+                    self.uring_buffer_size
                 ),
             ));
         }
