@@ -123,8 +123,15 @@ fn unsubscribe_stops_delivery_and_a_closed_subscriber_leaves_the_index() {
     // b hears nothing more: its next message is the answer to its own request.
     b.send(WsMessage::text("sub other")).expect("send");
     assert!(text(&mut b).starts_with("subscribed"), "[{}] b still got room", backend_name());
-    let subs: usize = srv.handle.stats().iter().map(|s| s.subscriptions).sum();
-    assert_eq!(subs, 2, "[{}] stats count {subs} subscriptions", backend_name());
+    // The gauge is published by each worker at the end of its turn, which may come after the
+    // reply reached b: wait for it rather than read it once.
+    let subs = || srv.handle.stats().iter().map(|s| s.subscriptions).sum::<usize>();
+    assert!(
+        wait_until(Duration::from_secs(5), || subs() == 2),
+        "[{}] stats count {} subscriptions",
+        backend_name(),
+        subs()
+    );
 }
 
 #[test]
