@@ -373,6 +373,48 @@ typedef struct sockeye_config {
      * engine's `cluster` feature, is refused with `SOCKEYE_ERR_INVALID_ARGUMENT`.
      */
     const char *cluster_url;
+    /**
+     * Listen backlog of each worker's listener (the kernel caps it at `net.core.somaxconn`).
+     * Accepted: at least 1. Default 4096.
+     */
+    int32_t backlog;
+    /**
+     * epoll: size of each worker's read buffer, which one read fills for all of a turn's
+     * bytes from one connection. Accepted: 4096 to 67108864 (64 MiB). Default 262144.
+     */
+    size_t read_buffer_size;
+    /**
+     * Granularity of the timer wheel: every timeout fires up to one tick late. Accepted: 1 to
+     * 10000. Default 250.
+     */
+    uint32_t timer_tick_ms;
+    /**
+     * io_uring: submission queue entries per worker (the completion queue is four times as
+     * large). Accepted: a power of two from 2 to 16384. Default 1024.
+     */
+    uint32_t uring_entries;
+    /**
+     * io_uring: buffers in each worker's provided-buffer ring; 0 (the default) picks 8 where
+     * the kernel consumes them incrementally (6.12+), else 128. Accepted: 0, or a power of two
+     * from 2 to 32768, with `uring_buffers × uring_buffer_size` at most 1 GiB.
+     */
+    uint16_t uring_buffers;
+    /**
+     * io_uring: size of each provided buffer. Accepted: 1024 to 16777216 (16 MiB). Default
+     * 65536.
+     */
+    size_t uring_buffer_size;
+    /**
+     * Data messages of at least this many bytes are written at once from the sender's memory
+     * when nothing of the connection is in flight; smaller ones are queued and written
+     * together at the end of the loop turn. `SIZE_MAX` queues everything. Default 32768.
+     */
+    size_t direct_write_min;
+    /**
+     * io_uring: sends of at least this many bytes use SEND_ZC (zero copy). `SIZE_MAX` (the
+     * default) turns it off.
+     */
+    size_t uring_send_zc_threshold;
 } sockeye_config;
 
 /**

@@ -375,6 +375,10 @@ worker's counters in the Prometheus text format.
                      feature: cargo run --example demo --features cluster)
   --chaos            fault injection: add /panic, whose handler panics on every
                      message (off by default; for tests/faults/)
+  --backlog N        listen backlog of each worker's listener (engine default)
+  --read-buffer-size BYTES
+                     epoll: each worker's read buffer (engine default)
+  --timer-tick MS    granularity of the timer wheel, in milliseconds (engine default)
   --uring-entries N  io_uring: submission queue entries per worker (engine default)
   --uring-buffers N  io_uring: provided buffers per worker (engine default)
   --uring-buffer-size BYTES
@@ -416,6 +420,9 @@ fn main() {
     let mut uring_buffer_size = defaults.uring_buffer_size;
     let mut zc_threshold = defaults.uring_send_zc_threshold;
     let mut direct_write_min = defaults.direct_write_min;
+    let mut backlog = defaults.backlog;
+    let mut read_buffer_size = defaults.read_buffer_size;
+    let mut timer_tick = defaults.timer_tick;
     let mut idle_timeout = Some(Duration::from_secs(300));
     let mut close_timeout = defaults.limits.close_timeout;
     let mut handshake_timeout = defaults.limits.handshake_timeout;
@@ -457,6 +464,9 @@ fn main() {
             "--uring-entries" => uring_entries = number(&value("--uring-entries")),
             "--uring-buffers" => uring_buffers = number(&value("--uring-buffers")),
             "--uring-buffer-size" => uring_buffer_size = number(&value("--uring-buffer-size")),
+            "--backlog" => backlog = number(&value("--backlog")),
+            "--read-buffer-size" => read_buffer_size = number(&value("--read-buffer-size")),
+            "--timer-tick" => timer_tick = Duration::from_millis(number(&value("--timer-tick"))),
             "--direct-write-min" => direct_write_min = number(&value("--direct-write-min")),
             "--zc-threshold" => zc_threshold = number(&value("--zc-threshold")),
             "--idle-timeout" => {
@@ -530,6 +540,9 @@ fn main() {
         .uring_buffer_size(uring_buffer_size)
         .uring_send_zc_threshold(zc_threshold)
         .direct_write_min(direct_write_min)
+        .backlog(backlog)
+        .read_buffer_size(read_buffer_size)
+        .timer_tick(timer_tick)
         .cluster_url(cluster.clone())
         .handler(move || Demo { server: Arc::clone(&cell), chaos, max_topic_len })
         .build()

@@ -74,6 +74,8 @@ const BAD: &[(&str, Set)] = &[
     ("uring_entries", |b| b.uring_entries(0)),
     ("uring_entries", |b| b.uring_entries(1000)),
     ("uring_entries", |b| b.uring_entries(1 << 20)),
+    ("backlog", |b| b.backlog(0)),
+    ("backlog", |b| b.backlog(-1)),
     ("read_buffer_size", |b| b.read_buffer_size(0)),
     ("read_buffer_size", |b| b.read_buffer_size(100)),
     ("read_buffer_size", |b| b.read_buffer_size(usize::MAX)),

@@ -144,6 +144,32 @@ pub struct sockeye_config {
     /// pub/sub on Redis 7). A string that is not such a URL, or a library built without the
     /// engine's `cluster` feature, is refused with `SOCKEYE_ERR_INVALID_ARGUMENT`.
     pub cluster_url: *const c_char,
+    /// Listen backlog of each worker's listener (the kernel caps it at `net.core.somaxconn`).
+    /// Accepted: at least 1. Default 4096.
+    pub backlog: i32,
+    /// epoll: size of each worker's read buffer, which one read fills for all of a turn's
+    /// bytes from one connection. Accepted: 4096 to 67108864 (64 MiB). Default 262144.
+    pub read_buffer_size: usize,
+    /// Granularity of the timer wheel: every timeout fires up to one tick late. Accepted: 1 to
+    /// 10000. Default 250.
+    pub timer_tick_ms: u32,
+    /// io_uring: submission queue entries per worker (the completion queue is four times as
+    /// large). Accepted: a power of two from 2 to 16384. Default 1024.
+    pub uring_entries: u32,
+    /// io_uring: buffers in each worker's provided-buffer ring; 0 (the default) picks 8 where
+    /// the kernel consumes them incrementally (6.12+), else 128. Accepted: 0, or a power of two
+    /// from 2 to 32768, with `uring_buffers × uring_buffer_size` at most 1 GiB.
+    pub uring_buffers: u16,
+    /// io_uring: size of each provided buffer. Accepted: 1024 to 16777216 (16 MiB). Default
+    /// 65536.
+    pub uring_buffer_size: usize,
+    /// Data messages of at least this many bytes are written at once from the sender's memory
+    /// when nothing of the connection is in flight; smaller ones are queued and written
+    /// together at the end of the loop turn. `SIZE_MAX` queues everything. Default 32768.
+    pub direct_write_min: usize,
+    /// io_uring: sends of at least this many bytes use SEND_ZC (zero copy). `SIZE_MAX` (the
+    /// default) turns it off.
+    pub uring_send_zc_threshold: usize,
 }
 
 fn ms(d: Duration) -> u32 {
@@ -190,6 +216,14 @@ impl sockeye_config {
             tls_key_file: std::ptr::null(),
             tls_address: std::ptr::null(),
             cluster_url: std::ptr::null(),
+            backlog: c.backlog,
+            read_buffer_size: c.read_buffer_size,
+            timer_tick_ms: ms(c.timer_tick),
+            uring_entries: c.uring_entries,
+            uring_buffers: c.uring_buffers,
+            uring_buffer_size: c.uring_buffer_size,
+            direct_write_min: c.direct_write_min,
+            uring_send_zc_threshold: c.uring_send_zc_threshold,
         }
     }
 
@@ -263,6 +297,14 @@ impl sockeye_config {
             },
             tls: None,
             cluster_url,
+            backlog: self.backlog,
+            read_buffer_size: self.read_buffer_size,
+            timer_tick: Duration::from_millis(u64::from(self.timer_tick_ms)),
+            uring_entries: self.uring_entries,
+            uring_buffers: self.uring_buffers,
+            uring_buffer_size: self.uring_buffer_size,
+            direct_write_min: self.direct_write_min,
+            uring_send_zc_threshold: self.uring_send_zc_threshold,
             ..d
         };
         config.validate().map_err(|_| SOCKEYE_ERR_INVALID_ARGUMENT)?;

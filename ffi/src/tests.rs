@@ -75,6 +75,39 @@ fn defaults_match_the_engine() {
     // SAFETY: the default address is a static NUL-terminated string.
     let address = unsafe { CStr::from_ptr(c.address) };
     assert_eq!(address.to_str().unwrap(), "127.0.0.1");
+    assert_eq!(c.backlog, e.backlog);
+    assert_eq!(c.read_buffer_size, e.read_buffer_size);
+    assert_eq!(u128::from(c.timer_tick_ms), e.timer_tick.as_millis());
+    assert_eq!(c.uring_entries, e.uring_entries);
+    assert_eq!(c.uring_buffers, e.uring_buffers);
+    assert_eq!(c.uring_buffer_size, e.uring_buffer_size);
+    assert_eq!(c.direct_write_min, e.direct_write_min);
+    assert_eq!(c.uring_send_zc_threshold, e.uring_send_zc_threshold);
+}
+
+/// Every tuning field of the C struct reaches the engine's `Config` (a field left out of the
+/// translation would silently keep its default).
+#[test]
+fn tuning_fields_reach_the_engine() {
+    let mut c = config(0);
+    c.backlog = 17;
+    c.read_buffer_size = 8 << 10;
+    c.timer_tick_ms = 7;
+    c.uring_entries = 64;
+    c.uring_buffers = 16;
+    c.uring_buffer_size = 4 << 10;
+    c.direct_write_min = usize::MAX;
+    c.uring_send_zc_threshold = 1 << 20;
+    // SAFETY: the address is a static NUL-terminated string, the other pointers NULL.
+    let e = unsafe { c.engine_config() }.expect("valid configuration");
+    assert_eq!(e.backlog, 17);
+    assert_eq!(e.read_buffer_size, 8 << 10);
+    assert_eq!(e.timer_tick, std::time::Duration::from_millis(7));
+    assert_eq!(e.uring_entries, 64);
+    assert_eq!(e.uring_buffers, 16);
+    assert_eq!(e.uring_buffer_size, 4 << 10);
+    assert_eq!(e.direct_write_min, usize::MAX);
+    assert_eq!(e.uring_send_zc_threshold, 1 << 20);
 }
 
 #[test]
@@ -148,6 +181,18 @@ fn bad_configuration_is_refused() {
         |c| c.max_handshake_bytes = usize::MAX,
         |c| c.max_backpressure = 0,
         |c| c.worker_memory_budget = 0,
+        |c| c.backlog = 0,
+        |c| c.read_buffer_size = 4095,
+        |c| c.timer_tick_ms = 0,
+        |c| c.timer_tick_ms = 10_001,
+        |c| c.uring_entries = 1000,
+        |c| c.uring_entries = 32 << 10,
+        |c| c.uring_buffers = 3,
+        |c| c.uring_buffer_size = 1023,
+        |c| {
+            c.uring_buffers = 1 << 15;
+            c.uring_buffer_size = 64 << 10; // a 2 GiB ring
+        },
     ];
     for (i, set) in bad.iter().enumerate() {
         let mut c = config(0);

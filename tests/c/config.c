@@ -5,7 +5,8 @@
  * - a second server on a port a first one listens on gets SOCKEYE_ERR_ADDRESS_IN_USE;
  * - with share_port set on both, both are created (and a third without it is still refused);
  * - config fields outside their documented range get SOCKEYE_ERR_INVALID_ARGUMENT;
- * - the defaults of the fields added last (worker_memory_budget, share_port).
+ * - the defaults of the fields added last (worker_memory_budget, share_port, the tuning fields
+ *   backlog .. uring_send_zc_threshold), and a server made with non-default tuning values.
  *
  * Prints one line per check (`ok NAME` / `FAIL NAME: why`).
  */
@@ -108,6 +109,38 @@ int main(void) {
     c = config(0);
     c.workers = 5000;
     refused("workers 5000", &c, SOCKEYE_ERR_INVALID_ARGUMENT);
+    c = config(0);
+    c.uring_entries = 1000;
+    refused("uring_entries 1000 (not a power of two)", &c, SOCKEYE_ERR_INVALID_ARGUMENT);
+    c = config(0);
+    c.timer_tick_ms = 0;
+    refused("timer_tick_ms 0", &c, SOCKEYE_ERR_INVALID_ARGUMENT);
+
+    /* The tuning fields, last in the struct: their defaults, and values a server takes. */
+    check("backlog defaults to 4096", d.backlog == 4096, "another value");
+    check("read_buffer_size defaults to 256 KiB", d.read_buffer_size == (size_t)256 << 10,
+          "another value");
+    check("timer_tick_ms defaults to 250", d.timer_tick_ms == 250, "another value");
+    check("uring_entries defaults to 1024", d.uring_entries == 1024, "another value");
+    check("uring_buffers defaults to 0 (automatic)", d.uring_buffers == 0, "another value");
+    check("uring_buffer_size defaults to 64 KiB", d.uring_buffer_size == (size_t)64 << 10,
+          "another value");
+    check("direct_write_min defaults to 32 KiB", d.direct_write_min == (size_t)32 << 10,
+          "another value");
+    check("uring_send_zc_threshold defaults to SIZE_MAX (off)",
+          d.uring_send_zc_threshold == SIZE_MAX, "another value");
+    c = config(0);
+    c.backend = SOCKEYE_BACKEND_IO_URING;
+    c.uring_entries = 64;
+    c.uring_buffers = 16;
+    c.uring_buffer_size = 4096;
+    c.timer_tick_ms = 10;
+    c.direct_write_min = SIZE_MAX;
+    sockeye_server *tuned = NULL;
+    rc = create(&c, &tuned);
+    check("a server with small io_uring rings",
+          rc == SOCKEYE_OK || rc == SOCKEYE_ERR_BACKEND_UNAVAILABLE, sockeye_strerror(rc));
+    if (tuned) sockeye_server_free(tuned);
 
     printf("config: %s\n", failures ? "FAILED" : "all passed");
     return failures ? 1 : 0;

@@ -135,7 +135,7 @@ pub struct Config {
     /// program of the same user that sets SO_REUSEPORT itself.
     pub share_port: bool,
     /// Listen backlog of each worker's listener (the kernel caps it at
-    /// `net.core.somaxconn`). Default 4096.
+    /// `net.core.somaxconn`). Accepted: at least 1. Default 4096.
     pub backlog: i32,
     /// Size of each worker's read buffer (epoll). Accepted: 4 KiB..=64 MiB. Default 256 KiB.
     pub read_buffer_size: usize,
@@ -423,6 +423,7 @@ impl Config {
         in_range("max_topic_len", self.max_topic_len, 1, MAX_TOPIC_LEN)?;
         self.deflate.validate().map_err(|r| ConfigError::new("deflate", r.to_owned()))?;
         at_least_one("worker_memory_budget", self.worker_memory_budget)?;
+        in_range("backlog", self.backlog, 1, i32::MAX)?;
         in_range("read_buffer_size", self.read_buffer_size, MIN_READ_BUFFER, MAX_READ_BUFFER)?;
         timeout("shutdown_timeout", self.shutdown_timeout, Duration::ZERO)?;
         in_range("timer_tick", self.timer_tick, MIN_TICK, MAX_TICK)?;

@@ -184,7 +184,7 @@ impl<F> ServerBuilder<F> {
     setter!(/// Let other sockets join this server's SO_REUSEPORT group (default off: the port is
         /// ours). See [`Config::share_port`].
         share_port: bool => share_port);
-    setter!(/// Submission queue entries per worker, io_uring (default 4096). See
+    setter!(/// Submission queue entries per worker, io_uring (default 1024). See
         /// [`Config::uring_entries`].
         uring_entries: u32 => uring_entries);
     setter!(/// How long a graceful shutdown waits for close handshakes (default 5 s). See
@@ -192,11 +192,14 @@ impl<F> ServerBuilder<F> {
         shutdown_timeout: std::time::Duration => shutdown_timeout);
     setter!(/// Granularity of the timer wheel (default 250 ms). See [`Config::timer_tick`].
         timer_tick: std::time::Duration => timer_tick);
+    setter!(/// Listen backlog of each worker's listener (default 4096). See
+        /// [`Config::backlog`].
+        backlog: i32 => backlog);
     setter!(/// Size of each worker's read buffer, epoll (default 256 KiB). See
         /// [`Config::read_buffer_size`].
         read_buffer_size: usize => read_buffer_size);
-    setter!(/// Buffers in each worker's provided-buffer ring, io_uring (default 128). See
-        /// [`Config::uring_buffers`].
+    setter!(/// Buffers in each worker's provided-buffer ring, io_uring (default 0: 8 where the
+        /// kernel consumes them incrementally, else 128). See [`Config::uring_buffers`].
         uring_buffers: u16 => uring_buffers);
     setter!(/// Size of each provided buffer, io_uring (default 64 KiB). See
         /// [`Config::uring_buffer_size`].
