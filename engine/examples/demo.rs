@@ -10,8 +10,12 @@
 //! cargo run --release --example demo
 //! ```
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::{self, Write as _};
+use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::thread;
@@ -34,9 +38,8 @@ const STATS_TOPIC: &str = "$stats";
 /// How often the stats thread publishes.
 const STATS_PERIOD: Duration = Duration::from_secs(1);
 
-/// A chat room's name, 1..=64 bytes of `[A-Za-z0-9_-]`, held inline so that a connection's
-/// [`Route`] stays `Copy` (no allocation per connection or per line).
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// A chat room's name, 1..=64 bytes of `[A-Za-z0-9_-]`, held inline (no allocation per line).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Room {
     len: u8,
     name: [u8; MAX_ROOM_LEN],
@@ -85,11 +88,86 @@ impl fmt::Debug for Room {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+thread_local! {
+    /// The rooms the connections of this thread's worker are in.
+    static ROOMS: RefCell<Rooms> = RefCell::new(Rooms::default());
+}
+
+/// One worker's room names, each held once however many of its connections are in the room.
+#[derive(Default)]
+struct Rooms {
+    /// By id: the name and how many [`RoomId`]s hold it (0: free, the id is in `free`).
+    names: Vec<(Room, u32)>,
+    by_name: HashMap<Room, u32>,
+    free: Vec<u32>,
+}
+
+/// A connection's room: a counted id into its worker thread's [`Rooms`], so that a connection's
+/// [`Route`] is 8 bytes (it was 66 with the name inline, and every connection, `/echo` ones
+/// too, pays for the largest variant). The last id of a room frees its entry when dropped,
+/// whichever way the connection ended. Never leaves the thread that made it (not `Send`).
+struct RoomId(u32, PhantomData<Rc<()>>);
+
+impl RoomId {
+    fn new(room: Room) -> RoomId {
+        ROOMS.with_borrow_mut(|r| {
+            if let Some(&id) = r.by_name.get(&room) {
+                r.names[id as usize].1 += 1;
+                return RoomId(id, PhantomData);
+            }
+            let id = match r.free.pop() {
+                Some(id) => {
+                    r.names[id as usize] = (room, 1);
+                    id
+                }
+                None => {
+                    r.names.push((room, 1));
+                    (r.names.len() - 1) as u32
+                }
+            };
+            r.by_name.insert(room, id);
+            RoomId(id, PhantomData)
+        })
+    }
+
+    fn room(&self) -> Room {
+        ROOMS.with_borrow(|r| r.names[self.0 as usize].0)
+    }
+}
+
+impl Clone for RoomId {
+    fn clone(&self) -> Self {
+        ROOMS.with_borrow_mut(|r| r.names[self.0 as usize].1 += 1);
+        RoomId(self.0, PhantomData)
+    }
+}
+
+impl Drop for RoomId {
+    fn drop(&mut self) {
+        // `try_with`: a worker's connections may outlive its thread-locals as the thread exits.
+        let _ = ROOMS.try_with(|r| {
+            let r = &mut *r.borrow_mut();
+            let entry = &mut r.names[self.0 as usize];
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                r.by_name.remove(&entry.0);
+                r.free.push(self.0);
+            }
+        });
+    }
+}
+
+impl fmt::Debug for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.room().fmt(f)
+    }
+}
+
+#[derive(Debug, Default, Clone)]
 enum Route {
     #[default]
     Echo,
-    Chat(Room),
+    Chat(RoomId),
     /// Read-only: the `$stats` stream.
     Stats,
     /// `--chaos` only: every message makes the handler panic.
@@ -254,7 +332,7 @@ impl Handler for Demo {
             "/echo" => Upgrade::accept(Route::Echo),
             "/chat" => match Room::from_query(req.query()) {
                 Some(room) if room.topic().len() <= self.max_topic_len => {
-                    Upgrade::accept(Route::Chat(room))
+                    Upgrade::accept(Route::Chat(RoomId::new(room)))
                 }
                 _ => Upgrade::reject(400),
             },
@@ -278,8 +356,9 @@ impl Handler for Demo {
     }
 
     fn on_open(&mut self, conn: &mut Conn<'_, Route>) {
-        let subscribed = match *conn.data() {
-            Route::Chat(room) => conn.subscribe(room.topic()),
+        // A copy (a count up in the room table): `conn` is borrowed again below.
+        let subscribed = match conn.data().clone() {
+            Route::Chat(room) => conn.subscribe(room.room().topic()),
             Route::Stats => conn.subscribe(STATS_TOPIC),
             Route::Echo | Route::Panic => return,
         };
@@ -292,14 +371,14 @@ impl Handler for Demo {
     }
 
     fn on_message(&mut self, conn: &mut Conn<'_, Route>, msg: Message<'_>) {
-        match (*conn.data(), msg) {
+        match (conn.data().clone(), msg) {
             (Route::Echo, m) => {
                 conn.send(m);
             }
             (Route::Chat(room), Message::Text(line)) => {
                 // To every member on every worker, this connection included; a member whose
                 // queue is full loses the line (or is closed, --close-slow-subscribers).
-                if let Err(e) = conn.publish_including_self(room.topic(), line) {
+                if let Err(e) = conn.publish_including_self(room.room().topic(), line) {
                     let _ = conn.close(CloseCode::TOO_BIG, &format!("cannot publish: {e}"));
                 }
             }

@@ -116,3 +116,42 @@ fn http_responses_carry_the_handlers_headers() {
     assert!(!head.contains("Injected") && !head.contains("X-Bad"), "{head}");
     assert_eq!(body, "hi");
 }
+
+/// Answers every message with `Conn::peer_addr` and what `on_upgrade` was told.
+struct PeerEcho;
+
+impl Handler for PeerEcho {
+    type Data = Option<std::net::SocketAddr>;
+
+    fn on_upgrade(
+        &mut self,
+        _req: &Request<'_>,
+        peer: std::net::SocketAddr,
+    ) -> sockeye::Upgrade<Self::Data> {
+        sockeye::Upgrade::accept(Some(peer))
+    }
+
+    fn on_message(&mut self, conn: &mut Conn<'_, Self::Data>, _msg: Message<'_>) {
+        let text = format!("{} {:?}", conn.peer_addr(), conn.data());
+        conn.send_text(&text);
+    }
+}
+
+/// The peer's address reads back whole over IPv4 and IPv6 (the worker keeps an IPv6 one
+/// beside the connection's slot), at the upgrade and on an open connection, and a later
+/// connection on the same slot gets its own.
+#[test]
+fn peer_addresses_read_back_over_ipv4_and_ipv6() {
+    for listen in ["127.0.0.1:0", "[::1]:0"] {
+        let srv = start(|b| b.listen(listen).workers(1), || PeerEcho);
+        for _ in 0..2 {
+            let mut ws = ws_connect(srv.addr);
+            let me = ws.get_ref().local_addr().expect("local address");
+            assert_eq!(me.is_ipv6(), listen.starts_with('['));
+            assert_eq!(ask(&mut ws, "peer?"), format!("{me} Some({me})"), "[{}]", backend_name());
+            ws.close(None).expect("close");
+            while ws.read().is_ok() {}
+            srv.wait_idle(IO_TIMEOUT);
+        }
+    }
+}

@@ -19,14 +19,15 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::io::IoSlice;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV6};
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
@@ -60,8 +61,6 @@ pub(crate) const WRITE_SLICES: usize = 64;
 /// reallocate far more bytes than references).
 pub(crate) const COPY_FRAME_MAX: usize = 128;
 
-const NO_TIMER: u64 = u64::MAX;
-
 /// A key's generation after its last use: the key is retired, never handed out again, so an
 /// old [`ConnId`] can never come to name a new connection (after 2^32 - 1 uses of one slot).
 const RETIRED_GEN: u32 = u32::MAX;
@@ -71,31 +70,6 @@ const TLS_READ: usize = 32 << 10;
 
 /// Largest payload one send accepts: send queues count bytes in u32.
 pub(crate) const MAX_SEND: usize = 1 << 31;
-
-/// The peer's address in 16 bytes instead of `SocketAddr`'s 32 (IPv6 peers are boxed).
-#[derive(Debug)]
-enum Peer {
-    V4([u8; 4], u16),
-    V6(Box<std::net::SocketAddrV6>),
-}
-
-impl From<SocketAddr> for Peer {
-    fn from(a: SocketAddr) -> Self {
-        match a {
-            SocketAddr::V4(v4) => Peer::V4(v4.ip().octets(), v4.port()),
-            SocketAddr::V6(v6) => Peer::V6(Box::new(v6)),
-        }
-    }
-}
-
-impl Peer {
-    fn addr(&self) -> SocketAddr {
-        match self {
-            Peer::V4(ip, port) => SocketAddr::from((*ip, *port)),
-            Peer::V6(v6) => SocketAddr::V6(**v6),
-        }
-    }
-}
 
 // Slot flags.
 const DIRTY: u16 = 1; // in the dirty list
@@ -112,6 +86,15 @@ const RETIRED: u16 = 1024; // a tombstone holding a retired key (see `RETIRED_GE
 const RESET: u16 = 2048; // dead by force: the backend closes the socket with a reset
 const SUBSCRIBED: u16 = 4096; // may hold topic subscriptions (the index has an entry)
 const TLS: u16 = 8192; // speaks TLS: its state is `CoreState::tls[key]`
+const ARMED: u16 = 16384; // a wheel entry is armed for it: `timer_at` holds its tick
+const PEER_V6: u16 = 32768; // an IPv6 peer: its address is `CoreState::peers6[key]`
+
+/// Whether wheel tick `a` comes before tick `b`, both given by their low 32 bits. Right while
+/// they are less than 2^31 ticks apart: an armed entry's tick lies within the wheel's horizon
+/// (1024 ticks) of the tick being expired, and so does any tick it is compared with.
+fn tick_before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
 
 /// Counters a worker keeps in plain integers and publishes once per loop turn.
 #[derive(Debug, Default, Clone, Copy)]
@@ -134,10 +117,11 @@ pub(crate) struct Counts {
 }
 
 /// One connection's state in the worker. Its generation lives in `CoreState::gens`, which
-/// outlives the slot.
+/// outlives the slot. Besides the protocol state and the user data it is 32 bytes, all of
+/// them paid by every idle connection: times are 32-bit stamps, the peer an IPv4 address and
+/// port inline (an IPv6 peer's address lives in a side map).
 #[derive(Debug)]
 pub(crate) struct Slot<D> {
-    flags: u16,
     proto: Connection,
     /// Bytes waiting for the socket (owned, and frames shared with other subscribers); `None`
     /// whenever it is empty (an idle connection owns no buffer).
@@ -147,15 +131,20 @@ pub(crate) struct Slot<D> {
     /// back in `on_send_done` (which the backend calls for every flight, a dead connection's
     /// too, before the slot is removed).
     inflight: u32,
-    /// Tick of the armed wheel entry, or `NO_TIMER`.
-    timer_at: u64,
+    /// The low 32 bits of the armed wheel entry's tick; meaningful only under `ARMED`.
+    timer_at: u32,
     /// The socket, for the direct write of large sends (owned by the backend, which drops
     /// the slot before or as it closes the socket).
     fd: RawFd,
     /// Until a close: the last time bytes arrived (coarse: the loop turn's clock). From the
-    /// close on (`CLOSING`): when the close was sent or received; it never moves again.
-    since: Instant,
-    peer: Peer,
+    /// close on (`CLOSING`): when the close was sent or received; it never moves again. A
+    /// [`CoreState::stamp`]; [`CoreState::instant_of`] turns it back into an instant.
+    since: u32,
+    /// The peer's IPv4 address (zero for an IPv6 peer, `PEER_V6`).
+    ip4: [u8; 4],
+    /// The peer's port, either family.
+    port: u16,
+    flags: u16,
     data: D,
 }
 
@@ -182,6 +171,13 @@ pub(crate) struct CoreState<D> {
     /// Keys retired for good (tombstones in `conns`).
     retired: usize,
     pub(crate) now: Instant,
+    /// The instant the worker's clock started: the origin of its stamps and of the wheel.
+    epoch: Instant,
+    /// `now` as a stamp: milliseconds since `epoch`, rounded up, in 64 bits.
+    now_ms: u64,
+    /// IPv6 peers' addresses by key (`PEER_V6` in their flags), removed with the slot. Kept
+    /// beside the slab, not in the slot: IPv4 peers, inline, pay nothing for it.
+    peers6: HashMap<u32, SocketAddrV6>,
     out_pool: SendPool,
     dirty: Vec<u32>,
     /// Connections whose write side the backend must shut (flushed and closed).
@@ -255,7 +251,35 @@ impl<D> CoreState<D> {
     }
 
     pub(crate) fn peer_addr(&self, key: usize) -> SocketAddr {
-        self.conns[key].peer.addr()
+        let s = &self.conns[key];
+        if s.flags & PEER_V6 != 0 {
+            if let Some(a) = self.peers6.get(&(key as u32)) {
+                return SocketAddr::V6(*a);
+            }
+        }
+        SocketAddr::from((s.ip4, s.port))
+    }
+
+    /// Milliseconds since the worker's epoch for `t`, rounded up (so a deadline counted
+    /// from a stamp is never earlier than one counted from `t`).
+    fn ms_of(epoch: Instant, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(epoch);
+        let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
+
+    /// This loop turn's clock as a slot keeps it: the low 32 bits of `now_ms`. The stamps
+    /// wrap after 49.7 days, which no stamp that is read can reach: one is read only while
+    /// a deadline counts from it (at most 2 x `MAX_TIMEOUT`, 14 days, checked again at
+    /// least once per wheel horizon, under 3 hours) or just after it was set.
+    fn stamp(&self) -> u32 {
+        self.now_ms as u32
+    }
+
+    /// The instant a stamp stands for: the latest at or before `now` with those low 32 bits.
+    fn instant_of(&self, stamp: u32) -> Instant {
+        let age = u64::from(self.stamp().wrapping_sub(stamp));
+        self.epoch + Duration::from_millis(self.now_ms.saturating_sub(age))
     }
 
     pub(crate) fn buffered_amount(&self, key: usize) -> usize {
@@ -697,7 +721,7 @@ impl<D> CoreState<D> {
     /// worker is logged.
     fn tls_failed(&mut self, key: usize, e: &rustls::Error, http: bool) {
         self.counts.tls_errors += 1;
-        let peer = self.conns[key].peer.addr();
+        let peer = self.peer_addr(key);
         let what = if http {
             "plaintext HTTP on the TLS port (answered 400)".to_string()
         } else {
@@ -793,7 +817,7 @@ impl<D> CoreState<D> {
         let s = &mut self.conns[key];
         if s.flags & CLOSING == 0 && matches!(s.proto.state(), State::Closing | State::Closed) {
             s.flags |= CLOSING;
-            s.since = self.now;
+            s.since = self.now_ms as u32;
             self.arm(key);
         }
     }
@@ -804,18 +828,19 @@ impl<D> CoreState<D> {
         if s.flags & DEAD != 0 {
             return None;
         }
+        let since = self.instant_of(s.since);
         if s.flags & CLOSING != 0 {
-            return Some(s.since + self.env.limits.close_timeout);
+            return Some(since + self.env.limits.close_timeout);
         }
         let mut d = s.proto.deadline();
         if s.proto.state() == State::Open {
             let mut consider = |t: Instant| d = Some(d.map_or(t, |x| x.min(t)));
             if let Some(idle) = self.cfg.idle_timeout {
-                consider(s.since + idle);
+                consider(since + idle);
             }
             if let Some(p) = self.cfg.auto_ping {
                 let n = if s.flags & PINGED != 0 { 2 } else { 1 };
-                consider(s.since + p * n);
+                consider(since + p * n);
             }
         }
         d
@@ -824,11 +849,13 @@ impl<D> CoreState<D> {
     /// Makes sure a wheel entry fires no later than the connection's next deadline.
     fn arm(&mut self, key: usize) {
         let Some(d) = self.deadline_of(key) else { return };
-        let tick = self.wheel.tick_for(d);
+        let tick = self.wheel.tick_for(d) as u32;
         let s = &self.conns[key];
-        if s.timer_at == NO_TIMER || tick < s.timer_at {
+        if s.flags & ARMED == 0 || tick_before(tick, s.timer_at) {
             let at = self.wheel.insert(d, (key as u32, self.gens[key]));
-            self.conns[key].timer_at = at;
+            let s = &mut self.conns[key];
+            s.timer_at = at as u32;
+            s.flags |= ARMED;
         }
     }
 
@@ -905,6 +932,11 @@ impl<H: Handler> Core<H> {
         env.pool = crate::proto::BufPool::new(cfg.buffer_cache / 2 / KEEP, KEEP);
         let send_cache = cfg.buffer_cache / 2;
         let wheel = Wheel::new(now, cfg.timer_tick);
+        debug_assert!(
+            2 * super::config::MAX_TIMEOUT.as_millis() + 1024 * cfg.timer_tick.as_millis()
+                < 1 << 31,
+            "slot stamps (32-bit milliseconds) must outlast every deadline"
+        );
         let topics = Topics::new(worker, Arc::clone(&handle.inner.topics));
         let capacity = cfg_conns(&cfg);
         Self {
@@ -919,6 +951,9 @@ impl<H: Handler> Core<H> {
                 gens: Vec::new(),
                 retired: 0,
                 now,
+                epoch: now,
+                now_ms: 0,
+                peers6: HashMap::new(),
                 out_pool: SendPool::new(send_cache),
                 dirty: Vec::new(),
                 shut: Vec::new(),
@@ -979,18 +1014,26 @@ impl<H: Handler> Core<H> {
     /// when `secure`; returns its key.
     pub(crate) fn accept(&mut self, peer: SocketAddr, fd: RawFd, secure: bool) -> usize {
         let st = &mut self.state;
+        let (ip4, v6) = match peer {
+            SocketAddr::V4(a) => (a.ip().octets(), None),
+            SocketAddr::V6(a) => ([0; 4], Some(a)),
+        };
         let slot = Slot {
-            flags: 0,
+            flags: if v6.is_some() { PEER_V6 } else { 0 },
             proto: Connection::new_server(st.now, &st.env.limits),
             out: None,
             inflight: 0,
-            since: st.now,
-            timer_at: NO_TIMER,
+            since: st.stamp(),
+            timer_at: 0,
             fd,
-            peer: Peer::from(peer),
+            ip4,
+            port: peer.port(),
             data: H::Data::default(),
         };
         let key = st.conns.insert(slot);
+        if let Some(a) = v6 {
+            st.peers6.insert(key as u32, a);
+        }
         if st.gens.len() <= key {
             st.gens.resize(key + 1, 0);
         }
@@ -1134,7 +1177,7 @@ impl<H: Handler> Core<H> {
     /// Plaintext arrived for `key` (a plain connection's bytes, or a TLS connection's
     /// deciphered ones). They are parsed (and unmasked) in place.
     fn on_plaintext(&mut self, key: usize, data: &mut [u8]) -> After {
-        let now = self.state.now;
+        let now = self.state.stamp();
         let Some(s) = self.state.conns.get_mut(key) else { return After::StopReading };
         if s.flags & DEAD != 0 {
             return After::StopReading;
@@ -1171,8 +1214,11 @@ impl<H: Handler> Core<H> {
                     self.dispatch(key, ev);
                 }
                 Err(e) => {
-                    let s = &st.conns[key];
-                    log::debug!("worker {}: protocol error from {}: {e}", st.worker, s.peer.addr());
+                    log::debug!(
+                        "worker {}: protocol error from {}: {e}",
+                        st.worker,
+                        st.peer_addr(key)
+                    );
                     if e == ProtocolError::OverBudget {
                         st.counts.budget_refusals += 1;
                     } else {
@@ -1190,8 +1236,8 @@ impl<H: Handler> Core<H> {
     /// Runs the handshake on `data`; returns bytes consumed when the connection opened.
     fn handshake(&mut self, key: usize, data: &[u8]) -> Option<usize> {
         let st = &mut self.state;
+        let peer = st.peer_addr(key);
         let s = &mut st.conns[key];
-        let peer = s.peer.addr();
         let handler = &mut self.handler;
         let mut user: Option<H::Data> = None;
         let mut panic: Option<(&str, Box<dyn std::any::Any + Send>)> = None;
@@ -1540,6 +1586,9 @@ impl<H: Handler> Core<H> {
             *t = None;
         }
         let Some(mut s) = st.conns.try_remove(key) else { return };
+        if s.flags & PEER_V6 != 0 {
+            st.peers6.remove(&(key as u32));
+        }
         st.env.memory.queued = st.env.memory.queued.saturating_sub(footprint_of(&s));
         if let Some(q) = s.out.take() {
             st.out_pool.recycle(q);
@@ -1555,10 +1604,11 @@ impl<H: Handler> Core<H> {
                 proto: Connection::new_open(Role::Server, 0),
                 out: None,
                 inflight: 0,
-                timer_at: NO_TIMER,
+                timer_at: 0,
                 fd: -1,
-                since: st.now,
-                peer: s.peer,
+                since: st.stamp(),
+                ip4: [0; 4],
+                port: 0,
                 data: H::Data::default(),
             };
             let entry = st.conns.vacant_entry();
@@ -1573,6 +1623,7 @@ impl<H: Handler> Core<H> {
     /// Sets the loop's clock for this turn.
     pub(crate) fn set_now(&mut self, now: Instant) {
         self.state.now = now;
+        self.state.now_ms = CoreState::<H::Data>::ms_of(self.state.epoch, now);
     }
 
     /// The loop's clock for this turn.
@@ -1593,8 +1644,12 @@ impl<H: Handler> Core<H> {
         for (tick, (key, gen)) in expired.drain(..) {
             let key = key as usize;
             match self.state.conns.get_mut(key) {
-                Some(s) if self.state.gens[key] == gen && s.timer_at == tick => {
-                    s.timer_at = NO_TIMER
+                Some(s)
+                    if self.state.gens[key] == gen
+                        && s.flags & ARMED != 0
+                        && s.timer_at == tick as u32 =>
+                {
+                    s.flags &= !ARMED
                 }
                 _ => continue, // stale entry
             }
@@ -1609,12 +1664,14 @@ impl<H: Handler> Core<H> {
     fn on_timer(&mut self, key: usize, now: Instant) {
         let cfg = Arc::clone(&self.state.cfg);
         let close_timeout = self.state.env.limits.close_timeout;
+        let Some(s) = self.state.conns.get(key) else { return };
+        let since = self.state.instant_of(s.since);
         let s = &mut self.state.conns[key];
         if s.flags & DEAD != 0 {
             return;
         }
         if s.flags & CLOSING != 0 {
-            if now >= s.since + close_timeout {
+            if now >= since + close_timeout {
                 // The close did not complete in time: whatever is queued, the peer is not
                 // taking it. Gone, with a reset.
                 self.state.counts.close_timeouts += 1;
@@ -1632,17 +1689,17 @@ impl<H: Handler> Core<H> {
             }
             State::Open => {
                 if let Some(idle) = cfg.idle_timeout {
-                    if now >= s.since + idle {
+                    if now >= since + idle {
                         self.state.counts.idle_timeouts += 1;
                         self.state.close(key, CloseCode::GOING_AWAY, "idle timeout");
                         return;
                     }
                 }
                 if let Some(p) = cfg.auto_ping {
-                    if s.flags & PINGED != 0 && now >= s.since + p * 2 {
+                    if s.flags & PINGED != 0 && now >= since + p * 2 {
                         self.state.counts.idle_timeouts += 1;
                         self.state.close(key, CloseCode::GOING_AWAY, "ping timeout");
-                    } else if s.flags & PINGED == 0 && now >= s.since + p {
+                    } else if s.flags & PINGED == 0 && now >= since + p {
                         s.flags |= PINGED;
                         self.state.send(key, OpCode::Ping, b"");
                     }
@@ -1749,15 +1806,35 @@ mod tests {
     use super::*;
 
     /// An idle connection's user-space footprint: the slot (protocol state included) plus its
-    /// slab tag, held to 192 bytes (plus 4 for its key's generation); the slab's capacity is
-    /// reserved up front (untouched pages cost nothing), so the slot size is what a connection
-    /// costs.
+    /// slab tag (plus 4 for its key's generation); the slab's capacity is reserved up front
+    /// (untouched pages cost nothing), so the slot size is what a connection costs. The
+    /// worker's part, beside the protocol state (`proto::Connection`, bounded in its own
+    /// test), is held to 32 bytes; an 8-byte user datum (the demo's `Route`) adds 8.
     #[test]
     fn idle_slot_is_small() {
-        let slot = std::mem::size_of::<Slot<()>>();
-        let conn = std::mem::size_of::<Connection>();
-        eprintln!("Slot<()> = {slot} bytes, Connection = {conn} bytes");
+        use std::mem::size_of;
+        let slot = size_of::<Slot<()>>();
+        let conn = size_of::<Connection>();
+        // Laid out as slab's own `Entry` (a vacant slot holds the next free key).
+        #[allow(dead_code)]
+        enum Entry<T> {
+            Vacant(usize),
+            Occupied(T),
+        }
+        let entry = size_of::<Entry<Slot<()>>>();
+        eprintln!("Slot<()> = {slot} bytes (slab entry {entry}), Connection = {conn} bytes");
+        assert!(slot - conn <= 32, "Slot<()> is {slot} bytes, {} beside Connection", slot - conn);
+        assert!(size_of::<Slot<u64>>() - conn <= 40, "Slot<u64> beside Connection");
         assert!(slot <= 192, "Slot<()> is {slot} bytes");
+    }
+
+    #[test]
+    fn tick_before_holds_across_the_u32_wrap() {
+        assert!(tick_before(1, 2));
+        assert!(!tick_before(2, 2));
+        assert!(!tick_before(3, 2));
+        assert!(tick_before(u32::MAX - 5, 3), "a tick just before the wrap");
+        assert!(!tick_before(3, u32::MAX - 5), "a tick just after the wrap");
     }
 }
 

@@ -731,3 +731,68 @@ fn a_frame_nobody_takes_leaves_the_budget_at_once() {
     let used = p.core.state.env.memory.used();
     assert!(used < 40 << 10, "{used} bytes held for a subscriber limited to 16 KiB");
 }
+
+/// An IPv6 peer's address lives beside the slot (an IPv4 one inline): both read back whole,
+/// and the side entry goes with the slot, a retired key's too, never reaching the key's next
+/// connection.
+#[test]
+fn ipv6_peers_live_in_a_side_map_freed_with_the_slot() {
+    use std::net::{Ipv6Addr, SocketAddrV6};
+    let mut p = Pair::new(cfg());
+    let ip = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7);
+    let v6 = SocketAddr::V6(SocketAddrV6::new(ip, 51234, 3, 9));
+    let a = p.core.accept(v6, -1, false);
+    let b = p.core.accept(peer(), -1, false);
+    assert_eq!(p.core.state.peer_addr(a), v6);
+    assert_eq!(p.core.state.peer_addr(b), peer());
+    assert_eq!(p.core.state.peers6.len(), 1);
+    p.core.remove(a);
+    assert!(p.core.state.peers6.is_empty(), "the side entry outlived its slot");
+    let c = p.core.accept(peer(), -1, false);
+    assert_eq!(c, a, "the slab reuses the freed key");
+    assert_eq!(p.core.state.peer_addr(c), peer());
+    let d = p.core.accept(v6, -1, false);
+    assert_eq!(p.core.state.peer_addr(d), v6);
+    p.core.state.gens[d] = RETIRED_GEN - 1;
+    p.core.remove(d);
+    assert!(p.core.state.peers6.is_empty(), "a tombstone kept the side entry");
+    p.core.remove(b);
+    p.core.remove(c);
+    assert_eq!(p.len(), 0);
+}
+
+/// Slots keep times as 32-bit milliseconds and wheel ticks in 32 bits; both wrap 49.7 days
+/// into a worker's life (ticks sooner with a 1 ms tick: at the same moment). An idle deadline
+/// that straddles the wrap fires on time, neither early nor never, and one counted from a
+/// stamp after the wrap too.
+#[test]
+fn idle_timeouts_keep_time_across_the_32_bit_wrap() {
+    for tick in [Duration::from_millis(1), Duration::from_millis(250)] {
+        let idle = Duration::from_secs(10);
+        let mut p = Pair::new(Config { idle_timeout: Some(idle), timer_tick: tick, ..cfg() });
+        // To 3 s before the wrap, holding nothing (an empty wheel skips the gap at once).
+        p.advance(Duration::from_millis((1 << 32) - 3_000));
+        let c = p.open();
+        let key = p.clients[c].key;
+        p.advance(Duration::from_secs(2));
+        p.send_frame(c, OpCode::Text, b"before the wrap");
+        p.pump();
+        assert!(p.core.state.conns[key].since > u32::MAX - 1_001, "{tick:?}");
+        p.advance(Duration::from_secs(5));
+        assert!(p.core.state.stamp() < 5_000, "{tick:?}: the stamp wrapped");
+        p.advance(Duration::from_millis(4_500));
+        assert_eq!((p.len(), p.counts().idle_timeouts), (1, 0), "{tick:?}: closed early");
+        p.advance(Duration::from_millis(1_000));
+        assert_eq!(p.counts().idle_timeouts, 1, "{tick:?}: the idle timeout did not fire");
+        // A connection whose stamp is from after the wrap.
+        let c = p.open();
+        let key = p.clients[c].key;
+        p.send_frame(c, OpCode::Text, b"after the wrap");
+        p.pump();
+        assert!(p.core.state.conns[key].since < 20_000, "{tick:?}");
+        p.advance(idle - Duration::from_millis(500));
+        assert_eq!(p.counts().idle_timeouts, 1, "{tick:?}: closed early after the wrap");
+        p.advance(Duration::from_secs(1));
+        assert_eq!(p.counts().idle_timeouts, 2, "{tick:?}: no idle timeout after the wrap");
+    }
+}
