@@ -394,14 +394,14 @@ typedef struct sockeye_config {
      */
     uint32_t uring_entries;
     /**
-     * io_uring: buffers in each worker's provided-buffer ring; 0 (the default) picks 8 where
+     * io_uring: buffers in each worker's provided-buffer ring; 0 (the default) picks 4 where
      * the kernel consumes them incrementally (6.12+), else 128. Accepted: 0, or a power of two
      * from 2 to 32768, with `uring_buffers × uring_buffer_size` at most 1 GiB.
      */
     uint16_t uring_buffers;
     /**
-     * io_uring: size of each provided buffer. Accepted: 1024 to 16777216 (16 MiB). Default
-     * 65536.
+     * io_uring: size of each provided buffer; 0 (the default) picks 192 KiB where the kernel
+     * consumes buffers incrementally, else 64 KiB. Accepted: 0, or 1024 to 16777216 (16 MiB).
      */
     size_t uring_buffer_size;
     /**

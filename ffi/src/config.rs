@@ -156,12 +156,12 @@ pub struct sockeye_config {
     /// io_uring: submission queue entries per worker (the completion queue is four times as
     /// large). Accepted: a power of two from 2 to 16384. Default 1024.
     pub uring_entries: u32,
-    /// io_uring: buffers in each worker's provided-buffer ring; 0 (the default) picks 8 where
+    /// io_uring: buffers in each worker's provided-buffer ring; 0 (the default) picks 4 where
     /// the kernel consumes them incrementally (6.12+), else 128. Accepted: 0, or a power of two
     /// from 2 to 32768, with `uring_buffers × uring_buffer_size` at most 1 GiB.
     pub uring_buffers: u16,
-    /// io_uring: size of each provided buffer. Accepted: 1024 to 16777216 (16 MiB). Default
-    /// 65536.
+    /// io_uring: size of each provided buffer; 0 (the default) picks 192 KiB where the kernel
+    /// consumes buffers incrementally, else 64 KiB. Accepted: 0, or 1024 to 16777216 (16 MiB).
     pub uring_buffer_size: usize,
     /// Data messages of at least this many bytes are written at once from the sender's memory
     /// when nothing of the connection is in flight; smaller ones are queued and written

@@ -123,7 +123,7 @@ int main(void) {
     check("timer_tick_ms defaults to 250", d.timer_tick_ms == 250, "another value");
     check("uring_entries defaults to 1024", d.uring_entries == 1024, "another value");
     check("uring_buffers defaults to 0 (automatic)", d.uring_buffers == 0, "another value");
-    check("uring_buffer_size defaults to 64 KiB", d.uring_buffer_size == (size_t)64 << 10,
+    check("uring_buffer_size defaults to 0 (automatic)", d.uring_buffer_size == 0,
           "another value");
     check("direct_write_min defaults to 32 KiB", d.direct_write_min == (size_t)32 << 10,
           "another value");

@@ -26,7 +26,10 @@ use crossbeam_channel::Receiver;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use crate::server::api::Handler;
-use crate::server::config::{Config, AUTO_URING_BUFFERS, AUTO_URING_BUFFERS_INC};
+use crate::server::config::{
+    Config, AUTO_URING_BUFFERS, AUTO_URING_BUFFERS_INC, AUTO_URING_BUFFER_SIZE,
+    AUTO_URING_BUFFER_SIZE_INC,
+};
 use crate::server::core::{After, Core, OutQ, WRITE_SLICES};
 use crate::server::handle::{Command, Wake, WorkerStats};
 use crate::server::worker::{self, Driver, Worker, ACCEPT_BACKOFF};
@@ -131,16 +134,20 @@ struct BufRing {
 const PBUF_RING_INC: u16 = 2;
 
 impl BufRing {
-    /// A ring of `entries` buffers (`0`: [`AUTO_URING_BUFFERS_INC`] or [`AUTO_URING_BUFFERS`],
-    /// whichever the kernel's mode calls for) of `size` bytes, registered with `ring`,
-    /// consuming incrementally where the kernel can (6.12+).
+    /// A ring of `entries` buffers of `size` bytes (`0` for either: what the kernel's mode
+    /// calls for, [`AUTO_URING_BUFFERS_INC`] × [`AUTO_URING_BUFFER_SIZE_INC`] incremental, else
+    /// [`AUTO_URING_BUFFERS`] × [`AUTO_URING_BUFFER_SIZE`]), registered with `ring`, consuming
+    /// incrementally where the kernel can (6.12+).
     fn new(ring: &IoUring, entries: u16, size: usize) -> io::Result<Self> {
-        let (inc, plain) = if entries == 0 {
-            (AUTO_URING_BUFFERS_INC, AUTO_URING_BUFFERS)
+        let auto = |v: u16, a: u16| if v == 0 { a } else { v };
+        let (inc, plain) =
+            (auto(entries, AUTO_URING_BUFFERS_INC), auto(entries, AUTO_URING_BUFFERS));
+        let (inc_size, plain_size) = if size == 0 {
+            (AUTO_URING_BUFFER_SIZE_INC, AUTO_URING_BUFFER_SIZE)
         } else {
-            (entries, entries)
+            (size, size)
         };
-        let mut br = Self::alloc(inc, size)?;
+        let mut br = Self::alloc(inc, inc_size)?;
         // A kernel before 6.12 refuses the incremental flag (EINVAL) and registers nothing,
         // so a plain registration may follow, of a fresh allocation if the mode wants another
         // size (the first one is dropped unregistered, which frees it).
@@ -155,8 +162,8 @@ impl BufRing {
         if !plain_only && unsafe { br.register(ring, PBUF_RING_INC) }.is_ok() {
             br.incremental = true;
         } else {
-            if plain != br.entries {
-                br = Self::alloc(plain, size)?;
+            if plain != br.entries || plain_size != br.size {
+                br = Self::alloc(plain, plain_size)?;
             }
             // SAFETY: as above. Not registered (an error): `Drop` frees both allocations.
             unsafe { br.register(ring, 0) }?;
@@ -1272,8 +1279,9 @@ mod tests {
         br.unregister(&ring);
     }
 
-    /// `uring_buffers` 0 picks the ring the kernel's mode calls for: 8 buffers consumed
-    /// incrementally, or, where the kernel lacks that mode (forced here), 128 whole ones.
+    /// `uring_buffers` and `uring_buffer_size` 0 pick the ring the kernel's mode calls for:
+    /// 4 large buffers consumed incrementally, or, where the kernel lacks that mode (forced
+    /// here), 128 whole ones of 64 KiB.
     #[test]
     fn automatic_ring_size_follows_the_kernels_mode() {
         if let Err(e) = probe() {
@@ -1283,9 +1291,12 @@ mod tests {
         let ring = IoUring::new(8).expect("io_uring");
         hooks::PLAIN_RING.with(|p| p.set(true));
         let plain = BufRing::new(&ring, 0, 4096).expect("plain ring");
-        hooks::PLAIN_RING.with(|p| p.set(false));
         assert!(!plain.incremental);
         assert_eq!((plain.entries, plain.lent), (AUTO_URING_BUFFERS, 128));
+        plain.unregister(&ring);
+        let plain = BufRing::new(&ring, 0, 0).expect("plain ring, automatic size");
+        hooks::PLAIN_RING.with(|p| p.set(false));
+        assert_eq!((plain.entries, plain.size), (AUTO_URING_BUFFERS, AUTO_URING_BUFFER_SIZE));
         plain.unregister(&ring);
         let fixed = BufRing::new(&ring, 4, 4096).expect("4 buffers");
         assert_eq!(fixed.entries, 4, "an explicit count is kept whatever the mode");
@@ -1293,7 +1304,14 @@ mod tests {
         if kernel_version().unwrap_or((0, 0)) >= (6, 12) {
             let inc = BufRing::new(&ring, 0, 4096).expect("incremental ring");
             assert!(inc.incremental);
-            assert_eq!((inc.entries, inc.lent), (AUTO_URING_BUFFERS_INC, 8));
+            assert_eq!((inc.entries, inc.lent), (AUTO_URING_BUFFERS_INC, 4));
+            assert_eq!(inc.size, 4096, "an explicit size is kept");
+            inc.unregister(&ring);
+            let inc = BufRing::new(&ring, 0, 0).expect("incremental ring, automatic size");
+            assert_eq!(
+                (inc.entries, inc.size),
+                (AUTO_URING_BUFFERS_INC, AUTO_URING_BUFFER_SIZE_INC)
+            );
             inc.unregister(&ring);
         }
     }

@@ -157,15 +157,19 @@ pub struct Config {
     /// buffers incrementally (6.12+), each receive takes only the bytes it carries and a
     /// buffer goes back to the worker once full; before 6.12 every receive takes a whole
     /// buffer, so the ring needs one per connection with bytes to read in a loop turn. `0`
-    /// (the default) picks 8 buffers in the first case (512 KiB at the default size) and 128
-    /// in the second (8 MiB). Memory is virtual until the kernel writes into it. Accepted: 0,
-    /// or a power of two in 2..=32768, with `uring_buffers × uring_buffer_size` at most 1 GiB.
+    /// (the default) picks 4 buffers in the first case and 128 in the second. Memory is
+    /// virtual until the kernel writes into it. Accepted: 0, or a power of two in 2..=32768,
+    /// with `uring_buffers × uring_buffer_size` at most 1 GiB.
     pub uring_buffers: u16,
     /// io_uring: size of each provided buffer. A frame that one receive's bytes do not hold
-    /// whole is assembled (copied) across receives, so this is sized well above a 16 KiB
-    /// message: at 500 × 16 KiB echoes (whole-buffer receives) 64 KiB buffers took 6.2-6.3 µs
-    /// of server CPU per message where 16 KiB × 512 took 7.25 (interleaved runs,
-    /// benches/README.md). Accepted: 1 KiB..=16 MiB. Default 64 KiB.
+    /// whole is assembled (copied) across receives, and no receive crosses from one buffer
+    /// into the next, so a buffer several times the largest common message saves that copy.
+    /// `0` (the default) picks 192 KiB where buffers are consumed incrementally (4 × 192 KiB,
+    /// a 768 KiB ring: against 8 × 64 KiB it cut the server's CPU per message by 8 % at
+    /// 10 × 64 KiB echoes and 14 % at 500 × 16 KiB, and the user-space copy at 64 KiB from 5 %
+    /// of the profile to under 2 %; benches/README.md) and 64 KiB where every receive takes a
+    /// whole buffer (128 × 64 KiB: at 500 × 16 KiB echoes 64 KiB buffers took 6.2-6.3 µs of
+    /// server CPU per message where 16 KiB × 512 took 7.25). Accepted: 0, or 1 KiB..=16 MiB.
     pub uring_buffer_size: usize,
     /// Data messages of at least this many bytes are written at once, straight from the
     /// sender's memory (header and payload in one `sendmsg`), when nothing of the connection
@@ -216,7 +220,7 @@ impl Default for Config {
             timer_tick: Duration::from_millis(250),
             uring_entries: 1024,
             uring_buffers: 0,
-            uring_buffer_size: 64 << 10,
+            uring_buffer_size: 0,
             uring_send_zc_threshold: usize::MAX,
             direct_write_min: 32 << 10,
             cluster_url: None,
@@ -248,10 +252,16 @@ const MAX_URING_BUFFER: usize = 16 << 20;
 const MAX_URING_RING: usize = 1 << 30;
 /// Buffers in a ring of [`Config::uring_buffers`] `0` (the default) where the kernel consumes
 /// buffers incrementally: each receive takes only the bytes it carries, so a few buffers serve
-/// thousands of small receives per loop turn, and 8 × 64 KiB keep the worker's ring at 512 KiB.
-/// Interleaved A/B runs (benches/README.md) put it level with 128 whole-buffer receives at
-/// every echo load, 1,000 × 20 B to 10 × 64 KiB.
-pub(crate) const AUTO_URING_BUFFERS_INC: u16 = 8;
+/// thousands of small receives per loop turn. With [`AUTO_URING_BUFFER_SIZE_INC`] the ring is
+/// 768 KiB, resident once a load has cycled through it.
+pub(crate) const AUTO_URING_BUFFERS_INC: u16 = 4;
+/// Size of each buffer of a ring of [`Config::uring_buffer_size`] `0` consumed incrementally:
+/// three 64 KiB messages (eleven of 16 KiB) fit one buffer, so few of them are cut by a
+/// buffer's end and copied. 256 KiB measured no better (benches/README.md).
+pub(crate) const AUTO_URING_BUFFER_SIZE_INC: usize = 192 << 10;
+/// Size of each buffer of a ring of `uring_buffer_size` `0` where every receive takes a
+/// whole buffer.
+pub(crate) const AUTO_URING_BUFFER_SIZE: usize = 64 << 10;
 /// Buffers in a ring of `uring_buffers` `0` on a kernel before 6.12, where every receive takes
 /// a whole buffer, however few bytes it carries.
 pub(crate) const AUTO_URING_BUFFERS: u16 = 128;
@@ -443,17 +453,27 @@ impl Config {
                 self.uring_buffers.is_power_of_two(),
             )?;
         }
-        in_range("uring_buffer_size", self.uring_buffer_size, MIN_URING_BUFFER, MAX_URING_BUFFER)?;
-        // `0` may mean the larger of the automatic counts.
+        if self.uring_buffer_size != 0 {
+            in_range(
+                "uring_buffer_size",
+                self.uring_buffer_size,
+                MIN_URING_BUFFER,
+                MAX_URING_BUFFER,
+            )?;
+        }
+        // `0` may mean the larger of the automatic counts and sizes.
         let most = if self.uring_buffers == 0 { AUTO_URING_BUFFERS } else { self.uring_buffers };
-        let ring = usize::from(most) * self.uring_buffer_size;
+        let size = match self.uring_buffer_size {
+            0 => AUTO_URING_BUFFER_SIZE.max(AUTO_URING_BUFFER_SIZE_INC),
+            n => n,
+        };
+        let ring = usize::from(most) * size;
         if ring > MAX_URING_RING {
             return Err(ConfigError::new(
                 "uring_buffers",
                 format!(
-                    "× uring_buffer_size = {most} × {} = {ring} bytes: the ring must hold at \
-                     most {MAX_URING_RING} (1 GiB)",
-                    self.uring_buffer_size
+                    "× uring_buffer_size = {most} × {size} = {ring} bytes: the ring must hold \
+                     at most {MAX_URING_RING} (1 GiB)"
                 ),
             ));
         }

@@ -198,11 +198,11 @@ impl<F> ServerBuilder<F> {
     setter!(/// Size of each worker's read buffer, epoll (default 256 KiB). See
         /// [`Config::read_buffer_size`].
         read_buffer_size: usize => read_buffer_size);
-    setter!(/// Buffers in each worker's provided-buffer ring, io_uring (default 0: 8 where the
+    setter!(/// Buffers in each worker's provided-buffer ring, io_uring (default 0: 4 where the
         /// kernel consumes them incrementally, else 128). See [`Config::uring_buffers`].
         uring_buffers: u16 => uring_buffers);
-    setter!(/// Size of each provided buffer, io_uring (default 64 KiB). See
-        /// [`Config::uring_buffer_size`].
+    setter!(/// Size of each provided buffer, io_uring (default 0: 192 KiB where buffers are
+        /// consumed incrementally, else 64 KiB). See [`Config::uring_buffer_size`].
         uring_buffer_size: usize => uring_buffer_size);
     setter!(/// Data sends of at least this many bytes are written at once, without a copy
         /// into the send queue (`usize::MAX`: never; default 32 KiB). See
