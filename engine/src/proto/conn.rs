@@ -347,11 +347,13 @@ impl Env {
     }
 }
 
-/// The frame whose payload is being read. (Its mask phase lives in [`Connection`]: kept here
-/// it would pad this to 32 bytes.)
+/// The frame whose payload is being read, unpacked from [`Connection`]'s compact fields.
 #[derive(Debug, Clone, Copy)]
 struct Current {
-    header: FrameHeader,
+    op: OpCode,
+    fin: bool,
+    /// The payload is masked with [`Connection::key`].
+    masked: bool,
     remaining: u64,
 }
 
@@ -367,35 +369,119 @@ struct Message {
     fragments: u32,
 }
 
-/// One WebSocket connection's protocol state. See the module docs.
-#[derive(Debug)]
-pub struct Connection {
-    role: Role,
-    state: State,
-    /// Set when we sent a close frame.
-    sent_close: bool,
-    /// RSV bits an extension allows: RSV1 (`0b100`) with permessage-deflate, else none.
-    allowed_rsv: u8,
-    /// Partial frame header carried between reads.
-    hdr: [u8; MAX_HEADER_LEN],
-    hdr_len: u8,
-    /// Mask phase of the current frame: payload bytes already unmasked, mod 4.
-    phase: u8,
-    cur: Option<Current>,
+/// The state only a connection that is doing something slow needs: the handshake, a message
+/// spread over reads or fragments, a control frame split across reads, the close handshake.
+/// It sits behind one pointer that is `None` on an idle connection, so the connections that
+/// are merely open (most of them) pay 8 bytes for all of it. It is made when first needed and
+/// freed by [`Connection::trim`] once nothing in it is live.
+#[derive(Debug, Default)]
+struct Cold {
     msg: Option<Message>,
+    /// Only live while `msg` is: reset when a message starts.
     utf8: Utf8Validator,
     /// Message bytes carried between reads or fragments, or, during the handshake, the
     /// request head carried between reads; empty (no allocation) otherwise.
     assembly: Vec<u8>,
-    /// A control frame's payload carried between reads (rare; boxed so it costs 8 bytes).
-    #[allow(clippy::box_collection)] // 8 bytes in every idle connection instead of 24
-    ctrl: Option<Box<Vec<u8>>>,
+    /// A control frame's payload carried between reads; empty when nothing is carried.
+    ctrl: Vec<u8>,
     /// Handshake deadline, close-handshake deadline.
     deadline: Option<Instant>,
-    /// Client role: state of the masking-key generator.
-    rng: u32,
-    /// permessage-deflate, when negotiated: 8 bytes in a connection without it.
+}
+
+impl Cold {
+    /// Whether nothing here is live, so dropping it loses nothing (`utf8` is reset at the start
+    /// of every message).
+    fn is_idle(&self) -> bool {
+        self.msg.is_none()
+            && self.assembly.capacity() == 0
+            && self.ctrl.capacity() == 0
+            && self.deadline.is_none()
+    }
+
+    /// Gives a finished (or abandoned) message's reservation back to the budget, and its
+    /// inflater back to the worker where it was lent.
+    fn end_message(
+        &mut self,
+        msg: Option<Message>,
+        deflate: Option<&mut DeflateState>,
+        env: &mut Env,
+    ) {
+        match msg {
+            Some(m) if m.compressed => {
+                if let Some(d) = deflate {
+                    d.end_message(env.deflate.memory, &mut env.contexts, &mut env.memory);
+                }
+            }
+            Some(m) => {
+                env.memory.assembly = env.memory.assembly.saturating_sub(m.len as usize);
+            }
+            None => {}
+        }
+    }
+
+    /// Inflates the next piece of a compressed message into the assembly buffer, checking
+    /// what it inflates to as UTF-8 when it is text.
+    fn inflate_chunk(
+        &mut self,
+        input: &[u8],
+        text: bool,
+        deflate: Option<&mut DeflateState>,
+        env: &mut Env,
+    ) -> Result<(), ProtocolError> {
+        let Some(d) = deflate else {
+            return Err(ProtocolError::ReservedBitsSet);
+        };
+        let before = self.assembly.len();
+        d.inflate(input, &mut self.assembly, env.limits.max_message_size, &mut env.memory)?;
+        if text {
+            self.utf8.feed(&self.assembly[before..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        Ok(())
+    }
+}
+
+/// [`Connection::flags`]: the client role (else server).
+const CLIENT: u8 = 1;
+/// [`Connection::flags`]: we sent a close frame.
+const SENT_CLOSE: u8 = 2;
+
+/// [`Connection::frame`]: a frame's payload is being read (the byte is 0 otherwise).
+const FRAME_ACTIVE: u8 = 0x80;
+/// [`Connection::frame`]: the frame has FIN set.
+const FRAME_FIN: u8 = 0x40;
+/// [`Connection::frame`]: the frame is masked with [`Connection::key`].
+const FRAME_MASKED: u8 = 0x20;
+
+/// One WebSocket connection's protocol state. See the module docs.
+///
+/// What every read of an open connection touches is packed here, in 40 bytes: this struct is
+/// most of what an idle connection costs. The rest (a message spread over reads or fragments,
+/// the handshake, the close handshake) is allocated only while needed, and a whole frame
+/// arriving in one read never needs it.
+#[derive(Debug)]
+pub struct Connection {
+    cold: Option<Box<Cold>>,
+    /// permessage-deflate, when negotiated. Kept out of [`Cold`]: it lives as long as the
+    /// connection, and an idle compressed connection then holds it alone (a browser offers
+    /// compression by default, so a server that enables it has many such connections).
     deflate: Option<Box<DeflateState>>,
+    /// Two uses that are never live together. Between frames: a partial frame header carried
+    /// between reads, `hdr_len` bytes of it. While a frame's payload is read (`frame` != 0):
+    /// the payload bytes still to come, a little-endian `u64` in the first 8 bytes (a 64-bit
+    /// length is legal); see [`Connection::cur`].
+    hdr: [u8; MAX_HEADER_LEN],
+    /// Server: the masking key of the current frame. Client: the state of the masking-key
+    /// generator, free to keep here because a client never reads a masked frame.
+    key: [u8; 4],
+    hdr_len: u8,
+    /// Mask phase of the current frame: payload bytes already unmasked, mod 4.
+    phase: u8,
+    state: State,
+    /// [`CLIENT`], [`SENT_CLOSE`].
+    flags: u8,
+    /// The current frame: 0 when none, else [`FRAME_ACTIVE`] | [`FRAME_FIN`] |
+    /// [`FRAME_MASKED`] | the opcode in the low nibble (with `remaining`: a [`Current`]).
+    frame: u8,
 }
 
 impl Connection {
@@ -403,7 +489,7 @@ impl Connection {
     /// `now + limits.handshake_timeout`.
     pub fn new_server(now: Instant, limits: &Limits) -> Self {
         let mut c = Self::new(Role::Server, State::Handshake, 0);
-        c.deadline = Some(now + limits.handshake_timeout);
+        c.cold_mut().deadline = Some(now + limits.handshake_timeout);
         c
     }
 
@@ -414,23 +500,94 @@ impl Connection {
     }
 
     fn new(role: Role, state: State, seed: u64) -> Self {
+        let (flags, key) = match role {
+            Role::Server => (0, [0; 4]),
+            // xorshift32 must not start at 0.
+            Role::Client => (CLIENT, ((seed as u32) | 1).to_le_bytes()),
+        };
         Self {
-            role,
-            state,
-            sent_close: false,
-            allowed_rsv: 0,
+            cold: None,
+            deflate: None,
             hdr: [0; MAX_HEADER_LEN],
+            key,
             hdr_len: 0,
             phase: 0,
-            cur: None,
-            msg: None,
-            utf8: Utf8Validator::new(),
-            assembly: Vec::new(),
-            ctrl: None,
-            deadline: None,
-            rng: (seed as u32) | 1,
-            deflate: None,
+            state,
+            flags,
+            frame: 0,
         }
+    }
+
+    /// The cold state, made when first needed.
+    fn cold_mut(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the cold state once nothing in it is live, so an idle connection holds no
+    /// allocation.
+    fn trim(&mut self) {
+        if self.cold.as_deref().is_some_and(Cold::is_idle) {
+            self.cold = None;
+        }
+    }
+
+    fn msg(&self) -> Option<Message> {
+        self.cold.as_ref().and_then(|c| c.msg)
+    }
+
+    fn clear_deadline(&mut self) {
+        if let Some(c) = self.cold.as_deref_mut() {
+            c.deadline = None;
+        }
+    }
+
+    fn sent_close(&self) -> bool {
+        self.flags & SENT_CLOSE != 0
+    }
+
+    fn cur(&self) -> Option<Current> {
+        let f = self.frame;
+        if f & FRAME_ACTIVE == 0 {
+            return None;
+        }
+        let op = match f & 0xf {
+            0x0 => OpCode::Continuation,
+            0x1 => OpCode::Text,
+            0x2 => OpCode::Binary,
+            0x8 => OpCode::Close,
+            0x9 => OpCode::Ping,
+            _ => OpCode::Pong,
+        };
+        Some(Current {
+            op,
+            fin: f & FRAME_FIN != 0,
+            masked: f & FRAME_MASKED != 0,
+            remaining: self.remaining(),
+        })
+    }
+
+    /// The current frame's payload bytes still to come (meaningless without one).
+    fn remaining(&self) -> u64 {
+        let [a, b, c, d, e, f, g, h, ..] = self.hdr;
+        u64::from_le_bytes([a, b, c, d, e, f, g, h])
+    }
+
+    /// Only while a frame is current: `hdr` carries no header then.
+    fn set_remaining(&mut self, n: u64) {
+        self.hdr[..8].copy_from_slice(&n.to_le_bytes());
+    }
+
+    fn set_cur(&mut self, c: Current) {
+        let fin = if c.fin { FRAME_FIN } else { 0 };
+        let masked = if c.masked { FRAME_MASKED } else { 0 };
+        self.frame = FRAME_ACTIVE | fin | masked | c.op as u8;
+        self.set_remaining(c.remaining);
+    }
+
+    /// Whether the connection holds its cold state now (an idle one does not).
+    #[cfg(test)]
+    pub(crate) fn holds_cold(&self) -> bool {
+        self.cold.is_some()
     }
 
     /// Where the connection is in its life.
@@ -440,12 +597,16 @@ impl Connection {
 
     /// This side's role.
     pub fn role(&self) -> Role {
-        self.role
+        if self.flags & CLIENT != 0 {
+            Role::Client
+        } else {
+            Role::Server
+        }
     }
 
     /// Whether data may still be sent (Open; not after our close frame).
     pub fn can_send(&self) -> bool {
-        self.state == State::Open && !self.sent_close
+        self.state == State::Open && !self.sent_close()
     }
 
     /// The permessage-deflate parameters in force, if compression was negotiated.
@@ -457,8 +618,7 @@ impl Connection {
     /// done elsewhere: a client, a test, a server that negotiated by itself. Call it before
     /// the first frame is read or sent: contexts already held are dropped, not given back.
     pub fn set_deflate(&mut self, params: Option<PerMessageDeflate>) {
-        self.deflate = params.map(|p| Box::new(DeflateState::new(p, self.role)));
-        self.allowed_rsv = if params.is_some() { 0b100 } else { 0 };
+        self.deflate = params.map(|p| Box::new(DeflateState::new(p, self.role())));
     }
 
     /// `Some(bits)` when this connection takes, as they are, frames compressed by the shared
@@ -477,17 +637,19 @@ impl Connection {
 
     /// The next instant [`Connection::handle_timeout`] wants to be called at, if any.
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+        self.cold.as_ref().and_then(|c| c.deadline)
     }
 
     /// Checks the handshake and close-handshake deadlines. Returns `true` when one has passed:
     /// the connection is then Closed and the caller drops the socket.
     pub fn handle_timeout(&mut self, now: Instant) -> bool {
-        match self.deadline {
+        match self.deadline() {
             Some(d) if now >= d && self.state != State::Closed => {
                 self.state = State::Closed;
-                self.deadline = None;
-                self.assembly = Vec::new();
+                let c = self.cold_mut();
+                c.deadline = None;
+                c.assembly = Vec::new();
+                self.trim();
                 true
             }
             _ => false,
@@ -541,8 +703,8 @@ impl Connection {
         // At most what the limit allows is kept, plus one byte to detect overflow.
         let keep = max.saturating_add(1);
         // Fast path: nothing carried, the whole head sits in `input`.
-        let carried = self.assembly.len();
-        let head = std::mem::take(&mut self.assembly);
+        let head = std::mem::take(&mut self.cold_mut().assembly);
+        let carried = head.len();
         let (source, from_head): (&[u8], bool) =
             if carried == 0 { (input, false) } else { (&[][..], true) };
         let mut joined = head;
@@ -560,7 +722,7 @@ impl Connection {
             if !from_head {
                 joined.extend_from_slice(&input[..input.len().min(keep)]);
             }
-            self.assembly = joined;
+            self.cold_mut().assembly = joined;
             return Ok(HandshakeStatus::Partial);
         }
         let result = match handshake::parse_request(source, max) {
@@ -568,7 +730,7 @@ impl Connection {
                 if !from_head {
                     joined.extend_from_slice(&input[..input.len().min(keep)]);
                 }
-                self.assembly = joined;
+                self.cold_mut().assembly = joined;
                 return Ok(HandshakeStatus::Partial);
             }
             Ok(Parsed::Complete(mut req, consumed)) => 'complete: {
@@ -579,7 +741,7 @@ impl Connection {
                         Err(e) => {
                             handshake::write_error(&e, out);
                             self.state = State::Closed;
-                            self.deadline = None;
+                            self.clear_deadline();
                             break 'complete Err(e);
                         }
                     }
@@ -596,7 +758,7 @@ impl Connection {
                         // a server bug, answered as one (RFC 6455 §4.2.2 forbids the header).
                         handshake::write_reject(500, &[], out);
                         self.state = State::Closed;
-                        self.deadline = None;
+                        self.clear_deadline();
                         Ok(HandshakeStatus::Rejected { status: 500 })
                     }
                     Decision::Accept { protocol, headers } => {
@@ -612,13 +774,13 @@ impl Connection {
                         );
                         self.set_deflate(negotiation.deflate);
                         self.state = State::Open;
-                        self.deadline = None;
+                        self.clear_deadline();
                         Ok(HandshakeStatus::Accepted { consumed: consumed - carried })
                     }
                     Decision::Reject { status } | Decision::Respond { status, .. } => {
                         handshake::write_reject(status, &[], out);
                         self.state = State::Closed;
-                        self.deadline = None;
+                        self.clear_deadline();
                         Ok(HandshakeStatus::Rejected { status })
                     }
                 }
@@ -652,7 +814,7 @@ impl Connection {
                     None
                 };
                 self.state = State::Closed;
-                self.deadline = None;
+                self.clear_deadline();
                 match plain {
                     Some(()) => Ok(HandshakeStatus::Responded),
                     None => {
@@ -662,7 +824,9 @@ impl Connection {
                 }
             }
         };
-        // `joined` is dropped here: a connection past its handshake holds no head buffer.
+        // `joined` is dropped here: a connection past its handshake holds no head buffer, and
+        // no cold state.
+        self.trim();
         result
     }
 
@@ -682,28 +846,39 @@ impl Connection {
         if matches!(self.state, State::Handshake | State::Closed) {
             return Ok(Read { consumed: input.len(), event: None });
         }
-        match self.read_inner(input, out, env) {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                self.fail(&e, out, env);
-                Err(e)
-            }
+        let len = input.len();
+        let r = self.read_inner(input, out, env);
+        if let Err(e) = &r {
+            self.fail(e, out, env);
         }
+        // The cold state goes once the message (or control frame) that needed it is done and
+        // the input is used up with no frame begun, not between two messages of one input nor
+        // when the input ends inside the next header: a stream of messages that each span reads
+        // keeps one allocation instead of making and freeing one per message (~15% of such a
+        // small message's read time). On an idle connection: one test.
+        let ended = r.as_ref().map_or(true, |r| r.consumed == len && self.hdr_len == 0);
+        if self.cold.is_some() && ended {
+            self.trim();
+        }
+        r
     }
 
     fn fail(&mut self, e: &ProtocolError, out: &mut Vec<u8>, env: &mut Env) {
-        if !self.sent_close {
+        if !self.sent_close() {
             let mut payload = Vec::with_capacity(2);
             close::encode_close_payload(e.close_code(), "", &mut payload);
             self.write_frame(OpCode::Close, true, &payload, out);
-            self.sent_close = true;
+            self.flags |= SENT_CLOSE;
         }
         self.state = State::Closed;
-        self.deadline = None;
-        env.pool.put(std::mem::take(&mut self.assembly));
-        self.cur = None;
-        let msg = self.msg.take();
-        self.end_message(msg, env);
+        self.frame = 0;
+        if let Some(c) = self.cold.as_deref_mut() {
+            c.deadline = None;
+            env.pool.put(std::mem::take(&mut c.assembly));
+            c.ctrl = Vec::new();
+            let msg = c.msg.take();
+            c.end_message(msg, self.deflate.as_deref_mut(), env);
+        }
     }
 
     fn read_inner<'b>(
@@ -719,7 +894,7 @@ impl Connection {
             if self.state == State::Closed {
                 return Ok(Read { consumed: total, event: None });
             }
-            let cur = match self.cur {
+            let cur = match self.cur() {
                 Some(c) => c,
                 None => {
                     // Decode the next header, from the carried bytes or straight from input.
@@ -762,7 +937,7 @@ impl Connection {
                             unmask(payload, key, 0);
                         }
                         let payload: &'b [u8] = payload;
-                        if self.sent_close {
+                        if self.sent_close() {
                             continue;
                         }
                         if header.rsv & RSV1 != 0 {
@@ -782,8 +957,18 @@ impl Connection {
                     if !header.opcode.is_control() {
                         self.start_fragment(&header, env)?;
                     }
-                    let c = Current { header, remaining: header.payload_len };
-                    self.cur = Some(c);
+                    if let Some(key) = header.mask {
+                        // A server's only: `check_header` refused a masked frame to a client,
+                        // whose `key` is its generator's state.
+                        self.key = key;
+                    }
+                    let c = Current {
+                        op: header.opcode,
+                        fin: header.fin,
+                        masked: header.mask.is_some(),
+                        remaining: header.payload_len,
+                    };
+                    self.set_cur(c);
                     self.phase = 0;
                     c
                 }
@@ -792,62 +977,76 @@ impl Connection {
             let avail = (rest.len() as u64).min(cur.remaining) as usize;
             let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(avail);
             rest = tail;
-            if let Some(key) = cur.header.mask {
-                unmask(chunk, key, self.phase as usize);
+            if cur.masked {
+                unmask(chunk, self.key, self.phase as usize);
             }
             let remaining = cur.remaining - avail as u64;
             let phase = ((self.phase as usize + avail) & 3) as u8;
-            if cur.header.opcode.is_control() {
-                if remaining > 0 || self.ctrl.is_some() {
-                    self.ctrl.get_or_insert_with(Default::default).extend_from_slice(chunk);
-                }
-            } else if let Some(m) = self.msg.filter(|m| m.compressed) {
-                if !self.sent_close {
-                    self.inflate_chunk(chunk, m.text, env)?;
+            let sent_close = self.sent_close();
+            if cur.op.is_control() {
+                // Carried only when the frame spans reads: a whole one is read from `chunk`.
+                let carrying = self.cold.as_ref().is_some_and(|c| !c.ctrl.is_empty());
+                if !chunk.is_empty() && (remaining > 0 || carrying) {
+                    self.cold_mut().ctrl.extend_from_slice(chunk);
                 }
             } else {
-                if self.msg.is_some_and(|m| m.text) {
-                    self.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
-                }
-                if !self.sent_close {
-                    self.assembly.extend_from_slice(chunk);
+                // `start_fragment` made the cold state for this message.
+                let c = self.cold.get_or_insert_with(Box::default);
+                match c.msg {
+                    Some(m) if m.compressed => {
+                        if !sent_close {
+                            c.inflate_chunk(chunk, m.text, self.deflate.as_deref_mut(), env)?;
+                        }
+                    }
+                    m => {
+                        if m.is_some_and(|m| m.text) {
+                            c.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
+                        }
+                        if !sent_close {
+                            c.assembly.extend_from_slice(chunk);
+                        }
+                    }
                 }
             }
             if remaining > 0 {
-                self.cur = Some(Current { remaining, ..cur });
+                self.set_remaining(remaining);
                 self.phase = phase;
                 return Ok(Read { consumed: total, event: None });
             }
             // The frame is complete.
-            self.cur = None;
-            let h = cur.header;
-            if h.opcode.is_control() {
+            self.frame = 0;
+            if cur.op.is_control() {
                 // Whole in this input: straight from it; else from the carried bytes.
-                let payload = match self.ctrl.take() {
+                let carried = match self.cold.as_deref_mut() {
+                    Some(c) if !c.ctrl.is_empty() => Some(std::mem::take(&mut c.ctrl)),
+                    _ => None,
+                };
+                let payload = match carried {
                     None => ControlPayload::new(chunk),
                     Some(carried) => ControlPayload::new(&carried),
                 };
-                if let Some(ev) = self.control(h.opcode, payload, out)? {
+                if let Some(ev) = self.control(cur.op, payload, out)? {
                     return Ok(Read { consumed: total - rest.len(), event: Some(ev) });
                 }
                 continue;
             }
-            if !h.fin {
+            if !cur.fin {
                 continue;
             }
             // The message is complete.
-            if let Some(m) = self.msg.filter(|m| m.compressed && !self.sent_close) {
-                self.inflate_chunk(&TAIL, m.text, env)?;
+            let c = self.cold.get_or_insert_with(Box::default);
+            if let Some(m) = c.msg.filter(|m| m.compressed && !sent_close) {
+                c.inflate_chunk(&TAIL, m.text, self.deflate.as_deref_mut(), env)?;
             }
-            let msg = self.msg.take();
-            self.end_message(msg, env);
-            let data = std::mem::take(&mut self.assembly);
-            if self.sent_close {
+            let msg = c.msg.take();
+            c.end_message(msg, self.deflate.as_deref_mut(), env);
+            let data = std::mem::take(&mut c.assembly);
+            if sent_close {
                 env.pool.put(data);
                 continue;
             }
             let event = if msg.is_some_and(|m| m.text) {
-                self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+                c.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
                 match String::from_utf8(data) {
                     Ok(s) => Event::Text(Cow::Owned(s)),
                     Err(_) => return Err(ProtocolError::InvalidUtf8),
@@ -861,12 +1060,14 @@ impl Connection {
 
     /// Checks what depends on role, negotiation and message state, and the size limits.
     fn check_header(&self, h: &FrameHeader, limits: &Limits) -> Result<(), ProtocolError> {
-        match (self.role, h.mask.is_some()) {
+        match (self.role(), h.mask.is_some()) {
             (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
             (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
             _ => {}
         }
-        if h.rsv & !self.allowed_rsv != 0 {
+        // RSV1 is allowed with permessage-deflate, no RSV bit without.
+        let allowed_rsv = if self.deflate.is_some() { RSV1 } else { 0 };
+        if h.rsv & !allowed_rsv != 0 {
             return Err(ProtocolError::ReservedBitsSet);
         }
         // RSV1 marks the first frame of a compressed message, and nothing else (RFC 7692 §6.1).
@@ -874,7 +1075,8 @@ impl Connection {
         if h.opcode.is_control() {
             return if rsv1 { Err(ProtocolError::ReservedBitsSet) } else { Ok(()) };
         }
-        match (h.opcode, self.msg) {
+        let msg = self.msg();
+        match (h.opcode, msg) {
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
             (OpCode::Text | OpCode::Binary, Some(_)) => {
                 return Err(ProtocolError::ExpectedContinuation)
@@ -886,7 +1088,7 @@ impl Connection {
             return Err(ProtocolError::FrameTooLarge);
         }
         let (len, frags, compressed) =
-            self.msg.map_or((0, 0, rsv1), |m| (m.len, m.fragments, m.compressed));
+            msg.map_or((0, 0, rsv1), |m| (m.len, m.fragments, m.compressed));
         // A compressed message's limit is on its inflated size, checked while inflating; its
         // wire size is bounded only loosely, by what deflate's framing can add.
         let max = if compressed {
@@ -906,7 +1108,7 @@ impl Connection {
     /// Book-keeping for a data frame that goes through the assembly buffer: its announced
     /// length is reserved against the memory budget first (refused when it does not fit).
     fn start_fragment(&mut self, h: &FrameHeader, env: &mut Env) -> Result<(), ProtocolError> {
-        let compressed = self.msg.map_or(h.rsv & RSV1 != 0, |m| m.compressed);
+        let compressed = self.msg().map_or(h.rsv & RSV1 != 0, |m| m.compressed);
         // A compressed message reserves what it inflates to, as it inflates
         // (`DeflateState::inflate`); an uncompressed one what its frames announce.
         if !compressed {
@@ -916,33 +1118,35 @@ impl Connection {
             // Fits in usize: at most `limit`, itself a usize.
             env.memory.assembly += h.payload_len as usize;
         }
-        match &mut self.msg {
+        let sent_close = self.sent_close();
+        let c = self.cold.get_or_insert_with(Box::default);
+        match &mut c.msg {
             Some(m) => {
                 m.len += h.payload_len;
                 m.fragments += 1;
             }
             None => {
-                self.msg = Some(Message {
+                c.msg = Some(Message {
                     text: h.opcode == OpCode::Text,
                     compressed,
                     len: h.payload_len,
                     fragments: 1,
                 });
-                self.utf8.reset();
-                if self.assembly.capacity() == 0 && !self.sent_close {
-                    self.assembly = env.pool.get();
+                c.utf8.reset();
+                if c.assembly.capacity() == 0 && !sent_close {
+                    c.assembly = env.pool.get();
                 }
-                if compressed && !self.sent_close {
+                if compressed && !sent_close {
                     if let Some(d) = self.deflate.as_deref_mut() {
                         d.begin_message(&mut env.contexts);
                     }
                 }
             }
         }
-        if !self.sent_close && !compressed {
+        if !sent_close && !compressed {
             // Reserve what the header announces, but never more than 64 KiB ahead of the data:
             // a peer's claimed length is not a reason to allocate.
-            self.assembly.reserve(h.payload_len.min(64 << 10) as usize);
+            c.assembly.reserve(h.payload_len.min(64 << 10) as usize);
         }
         Ok(())
     }
@@ -955,7 +1159,7 @@ impl Connection {
     ) -> Result<Option<Event<'static>>, ProtocolError> {
         match op {
             OpCode::Ping => {
-                if !self.sent_close {
+                if !self.sent_close() {
                     self.write_frame(OpCode::Pong, true, payload.as_bytes(), out);
                 }
                 Ok(Some(Event::Ping(payload)))
@@ -967,17 +1171,17 @@ impl Connection {
                     Some((c, r)) => (Some(c), ControlPayload::new(r.as_bytes())),
                     None => (None, ControlPayload::new(&[])),
                 };
-                if !self.sent_close {
+                if !self.sent_close() {
                     // Echo the peer's code (RFC 6455 §5.5.1), without the reason.
                     let mut p = Vec::with_capacity(2);
                     if let Some(c) = code {
                         close::encode_close_payload(c, "", &mut p);
                     }
                     self.write_frame(OpCode::Close, true, &p, out);
-                    self.sent_close = true;
+                    self.flags |= SENT_CLOSE;
                 }
                 self.state = State::Closed;
-                self.deadline = None;
+                self.clear_deadline();
                 Ok(Some(Event::Close { code, reason }))
             }
             _ => Ok(None),
@@ -986,16 +1190,16 @@ impl Connection {
 
     fn next_mask(&mut self) -> [u8; 4] {
         // xorshift32: masking keys for the client role (tests, load generator).
-        let mut x = self.rng;
+        let mut x = u32::from_le_bytes(self.key);
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        self.rng = x;
-        x.to_le_bytes()
+        self.key = x.to_le_bytes();
+        self.key
     }
 
     fn write_frame(&mut self, op: OpCode, fin: bool, payload: &[u8], out: &mut Vec<u8>) {
-        match self.role {
+        match self.role() {
             Role::Server => frame::write_frame(out, op, fin, payload),
             Role::Client => {
                 let key = self.next_mask();
@@ -1047,7 +1251,7 @@ impl Connection {
             return Err(SendAfterClose);
         }
         if matches!(op, OpCode::Text | OpCode::Binary) && self.deflate.is_some() {
-            let mask = (self.role == Role::Client).then(|| self.next_mask());
+            let mask = (self.role() == Role::Client).then(|| self.next_mask());
             if let Some(d) = self.deflate.as_deref_mut() {
                 if d.write_message(op, payload, mask, &env.deflate, &mut env.contexts, out) {
                     return Ok(());
@@ -1084,7 +1288,7 @@ impl Connection {
         out: &mut Vec<u8>,
         limits: &Limits,
     ) {
-        if self.sent_close || matches!(self.state, State::Closed) {
+        if self.sent_close() || matches!(self.state, State::Closed) {
             return;
         }
         if self.state == State::Handshake {
@@ -1095,49 +1299,39 @@ impl Connection {
         let mut p = Vec::with_capacity(2 + reason.len().min(close::MAX_REASON_LEN));
         close::encode_close_payload(code, reason, &mut p);
         self.write_frame(OpCode::Close, true, &p, out);
-        self.sent_close = true;
+        self.flags |= SENT_CLOSE;
         self.state = State::Closing;
-        self.deadline = Some(now + limits.close_timeout);
+        self.cold_mut().deadline = Some(now + limits.close_timeout);
     }
 
     /// Gives any held buffers back to `pool` (call when dropping the connection).
     pub fn release(&mut self, env: &mut Env) {
-        let msg = self.msg.take();
-        self.end_message(msg, env);
+        let handshake = self.state == State::Handshake;
+        if let Some(c) = self.cold.as_deref_mut() {
+            let msg = c.msg.take();
+            c.end_message(msg, self.deflate.as_deref_mut(), env);
+            if handshake {
+                c.assembly = Vec::new();
+            } else {
+                env.pool.put(std::mem::take(&mut c.assembly));
+            }
+            c.ctrl = Vec::new();
+        }
         if let Some(d) = self.deflate.as_deref_mut() {
             d.release(&mut env.contexts, &mut env.memory);
         }
-        if self.state == State::Handshake {
-            self.assembly = Vec::new();
-        } else {
-            env.pool.put(std::mem::take(&mut self.assembly));
-        }
-        self.ctrl = None;
+        self.trim();
     }
 
-    /// Bytes this connection holds in its own buffers (assembly + handshake head, and the
-    /// permessage-deflate state with an estimate of its contexts), for accounting and leak
-    /// tests.
+    /// Bytes this connection holds besides itself (the cold state while it exists, with the
+    /// assembly buffer or handshake head and a carried control payload; the permessage-deflate
+    /// state with an estimate of its contexts), for accounting and leak tests.
     pub fn buffered(&self) -> usize {
-        self.assembly.capacity()
-            + self.ctrl.as_ref().map_or(0, |c| c.capacity())
-            + self.deflate.as_ref().map_or(0, |d| d.held())
-    }
-
-    /// Gives a finished (or abandoned) message's reservation back to the budget, and its
-    /// inflater back to the worker where it was lent.
-    fn end_message(&mut self, msg: Option<Message>, env: &mut Env) {
-        match msg {
-            Some(m) if m.compressed => {
-                if let Some(d) = self.deflate.as_deref_mut() {
-                    d.end_message(env.deflate.memory, &mut env.contexts, &mut env.memory);
-                }
-            }
-            Some(m) => {
-                env.memory.assembly = env.memory.assembly.saturating_sub(m.len as usize);
-            }
-            None => {}
-        }
+        let cold = self
+            .cold
+            .as_deref()
+            .map_or(0, |c| std::mem::size_of::<Cold>() + c.assembly.capacity() + c.ctrl.capacity());
+        cold + self.deflate.as_ref().map_or(0, |d| d.held())
     }
 
     /// Inflates a whole compressed message that arrived in one frame in one read.
@@ -1173,25 +1367,6 @@ impl Connection {
                 Err(ProtocolError::InvalidUtf8)
             }
         }
-    }
-
-    /// Inflates the next piece of a compressed message into the assembly buffer, checking
-    /// what it inflates to as UTF-8 when it is text.
-    fn inflate_chunk(
-        &mut self,
-        input: &[u8],
-        text: bool,
-        env: &mut Env,
-    ) -> Result<(), ProtocolError> {
-        let Some(d) = self.deflate.as_deref_mut() else {
-            return Err(ProtocolError::ReservedBitsSet);
-        };
-        let before = self.assembly.len();
-        d.inflate(input, &mut self.assembly, env.limits.max_message_size, &mut env.memory)?;
-        if text {
-            self.utf8.feed(&self.assembly[before..]).map_err(|_| ProtocolError::InvalidUtf8)?;
-        }
-        Ok(())
     }
 }
 

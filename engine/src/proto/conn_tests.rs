@@ -647,3 +647,85 @@ proptest! {
         prop_assert!(c.buffered() <= 64 << 10);
     }
 }
+
+/// An open connection's protocol state is what every idle connection pays; what only a busy
+/// one needs lives behind its one cold pointer.
+#[test]
+fn connection_is_small() {
+    let size = std::mem::size_of::<Connection>();
+    assert!(size <= 56, "Connection is {size} bytes");
+}
+
+/// A whole frame in one read (data or control) never makes the cold state; one that spans
+/// reads, a fragmented message and a split control frame do, and it is gone once the
+/// connection is idle again.
+#[test]
+fn cold_state_is_freed_when_idle() {
+    let mut env = Env::default();
+    let mut out = Vec::new();
+    let mut c = server();
+    let mut read = |c: &mut Connection, bytes: &[u8]| {
+        let mut buf = bytes.to_vec();
+        let mut pos = 0;
+        let mut evs = Vec::new();
+        while pos < buf.len() {
+            let r = c.read(&mut buf[pos..], &mut out, &mut env).unwrap();
+            pos += r.consumed;
+            evs.extend(r.event.map(own));
+        }
+        evs
+    };
+    assert!(!c.holds_cold());
+    assert_eq!(read(&mut c, &cframe(OpCode::Text, true, b"whole")), [Ev::Text("whole".into())]);
+    assert_eq!(read(&mut c, &cframe(OpCode::Ping, true, b"p")), [Ev::Ping(b"p".to_vec())]);
+    assert!(!c.holds_cold(), "a whole frame in one read allocates nothing");
+
+    // A text message in three fragments, the middle one split across two reads (inside a
+    // multi-byte character), then a ping split across reads.
+    let mut wire = cframe(OpCode::Text, false, "hé".as_bytes());
+    wire.extend(cframe(OpCode::Continuation, false, "llo wö".as_bytes()));
+    wire.extend(cframe(OpCode::Continuation, true, "rld".as_bytes()));
+    let ping = cframe(OpCode::Ping, true, b"ping!");
+    let cut = cframe(OpCode::Text, false, "hé".as_bytes()).len() + 12;
+    assert_eq!(read(&mut c, &wire[..cut]), []);
+    assert!(c.holds_cold());
+    assert_eq!(read(&mut c, &wire[cut..]), [Ev::Text("héllo wörld".into())]);
+    assert!(!c.holds_cold(), "freed once the message is complete");
+    assert_eq!(read(&mut c, &ping[..8]), []);
+    assert!(c.holds_cold());
+    assert_eq!(read(&mut c, &ping[8..]), [Ev::Ping(b"ping!".to_vec())]);
+    assert!(!c.holds_cold(), "freed once the control frame is complete");
+    assert_eq!(c.buffered(), 0);
+    assert_eq!(env.memory.assembly, 0);
+
+    // A server past its handshake holds nothing either; the handshake itself does (deadline).
+    let mut s = Connection::new_server(Instant::now(), &Limits::default());
+    assert!(s.holds_cold());
+    let r = s.handshake(REQUEST, &mut Vec::new(), &ENV, |_, _| Decision::accept()).unwrap();
+    assert!(matches!(r, HandshakeStatus::Accepted { .. }));
+    assert!(!s.holds_cold());
+}
+
+/// A payload length over `u32::MAX` is carried whole: the frame is refused by the size limit
+/// alone, not misread as a short one.
+#[test]
+fn a_64_bit_length_is_carried_whole() {
+    let limits = Limits {
+        max_frame_size: u64::MAX >> 1,
+        max_message_size: u64::MAX >> 1,
+        ..Limits::default()
+    };
+    let mut env = Env::new(limits);
+    let mut c = server();
+    let mut h = [0u8; MAX_HEADER_LEN];
+    let len = (1u64 << 32) + 3;
+    let n = frame::encode(true, 0, OpCode::Binary, len, Some([1, 2, 3, 4]), &mut h);
+    let mut out = Vec::new();
+    let mut bytes = h[..n].to_vec();
+    bytes.extend_from_slice(&[0; 100]);
+    let r = c.read(&mut bytes, &mut out, &mut env).unwrap();
+    assert_eq!((r.consumed, r.event.is_none()), (n + 100, true));
+    assert_eq!(c.remaining(), len - 100);
+    c.release(&mut env);
+    assert_eq!(env.memory.assembly, 0);
+}
