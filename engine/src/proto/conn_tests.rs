@@ -656,6 +656,14 @@ fn connection_is_small() {
     assert!(size <= 56, "Connection is {size} bytes");
 }
 
+/// The cold state counts in `buffered` while it exists; the `conn` fuzz target bounds a
+/// handshake's buffering by the head limit plus 128 bytes for it.
+#[test]
+fn cold_state_is_small() {
+    let size = std::mem::size_of::<Cold>();
+    assert!(size <= 128, "Cold is {size} bytes");
+}
+
 /// A whole frame in one read (data or control) never makes the cold state; one that spans
 /// reads, a fragmented message and a split control frame do, and it is gone once the
 /// connection is idle again.
