@@ -13,6 +13,7 @@ used for benches/README.md:
     ep-500x16k | --backend epoll | echo --connections 500 --size 16384 --duration 3 --warmup 1
     ur-500x16k | --backend io_uring --uring-buffer-size 32768 | echo --connections 500 --size 16384 --duration 3 --warmup 1
     old-10x64k | --backend io_uring --bin=/tmp/old/demo | echo --connections 10 --size 65536 --duration 3 --warmup 1
+    ur-4x8 | --backend io_uring | fanout --connections 10000 --publishers 4 --inflight 8 --duration 3 --warmup 1
     urzc4k-10x64k | --backend io_uring --zc-threshold 4096 | echo --connections 10 --size 65536 --duration 3 --warmup 1
     ur-nodirect | --backend io_uring --direct-write-min 18446744073709551615 | echo --connections 10 --size 65536 --duration 3 --warmup 1
 """
@@ -37,11 +38,17 @@ def run(out, name, sargs, largs, rnd):
     wait_free(PORT)
     # `--bin=PATH` among the demo flags runs that build of the demo instead (old against new).
     demo = next((a[6:] for a in sargs if a.startswith('--bin=')), f'{T}/examples/demo')
-    sargs = [a for a in sargs if not a.startswith('--bin=')]
-    srv = subprocess.Popen(['taskset','-c','0',demo,'--addr',f'127.0.0.1:{PORT}','--workers','1',*sargs], stderr=subprocess.DEVNULL)
+    # `--env=NAME=VALUE` sets a variable in that demo's environment (an A/B switch in a build).
+    env = dict(os.environ, **dict(a[6:].split('=', 1) for a in sargs if a.startswith('--env=')))
+    sargs = [a for a in sargs if not a.startswith(('--bin=', '--env='))]
+    srv = subprocess.Popen(['taskset','-c','0',demo,'--addr',f'127.0.0.1:{PORT}','--workers','1',*sargs], stderr=subprocess.DEVNULL, env=env)
     wait_port(PORT); time.sleep(0.3)
     try:
-        subprocess.run(['taskset','-c','1',f'{T}/loadgen',*largs,'--url',f'ws://127.0.0.1:{PORT}/echo','--server-pid',str(srv.pid),
+        # fanout loads go to the demo's /chat room, everything else to /echo.
+        # A demo given `--tls CERT KEY` is spoken to over wss:// (pass the loadgen `--ca`).
+        path = 'chat' if largs and largs[0] == 'fanout' else 'echo'
+        scheme = 'wss' if '--tls' in sargs else 'ws'
+        subprocess.run(['taskset','-c','1',f'{T}/loadgen',*largs,'--url',f'{scheme}://127.0.0.1:{PORT}/{path}','--server-pid',str(srv.pid),
                         '--server-cpu','0','--loadgen-cpu','1','--quiet','--json','/tmp/ab-one.json'], timeout=120)
         d = json.load(open('/tmp/ab-one.json'))
     except Exception as e:
@@ -52,7 +59,8 @@ def run(out, name, sargs, largs, rnd):
     if 'machine_busy_core_s' in d:
         d['noise'] = d.get('other_processes_core_s')
     open(out, 'a').write(json.dumps(d) + '\n')
-    print(name, d.get('server'), rnd, round(d.get('messages_per_s', 0)), 'srv_us', round(d.get('server_cpu_us_per_msg', 0) or 0, 2), 'noise', d.get('noise'), flush=True)
+    rate = d.get('messages_per_s', d.get('delivered_per_s', 0))
+    print(name, d.get('server'), rnd, round(rate or 0), 'srv_us', round(d.get('server_cpu_us_per_msg', 0) or 0, 3), 'noise', d.get('noise'), flush=True)
 cfgs = [l.strip().split('|') for l in sys.stdin if l.strip() and not l.startswith('#')]
 for r in range(int(sys.argv[2])):
     for name, s, l in cfgs:

@@ -50,8 +50,8 @@
 #              installs]; BUN=none leaves Bun out
 #   NODE       the node binary [node on PATH]; the ws peer needs benches/peers/node/install.sh
 #              (node_modules/ws); NODE=none leaves it out
-#   UWS        the peer-uws binary [benches/peers/uws/build/peer-uws, compiled from
-#              benches/peers/uws/peer-uws.cpp]; UWS=none leaves it out
+#   UWS        the peer-uws binary [benches/peers/uws/build/peer-uws, built by
+#              benches/peers/uws/build.sh from uWebSockets + uSockets trees]; UWS=none leaves it out
 #   FANOUT_ARGS extra loadgen flags for the fanout loads
 #
 # Servers whose binary is missing (Bun not installed, peer-uws not built) are skipped with a
@@ -206,7 +206,7 @@ for s in ${SERVERS:-$ALL_SERVERS}; do
             warn "skipping node: no node on PATH or no benches/peers/node/node_modules/ws (run benches/peers/node/install.sh; or NODE=/path/to/node)"
     elif [[ $s == uws ]]; then
         [[ ${UWS:-} == none ]] ||
-            warn "skipping uws: no $bin (compile benches/peers/uws/peer-uws.cpp there; see benches/peers/README.md)"
+            warn "skipping uws: no $bin (build it: benches/peers/uws/build.sh UWEBSOCKETS_DIR USOCKETS_DIR; see benches/peers/README.md)"
     else
         warn "skipping $s: no $bin"
     fi

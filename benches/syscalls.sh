@@ -3,7 +3,8 @@
 #
 #   benches/syscalls.sh 100x20 --connections 100 --size 20
 #
-# For each server (the demo on both backends, the three peers, rawecho): the server pinned to
+# For each server (the demo on both backends, uWebSockets and Bun when built/installed, the
+# three Rust peers, rawecho; SERVERS="..." picks some): the server pinned to
 # CPU 0, `loadgen echo|raw` on CPU 1 for a 6 s window; `perf stat -e raw_syscalls:sys_enter`
 # counts the server's system calls over 3 s in the middle, divided by 3 s of the loadgen's
 # msg/s (perf's overhead slows the server while attached, so this overstates every figure by
@@ -14,8 +15,14 @@ cd "$(dirname "$0")/.."
 T=${CARGO_TARGET_DIR:-target}/release
 PORT=9466
 name=$1; shift
-for srv in sockeye-epoll sockeye-io_uring tungstenite fastwebsockets tokio-websockets raw; do
+UWS_BIN=${UWS:-benches/peers/uws/build/peer-uws}
+BUN_BIN=${BUN:-benches/peers/bun/.bun/node_modules/@oven/bun-linux-x64/bin/bun}
+for srv in ${SERVERS:-sockeye-epoll sockeye-io_uring uws bun tungstenite fastwebsockets tokio-websockets raw}; do
   case $srv in
+    uws) [ -x "$UWS_BIN" ] || { echo "uws: no $UWS_BIN (benches/peers/uws/build.sh), skipped" >&2; continue; }
+       cmd="$UWS_BIN --addr 127.0.0.1:$PORT"; url=ws://127.0.0.1:$PORT/echo; mode=echo ;;
+    bun) [ -x "$BUN_BIN" ] || { echo "bun: no $BUN_BIN (benches/peers/bun/install.sh), skipped" >&2; continue; }
+       cmd="$BUN_BIN benches/peers/bun/server.js --addr 127.0.0.1:$PORT"; url=ws://127.0.0.1:$PORT/echo; mode=echo ;;
     sockeye-epoll) cmd="$T/examples/demo --addr 127.0.0.1:$PORT --workers 1 --backend epoll"; url=ws://127.0.0.1:$PORT/echo; mode=echo ;;
     sockeye-io_uring) cmd="$T/examples/demo --addr 127.0.0.1:$PORT --workers 1 --backend io_uring"; url=ws://127.0.0.1:$PORT/echo; mode=echo ;;
     raw) cmd="$T/rawecho --addr 127.0.0.1:$PORT"; url=tcp://127.0.0.1:$PORT; mode=raw ;;

@@ -691,6 +691,13 @@ const char *sockeye_last_error(void);
 const char *sockeye_version(void);
 
 /**
+ * Returns the crypto provider that wss:// runs on in this build of the library, `"ring"` (the
+ * default) or `"aws-lc-rs"` (built with the `aws-lc-rs` feature), as a NUL-terminated static
+ * string, never freed by the caller.
+ */
+const char *sockeye_tls_provider(void);
+
+/**
  * Fills `*out` with the defaults (the engine's own, sane for the open internet): address
  * "127.0.0.1", port 9001, one worker per core, automatic backend, 16 MiB messages and frames,
  * 10 s handshake timeout, 5 s close timeout, 120 s idle timeout, no auto-ping, 16 MiB

@@ -103,6 +103,15 @@ cluster() {
     cargo test -p sockeye --features cluster --lib cluster::
 }
 
+# wss:// on the other crypto provider (feature `aws-lc-rs`): the TLS suite on both backends and
+# TLS's unit tests, built with aws-lc-rs in place of ring (about 2 minutes, most of it aws-lc's
+# C library).
+awslc() {
+  SOCKEYE_BACKEND=epoll cargo test -p sockeye --features aws-lc-rs --test tls &&
+    SOCKEYE_BACKEND=io_uring cargo test -p sockeye --features aws-lc-rs --test tls &&
+    cargo test -p sockeye --features aws-lc-rs --lib tls
+}
+
 header() { bash ffi/check-header.sh; }
 
 asan() { bash tests/asan.sh; }
@@ -174,6 +183,7 @@ stage package package
 stage msrv msrv
 stage unit unit
 stage cluster cluster
+stage awslc awslc
 stage asan asan
 stage header header
 stage fuzz fuzz

@@ -148,6 +148,21 @@ pub extern "C" fn sockeye_version() -> *const c_char {
     guard(|| concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast())
 }
 
+/// Returns the crypto provider that wss:// runs on in this build of the library, `"ring"` (the
+/// default) or `"aws-lc-rs"` (built with the `aws-lc-rs` feature), as a NUL-terminated static
+/// string, never freed by the caller.
+#[no_mangle]
+pub extern "C" fn sockeye_tls_provider() -> *const c_char {
+    guard(|| {
+        // The engine's word for it (features unify: another crate may have turned it on).
+        if sockeye::TlsConfig::PROVIDER == "aws-lc-rs" {
+            c"aws-lc-rs".as_ptr()
+        } else {
+            c"ring".as_ptr()
+        }
+    })
+}
+
 /// The value an `extern "C"` function returns when its body panicked.
 pub(crate) trait OnPanic {
     fn on_panic() -> Self;

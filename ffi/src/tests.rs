@@ -41,6 +41,14 @@ fn new_server(
 }
 
 #[test]
+fn the_tls_provider_is_the_engines() {
+    // SAFETY: sockeye_tls_provider returns a static NUL-terminated string.
+    let p = unsafe { CStr::from_ptr(sockeye_tls_provider()) };
+    assert_eq!(p.to_str().unwrap(), sockeye::TlsConfig::PROVIDER);
+    assert!(["ring", "aws-lc-rs"].contains(&sockeye::TlsConfig::PROVIDER));
+}
+
+#[test]
 fn strerror_covers_every_code() {
     // Every variant of the enum (the highest is SOCKEYE_ERR_MESSAGE_TOO_LARGE) has its own text.
     let mut seen = std::collections::HashSet::new();

@@ -143,6 +143,11 @@ int main(int argc, char **argv) {
     client_argv = argv + 2;
     client_argc = argc - 2;
 
+    const char *provider = sockeye_tls_provider();
+    check("sockeye_tls_provider names ring or aws-lc-rs",
+          provider != NULL && (strcmp(provider, "ring") == 0 || strcmp(provider, "aws-lc-rs") == 0),
+          provider ? provider : "NULL");
+
     sockeye_config d;
     sockeye_config_default(&d);
     check("tls_cert_file and tls_key_file default to NULL (ws://)",

@@ -12,7 +12,10 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 /// Trusts `ca` (a PEM file) or, without it, any certificate (loopback benchmarks only). Offers
 /// ALPN `http/1.1`. Exits with a message on a CA that cannot be read.
 pub(crate) fn client_config(ca: Option<&str>) -> Arc<ClientConfig> {
+    #[cfg(not(feature = "aws-lc-rs"))]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    #[cfg(feature = "aws-lc-rs")]
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let b = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .expect("rustls protocol versions");

@@ -8,7 +8,9 @@
 //! (`Core::pending` / `Core::take_out`), when it is sealed into as few records as fit (up to
 //! 16 KiB each) and replaces the plaintext in the queue. No extra thread, no async runtime.
 //!
-//! The crypto provider is *ring*: see `benches/README.md` for the measurement that chose it.
+//! The crypto provider is *ring*, or aws-lc-rs with the crate's `aws-lc-rs` feature
+//! ([`TlsConfig::PROVIDER`]); `benches/README.md` ("The crypto provider") has the measurements
+//! that chose the default and say when the other is faster.
 
 use std::fmt;
 use std::io;
@@ -57,6 +59,11 @@ impl fmt::Debug for TlsConfig {
 }
 
 impl TlsConfig {
+    /// The crypto provider this build's TLS runs on: `"ring"` (the default) or `"aws-lc-rs"`
+    /// (the crate's `aws-lc-rs` feature).
+    pub const PROVIDER: &'static str =
+        if cfg!(feature = "aws-lc-rs") { "aws-lc-rs" } else { "ring" };
+
     /// A certificate chain (the server's certificate first, then its intermediates) and its
     /// private key (PKCS#8, PKCS#1 or SEC1), both PEM. Checked when the server is built.
     pub fn from_pem(cert_chain: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
@@ -108,7 +115,7 @@ impl TlsConfig {
             }
             e => format!("TLS private key: {e}"),
         })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?;
@@ -137,6 +144,18 @@ impl TlsConfig {
 /// Refuses a certificate that is not valid at `now`. rustls never checks the server's own
 /// certificate: without this an expired one would only show as every client's handshake
 /// failing.
+/// The rustls crypto provider of this build (see [`TlsConfig::PROVIDER`]).
+#[cfg(not(feature = "aws-lc-rs"))]
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// The rustls crypto provider of this build (see [`TlsConfig::PROVIDER`]).
+#[cfg(feature = "aws-lc-rs")]
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
 fn check_validity(leaf: &CertificateDer<'_>, now: UnixTime) -> Result<(), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|e| format!("TLS certificate: not a valid X.509 certificate: {e}"))?;
@@ -229,6 +248,40 @@ mod tests {
         assert!(!looks_like_http(&[0x16, 0x03, 0x01, 0x02, 0x00]));
         assert!(!looks_like_http(b"GE"));
         assert!(!looks_like_http(b"GETX"));
+    }
+
+    /// The server's config runs on the provider `PROVIDER` names: its AES-256-GCM suite is
+    /// that provider's own (the same static), not the other's.
+    #[test]
+    fn the_config_uses_the_provider_of_this_build() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let config = TlsConfig::from_pem(cert.pem(), key.serialize_pem()).build().unwrap();
+        let ours = config.crypto_provider().cipher_suites.iter().find_map(|s| match s {
+            rustls::SupportedCipherSuite::Tls13(s)
+                if s.common.suite == rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 =>
+            {
+                Some(*s as *const rustls::Tls13CipherSuite)
+            }
+            _ => None,
+        });
+        let of = |p: rustls::crypto::CryptoProvider| {
+            p.cipher_suites.iter().find_map(|s| match s {
+                rustls::SupportedCipherSuite::Tls13(s)
+                    if s.common.suite == rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 =>
+                {
+                    Some(*s as *const rustls::Tls13CipherSuite)
+                }
+                _ => None,
+            })
+        };
+        assert!(ours.is_some());
+        assert_eq!(ours, of(provider()));
+        let ring = of(rustls::crypto::ring::default_provider());
+        assert_eq!(ours == ring, TlsConfig::PROVIDER == "ring", "{}", TlsConfig::PROVIDER);
+        #[cfg(feature = "aws-lc-rs")]
+        assert_eq!(ours, of(rustls::crypto::aws_lc_rs::default_provider()));
     }
 
     #[test]
