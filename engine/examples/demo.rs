@@ -646,9 +646,6 @@ fn main() {
     if let Some(a) = cfg.tls_addr {
         log::info!("and on wss://{a} (https://{a}/ for the chat page)");
     }
-    if tls_files.is_some() {
-        log::info!("TLS on {}", sockeye::TlsConfig::PROVIDER);
-    }
     let handle = server.handle();
     let _ = handle_cell.set(handle.clone());
     if let Some((cert, key)) = tls_files {

@@ -268,13 +268,16 @@ where
         let tls = match &config.tls {
             Some(t) => {
                 let built = t.build().map_err(Error::Tls)?;
+                let p = crate::TlsConfig::PROVIDER;
                 match backend::sys::ktls_probe() {
                     Ok(()) => {
-                        log::info!("TLS: rustls in the workers (this kernel has kTLS; unused)")
+                        log::info!(
+                            "TLS: rustls on {p} in the workers (this kernel has kTLS; unused)"
+                        )
                     }
-                    Err(e) => {
-                        log::info!("TLS: rustls in the workers (no kTLS here: TCP_ULP tls: {e})")
-                    }
+                    Err(e) => log::info!(
+                        "TLS: rustls on {p} in the workers (no kTLS here: TCP_ULP tls: {e})"
+                    ),
                 }
                 Some(built)
             }
