@@ -141,9 +141,6 @@ impl TlsConfig {
     }
 }
 
-/// Refuses a certificate that is not valid at `now`. rustls never checks the server's own
-/// certificate: without this an expired one would only show as every client's handshake
-/// failing.
 /// The rustls crypto provider of this build (see [`TlsConfig::PROVIDER`]).
 #[cfg(not(feature = "aws-lc-rs"))]
 fn provider() -> rustls::crypto::CryptoProvider {
@@ -156,6 +153,9 @@ fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::aws_lc_rs::default_provider()
 }
 
+/// Refuses a certificate that is not valid at `now`. rustls never checks the server's own
+/// certificate: without this an expired one would only show as every client's handshake
+/// failing.
 fn check_validity(leaf: &CertificateDer<'_>, now: UnixTime) -> Result<(), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|e| format!("TLS certificate: not a valid X.509 certificate: {e}"))?;
