@@ -15,13 +15,17 @@ cd "$(dirname "$0")/.."
 T=${CARGO_TARGET_DIR:-target}/release
 PORT=9466
 name=$1; shift
+# UWS=none / BUN=none leave them out, as in compare.sh; install.sh picks the Bun build the CPU
+# takes (x64, x64-baseline, aarch64).
 UWS_BIN=${UWS:-benches/peers/uws/build/peer-uws}
-BUN_BIN=${BUN:-benches/peers/bun/.bun/node_modules/@oven/bun-linux-x64/bin/bun}
+BUN_BIN=${BUN:-$(ls benches/peers/bun/.bun/node_modules/@oven/bun-linux-*/bin/bun 2>/dev/null | head -n 1)}
 for srv in ${SERVERS:-sockeye-epoll sockeye-io_uring uws bun tungstenite fastwebsockets tokio-websockets raw}; do
   case $srv in
-    uws) [ -x "$UWS_BIN" ] || { echo "uws: no $UWS_BIN (benches/peers/uws/build.sh), skipped" >&2; continue; }
+    uws) [ "$UWS_BIN" = none ] && continue
+       [ -x "$UWS_BIN" ] || { echo "uws: no $UWS_BIN (benches/peers/uws/build.sh), skipped" >&2; continue; }
        cmd="$UWS_BIN --addr 127.0.0.1:$PORT"; url=ws://127.0.0.1:$PORT/echo; mode=echo ;;
-    bun) [ -x "$BUN_BIN" ] || { echo "bun: no $BUN_BIN (benches/peers/bun/install.sh), skipped" >&2; continue; }
+    bun) [ "$BUN_BIN" = none ] && continue
+       [ -x "$BUN_BIN" ] || { echo "bun: no $BUN_BIN (benches/peers/bun/install.sh), skipped" >&2; continue; }
        cmd="$BUN_BIN benches/peers/bun/server.js --addr 127.0.0.1:$PORT"; url=ws://127.0.0.1:$PORT/echo; mode=echo ;;
     sockeye-epoll) cmd="$T/examples/demo --addr 127.0.0.1:$PORT --workers 1 --backend epoll"; url=ws://127.0.0.1:$PORT/echo; mode=echo ;;
     sockeye-io_uring) cmd="$T/examples/demo --addr 127.0.0.1:$PORT --workers 1 --backend io_uring"; url=ws://127.0.0.1:$PORT/echo; mode=echo ;;

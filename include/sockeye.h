@@ -8,7 +8,7 @@
  * keep, and name connections across threads and time by sockeye_conn_id(). Every pointer you
  * hand the library is read during the call only and copied if needed, except the user_data
  * pointers, which the library stores and returns but never dereferences or frees.
- * Strings returned by sockeye_version and sockeye_strerror are static.
+ * Strings returned by sockeye_version, sockeye_tls_provider and sockeye_strerror are static.
  *
  * Every function checks its pointers for NULL and never lets a Rust panic unwind into C.
  * Callbacks run on worker threads and must not block or unwind (no C++ exception may leave one).

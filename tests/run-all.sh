@@ -5,8 +5,8 @@
 # tests on BOTH backends, the unsafe modules' tests under AddressSanitizer, a short fuzz run of
 # every target, the Autobahn conformance suite against the demo on both backends, the end-to-end
 # tests (Python, Node, nginx, headless Chromium), fault injection against the demo (both
-# backends), the C ABI tests (ASan/UBSan, valgrind) and the cluster bridge against a real
-# redis-server (both backends).
+# backends), the C ABI tests (ASan/UBSan, valgrind), the cluster bridge against a real
+# redis-server (both backends) and wss:// on the aws-lc-rs crypto provider (both backends).
 #
 #   tests/run-all.sh            # everything (about 31 minutes on 2 cores, first run longer)
 #   STAGES="unit autobahn" tests/run-all.sh   # a subset
@@ -16,7 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export CARGO_TERM_COLOR=never
-STAGES=${STAGES:-"setup fmt clippy doc package msrv unit cluster asan header fuzz autobahn e2e faults cabi"}
+STAGES=${STAGES:-"setup fmt clippy doc package msrv unit cluster awslc asan header fuzz autobahn e2e faults cabi"}
 passed=0; failed=0; failures=()
 # Every stage's output is also kept here, so that the end of the run can repeat what a failed
 # stage said (CI shows only the tail of a long run).
@@ -103,14 +103,20 @@ cluster() {
     cargo test -p sockeye --features cluster --lib cluster::
 }
 
-# wss:// on the other crypto provider (feature `aws-lc-rs`): the TLS suite on both backends and
-# TLS's unit tests, built with aws-lc-rs in place of ring (about 2 minutes, most of it aws-lc's
-# C library).
-awslc() {
+# wss:// on the other crypto provider (feature `aws-lc-rs`; ring is still compiled, the tests'
+# clients use it): the TLS suite on both backends and TLS's unit tests with the servers on
+# aws-lc-rs, the C library's provider answer, and the loadgen built with it (about 2 minutes,
+# most of it aws-lc's C library). SOCKEYE_EXPECT_PROVIDER makes the provider tests check the
+# name, so a build that lost the feature fails.
+# A subshell: the variable must not reach the later stages, whose builds are on ring.
+awslc() (
+  export SOCKEYE_EXPECT_PROVIDER=aws-lc-rs
   SOCKEYE_BACKEND=epoll cargo test -p sockeye --features aws-lc-rs --test tls &&
     SOCKEYE_BACKEND=io_uring cargo test -p sockeye --features aws-lc-rs --test tls &&
-    cargo test -p sockeye --features aws-lc-rs --lib tls
-}
+    cargo test -p sockeye --features aws-lc-rs --lib tls &&
+    cargo test -p sockeye-ffi --features aws-lc-rs --lib tls_provider &&
+    cargo check -p sockeye-benches --features aws-lc-rs --bin loadgen
+)
 
 header() { bash ffi/check-header.sh; }
 

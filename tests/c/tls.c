@@ -147,6 +147,9 @@ int main(int argc, char **argv) {
     check("sockeye_tls_provider names ring or aws-lc-rs",
           provider != NULL && (strcmp(provider, "ring") == 0 || strcmp(provider, "aws-lc-rs") == 0),
           provider ? provider : "NULL");
+    const char *want = getenv("SOCKEYE_EXPECT_PROVIDER");
+    if (want != NULL && provider != NULL)
+        check("sockeye_tls_provider is SOCKEYE_EXPECT_PROVIDER", strcmp(provider, want) == 0, provider);
 
     sockeye_config d;
     sockeye_config_default(&d);
