@@ -719,9 +719,7 @@ impl Connection {
         // trickles in one byte per read is scanned once in all, not re-parsed from its start on
         // every read. (The first read is always parsed, so garbage is refused at once.)
         if from_head && source.len() <= max && !head_may_end(source, carried.saturating_sub(3)) {
-            if !from_head {
-                joined.extend_from_slice(&input[..input.len().min(keep)]);
-            }
+            // `joined` already holds this read's bytes (from_head).
             self.cold_mut().assembly = joined;
             return Ok(HandshakeStatus::Partial);
         }

@@ -258,15 +258,8 @@ mod tests {
         let params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
         let cert = params.self_signed(&key).unwrap();
         let config = TlsConfig::from_pem(cert.pem(), key.serialize_pem()).build().unwrap();
-        let ours = config.crypto_provider().cipher_suites.iter().find_map(|s| match s {
-            rustls::SupportedCipherSuite::Tls13(s)
-                if s.common.suite == rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 =>
-            {
-                Some(*s as *const rustls::Tls13CipherSuite)
-            }
-            _ => None,
-        });
-        let of = |p: rustls::crypto::CryptoProvider| {
+        // The provider's AES-256-GCM suite, by address.
+        let aes256 = |p: &rustls::crypto::CryptoProvider| {
             p.cipher_suites.iter().find_map(|s| match s {
                 rustls::SupportedCipherSuite::Tls13(s)
                     if s.common.suite == rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 =>
@@ -276,6 +269,8 @@ mod tests {
                 _ => None,
             })
         };
+        let of = |p: rustls::crypto::CryptoProvider| aes256(&p);
+        let ours = aes256(config.crypto_provider());
         assert!(ours.is_some());
         // CI's `awslc` stage says which provider the build must have.
         if let Ok(want) = std::env::var("SOCKEYE_EXPECT_PROVIDER") {
