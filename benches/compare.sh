@@ -34,7 +34,9 @@
 #              wss-CxS: echo-CxS over TLS (the demo --tls, Bun tls: {cert, key}; a
 #              throwaway ECDSA P-256 certificate made with openssl; the others skip it);
 #              wss-handshake: the TLS handshake rate, `loadgen echo --churn` with 16
-#              connections (each reset once upgraded and replaced; full handshakes);
+#              connections (each reset once upgraded and replaced; full handshakes) and
+#              `--no-verify` (the client checks no certificate or signature, as h2load
+#              does: with them it costs more than the server and sets the rate);
 #              fanout-N[-PxK][-Tt]: N subscribers on /chat, P publishers (default 1) with
 #              K in flight each (default 1), closed loop; -Tt: T rooms (?room=t{i % T}),
 #              publishers spread over them alike (P = T when only -Tt is given)
@@ -372,7 +374,7 @@ load_args() {
     fi
     case $load in
         wss-handshake)
-            echo "echo --churn --url wss://$hp/echo --ca $PKI/ca.pem --connections 16 --duration $DURATION --warmup $WARMUP"
+            echo "echo --churn --url wss://$hp/echo --no-verify --connections 16 --duration $DURATION --warmup $WARMUP"
             ;;
         wss-*)
             c=${load#*-}

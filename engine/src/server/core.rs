@@ -41,7 +41,7 @@ use super::handle::{ServerHandle, WorkerStats};
 pub(crate) use super::outq::OutQ;
 use super::outq::{Frame, FrameBuf, REF_COST};
 use super::timer::Wheel;
-use super::tls::{self, TlsConn};
+use super::tls::{self, Step, TlsConn};
 use super::topics::Topics;
 
 /// The backend's hook for a write at once: one non-blocking write of `parts`, in order, to the
@@ -65,8 +65,8 @@ pub(crate) const COPY_FRAME_MAX: usize = 128;
 /// old [`ConnId`] can never come to name a new connection (after 2^32 - 1 uses of one slot).
 const RETIRED_GEN: u32 = u32::MAX;
 
-/// Plaintext read out of rustls at a time (its records hold at most 16 KiB).
-const TLS_READ: usize = 32 << 10;
+/// A worker's TLS scratch buffers keep at most this much capacity between uses.
+const TLS_SCRATCH_KEEP: usize = 1 << 20;
 
 /// Largest payload one send accepts: send queues count bytes in u32.
 pub(crate) const MAX_SEND: usize = 1 << 31;
@@ -199,8 +199,10 @@ pub(crate) struct CoreState<D> {
     /// TLS connections' state by key (`TLS` in their flags); empty on a plain server. Kept
     /// beside the slab, not in the slot: a plain connection pays nothing for it.
     tls: Vec<Option<Box<TlsConn>>>,
-    /// Plaintext read out of rustls for the core (one per worker).
+    /// Plaintext of a received record, for the core (one per worker).
     tls_buf: Vec<u8>,
+    /// Plaintext a TLS connection's queue held, while it is sealed (one per worker).
+    tls_plain: Vec<u8>,
     /// Whether a TLS error was logged on this worker (the first is; the rest are counted).
     tls_logged: bool,
 }
@@ -289,7 +291,7 @@ impl<D> CoreState<D> {
     fn mark_dirty(&mut self, key: usize) {
         let s = &mut self.conns[key];
         let tls_out =
-            || self.tls.get(key).and_then(|t| t.as_ref()).is_some_and(|t| t.conn.wants_write());
+            || self.tls.get(key).and_then(|t| t.as_ref()).is_some_and(|t| t.wants_write());
         if s.flags & DIRTY == 0
             && (s.out.as_ref().is_some_and(|q| !q.is_empty()) || (s.flags & TLS != 0 && tls_out()))
         {
@@ -741,7 +743,7 @@ impl<D> CoreState<D> {
         if http {
             alert.extend_from_slice(tls::HTTP_ON_TLS_PORT);
         } else if let Some(t) = self.tls.get_mut(key).and_then(|t| t.as_mut()) {
-            t.drain_records(&mut alert);
+            t.take_alert(&mut alert);
         }
         let s = &mut self.conns[key];
         // Only when nothing is queued or in flight: the alert must not cut into a record.
@@ -752,8 +754,8 @@ impl<D> CoreState<D> {
     }
 
     /// Seals a TLS connection's plaintext into records: everything queued after its sealed
-    /// part goes through rustls (one call: records of up to 16 KiB across message
-    /// boundaries), and the records, with whatever else rustls had to send, replace it.
+    /// part is encrypted by rustls (records of up to 16 KiB across message boundaries) into
+    /// the queue in its place, after whatever records rustls itself had to send.
     fn seal(&mut self, key: usize) {
         let Some(s) = self.conns.get_mut(key) else { return };
         if s.flags & (TLS | DEAD) != TLS {
@@ -761,37 +763,42 @@ impl<D> CoreState<D> {
         }
         let Some(t) = self.tls.get_mut(key).and_then(|t| t.as_mut()) else { return };
         let queued = s.out.as_ref().map_or(0, |q| q.len());
-        if queued <= t.sealed && !t.conn.wants_write() {
+        if queued <= t.sealed && !t.wants_write() {
             return;
         }
         let before = footprint_of(s);
+        let q = Self::out_q(&mut self.out_pool, &mut s.out);
+        // The plaintext leaves the queue: the whole owned buffer when that is all it holds
+        // (an echo: no copy), else copied out.
+        let mut plain = std::mem::take(&mut self.tls_plain);
+        plain.clear();
+        let mut from = 0;
         if queued > t.sealed {
-            let q = s.out.as_ref().expect("a queue holds the plaintext");
-            let mut iov = [IoSlice::new(&[]); WRITE_SLICES];
-            let mut n = 0;
-            let mut w = t.conn.writer();
-            let put = |iov: &[IoSlice<'_>], w: &mut rustls::Writer<'_>| {
-                let want: usize = iov.iter().map(|v| v.len()).sum();
-                let took = std::io::Write::write_vectored(w, iov).unwrap_or(0);
-                debug_assert_eq!(took, want, "rustls takes all (no buffer limit)");
-            };
-            q.for_each_tail(t.sealed, |part| {
-                if n == iov.len() {
-                    put(&iov, &mut w);
-                    n = 0;
+            match (t.sealed, q.swap_owned(&mut plain)) {
+                (0, Some(pos)) => from = pos,
+                _ => {
+                    q.for_each_tail(t.sealed, |part| plain.extend_from_slice(part));
+                    q.truncate_unsent(t.sealed);
                 }
-                iov[n] = IoSlice::new(part);
-                n += 1;
-            });
-            if n > 0 {
-                put(&iov[..n], &mut w);
             }
         }
-        let q = Self::out_q(&mut self.out_pool, &mut s.out);
-        q.truncate_unsent(t.sealed);
-        t.drain_records(q.bytes_mut());
+        let plain_len = plain.len() - from;
+        let established = t.established;
+        let sealed = t.seal_into(if established { &plain[from..] } else { &[] }, q.bytes_mut());
         t.sealed = q.len();
+        if !established && plain_len > 0 {
+            // Not yet sealable: it stays plaintext after rustls' records.
+            q.bytes_mut().extend_from_slice(&plain[from..]);
+        }
+        if plain.capacity() <= TLS_SCRATCH_KEEP {
+            self.tls_plain = plain;
+        }
         self.requeued(key, before);
+        if let Err(e) = sealed {
+            log::debug!("worker {}: sealing TLS records: {e}", self.worker);
+            self.counts.tls_errors += 1;
+            self.kill(key, false);
+        }
     }
 
     /// Starts the close handshake. `code` must be one that may go on the wire (the API
@@ -968,6 +975,7 @@ impl<H: Handler> Core<H> {
                 released: Rc::new(Cell::new(0)),
                 tls: Vec::new(),
                 tls_buf: Vec::new(),
+                tls_plain: Vec::new(),
                 tls_logged: false,
             },
             handler,
@@ -1098,18 +1106,16 @@ impl<H: Handler> Core<H> {
         self.on_plaintext(key, data)
     }
 
-    /// Ciphertext arrived for a TLS connection: rustls takes it, and every byte of plaintext
-    /// it yields goes through [`Core::on_plaintext`] as if it had been read so. What rustls
-    /// has to send (its handshake, alerts) marks the connection for the flush.
-    fn on_tls_data(&mut self, key: usize, data: &[u8]) -> After {
+    /// Ciphertext arrived for a TLS connection: rustls decrypts its records where they lie,
+    /// and the plaintext of each goes through [`Core::on_plaintext`] as if it had been read
+    /// so. A record cut by the end of `data` is carried until the next read completes it.
+    /// What rustls has to send (its handshake, alerts) marks the connection for the flush.
+    fn on_tls_data(&mut self, key: usize, data: &mut [u8]) -> After {
         let mut buf = std::mem::take(&mut self.state.tls_buf);
-        if buf.len() < TLS_READ {
-            buf.resize(TLS_READ, 0);
-        }
         let mut after = After::Continue;
         let mut pos = 0;
         let mut first = true;
-        'records: while pos < data.len() {
+        loop {
             let st = &mut self.state;
             match st.conns.get(key) {
                 Some(s) if s.flags & (DEAD | LINGER) == 0 => {}
@@ -1120,54 +1126,41 @@ impl<H: Handler> Core<H> {
                 }
             }
             let Some(t) = st.tls.get_mut(key).and_then(|t| t.as_mut()) else { break };
-            let fresh = first && t.conn.is_handshaking() && !t.established;
+            let fresh = first && !t.established;
             first = false;
-            let r = t
-                .conn
-                .read_tls(&mut &data[pos..])
-                .map_err(|e| rustls::Error::General(format!("reading TLS records: {e}")));
-            let r = r.and_then(|n| {
-                pos += n;
-                t.conn.process_new_packets().map(|_| n)
-            });
-            if let Err(e) = r {
-                let http = fresh && pos > 0 && tls::looks_like_http(data);
-                self.state.tls_failed(key, &e, http);
-                after = After::StopReading;
-                break;
-            }
-            if !t.established && !t.conn.is_handshaking() {
+            buf.clear();
+            let step = t.step(data, &mut pos, &mut buf);
+            if !t.established && !t.is_handshaking() {
                 t.established = true;
                 st.counts.tls_handshakes += 1;
             }
-            loop {
-                let st = &mut self.state;
-                let Some(t) = st.tls.get_mut(key).and_then(|t| t.as_mut()) else { break 'records };
-                match std::io::Read::read(&mut t.conn.reader(), &mut buf) {
-                    Ok(0) => {
-                        // close_notify: the peer's end of the stream, as an EOF.
-                        self.on_hangup(key);
+            match step {
+                Step::Again => {}
+                Step::More => break,
+                Step::Plain => {
+                    // The whole turn's plaintext is handled, paused or not (as a plain
+                    // connection's read buffer is): nothing is held back.
+                    if !buf.is_empty() && self.on_plaintext(key, &mut buf) == After::StopReading {
                         after = After::StopReading;
-                        break 'records;
                     }
-                    Ok(n) => {
-                        // The whole turn's plaintext is handled, paused or not (as a plain
-                        // connection's read buffer is): rustls holds none of it back.
-                        if self.on_plaintext(key, &mut buf[..n]) == After::StopReading {
-                            after = After::StopReading;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        // Unexpected EOF inside a record, as the peer hanging up.
-                        self.on_hangup(key);
-                        after = After::StopReading;
-                        break 'records;
-                    }
+                }
+                Step::PeerClosed => {
+                    // close_notify: the peer's end of the stream, as an EOF.
+                    self.on_hangup(key);
+                    after = After::StopReading;
+                    break;
+                }
+                Step::Failed(e) => {
+                    let http = fresh && tls::looks_like_http(data);
+                    self.state.tls_failed(key, &e, http);
+                    after = After::StopReading;
+                    break;
                 }
             }
         }
-        self.state.tls_buf = buf;
+        if buf.capacity() <= TLS_SCRATCH_KEEP {
+            self.state.tls_buf = buf;
+        }
         if self.state.conns.get(key).is_some_and(|s| s.flags & DEAD == 0) {
             self.state.mark_dirty(key);
         }
@@ -1396,11 +1389,10 @@ impl<H: Handler> Core<H> {
         let s = &mut st.conns[key];
         if s.flags & (TLS | LINGER | DEAD) == TLS {
             if let Some(t) = st.tls.get_mut(key).and_then(|t| t.as_mut()) {
-                if !t.notified {
-                    // The TLS stream ends with our close_notify: the write side is shut only
-                    // once it has gone out (`on_written` comes back here).
-                    t.notified = true;
-                    t.conn.send_close_notify();
+                // The TLS stream ends with our close_notify: the write side is shut only once
+                // it has gone out (`on_written` comes back here). Not before the handshake
+                // completed: then it is shut at once.
+                if !t.notified && t.send_close_notify() {
                     st.mark_dirty(key);
                     return;
                 }
@@ -1850,3 +1842,7 @@ pub(crate) mod testing;
 #[cfg(test)]
 #[path = "core_tests.rs"]
 mod harness;
+
+#[cfg(test)]
+#[path = "tls_tests.rs"]
+mod tls_harness;

@@ -377,6 +377,13 @@ impl Pair {
         }
     }
 
+    /// Everything client `c` has read so far (reading what is there first), taken.
+    #[cfg_attr(not(test), allow(dead_code))] // used by tls_tests.rs
+    pub(crate) fn client_take_raw(&mut self, c: usize) -> Vec<u8> {
+        self.client_read(c);
+        std::mem::take(&mut self.clients[c].inbox)
+    }
+
     pub(crate) fn read_head(&mut self, c: usize) -> String {
         self.client_read(c);
         let cl = &mut self.clients[c];

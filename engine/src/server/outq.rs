@@ -222,6 +222,21 @@ impl OutQ {
         }
     }
 
+    /// When every unsent byte is owned (no shared frame among them), swaps the owned buffer
+    /// with `other` (which should be empty) and returns where the unsent bytes start in what
+    /// `other` now holds; the queue is left empty, with `other`'s old buffer. `None`, and
+    /// nothing changed, otherwise.
+    pub(crate) fn swap_owned(&mut self, other: &mut Vec<u8>) -> Option<usize> {
+        if self.head != self.refs.len() {
+            return None;
+        }
+        other.clear();
+        std::mem::swap(&mut self.bytes, other);
+        let pos = self.pos;
+        self.clear();
+        Some(pos)
+    }
+
     /// Empties the queue, keeping its capacity.
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
@@ -278,6 +293,32 @@ mod tests {
         assert_eq!(tail, b"yz");
         q.truncate_unsent(0);
         assert!(q.is_empty());
+    }
+
+    /// The owned buffer changes hands whole when it is all the queue holds (a TLS echo's
+    /// plaintext, sealed without a copy); with a shared frame queued, nothing changes.
+    #[test]
+    fn an_owned_only_queue_swaps_its_buffer_out() {
+        let mut q = OutQ::default();
+        q.bytes_mut().extend_from_slice(b"sent.unsent");
+        q.advance(5);
+        let mut other = b"old".to_vec();
+        assert_eq!(q.swap_owned(&mut other), Some(5));
+        assert_eq!(&other[5..], b"unsent");
+        assert!(q.is_empty());
+        assert_eq!(q.footprint(), 0);
+        q.bytes_mut().extend_from_slice(b"ab");
+        assert_eq!(drain(&q), b"ab", "the buffer it got back starts empty");
+
+        let mut q = OutQ::default();
+        q.bytes_mut().extend_from_slice(b"own");
+        q.push_frame(&frame(b"FRAME"));
+        let mut other = Vec::new();
+        assert_eq!(q.swap_owned(&mut other), None);
+        assert!(other.is_empty());
+        assert_eq!(drain(&q), b"ownFRAME");
+        q.advance(8);
+        assert_eq!(q.swap_owned(&mut other), Some(0), "sent frames are no obstacle");
     }
 
     #[test]

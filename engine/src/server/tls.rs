@@ -1,12 +1,14 @@
 //! wss://: TLS in the worker, with rustls driven sans-IO.
 //!
-//! A TLS connection is a [`rustls::ServerConnection`] beside the WebSocket state, driven by the
-//! worker core exactly like `proto::Connection`: the backend hands the core ciphertext (from
-//! epoll's worker buffer or io_uring's provided buffers), the core feeds it to rustls
-//! (`read_tls`, `process_new_packets`) and hands the plaintext to `proto`; what a turn queued
-//! for the connection stays plaintext in its send queue until the backend asks for the bytes
+//! A TLS connection is a [`rustls::server::UnbufferedServerConnection`] beside the WebSocket
+//! state, driven by the worker core exactly like `proto::Connection`: the backend hands the
+//! core ciphertext (in epoll's worker buffer or io_uring's provided buffers), rustls decrypts
+//! each record where it lies, and the plaintext goes to `proto`; a record cut by the end of a
+//! read is carried (only its bytes) until the next read completes it. What a turn queued for
+//! the connection stays plaintext in its send queue until the backend asks for the bytes
 //! (`Core::pending` / `Core::take_out`), when it is sealed into as few records as fit (up to
-//! 16 KiB each) and replaces the plaintext in the queue. No extra thread, no async runtime.
+//! 16 KiB each) in the queue's place. Between messages a connection holds no TLS buffer. No
+//! extra thread, no async runtime.
 //!
 //! The crypto provider is *ring*, or aws-lc-rs with the crate's `aws-lc-rs` feature
 //! ([`TlsConfig::PROVIDER`]); `benches/README.md` ("The crypto provider") has the measurements
@@ -191,34 +193,371 @@ impl TlsState {
     }
 }
 
-/// One TLS connection's state in the worker.
+/// A TLS record's header: content type, version, length.
+const HEADER: usize = 5;
+
+/// The longest record body a peer may send (TLS 1.2's ciphertext limit, 2^14 + 2048): a
+/// header that claims more is handed to rustls at once, which refuses it.
+const MAX_BODY: usize = (16 << 10) + 2048;
+
+/// Room for a record's header, nonce and tag beyond its plaintext (TLS 1.3 AES-GCM takes 22
+/// bytes, TLS 1.2 29), and for a key update rustls may put first.
+const RECORD_ROOM: usize = 64;
+
+/// What one step of rustls over received ciphertext came to.
 #[derive(Debug)]
+pub(crate) enum Step {
+    /// A record of application data: its plaintext was appended to the buffer given.
+    Plain,
+    /// rustls did something (a handshake message, records to send): step again.
+    Again,
+    /// What was given is used up (what is left of it, an incomplete record, is carried).
+    More,
+    /// The peer's close_notify: the end of its stream.
+    PeerClosed,
+    Failed(rustls::Error),
+}
+
+/// One TLS connection's state in the worker: rustls' unbuffered connection, which decrypts
+/// records where they lie (the backend's buffer) and encrypts into the send queue, so no
+/// buffer of its own outlives a record.
 pub(crate) struct TlsConn {
-    pub(crate) conn: rustls::ServerConnection,
+    conn: rustls::server::UnbufferedServerConnection,
+    /// Ciphertext of a record that straddles reads, with any whole records rustls keeps
+    /// while it joins a handshake message across them: the next read completes it. Empty,
+    /// without an allocation, between records.
+    carry: Vec<u8>,
+    /// rustls asked for more than `carry` holds.
+    carry_blocked: bool,
+    /// Records rustls made (its handshake, tickets, alerts), waiting to be queued. They go
+    /// before any plaintext still unsealed in the queue: rustls encrypts that after them.
+    emitted: Vec<u8>,
     /// Bytes at the front of the connection's send queue that are already ciphertext; the
     /// rest is plaintext still to be sealed.
     pub(crate) sealed: usize,
     /// The handshake completed (counted once).
     pub(crate) established: bool,
-    /// Our close_notify is queued: the write side may be shut once the queue drains.
+    /// Our close_notify is asked for: the write side may be shut once the queue drains.
     pub(crate) notified: bool,
+    /// ...and still to be sealed into the queue.
+    close_pending: bool,
+    /// The peer's close_notify came in (rustls says so once).
+    peer_closed: bool,
+}
+
+impl fmt::Debug for TlsConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConn")
+            .field("handshaking", &self.conn.is_handshaking())
+            .field("carry", &self.carry.len())
+            .field("emitted", &self.emitted.len())
+            .field("sealed", &self.sealed)
+            .field("notified", &self.notified)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TlsConn {
     pub(crate) fn new(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
-        let mut conn = rustls::ServerConnection::new(config)?;
-        // What waits for the socket is bounded by the send queue (`max_backpressure`); rustls'
-        // own buffers only hold a turn's records between sealing and the queue.
-        conn.set_buffer_limit(None);
-        Ok(Self { conn, sealed: 0, established: false, notified: false })
+        Ok(Self {
+            conn: rustls::server::UnbufferedServerConnection::new(config)?,
+            carry: Vec::new(),
+            carry_blocked: false,
+            emitted: Vec::new(),
+            sealed: 0,
+            established: false,
+            notified: false,
+            close_pending: false,
+            peer_closed: false,
+        })
     }
 
-    /// Moves every record rustls has ready to `out`.
-    pub(crate) fn drain_records(&mut self, out: &mut Vec<u8>) {
+    /// Capacity of the buffers this connection holds for itself (0 between records).
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.carry.capacity() + self.emitted.capacity()
+    }
+
+    /// Whether the handshake is still under way.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Whether rustls has records to go out (or our close_notify is to be sealed).
+    pub(crate) fn wants_write(&self) -> bool {
+        !self.emitted.is_empty() || self.close_pending
+    }
+
+    /// Asks for our close_notify after whatever is queued; only once the handshake is done
+    /// (returns whether it was asked for).
+    pub(crate) fn send_close_notify(&mut self) -> bool {
+        self.notified = true;
+        self.close_pending = self.established && !self.peer_closed;
+        self.close_pending
+    }
+
+    /// One step over what arrived: a carried record first, completed from `data[*pos..]`,
+    /// else `data[*pos..]` itself, decrypted in place. Advances `*pos` past what it took;
+    /// plaintext goes to the end of `plain`.
+    pub(crate) fn step(&mut self, data: &mut [u8], pos: &mut usize, plain: &mut Vec<u8>) -> Step {
+        if self.peer_closed {
+            return Step::PeerClosed;
+        }
+        if !self.carry.is_empty() {
+            if self.carry_blocked {
+                if !top_up(&mut self.carry, data, pos) {
+                    return Step::More;
+                }
+                self.carry_blocked = false;
+            }
+            let (discard, step) = self.step_in(Input::Carry, plain);
+            self.discard_carried(discard);
+            if !matches!(step, Step::More) {
+                return step;
+            }
+            self.carry_blocked = true;
+            return if *pos < data.len() { Step::Again } else { Step::More };
+        }
+        // Called again when `data` is used up too: rustls may have more to emit (the rest of
+        // a flight) before it asks for input.
+        let (discard, step) = self.step_in(Input::Data(&mut data[*pos..]), plain);
+        *pos += discard;
+        if matches!(step, Step::More) && *pos < data.len() {
+            self.carry.extend_from_slice(&data[*pos..]);
+            self.carry_blocked = true;
+            *pos = data.len();
+        }
+        step
+    }
+
+    /// Drops the first `n` carried bytes; an emptied carry gives its allocation back.
+    fn discard_carried(&mut self, n: usize) {
+        if n >= self.carry.len() {
+            self.carry = Vec::new();
+        } else {
+            self.carry.drain(..n);
+        }
+    }
+
+    fn step_in(&mut self, input: Input<'_>, plain: &mut Vec<u8>) -> (usize, Step) {
+        use rustls::unbuffered::ConnectionState as S;
+        let input = match input {
+            Input::Carry => &mut self.carry[..],
+            Input::Data(d) => d,
+        };
+        let rustls::unbuffered::UnbufferedStatus { mut discard, state } =
+            self.conn.process_tls_records(input);
+        let step = match state {
+            Err(e) => Step::Failed(e),
+            Ok(S::ReadTraffic(mut r)) => {
+                let mut step = Step::Plain;
+                while let Some(rec) = r.next_record() {
+                    match rec {
+                        Ok(rec) => {
+                            discard += rec.discard;
+                            plain.extend_from_slice(rec.payload);
+                        }
+                        Err(e) => {
+                            step = Step::Failed(e);
+                            break;
+                        }
+                    }
+                }
+                step
+            }
+            Ok(S::EncodeTlsData(mut e)) => match encode(&mut e, &mut self.emitted) {
+                Ok(()) => Step::Again,
+                Err(e) => Step::Failed(e),
+            },
+            Ok(S::TransmitTlsData(t)) => {
+                // The records wait in `emitted` for the queue; order is all the wire needs.
+                t.done();
+                Step::Again
+            }
+            Ok(S::BlockedHandshake | S::WriteTraffic(_)) => Step::More,
+            Ok(S::PeerClosed | S::Closed) => {
+                self.peer_closed = true;
+                Step::PeerClosed
+            }
+            // Early data is never enabled (`max_early_data_size` stays 0).
+            Ok(_) => Step::Failed(rustls::Error::General("unexpected TLS state".into())),
+        };
+        (discard, step)
+    }
+
+    /// Appends to `out` the records rustls made, then `plain` sealed into as few records as
+    /// fit (up to 16 KiB each), then our close_notify if it was asked for. Before the
+    /// handshake completes only rustls' own records go; the caller keeps the plaintext.
+    pub(crate) fn seal_into(
+        &mut self,
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), rustls::Error> {
+        use rustls::unbuffered::ConnectionState as S;
+        if !self.emitted.is_empty() {
+            out.extend_from_slice(&self.emitted);
+            self.emitted = Vec::new();
+        }
+        if !self.established || (plain.is_empty() && !self.close_pending) {
+            return Ok(());
+        }
+        loop {
+            // rustls is always given the bytes it last left (what `carry` holds, an
+            // incomplete record at most): it may keep offsets into them.
+            let status = self.conn.process_tls_records(&mut self.carry);
+            let discard = status.discard;
+            let done = match status.state? {
+                S::EncodeTlsData(mut e) => encode(&mut e, out).map(|()| false),
+                S::TransmitTlsData(t) => {
+                    t.done();
+                    Ok(false)
+                }
+                S::PeerClosed => {
+                    self.peer_closed = true;
+                    Ok(false)
+                }
+                S::WriteTraffic(mut w) => {
+                    let mut r = Ok(true);
+                    if !plain.is_empty() {
+                        let room = plain.len() + (plain.len() / (16 << 10) + 1) * RECORD_ROOM;
+                        r = write_with(out, room, |buf| {
+                            w.encrypt(plain, buf).map_err(encrypt_error)
+                        })
+                        .map(|()| true);
+                    }
+                    if self.close_pending && r.is_ok() {
+                        self.close_pending = false;
+                        r = write_with(out, RECORD_ROOM, |buf| {
+                            w.queue_close_notify(buf).map_err(encrypt_error)
+                        })
+                        .map(|()| true);
+                    }
+                    r
+                }
+                // Both sides closed: nothing more may be sent.
+                S::Closed => {
+                    self.close_pending = false;
+                    Ok(true)
+                }
+                _ => Err(rustls::Error::General("unexpected TLS state".into())),
+            };
+            self.discard_carried(discard);
+            if done? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Moves the alert rustls made for its last error to `out`, with anything else it had
+    /// made to send.
+    pub(crate) fn take_alert(&mut self, out: &mut Vec<u8>) {
+        use rustls::unbuffered::ConnectionState as S;
+        out.append(&mut self.emitted);
+        // Only while rustls holds records to send: that state comes before it would look at
+        // the input again (which, after a failure mid-buffer, it may expect to be the buffer
+        // it failed in).
         while self.conn.wants_write() {
-            match self.conn.write_tls(out) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            let status = self.conn.process_tls_records(&mut []);
+            match status.state {
+                Ok(S::EncodeTlsData(mut e)) => {
+                    if encode(&mut e, out).is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Where [`TlsConn::step_in`] reads: its carried record, or the backend's buffer.
+enum Input<'a> {
+    Carry,
+    Data(&'a mut [u8]),
+}
+
+/// Bytes still missing from the last record in `buf`: its header's, else its body's; 0
+/// when `buf` ends where a record does (or with a header rustls will refuse).
+fn record_gap(buf: &[u8]) -> usize {
+    let mut off = 0;
+    loop {
+        let rest = buf.len() - off;
+        if rest == 0 {
+            return 0;
+        }
+        if rest < HEADER {
+            return HEADER - rest;
+        }
+        let len = usize::from(u16::from_be_bytes([buf[off + 3], buf[off + 4]]));
+        if len > MAX_BODY {
+            return 0;
+        }
+        if rest < HEADER + len {
+            return HEADER + len - rest;
+        }
+        off += HEADER + len;
+    }
+}
+
+/// Moves from `data[*pos..]` what the carried record lacks: the rest of its header (rustls
+/// then checks the header before the body comes), else the rest of its body, else (rustls
+/// keeps whole records while it joins a handshake message) the next record's header.
+/// Whether it got all of that.
+fn top_up(carry: &mut Vec<u8>, data: &[u8], pos: &mut usize) -> bool {
+    let gap = match record_gap(carry) {
+        0 => HEADER,
+        g => g,
+    };
+    let take = gap.min(data.len() - *pos);
+    carry.extend_from_slice(&data[*pos..*pos + take]);
+    *pos += take;
+    take == gap
+}
+
+/// rustls' records for an `EncodeTlsData` state, appended to `out`.
+fn encode<D>(
+    e: &mut rustls::unbuffered::EncodeTlsData<'_, D>,
+    out: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    use rustls::unbuffered::EncodeError;
+    write_with(out, 4096, |buf| match e.encode(buf) {
+        Ok(n) => Ok(n),
+        Err(EncodeError::InsufficientSize(s)) => Err(Ok(s.required_size)),
+        // Nothing left to encode.
+        Err(EncodeError::AlreadyEncoded) => Ok(0),
+    })
+}
+
+fn encrypt_error(e: rustls::unbuffered::EncryptError) -> Result<usize, rustls::Error> {
+    match e {
+        rustls::unbuffered::EncryptError::InsufficientSize(s) => Ok(s.required_size),
+        rustls::unbuffered::EncryptError::EncryptExhausted => {
+            Err(rustls::Error::General("the connection's TLS keys are used up".into()))
+        }
+    }
+}
+
+/// Runs `f` on `room` zeroed bytes at the end of `out` and keeps the bytes it says it wrote;
+/// when it answers that it needs more (`Err(Ok(size))`), again with that much.
+fn write_with(
+    out: &mut Vec<u8>,
+    mut room: usize,
+    mut f: impl FnMut(&mut [u8]) -> Result<usize, Result<usize, rustls::Error>>,
+) -> Result<(), rustls::Error> {
+    let at = out.len();
+    loop {
+        out.resize(at + room, 0);
+        match f(&mut out[at..]) {
+            Ok(n) => {
+                out.truncate(at + n);
+                return Ok(());
+            }
+            Err(Ok(need)) if need > room => room = need,
+            Err(r) => {
+                out.truncate(at);
+                return Err(r.err().unwrap_or_else(|| {
+                    rustls::Error::General("rustls refused the room it asked for".into())
+                }));
             }
         }
     }
