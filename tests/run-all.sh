@@ -6,7 +6,7 @@
 # every target, the Autobahn conformance suite against the demo on both backends, the end-to-end
 # tests (Python, Node, nginx, headless Chromium), fault injection against the demo (both
 # backends), the C ABI tests (ASan/UBSan, valgrind), the cluster bridge against a real
-# redis-server (both backends) and wss:// on the aws-lc-rs crypto provider (both backends).
+# redis-server (both backends) and wss:// on the ring crypto provider (both backends).
 #
 #   tests/run-all.sh            # everything (about 31 minutes on 2 cores, first run longer)
 #   STAGES="unit autobahn" tests/run-all.sh   # a subset
@@ -16,7 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 export CARGO_TERM_COLOR=never
-STAGES=${STAGES:-"setup fmt clippy doc package msrv unit cluster awslc asan header fuzz autobahn e2e faults cabi"}
+STAGES=${STAGES:-"setup fmt clippy doc package msrv unit cluster ring asan header fuzz autobahn e2e faults cabi"}
 passed=0; failed=0; failures=()
 # Every stage's output is also kept here, so that the end of the run can repeat what a failed
 # stage said (CI shows only the tail of a long run).
@@ -89,7 +89,8 @@ msrv() {
 
 unit() {
   # The same suite on both backends: unit tests once, integration tests per backend.
-  SOCKEYE_BACKEND=epoll cargo test --workspace --all-targets &&
+  # The default build's TLS is on aws-lc-rs: the provider tests check it (stage `ring` the other).
+  SOCKEYE_EXPECT_PROVIDER=aws-lc-rs SOCKEYE_BACKEND=epoll cargo test --workspace --all-targets &&
     SOCKEYE_BACKEND=io_uring cargo test -p sockeye --tests &&
     cargo test --workspace --doc
 }
@@ -103,19 +104,18 @@ cluster() {
     cargo test -p sockeye --features cluster --lib cluster::
 }
 
-# wss:// on the other crypto provider (feature `aws-lc-rs`; ring is still compiled, the tests'
-# clients use it): the TLS suite on both backends and TLS's unit tests with the servers on
-# aws-lc-rs, the C library's provider answer, and the loadgen built with it (about 2 minutes,
-# most of it aws-lc's C library). SOCKEYE_EXPECT_PROVIDER makes the provider tests check the
-# name, so a build that lost the feature fails.
-# A subshell: the variable must not reach the later stages, whose builds are on ring.
-awslc() (
-  export SOCKEYE_EXPECT_PROVIDER=aws-lc-rs
-  SOCKEYE_BACKEND=epoll cargo test -p sockeye --features aws-lc-rs --test tls &&
-    SOCKEYE_BACKEND=io_uring cargo test -p sockeye --features aws-lc-rs --test tls &&
-    cargo test -p sockeye --features aws-lc-rs --lib tls &&
-    cargo test -p sockeye-ffi --features aws-lc-rs --lib tls_provider &&
-    cargo check -p sockeye-benches --features aws-lc-rs --bin loadgen
+# wss:// on the other crypto provider, ring (the engine and the C library without their
+# default `aws-lc-rs` feature; the tests' clients are on ring either way): the TLS suite on
+# both backends and TLS's unit tests with the servers on ring, and the C library's provider
+# answer. SOCKEYE_EXPECT_PROVIDER makes the provider
+# tests check the name, so a build that lost track of the feature fails.
+# A subshell: the variable must not reach the later stages, whose builds are on aws-lc-rs.
+ring() (
+  export SOCKEYE_EXPECT_PROVIDER=ring
+  SOCKEYE_BACKEND=epoll cargo test -p sockeye --no-default-features --test tls &&
+    SOCKEYE_BACKEND=io_uring cargo test -p sockeye --no-default-features --test tls &&
+    cargo test -p sockeye --no-default-features --lib tls &&
+    cargo test -p sockeye-ffi --no-default-features --features cluster --lib tls_provider
 )
 
 header() { bash ffi/check-header.sh; }
@@ -189,7 +189,7 @@ stage package package
 stage msrv msrv
 stage unit unit
 stage cluster cluster
-stage awslc awslc
+stage ring ring
 stage asan asan
 stage header header
 stage fuzz fuzz

@@ -10,9 +10,9 @@
 //! 16 KiB each) in the queue's place. Between messages a connection holds no TLS buffer. No
 //! extra thread, no async runtime.
 //!
-//! The crypto provider is *ring*, or aws-lc-rs with the crate's `aws-lc-rs` feature
-//! ([`TlsConfig::PROVIDER`]); `benches/README.md` ("The crypto provider") has the measurements
-//! that chose the default and say when the other is faster.
+//! The crypto provider is aws-lc-rs (the crate's default `aws-lc-rs` feature), or *ring*
+//! without it ([`TlsConfig::PROVIDER`]); `benches/README.md` ("The crypto provider") has the
+//! measurements that chose the default.
 
 use std::fmt;
 use std::io;
@@ -61,8 +61,8 @@ impl fmt::Debug for TlsConfig {
 }
 
 impl TlsConfig {
-    /// The crypto provider this build's TLS runs on: `"ring"` (the default) or `"aws-lc-rs"`
-    /// (the crate's `aws-lc-rs` feature).
+    /// The crypto provider this build's TLS runs on: `"aws-lc-rs"` (the crate's `aws-lc-rs`
+    /// feature, on by default) or `"ring"` (built without default features).
     pub const PROVIDER: &'static str =
         if cfg!(feature = "aws-lc-rs") { "aws-lc-rs" } else { "ring" };
 
