@@ -358,27 +358,38 @@ impl Conn {
     }
 
     /// wss://: records from the socket until it is drained, their plaintext to [`Conn::take`].
+    /// One `read` takes what the socket holds into the first half of `rbuf` (rustls'
+    /// `read_tls` on the socket would make one syscall per 4 KiB); rustls takes it from there
+    /// and its plaintext comes out into the second half.
     fn read_tls(&mut self, ctx: &mut Ctx, rbuf: &mut [u8]) -> Result<(), Fail> {
+        let (cipher, plain) = rbuf.split_at_mut(rbuf.len() / 2);
         loop {
-            let (Some(sock), Some(t)) = (self.sock.as_mut(), self.tls.as_mut()) else {
-                return Ok(());
-            };
-            match t.read_tls(sock) {
+            let Some(sock) = self.sock.as_mut() else { return Ok(()) };
+            let n = match sock.read(cipher) {
                 Ok(0) => return Err(Fail::Eof),
-                Ok(_) => {}
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Fail::Io(e)),
-            }
-            t.process_new_packets().map_err(|e| Fail::Handshake(format!("TLS: {e}")))?;
-            loop {
+            };
+            let mut rd = &cipher[..n];
+            while !rd.is_empty() {
                 let Some(t) = self.tls.as_mut() else { return Ok(()) };
-                match t.reader().read(rbuf) {
-                    Ok(0) => return Err(Fail::Eof), // close_notify
-                    Ok(n) => self.take(ctx, &rbuf[..n])?,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(Fail::Io(e)),
+                t.read_tls(&mut rd).map_err(Fail::Io)?;
+                t.process_new_packets().map_err(|e| Fail::Handshake(format!("TLS: {e}")))?;
+                loop {
+                    let Some(t) = self.tls.as_mut() else { return Ok(()) };
+                    match t.reader().read(plain) {
+                        Ok(0) => return Err(Fail::Eof), // close_notify
+                        Ok(k) => self.take(ctx, &plain[..k])?,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(Fail::Io(e)),
+                    }
                 }
+            }
+            // A short read drained the socket (edge-triggered: later bytes raise a new event).
+            if n < cipher.len() {
+                return Ok(());
             }
         }
     }
