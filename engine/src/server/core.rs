@@ -774,9 +774,11 @@ impl<D> CoreState<D> {
         plain.clear();
         let mut from = 0;
         if queued > t.sealed {
-            match (t.sealed, q.swap_owned(&mut plain)) {
-                (0, Some(pos)) => from = pos,
-                _ => {
+            // Only with nothing sealed ahead of it: sealed records stay in the queue.
+            let swapped = if t.sealed == 0 { q.swap_owned(&mut plain) } else { None };
+            match swapped {
+                Some(pos) => from = pos,
+                None => {
                     q.for_each_tail(t.sealed, |part| plain.extend_from_slice(part));
                     q.truncate_unsent(t.sealed);
                 }
@@ -1113,7 +1115,7 @@ impl<H: Handler> Core<H> {
     fn on_tls_data(&mut self, key: usize, data: &mut [u8]) -> After {
         let mut buf = std::mem::take(&mut self.state.tls_buf);
         let mut after = After::Continue;
-        let mut pos = 0;
+        let mut at = tls::Cursor::default();
         let mut first = true;
         loop {
             let st = &mut self.state;
@@ -1129,7 +1131,7 @@ impl<H: Handler> Core<H> {
             let fresh = first && !t.established;
             first = false;
             buf.clear();
-            let step = t.step(data, &mut pos, &mut buf);
+            let step = t.step(data, &mut at, &mut buf);
             if !t.established && !t.is_handshaking() {
                 t.established = true;
                 st.counts.tls_handshakes += 1;

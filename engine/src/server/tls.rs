@@ -225,8 +225,12 @@ pub(crate) struct TlsConn {
     conn: rustls::server::UnbufferedServerConnection,
     /// Ciphertext of a record that straddles reads, with any whole records rustls keeps
     /// while it joins a handshake message across them: the next read completes it. Empty,
-    /// without an allocation, between records.
+    /// without an allocation, between records. At most [`CARRY_MAX`] bytes.
     carry: Vec<u8>,
+    /// Where the last, incomplete record in `carry` starts. Found from bytes rustls has not
+    /// seen: it rewrites the records it keeps (joining their payloads in place), so what
+    /// lies before this offset is no longer a sequence of record headers.
+    carry_tail: usize,
     /// rustls asked for more than `carry` holds.
     carry_blocked: bool,
     /// Records rustls made (its handshake, tickets, alerts), waiting to be queued. They go
@@ -262,6 +266,7 @@ impl TlsConn {
         Ok(Self {
             conn: rustls::server::UnbufferedServerConnection::new(config)?,
             carry: Vec::new(),
+            carry_tail: 0,
             carry_blocked: false,
             emitted: Vec::new(),
             sealed: 0,
@@ -296,17 +301,17 @@ impl TlsConn {
         self.close_pending
     }
 
-    /// One step over what arrived: a carried record first, completed from `data[*pos..]`,
-    /// else `data[*pos..]` itself, decrypted in place. Advances `*pos` past what it took;
+    /// One step over what arrived: a carried record first, completed from `data[at.pos..]`,
+    /// else `data[at.pos..]` itself, decrypted in place. Advances `at.pos` past what it took;
     /// plaintext goes to the end of `plain`.
-    pub(crate) fn step(&mut self, data: &mut [u8], pos: &mut usize, plain: &mut Vec<u8>) -> Step {
+    pub(crate) fn step(&mut self, data: &mut [u8], at: &mut Cursor, plain: &mut Vec<u8>) -> Step {
         if self.peer_closed {
             return Step::PeerClosed;
         }
         if !self.carry.is_empty() {
             if self.carry_blocked {
-                if !top_up(&mut self.carry, data, pos) {
-                    return Step::More;
+                if !self.top_up(data, &mut at.pos) {
+                    return self.check_carry();
                 }
                 self.carry_blocked = false;
             }
@@ -316,26 +321,68 @@ impl TlsConn {
                 return step;
             }
             self.carry_blocked = true;
-            return if *pos < data.len() { Step::Again } else { Step::More };
+            return if at.pos < data.len() { Step::Again } else { self.check_carry() };
         }
+        // Where the incomplete record at the end of `data` starts, found before rustls has
+        // touched any of it (the carry is empty, so `at.pos` is where a record starts).
+        let tail = *at.tail.get_or_insert_with(|| at.pos + whole_records(&data[at.pos..]));
         // Called again when `data` is used up too: rustls may have more to emit (the rest of
         // a flight) before it asks for input.
-        let (discard, step) = self.step_in(Input::Data(&mut data[*pos..]), plain);
-        *pos += discard;
-        if matches!(step, Step::More) && *pos < data.len() {
-            self.carry.extend_from_slice(&data[*pos..]);
+        let (discard, step) = self.step_in(Input::Data(&mut data[at.pos..]), plain);
+        at.pos += discard;
+        if matches!(step, Step::More) && at.pos < data.len() {
+            self.carry.extend_from_slice(&data[at.pos..]);
+            self.carry_tail = tail.max(at.pos) - at.pos;
             self.carry_blocked = true;
-            *pos = data.len();
+            at.pos = data.len();
+            return self.check_carry();
         }
         step
+    }
+
+    /// `More`, or a failure once the carry holds more than any record or handshake message
+    /// rustls accepts may need ([`CARRY_MAX`]: a peer sending a handshake message in tiny
+    /// records).
+    fn check_carry(&self) -> Step {
+        if self.carry.len() > CARRY_MAX {
+            return Step::Failed(rustls::Error::General(format!(
+                "more than {CARRY_MAX} bytes of records before a message was whole"
+            )));
+        }
+        Step::More
+    }
+
+    /// Moves from `data[*pos..]` what the carried record lacks: the rest of its header
+    /// (rustls then checks the header before the body comes), else the rest of its body,
+    /// else (rustls keeps whole records while it joins a handshake message) the next
+    /// record's header. Whether it got all of that.
+    fn top_up(&mut self, data: &[u8], pos: &mut usize) -> bool {
+        let mut gap = tail_gap(&self.carry[self.carry_tail..]);
+        if gap == 0 {
+            // The last record is whole: the next one starts here.
+            self.carry_tail = self.carry.len();
+            gap = HEADER;
+        }
+        let take = gap.min(data.len() - *pos);
+        self.carry.extend_from_slice(&data[*pos..*pos + take]);
+        *pos += take;
+        if take < gap {
+            return false;
+        }
+        if tail_gap(&self.carry[self.carry_tail..]) == 0 {
+            self.carry_tail = self.carry.len();
+        }
+        true
     }
 
     /// Drops the first `n` carried bytes; an emptied carry gives its allocation back.
     fn discard_carried(&mut self, n: usize) {
         if n >= self.carry.len() {
             self.carry = Vec::new();
+            self.carry_tail = 0;
         } else {
             self.carry.drain(..n);
+            self.carry_tail = self.carry_tail.saturating_sub(n);
         }
     }
 
@@ -476,42 +523,41 @@ enum Input<'a> {
     Data(&'a mut [u8]),
 }
 
-/// Bytes still missing from the last record in `buf`: its header's, else its body's; 0
-/// when `buf` ends where a record does (or with a header rustls will refuse).
-fn record_gap(buf: &[u8]) -> usize {
+/// Where a step over received ciphertext is: the position in the read, and where the read's
+/// last, incomplete record starts (found at the first step over it).
+#[derive(Debug, Default)]
+pub(crate) struct Cursor {
+    pub(crate) pos: usize,
+    tail: Option<usize>,
+}
+
+/// The most a connection carries between reads: a handshake message of the most rustls
+/// accepts (64 KiB) in whole records, and a record after it.
+pub(crate) const CARRY_MAX: usize = (64 << 10) + 2 * (HEADER + MAX_BODY);
+
+/// How many bytes of `buf` are whole records (up to a header rustls will refuse, where it
+/// stops too).
+fn whole_records(buf: &[u8]) -> usize {
     let mut off = 0;
-    loop {
-        let rest = buf.len() - off;
-        if rest == 0 {
-            return 0;
-        }
-        if rest < HEADER {
-            return HEADER - rest;
-        }
-        let len = usize::from(u16::from_be_bytes([buf[off + 3], buf[off + 4]]));
-        if len > MAX_BODY {
-            return 0;
-        }
-        if rest < HEADER + len {
-            return HEADER + len - rest;
+    while let Some(h) = buf.get(off..off + HEADER) {
+        let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
+        if len > MAX_BODY || buf.len() - off < HEADER + len {
+            break;
         }
         off += HEADER + len;
     }
+    off
 }
 
-/// Moves from `data[*pos..]` what the carried record lacks: the rest of its header (rustls
-/// then checks the header before the body comes), else the rest of its body, else (rustls
-/// keeps whole records while it joins a handshake message) the next record's header.
-/// Whether it got all of that.
-fn top_up(carry: &mut Vec<u8>, data: &[u8], pos: &mut usize) -> bool {
-    let gap = match record_gap(carry) {
-        0 => HEADER,
-        g => g,
-    };
-    let take = gap.min(data.len() - *pos);
-    carry.extend_from_slice(&data[*pos..*pos + take]);
-    *pos += take;
-    take == gap
+/// Bytes still missing from the record that starts `rec`: its header's, else its body's; 0
+/// when it is whole (or its header is one rustls will refuse).
+fn tail_gap(rec: &[u8]) -> usize {
+    let Some(h) = rec.get(..HEADER) else { return HEADER - rec.len() };
+    let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
+    if len > MAX_BODY {
+        return 0;
+    }
+    (HEADER + len).saturating_sub(rec.len())
 }
 
 /// rustls' records for an `EncodeTlsData` state, appended to `out`.

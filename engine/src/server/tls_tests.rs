@@ -18,6 +18,12 @@ struct Client {
 }
 
 fn pair() -> (Pair, usize, Client) {
+    pair_with(None)
+}
+
+/// [`pair`] with both ends' socket buffers set to `sock` bytes (small ones make the server's
+/// socket take only part of a write).
+fn pair_with(sock: Option<usize>) -> (Pair, usize, Client) {
     let key = rcgen::KeyPair::generate().unwrap();
     let params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
     let cert = params.self_signed(&key).unwrap();
@@ -38,6 +44,7 @@ fn pair() -> (Pair, usize, Client) {
         rustls::ClientConnection::new(Arc::new(client), "localhost".try_into().unwrap()).unwrap();
     tls.set_buffer_limit(None);
     let mut p = Pair::new(cfg);
+    p.set_socket_buffers(sock);
     let c = p.connect();
     (p, c, Client { tls, plain: Vec::new(), closed: false })
 }
@@ -244,4 +251,96 @@ fn a_close_ends_with_our_close_notify() {
     assert_eq!(got[0].0, 8);
     assert_eq!(&got[0].1[..2], &1000u16.to_be_bytes());
     assert!(cl.closed, "no close_notify after the close frame");
+}
+
+/// The client's pending bytes, in one write the core reads at once.
+fn client_send(p: &mut Pair, c: usize, cl: &mut Client) {
+    let mut out = Vec::new();
+    while cl.tls.wants_write() {
+        cl.tls.write_tls(&mut out).unwrap();
+    }
+    p.send_raw(c, &out);
+    p.pump();
+}
+
+/// The socket takes only part of a big echo, so sealed records wait in the queue; then the
+/// handler queues more: it is sealed after them, and both arrive whole and in order.
+#[test]
+fn plaintext_queued_behind_waiting_records_is_sealed_after_them() {
+    let (mut p, c, mut cl) = pair_with(Some(8192));
+    open(&mut p, c, &mut cl, 1 << 20);
+    let big = payload(200_000, 3);
+    cl.tls.writer().write_all(&client_frame(2, &big)).unwrap();
+    client_send(&mut p, c, &mut cl);
+    let key = p.clients[c].key;
+    assert!(p.core.state.tls[key].as_ref().unwrap().sealed > 0, "the socket took it all");
+    cl.tls.writer().write_all(&client_frame(2, b"small")).unwrap();
+    client_send(&mut p, c, &mut cl);
+    exchange(&mut p, c, &mut cl, 1 << 20);
+    let got = server_frames(&mut cl.plain);
+    assert_eq!(got.len(), 2);
+    assert!(got[0].1 == big, "the big echo came back changed");
+    assert_eq!(got[1].1, b"small");
+}
+
+/// The ClientHello cut into 2, 3, 4 and many handshake records, each record in a read of
+/// its own and all of them in one: rustls joins the message (rewriting the records it keeps
+/// in place), and the server answers it every time.
+#[test]
+fn a_client_hello_in_many_records_is_answered() {
+    for parts in [2, 3, 4, 7, 40] {
+        for one_read in [false, true] {
+            let (mut p, c, mut cl) = pair();
+            let mut out = Vec::new();
+            while cl.tls.wants_write() {
+                cl.tls.write_tls(&mut out).unwrap();
+            }
+            assert_eq!(out[0], 0x16, "one handshake record");
+            let body = &out[5..];
+            let mut all = Vec::new();
+            for piece in body.chunks(body.len().div_ceil(parts)) {
+                let mut rec = vec![0x16, 0x03, 0x01];
+                rec.extend_from_slice(&(piece.len() as u16).to_be_bytes());
+                rec.extend_from_slice(piece);
+                if one_read {
+                    all.extend_from_slice(&rec);
+                } else {
+                    p.send_raw(c, &rec);
+                    p.pump();
+                }
+            }
+            if one_read {
+                p.send_raw(c, &all);
+                p.pump();
+            }
+            assert!(round(&mut p, c, &mut cl, 1 << 20), "{parts} records: no answer");
+            assert!(!cl.tls.is_handshaking(), "{parts} records, one read {one_read}");
+            assert_eq!(p.counts().tls_errors, 0);
+        }
+    }
+}
+
+/// A handshake message sent one payload byte per record: the carry is bounded, and the
+/// connection fails once it passes the bound (rather than growing to the message's 64 KiB
+/// in 23 bytes of record per byte).
+#[test]
+fn a_handshake_message_in_tiny_records_has_a_bounded_carry() {
+    let (mut p, c, _cl) = pair();
+    let key = p.clients[c].key;
+    // A ClientHello header claiming 65,535 bytes, then one byte per record.
+    let mut all = vec![0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0xff, 0xff];
+    for _ in 0..65_000 {
+        all.extend_from_slice(&[0x16, 0x03, 0x01, 0x00, 0x01, 0x00]);
+    }
+    let mut most = 0;
+    for piece in all.chunks(16 << 10) {
+        p.send_raw(c, piece);
+        p.pump();
+        if let Some(Some(t)) = p.core.state.tls.get(key) {
+            most = most.max(t.held());
+        }
+    }
+    assert!(most <= 2 * super::super::tls::CARRY_MAX, "carried up to {most} bytes");
+    assert_eq!(p.counts().tls_errors, 1, "the connection failed");
+    assert!(p.core.state.tls.get(key).is_none_or(|t| t.is_none()), "and is gone");
 }
