@@ -225,7 +225,8 @@ pub(crate) struct TlsConn {
     conn: rustls::server::UnbufferedServerConnection,
     /// Ciphertext of a record that straddles reads, with any whole records rustls keeps
     /// while it joins a handshake message across them: the next read completes it. Empty,
-    /// without an allocation, between records. At most [`CARRY_MAX`] bytes.
+    /// without an allocation, between records. At most [`CARRY_MAX`] bytes (then
+    /// [`CARRY_MAX_OPEN`]).
     carry: Vec<u8>,
     /// Where the last, incomplete record in `carry` starts. Found from bytes rustls has not
     /// seen: it rewrites the records it keeps (joining their payloads in place), so what
@@ -283,6 +284,12 @@ impl TlsConn {
         self.carry.capacity() + self.emitted.capacity()
     }
 
+    /// Bytes carried now.
+    #[cfg(test)]
+    pub(crate) fn carried(&self) -> usize {
+        self.carry.len()
+    }
+
     /// Whether the handshake is still under way.
     pub(crate) fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
@@ -311,7 +318,7 @@ impl TlsConn {
         if !self.carry.is_empty() {
             if self.carry_blocked {
                 if !self.top_up(data, &mut at.pos) {
-                    return self.check_carry();
+                    return self.check_carry(0);
                 }
                 self.carry_blocked = false;
             }
@@ -321,7 +328,10 @@ impl TlsConn {
                 return step;
             }
             self.carry_blocked = true;
-            return if at.pos < data.len() { Step::Again } else { self.check_carry() };
+            return match self.check_carry(0) {
+                Step::More if at.pos < data.len() => Step::Again,
+                s => s,
+            };
         }
         // Where the incomplete record at the end of `data` starts, found before rustls has
         // touched any of it (the carry is empty, so `at.pos` is where a record starts).
@@ -331,22 +341,28 @@ impl TlsConn {
         let (discard, step) = self.step_in(Input::Data(&mut data[at.pos..]), plain);
         at.pos += discard;
         if matches!(step, Step::More) && at.pos < data.len() {
+            // Checked before the copy: the rest of a read may be large.
+            if let Step::Failed(e) = self.check_carry(data.len() - at.pos) {
+                return Step::Failed(e);
+            }
             self.carry.extend_from_slice(&data[at.pos..]);
             self.carry_tail = tail.max(at.pos) - at.pos;
             self.carry_blocked = true;
             at.pos = data.len();
-            return self.check_carry();
         }
         step
     }
 
-    /// `More`, or a failure once the carry holds more than any record or handshake message
-    /// rustls accepts may need ([`CARRY_MAX`]: a peer sending a handshake message in tiny
-    /// records).
-    fn check_carry(&self) -> Step {
-        if self.carry.len() > CARRY_MAX {
+    /// `More`, or a failure once the carry, with `more` bytes added, would hold more than
+    /// any record or handshake message rustls accepts needs: [`CARRY_MAX`] during the
+    /// handshake, [`CARRY_MAX_OPEN`] after it (a client's only later handshake message is a
+    /// 5-byte KeyUpdate). A peer that sends a message in tiny records, or parks the start of
+    /// a record, holds no more than that.
+    fn check_carry(&self, more: usize) -> Step {
+        let max = if self.established { CARRY_MAX_OPEN } else { CARRY_MAX };
+        if self.carry.len() + more > max {
             return Step::Failed(rustls::Error::General(format!(
-                "more than {CARRY_MAX} bytes of records before a message was whole"
+                "more than {max} bytes of records before a message was whole"
             )));
         }
         Step::More
@@ -531,9 +547,12 @@ pub(crate) struct Cursor {
     tail: Option<usize>,
 }
 
-/// The most a connection carries between reads: a handshake message of the most rustls
-/// accepts (64 KiB) in whole records, and a record after it.
+/// The most a connection carries between reads during its handshake: a handshake message of
+/// the most rustls accepts (64 KiB) in whole records, and a record after it.
 pub(crate) const CARRY_MAX: usize = (64 << 10) + 2 * (HEADER + MAX_BODY);
+
+/// The same once the handshake is done: a record, and a few kept for a KeyUpdate.
+pub(crate) const CARRY_MAX_OPEN: usize = HEADER + MAX_BODY + 1024;
 
 /// How many bytes of `buf` are whole records (up to a header rustls will refuse, where it
 /// stops too).
