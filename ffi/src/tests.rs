@@ -46,7 +46,7 @@ fn the_tls_provider_is_the_engines() {
     let p = unsafe { CStr::from_ptr(sockeye_tls_provider()) };
     assert_eq!(p.to_str().unwrap(), sockeye::TlsConfig::PROVIDER);
     assert!(["ring", "aws-lc-rs"].contains(&sockeye::TlsConfig::PROVIDER));
-    // CI's `awslc` stage says which provider the library must have.
+    // CI's `unit` and `ring` stages say which provider the library must have.
     if let Ok(want) = std::env::var("SOCKEYE_EXPECT_PROVIDER") {
         assert_eq!(p.to_str().unwrap(), want);
     }

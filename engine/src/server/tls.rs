@@ -676,7 +676,7 @@ mod tests {
         let of = |p: rustls::crypto::CryptoProvider| aes256(&p);
         let ours = aes256(config.crypto_provider());
         assert!(ours.is_some());
-        // CI's `awslc` stage says which provider the build must have.
+        // CI's `unit` and `ring` stages say which provider the build must have.
         if let Ok(want) = std::env::var("SOCKEYE_EXPECT_PROVIDER") {
             assert_eq!(TlsConfig::PROVIDER, want);
         }
