@@ -543,7 +543,7 @@ enum Input<'a> {
 /// last, incomplete record starts (found at the first step over it).
 #[derive(Debug, Default)]
 pub(crate) struct Cursor {
-    pub(crate) pos: usize,
+    pos: usize,
     tail: Option<usize>,
 }
 
@@ -552,7 +552,7 @@ pub(crate) struct Cursor {
 pub(crate) const CARRY_MAX: usize = (64 << 10) + 2 * (HEADER + MAX_BODY);
 
 /// The same once the handshake is done: a record, and a few kept for a KeyUpdate.
-pub(crate) const CARRY_MAX_OPEN: usize = HEADER + MAX_BODY + 1024;
+const CARRY_MAX_OPEN: usize = HEADER + MAX_BODY + 1024;
 
 /// How many bytes of `buf` are whole records (up to a header rustls will refuse, where it
 /// stops too).
@@ -685,6 +685,29 @@ mod tests {
         assert_eq!(ours == ring, TlsConfig::PROVIDER == "ring", "{}", TlsConfig::PROVIDER);
         #[cfg(feature = "aws-lc-rs")]
         assert_eq!(ours, of(rustls::crypto::aws_lc_rs::default_provider()));
+    }
+
+    /// The carry's bound: a handshake message's worth while handshaking, one record and a
+    /// KeyUpdate's worth once established; the rest of a read counts before it is copied.
+    #[test]
+    fn the_carry_bound_tightens_once_the_handshake_is_done() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let config = TlsConfig::from_pem(cert.pem(), key.serialize_pem()).build().unwrap();
+        let mut t = TlsConn::new(config).unwrap();
+        let ok = |s: Step| matches!(s, Step::More);
+        t.carry = vec![0; CARRY_MAX_OPEN + 1];
+        assert!(ok(t.check_carry(0)), "handshaking: a 64 KiB message may be joined");
+        assert!(ok(t.check_carry(CARRY_MAX - CARRY_MAX_OPEN - 1)));
+        assert!(!ok(t.check_carry(CARRY_MAX - CARRY_MAX_OPEN)), "past CARRY_MAX");
+        t.established = true;
+        assert!(!ok(t.check_carry(0)), "open: more than a record and a KeyUpdate");
+        t.carry = vec![0; HEADER + MAX_BODY];
+        assert!(ok(t.check_carry(0)), "open: a whole record's worth waits");
+        assert!(!ok(t.check_carry(1025)));
     }
 
     #[test]
