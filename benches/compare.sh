@@ -46,6 +46,7 @@
 #              replaces the older compare-* files in benches/results/.
 #   PORT [9440] first port; every run takes the next free one of 20 (9440-9459)
 #   NO_BUILD=1  (or --no-build) use the binaries as they are
+#   LOADGEN    the load generator to run [$CARGO_TARGET_DIR/release/loadgen]
 #   CARGO_TARGET_DIR  honoured [target/]; peers are also looked for in
 #              benches/peers/target/release (PEERS_DIR overrides)
 #   BUN        the bun binary [benches/peers/bun/.bun/...: what benches/peers/bun/install.sh
@@ -101,7 +102,7 @@ PORT=$((PORT_BASE - 1)) # next_port moves on before each run
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 T=$TARGET/release
-LOADGEN=$T/loadgen
+LOADGEN=${LOADGEN:-$T/loadgen}
 CHART=$T/chart
 
 warn() { echo "compare.sh: warning: $*" >&2; }

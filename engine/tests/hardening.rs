@@ -83,3 +83,42 @@ fn a_handler_panic_closes_that_connection_with_1011_and_the_worker_serves_on() {
     );
     common::assert_echo(srv.addr);
 }
+
+/// A connection the server closes reaches its client as the end of the stream at once, and
+/// the connection that takes its place (its slot, and on io_uring its place in the ring's
+/// registered file table) gets its own echoes and nobody else's, while an older connection on
+/// the same worker keeps getting exactly its own. On io_uring a socket left in the file table
+/// would outlive its close (no FIN, the client waits); a stale slot would aim one client's
+/// bytes at another.
+#[test]
+fn a_closed_connections_place_goes_to_the_next_one_and_nothing_crosses() {
+    let _serial = serial();
+    let srv = start_echo(|b| b.workers(1));
+    let mut old = RawClient::open(srv.addr);
+    for i in 0..60 {
+        let mut c = RawClient::open(srv.addr);
+        let mine = format!("conn {i}");
+        c.send_frame(op::TEXT, true, mine.as_bytes());
+        let f = c.expect_frame();
+        assert_eq!(
+            f.payload,
+            mine.as_bytes(),
+            "[{}] connection {i} got another's echo",
+            backend_name()
+        );
+        // Our end of the stream: the server closes its socket, and we see its FIN.
+        c.stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let end = c.wait_end(Duration::from_secs(2));
+        assert_ne!(end, common::End::TimedOut, "[{}] connection {i} never closed", backend_name());
+        let theirs = format!("old {i}");
+        old.send_frame(op::TEXT, true, theirs.as_bytes());
+        let f = old.expect_frame();
+        assert_eq!(f.payload, theirs.as_bytes(), "[{}] after close {i}", backend_name());
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(2), || srv.connections() == 1),
+        "[{}] {} connections left",
+        backend_name(),
+        srv.connections()
+    );
+}

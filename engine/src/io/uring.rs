@@ -7,7 +7,10 @@
 //! no path forgets it). Sends are batched: at the end of a loop turn every connection with
 //! queued bytes gets one send, and its buffer stays owned here until the completion arrives,
 //! also when the connection dies first. One `io_uring_enter` per loop turn submits everything
-//! and waits.
+//! and waits. Where the kernel allows, a connection's socket sits in the ring's registered
+//! file table (at its key) and the ring's own descriptor is registered with the worker's
+//! thread: no operation, and no `io_uring_enter`, then makes the kernel look a descriptor
+//! up and take a reference on it.
 //!
 //! `unsafe` lives here because the kernel writes into memory we lend it: every block says why
 //! the memory outlives the operation.
@@ -42,6 +45,7 @@ const SEND: u64 = 4 << 56;
 const CANCEL: u64 = 5 << 56;
 const CANCEL_PAUSE: u64 = 6 << 56;
 const SEND_ZC: u64 = 7 << 56;
+const FILES: u64 = 8 << 56;
 const KIND: u64 = 0xff << 56;
 
 const BGID: u16 = 7;
@@ -89,6 +93,81 @@ fn probe_here() -> Result<(), String> {
     let br = BufRing::new(&ring, 2, 64).map_err(|e| format!("register_buf_ring: {e}"))?;
     br.unregister(&ring);
     Ok(())
+}
+
+/// Registers an empty file table of as many slots as this process may have descriptors (the
+/// kernel's own limit for it) or the worker connections, at most [`MAX_FIXED_FILES`]
+/// (connections past it use their descriptors); returns its size, 0 where the
+/// kernel refuses (before 5.19), and the backend then uses plain descriptors only.
+fn register_file_table(ring: &IoUring, max_connections: usize) -> u32 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the valid struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    let n = lim.rlim_cur.min(u64::from(MAX_FIXED_FILES)).min(max_connections as u64) as u32;
+    let mut p = Probe::new();
+    let updates = ring.submitter().register_probe(&mut p).is_ok()
+        && p.is_supported(opcode::FilesUpdate::CODE);
+    if n == 0 || !updates || ring.submitter().register_files_sparse(n).is_err() {
+        return 0;
+    }
+    n
+}
+
+// io_uring_register(2) and io_uring_enter(2) values (include/uapi/linux/io_uring.h) for the
+// registered ring descriptor, which the io-uring crate keeps per `Submitter`, a borrow of the
+// ring that the loop cannot keep beside it.
+const IORING_REGISTER_RING_FDS: libc::c_long = 20;
+const IORING_UNREGISTER_RING_FDS: libc::c_long = 21;
+const IORING_ENTER_GETEVENTS: u32 = 1 << 0;
+const IORING_ENTER_EXT_ARG: u32 = 1 << 3;
+const IORING_ENTER_REGISTERED_RING: u32 = 1 << 4;
+
+/// `struct io_uring_rsrc_update`.
+#[repr(C)]
+struct RsrcUpdate {
+    offset: u32,
+    resv: u32,
+    data: u64,
+}
+
+/// Registers the ring's own descriptor with the calling thread (the worker, its only
+/// issuer), so that `io_uring_enter` finds the ring by index: the kernel then skips looking
+/// the descriptor up and counting a reference on it at every call. The index, or `None`
+/// where the kernel refuses (before 5.18, or the thread's 16 registrations are taken).
+fn register_ring(ring: &IoUring) -> Option<u32> {
+    // offset u32::MAX: the kernel picks the index and writes it back.
+    let mut up = RsrcUpdate { offset: u32::MAX, resv: 0, data: ring.as_raw_fd() as u64 };
+    // SAFETY: IORING_REGISTER_RING_FDS reads and writes back one io_uring_rsrc_update, the
+    // live struct passed (nr_args 1).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            ring.as_raw_fd(),
+            IORING_REGISTER_RING_FDS,
+            &mut up as *mut RsrcUpdate,
+            1,
+        )
+    };
+    (r == 1).then_some(up.offset)
+}
+
+/// Undoes [`register_ring`] (on the thread that registered it), before the ring is dropped:
+/// the thread's registration holds a reference that would keep the ring alive.
+fn unregister_ring(ring: &IoUring, index: u32) {
+    let mut up = RsrcUpdate { offset: index, resv: 0, data: 0 };
+    // SAFETY: IORING_UNREGISTER_RING_FDS reads one io_uring_rsrc_update, the live struct
+    // passed (nr_args 1).
+    unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            ring.as_raw_fd(),
+            IORING_UNREGISTER_RING_FDS,
+            &mut up as *mut RsrcUpdate,
+            1,
+        )
+    };
 }
 
 fn zc_supported(ring: &IoUring) -> bool {
@@ -428,6 +507,9 @@ impl Prep {
             .or_else(|_| IoUring::builder().setup_coop_taskrun().setup_cqsize(cq).build(entries))
             .or_else(|_| IoUring::builder().setup_cqsize(cq).build(entries))?;
         let bufs = BufRing::new(&ring, cfg.uring_buffers, cfg.uring_buffer_size)?;
+        let fixed_files = register_file_table(&ring, cfg.max_connections);
+        let sq_entries = ring.params().sq_entries() as usize;
+        let ring_index = register_ring(&ring);
         let zc_threshold =
             if zc_supported(&ring) { cfg.uring_send_zc_threshold } else { usize::MAX };
         let w = Loop {
@@ -450,6 +532,11 @@ impl Prep {
             rearm: Vec::new(),
             parked: HashMap::new(),
             outstanding: 0,
+            fixed_files,
+            fixed: Vec::new(),
+            ring_index,
+            reg_fds: vec![-1; sq_entries].into_boxed_slice(),
+            reg_next: 0,
             torn_down: false,
         };
         Ok(w)
@@ -481,6 +568,31 @@ const MAX_SPARE_MSGS: usize = 64;
 
 /// No send in flight (`ConnIo::send`).
 const NO_SEND: u32 = u32::MAX;
+
+/// The most slots of a worker's registered file table (8 bytes of kernel memory each).
+const MAX_FIXED_FILES: u32 = 1 << 16;
+
+/// What a FILES_UPDATE that empties a slot reads (the kernel reads it when it issues the
+/// entry; a static never moves).
+static NO_FILE: [RawFd; 1] = [-1];
+
+/// Builds the entry `$sqe` on a connection's socket, `$t` its slot in the registered file
+/// table when it has one (the kernel then skips the per-request descriptor lookup and
+/// reference count), else its descriptor.
+macro_rules! on_socket {
+    ($slot:expr, $fd:expr, |$t:ident| $sqe:expr) => {
+        match $slot {
+            Some(slot) => {
+                let $t = types::Fixed(slot);
+                $sqe
+            }
+            None => {
+                let $t = types::Fd($fd);
+                $sqe
+            }
+        }
+    };
+}
 
 /// What the backend tracks per connection, beside the core's slot (same key): 16 bytes, since
 /// every idle connection pays for it. A send's buffer lives in `Loop::sends` while in flight.
@@ -562,6 +674,18 @@ struct Loop<H: Handler> {
     parked: HashMap<u32, VecDeque<Vec<u8>>>,
     /// Operations submitted and not completed (teardown waits for them).
     outstanding: usize,
+    /// Slots in the ring's registered file table (0: the kernel gave none). A connection
+    /// whose key is below it has its socket there, at its key, from its accept until it
+    /// closes; `fixed` has its bit set.
+    fixed_files: u32,
+    fixed: Vec<u64>,
+    /// The ring's index among the worker thread's registered rings, if it has one.
+    ring_index: Option<u32>,
+    /// The descriptors of queued registrations, which the kernel reads when it issues them.
+    /// One per submission queue entry, reused in turn: an entry is reused only after as many
+    /// more registrations, which cannot all wait in the queue beside it, so it was issued.
+    reg_fds: Box<[RawFd]>,
+    reg_next: usize,
     /// `teardown` ran (it runs once: from `Prep::run`, or from `Drop` on an unwind).
     torn_down: bool,
 }
@@ -602,6 +726,50 @@ impl<H: Handler> Driver for Loop<H> {
 }
 
 impl<H: Handler> Loop<H> {
+    /// The connection's slot in the registered file table, if its socket is there.
+    fn slot(&self, key: usize) -> Option<u32> {
+        let bit = self.fixed.get(key / 64).is_some_and(|w| w & (1 << (key % 64)) != 0);
+        bit.then_some(key as u32)
+    }
+
+    /// Puts an accepted socket in the file table at its key, when the table reaches that
+    /// far. Asynchronous, with no system call of its own: the update goes in the submission
+    /// queue ahead of the connection's first operation, and the kernel issues a submission's
+    /// entries in order.
+    fn register_fixed(&mut self, key: usize, fd: RawFd) {
+        if key >= self.fixed_files as usize {
+            return;
+        }
+        let i = self.reg_next;
+        self.reg_next = (i + 1) % self.reg_fds.len();
+        self.reg_fds[i] = fd;
+        let sqe = opcode::FilesUpdate::new(&self.reg_fds[i], 1)
+            .offset(key as i32)
+            .build()
+            .user_data(FILES | key as u64);
+        self.push(sqe);
+        if self.fixed.len() <= key / 64 {
+            self.fixed.resize(key / 64 + 1, 0);
+        }
+        self.fixed[key / 64] |= 1 << (key % 64);
+    }
+
+    /// Takes a closing connection's socket out of the file table, whose reference would
+    /// otherwise keep it open after its descriptor is closed (until the end of this turn's
+    /// submission, it does). Queued like the registration: if the key goes to a new accept
+    /// in this turn, that one's update comes after this one.
+    fn unregister_fixed(&mut self, key: usize) {
+        if self.slot(key).is_none() {
+            return;
+        }
+        self.fixed[key / 64] &= !(1 << (key % 64));
+        let sqe = opcode::FilesUpdate::new(NO_FILE.as_ptr(), 1)
+            .offset(key as i32)
+            .build()
+            .user_data(FILES | key as u64);
+        self.push(sqe);
+    }
+
     fn push(&mut self, sqe: squeue::Entry) {
         // SAFETY (of every push): each operation's memory — a receive's provided buffers, a
         // send's queue and SENDMSG header held in `Loop::sends` (`ConnIo::send` only holds its
@@ -694,9 +862,43 @@ impl<H: Handler> Loop<H> {
         if c.recv_armed || c.dying || c.cancelling {
             return;
         }
-        let sqe = opcode::RecvMulti::new(types::Fd(fd), BGID).build().user_data(RECV | key as u64);
+        let sqe = on_socket!(self.slot(key), fd, |t| opcode::RecvMulti::new(t, BGID).build())
+            .user_data(RECV | key as u64);
         self.push(sqe);
         self.conns[key].recv_armed = true;
+    }
+
+    /// Submits everything queued and waits for one completion (or until `args`' timeout), as
+    /// `submit_and_wait(1)` / `submit_with_args(1, ..)` do, on the registered ring index.
+    fn enter_registered(
+        &mut self,
+        index: u32,
+        args: Option<&types::SubmitArgs>,
+    ) -> io::Result<usize> {
+        let to_submit = self.ring.submission().len() as u32;
+        let mut flags = IORING_ENTER_GETEVENTS | IORING_ENTER_REGISTERED_RING;
+        let (arg, size) = match args {
+            Some(a) => {
+                flags |= IORING_ENTER_EXT_ARG;
+                // `SubmitArgs` is `repr(transparent)` over `struct io_uring_getevents_arg`.
+                (
+                    (a as *const types::SubmitArgs).cast::<libc::c_void>(),
+                    size_of::<types::SubmitArgs>(),
+                )
+            }
+            None => (std::ptr::null(), 0),
+        };
+        // SAFETY: io_uring_enter on this thread's registered index of this ring; the kernel
+        // reads the queued entries (whose memory the `push` contract keeps alive) and, with
+        // EXT_ARG, the getevents argument and the timespec it points to, both alive for the
+        // call.
+        let r = unsafe {
+            libc::syscall(libc::SYS_io_uring_enter, index, to_submit, 1u32, flags, arg, size)
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
     }
 
     /// Submits everything queued and waits for a completion (or the timeout), then handles
@@ -708,9 +910,15 @@ impl<H: Handler> Loop<H> {
             Some(d) => {
                 let ts = types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
                 let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
+                match self.ring_index {
+                    Some(i) => self.enter_registered(i, Some(&args)),
+                    None => self.ring.submitter().submit_with_args(1, &args),
+                }
             }
-            None => self.ring.submitter().submit_and_wait(1),
+            None => match self.ring_index {
+                Some(i) => self.enter_registered(i, None),
+                None => self.ring.submitter().submit_and_wait(1),
+            },
         };
         if let Err(e) = res {
             match e.raw_os_error() {
@@ -772,6 +980,14 @@ impl<H: Handler> Loop<H> {
                     self.on_send(key, res);
                 }
             }
+            FILES if res < 0 => {
+                // The slot is left empty: the connection's operations fail (EBADF), and it
+                // closes as on any receive error.
+                log::debug!(
+                    "io_uring: file table update for {key}: {}",
+                    io::Error::from_raw_os_error(-res)
+                );
+            }
             CANCEL_PAUSE => {
                 // The paused receive reports its own end; if the connection drained meanwhile,
                 // it reads again at the end of this turn.
@@ -818,7 +1034,9 @@ impl<H: Handler> Loop<H> {
         if self.conns.len() <= key {
             self.conns.resize_with(key + 1, ConnIo::default);
         }
+        let raw = fd.as_raw_fd();
         self.conns[key] = ConnIo { fd: Some(fd), ..ConnIo::default() };
+        self.register_fixed(key, raw);
         self.parked.remove(&(key as u32));
         self.arm_recv(key);
     }
@@ -932,16 +1150,17 @@ impl<H: Handler> Loop<H> {
         };
         let (sqe, msg) = if let Some(bytes) = q.single() {
             let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
+            let slot = self.slot(key);
             let sqe = if len as usize >= self.zc_threshold {
-                opcode::SendZc::new(types::Fd(fd), ptr, len)
+                on_socket!(slot, fd, |t| opcode::SendZc::new(t, ptr, len)
                     .flags(libc::MSG_NOSIGNAL)
-                    .build()
-                    .user_data(SEND_ZC | key as u64)
+                    .build())
+                .user_data(SEND_ZC | key as u64)
             } else {
-                opcode::Send::new(types::Fd(fd), ptr, len)
+                on_socket!(slot, fd, |t| opcode::Send::new(t, ptr, len)
                     .flags(libc::MSG_NOSIGNAL)
-                    .build()
-                    .user_data(SEND | key as u64)
+                    .build())
+                .user_data(SEND | key as u64)
             };
             (sqe, None)
         } else {
@@ -956,10 +1175,10 @@ impl<H: Handler> Loop<H> {
             }
             m.hdr.msg_iov = m.iov.as_mut_ptr();
             m.hdr.msg_iovlen = n;
-            let sqe = opcode::SendMsg::new(types::Fd(fd), &m.hdr)
+            let sqe = on_socket!(self.slot(key), fd, |t| opcode::SendMsg::new(t, &m.hdr)
                 .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(SEND | key as u64);
+                .build())
+            .user_data(SEND | key as u64);
             (sqe, Some(m))
         };
         // The queue moves into the table; the heap memory the kernel reads (its buffer, the
@@ -993,9 +1212,10 @@ impl<H: Handler> Loop<H> {
 
     /// Closes and frees a dying connection once nothing of it is in flight.
     fn maybe_close(&mut self, key: usize) {
-        let Some(c) = self.conns.get_mut(key) else { return };
+        let Some(c) = self.conns.get(key) else { return };
         if c.dying && !c.busy() && c.fd.is_some() {
-            c.fd = None;
+            self.unregister_fixed(key);
+            self.conns[key].fd = None;
             self.parked.remove(&(key as u32));
             self.w.core.remove(key);
         }
@@ -1097,6 +1317,9 @@ impl<H: Handler> Loop<H> {
             c.fd = None;
         }
         let leaked = self.outstanding > 0;
+        if let Some(i) = self.ring_index.take() {
+            unregister_ring(&self.ring, i);
+        }
         // SAFETY: dropped exactly once, here; nothing uses the ring afterwards.
         unsafe { ManuallyDrop::drop(&mut self.ring) };
         if leaked {
@@ -1184,10 +1407,8 @@ mod tests {
         fn on_message(&mut self, _: &mut crate::Conn<'_, ()>, _: crate::Message<'_>) {}
     }
 
-    /// A loop on this thread, with one connection (key 0) whose peer never reads and a send
-    /// to it in flight: the socket is full before the send is submitted, so the kernel holds
-    /// the send's buffer. Returns the loop and the peer (which must stay open).
-    fn loop_with_send_in_flight() -> (Loop<Nop>, UnixStream) {
+    /// A loop on this thread, as a worker makes it (one listener).
+    fn new_loop() -> Loop<Nop> {
         let server = crate::Server::builder()
             .listen("127.0.0.1:0")
             .workers(1)
@@ -1206,8 +1427,36 @@ mod tests {
         let (_tx, rx) = crossbeam_channel::unbounded();
         let prep = Prep::new(vec![(TcpListener::bind("127.0.0.1:0").expect("bind"), false)], rx)
             .expect("prep");
-        let mut w =
-            prep.into_loop(core, &cfg, Arc::new(WorkerStats::default())).expect("io_uring loop");
+        prep.into_loop(core, &cfg, Arc::new(WorkerStats::default())).expect("io_uring loop")
+    }
+
+    /// Where the kernel has them (5.19, 5.18), a loop registers a file table and its ring's
+    /// descriptor; teardown gives the registration back, or the thread's 16 would run out
+    /// after as many loops (a worker's thread makes one, tests many).
+    #[test]
+    fn loops_register_their_files_and_ring_and_give_the_ring_back() {
+        if let Err(e) = probe() {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        let kernel = kernel_version().unwrap_or((0, 0));
+        for i in 0..20 {
+            let w = new_loop();
+            if kernel >= (5, 19) {
+                assert!(w.fixed_files > 0, "loop {i}: no file table");
+            }
+            if kernel >= (5, 18) {
+                assert!(w.ring_index.is_some(), "loop {i}: the ring is not registered");
+            }
+            drop(w);
+        }
+    }
+
+    /// A loop on this thread, with one connection (key 0) whose peer never reads and a send
+    /// to it in flight: the socket is full before the send is submitted, so the kernel holds
+    /// the send's buffer. Returns the loop and the peer (which must stay open).
+    fn loop_with_send_in_flight() -> (Loop<Nop>, UnixStream) {
+        let mut w = new_loop();
 
         // A Unix stream pair, not TCP: once full it stays full while the peer does not read
         // (on loopback TCP the kernel may still free room after a refused write: ACKs,
