@@ -122,3 +122,49 @@ fn a_closed_connections_place_goes_to_the_next_one_and_nothing_crosses() {
         srv.connections()
     );
 }
+
+/// The same in a burst: 16 clients at once open, echo, close and open again, against one
+/// worker whose io_uring submission queue holds 2 entries, so that a turn's accepts, closes
+/// and file-table updates are submitted mid-turn, and a key freed in a turn goes to an accept
+/// of the same turn. Every client gets its own echo and its FIN.
+#[test]
+fn closes_and_accepts_in_one_burst_keep_every_client_to_its_own_bytes() {
+    let _serial = serial();
+    let srv = start_echo(|b| b.workers(1).uring_entries(2));
+    let addr = srv.addr;
+    let clients: Vec<_> = (0..16)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..20 {
+                    let mut c = RawClient::open(addr);
+                    let mine = format!("client {t} round {i}");
+                    c.send_frame(op::TEXT, true, mine.as_bytes());
+                    let f = c.expect_frame();
+                    assert_eq!(
+                        f.payload,
+                        mine.as_bytes(),
+                        "[{}] {mine}: another's echo",
+                        backend_name()
+                    );
+                    c.stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+                    let end = c.wait_end(Duration::from_secs(2));
+                    assert_ne!(
+                        end,
+                        common::End::TimedOut,
+                        "[{}] {mine}: never closed",
+                        backend_name()
+                    );
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client failed");
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(2), || srv.connections() == 0),
+        "[{}] {} connections left",
+        backend_name(),
+        srv.connections()
+    );
+}

@@ -97,12 +97,18 @@ fn probe_here() -> Result<(), String> {
 
 /// Registers an empty file table of as many slots as this process may have descriptors (the
 /// kernel's own limit for it) or the worker connections, at most [`MAX_FIXED_FILES`]
-/// (connections past it use their descriptors); returns its size, 0 where the
-/// kernel refuses (before 5.19), and the backend then uses plain descriptors only.
+/// (connections past it use their descriptors); returns its size, 0 before 6.13 (see
+/// below) or where the kernel refuses, and the backend then uses plain descriptors only.
 fn register_file_table(ring: &IoUring, max_connections: usize) -> u32 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit into the valid struct passed.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    // Before 6.13 a fixed-file request pins the whole table's generation, and a socket taken
+    // out of the table is released only once every request issued before that is done: a
+    // closed connection's socket would stay open behind any other's long-lived receive.
+    if kernel_version().unwrap_or((0, 0)) < (6, 13) {
         return 0;
     }
     let n = lim.rlim_cur.min(u64::from(MAX_FIXED_FILES)).min(max_connections as u64) as u32;
@@ -535,7 +541,8 @@ impl Prep {
             fixed_files,
             fixed: Vec::new(),
             ring_index,
-            reg_fds: vec![-1; sq_entries].into_boxed_slice(),
+            ring_thread: std::thread::current().id(),
+            reg_fds: vec![-1; sq_entries + 1].into_boxed_slice(),
             reg_next: 0,
             torn_down: false,
         };
@@ -679,11 +686,15 @@ struct Loop<H: Handler> {
     /// closes; `fixed` has its bit set.
     fixed_files: u32,
     fixed: Vec<u64>,
-    /// The ring's index among the worker thread's registered rings, if it has one.
+    /// The ring's index among the worker thread's registered rings, if it has one; and that
+    /// thread (an index means nothing on another).
     ring_index: Option<u32>,
-    /// The descriptors of queued registrations, which the kernel reads when it issues them.
-    /// One per submission queue entry, reused in turn: an entry is reused only after as many
-    /// more registrations, which cannot all wait in the queue beside it, so it was issued.
+    ring_thread: std::thread::ThreadId,
+    /// The descriptors of queued registrations, which the kernel reads when it issues the
+    /// entry (and the queue's head moves past an entry only after that). One more than the
+    /// submission queue holds, reused in turn: an entry is rewritten only at the
+    /// `sq_entries + 1`-th registration after it, and that many entries cannot all wait in
+    /// the queue at once, so its own was issued by then.
     reg_fds: Box<[RawFd]>,
     reg_next: usize,
     /// `teardown` ran (it runs once: from `Prep::run`, or from `Drop` on an unwind).
@@ -771,7 +782,9 @@ impl<H: Handler> Loop<H> {
     }
 
     fn push(&mut self, sqe: squeue::Entry) {
-        // SAFETY (of every push): each operation's memory — a receive's provided buffers, a
+        // SAFETY (of every push): each operation's memory — the descriptor a FILES_UPDATE
+        // reads (`reg_fds`, a static for an emptied slot; read when the entry is issued), a
+        // receive's provided buffers, a
         // send's queue and SENDMSG header held in `Loop::sends` (`ConnIo::send` only holds its
         // index; the bytes and the header are on the heap and do not move), the eventfd
         // polled for wake-ups — lives until its completion is reaped; `teardown` waits for all
@@ -875,6 +888,11 @@ impl<H: Handler> Loop<H> {
         index: u32,
         args: Option<&types::SubmitArgs>,
     ) -> io::Result<usize> {
+        debug_assert_eq!(
+            std::thread::current().id(),
+            self.ring_thread,
+            "a ring entered off its thread"
+        );
         let to_submit = self.ring.submission().len() as u32;
         let mut flags = IORING_ENTER_GETEVENTS | IORING_ENTER_REGISTERED_RING;
         let (arg, size) = match args {
@@ -981,9 +999,10 @@ impl<H: Handler> Loop<H> {
                 }
             }
             FILES if res < 0 => {
-                // The slot is left empty: the connection's operations fail (EBADF), and it
+                // Only a registration can fail (6.13+: emptying a slot cannot), and it
+                // leaves the slot empty: the connection's operations fail (EBADF), and it
                 // closes as on any receive error.
-                log::debug!(
+                log::warn!(
                     "io_uring: file table update for {key}: {}",
                     io::Error::from_raw_os_error(-res)
                 );
@@ -1317,7 +1336,16 @@ impl<H: Handler> Loop<H> {
             c.fd = None;
         }
         let leaked = self.outstanding > 0;
+        if self.fixed_files > 0 {
+            // The table's references would keep the sockets open until the ring is freed.
+            let _ = self.ring.submitter().unregister_files();
+        }
         if let Some(i) = self.ring_index.take() {
+            debug_assert_eq!(
+                std::thread::current().id(),
+                self.ring_thread,
+                "teardown off the ring's thread"
+            );
             unregister_ring(&self.ring, i);
         }
         // SAFETY: dropped exactly once, here; nothing uses the ring afterwards.
@@ -1430,7 +1458,8 @@ mod tests {
         prep.into_loop(core, &cfg, Arc::new(WorkerStats::default())).expect("io_uring loop")
     }
 
-    /// Where the kernel has them (5.19, 5.18), a loop registers a file table and its ring's
+    /// Where the kernel has them (6.13 for the table, see `register_file_table`; 5.18), a
+    /// loop registers a file table and its ring's
     /// descriptor; teardown gives the registration back, or the thread's 16 would run out
     /// after as many loops (a worker's thread makes one, tests many).
     #[test]
@@ -1442,7 +1471,7 @@ mod tests {
         let kernel = kernel_version().unwrap_or((0, 0));
         for i in 0..20 {
             let w = new_loop();
-            if kernel >= (5, 19) {
+            if kernel >= (6, 13) {
                 assert!(w.fixed_files > 0, "loop {i}: no file table");
             }
             if kernel >= (5, 18) {
