@@ -9,9 +9,9 @@
 # loadgen JSON is appended, with server/load/round and those figures added, to a JSONL file;
 # at the end `chart` turns it into a markdown table (printed: median, best round and spread
 # per server and load, noise per round) and an SVG chart next to it. Many short interleaved
-# rounds let a noisy stretch of a shared machine hit every server alike; read the medians to
-# rank, the best rounds for what each server can do, and the noise table for how much to
-# trust a round.
+# rounds let a noisy stretch of a shared machine hit every server alike; read the paired table
+# (Sockeye ÷ each peer within each round, median over rounds) and the medians to rank, the
+# best rounds for what each server can do, and the noise table for how much to trust a round.
 #
 #   benches/compare.sh                 # full run: 7 rounds × 3 s (about 1 h with all servers)
 #   benches/compare.sh --quick         # smoke test: 2 rounds, 2 s windows, results in /tmp

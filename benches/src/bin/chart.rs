@@ -552,6 +552,62 @@ struct Summary {
     rounds: usize,
     /// Noise figures per round, in round order.
     by_round: Vec<RoundNoise>,
+    /// Sockeye ÷ each peer within each round (echo and fan-out loads).
+    paired: Vec<Paired>,
+}
+
+/// One Sockeye backend against one peer on one load, round by round: the ratio of the two
+/// runs of each round where both ran cleanly. A round's runs are back to back, so a slow
+/// stretch of a shared machine that hits one hits the other too; the ratio of medians,
+/// taken over different rounds, does not cancel it.
+#[derive(Debug)]
+struct Paired {
+    load: String,
+    sockeye: String,
+    peer: String,
+    /// msg/s (deliveries/s): Sockeye ÷ peer.
+    rate: Option<Stat>,
+    /// Server CPU per message: Sockeye ÷ peer.
+    cpu: Option<Stat>,
+}
+
+impl Paired {
+    fn collect(runs: &[Run], groups: &[Group]) -> Vec<Paired> {
+        let mut out = Vec::new();
+        for s in groups.iter().filter(|g| is_sockeye(&g.server) && ranked(g)) {
+            if s.kind == Kind::Idle {
+                continue;
+            }
+            for p in groups.iter().filter(|p| p.load == s.load && !is_sockeye(&p.server)) {
+                if !ranked(p) {
+                    continue;
+                }
+                let round_of = |server: &str| -> BTreeMap<u64, &Run> {
+                    runs.iter()
+                        .filter(|r| r.load == s.load && r.server == server && !r.failed)
+                        .filter_map(|r| Some((r.round?, r)))
+                        .collect()
+                };
+                let (mine, theirs) = (round_of(&s.server), round_of(&p.server));
+                let ratios = |f: fn(&Run) -> Option<f64>| -> Vec<f64> {
+                    mine.iter()
+                        .filter_map(|(k, a)| {
+                            let (x, y) = (f(a)?, f(theirs.get(k)?)?);
+                            (y > 0.0).then(|| x / y)
+                        })
+                        .collect()
+                };
+                out.push(Paired {
+                    load: s.load.clone(),
+                    sockeye: s.server.clone(),
+                    peer: p.server.clone(),
+                    rate: stat(&ratios(|r| r.rate)),
+                    cpu: stat(&ratios(|r| r.server_us)),
+                });
+            }
+        }
+        out
+    }
 }
 
 /// The noise figures of one round, over all its runs.
@@ -641,7 +697,8 @@ impl Summary {
                 });
             }
         }
-        Summary { loads, servers, groups, rounds, by_round: RoundNoise::collect(runs) }
+        let paired = Paired::collect(runs, &groups);
+        Summary { loads, servers, groups, rounds, by_round: RoundNoise::collect(runs), paired }
     }
 
     fn load_groups(&self, load: &str) -> Vec<&Group> {
@@ -1012,6 +1069,35 @@ fn markdown(sum: &Summary, source: &str) -> String {
                     }
                 }
             }
+        }
+        s.push('\n');
+    }
+    if sum.paired.iter().any(|p| p.rate.is_some()) {
+        let _ = writeln!(
+            s,
+            "### Paired by round\n\nSockeye ÷ each peer within each round (both runs of a round \
+             are back to back, so what slowed a round slowed both): the median over rounds, \
+             the range in brackets. msg/s (deliveries/s for fan-out): > 1 means Sockeye is \
+             faster; server CPU per message: < 1 means Sockeye spends less.\n"
+        );
+        let _ = writeln!(s, "| load | Sockeye | peer | rounds | msg/s ratio | server CPU ratio |");
+        let _ = writeln!(s, "|---|---|---|--:|--:|--:|");
+        let cell = |st: Option<Stat>| match st {
+            Some(st) if st.n > 1 => format!("{:.2} ({:.2}–{:.2})", st.median, st.min, st.max),
+            Some(st) => format!("{:.2}", st.median),
+            None => "–".to_string(),
+        };
+        for p in &sum.paired {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                p.load,
+                p.sockeye,
+                p.peer,
+                p.rate.map_or(0, |st| st.n),
+                cell(p.rate),
+                cell(p.cpu)
+            );
         }
         s.push('\n');
     }
@@ -1455,6 +1541,38 @@ mod tests {
             r#"{{"mode":"echo","server":"{server}","load":"{load}","round":{round},"messages_per_s":{rate},"server_cpu_us_per_msg":{us},"latency_us":{{"p50":100,"p99":200}},"errors":{{"total":0}},"calib_ms":{},"loadavg":1.5,"machine_steal_core_s":0.01}}"#,
             20 + round
         )
+    }
+
+    /// Within-round ratios, not ratios of medians: Sockeye twice the peer in two of the three
+    /// rounds both ran reads 2.00 paired, where the medians' ratio is 1.50 (300 ÷ 200, over
+    /// Sockeye's four rounds and the peer's three).
+    #[test]
+    fn paired_ratios_are_taken_within_each_round() {
+        let text = [
+            line("sockeye-epoll", "echo-100x20", 1, 100.0, 10.0),
+            line("bun", "echo-100x20", 1, 50.0, 20.0),
+            line("sockeye-epoll", "echo-100x20", 2, 200.0, 5.0),
+            line("bun", "echo-100x20", 2, 400.0, 2.5),
+            line("sockeye-epoll", "echo-100x20", 3, 400.0, 2.5),
+            line("bun", "echo-100x20", 3, 200.0, 5.0),
+            // A round the peer did not run does not count.
+            line("sockeye-epoll", "echo-100x20", 4, 1000.0, 1.0),
+        ]
+        .join("\n");
+        let sum = Summary::new(&parse_jsonl(&text, "t"));
+        assert_eq!(sum.paired.len(), 1);
+        let p = &sum.paired[0];
+        let (rate, cpu) = (p.rate.unwrap(), p.cpu.unwrap());
+        assert_eq!((rate.n, rate.median, rate.min, rate.max), (3, 2.0, 0.5, 2.0));
+        assert_eq!((cpu.median, cpu.min, cpu.max), (0.5, 0.5, 2.0));
+        let md = markdown(&sum, "t");
+        assert!(
+            md.contains(
+                "| echo-100x20 | sockeye-epoll | bun | 3 | 2.00 (0.50–2.00) | 0.50 (0.50–2.00) |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("bun 1.50"), "the ratio of medians stays as it was: {md}");
     }
 
     #[test]
