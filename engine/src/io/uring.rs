@@ -100,15 +100,15 @@ fn probe_here() -> Result<(), String> {
 /// (connections past it use their descriptors); returns its size, 0 before 6.13 (see
 /// below) or where the kernel refuses, and the backend then uses plain descriptors only.
 fn register_file_table(ring: &IoUring, max_connections: usize) -> u32 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit into the valid struct passed.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 0;
-    }
     // Before 6.13 a fixed-file request pins the whole table's generation, and a socket taken
     // out of the table is released only once every request issued before that is done: a
     // closed connection's socket would stay open behind any other's long-lived receive.
     if kernel_version().unwrap_or((0, 0)) < (6, 13) {
+        return 0;
+    }
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the valid struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 0;
     }
     let n = lim.rlim_cur.min(u64::from(MAX_FIXED_FILES)).min(max_connections as u64) as u32;
@@ -746,7 +746,7 @@ impl<H: Handler> Loop<H> {
     /// Puts an accepted socket in the file table at its key, when the table reaches that
     /// far. Asynchronous, with no system call of its own: the update goes in the submission
     /// queue ahead of the connection's first operation, and the kernel issues a submission's
-    /// entries in order.
+    /// entries in order (a FILES_UPDATE runs inline when issued, never in an io-wq thread).
     fn register_fixed(&mut self, key: usize, fd: RawFd) {
         if key >= self.fixed_files as usize {
             return;
