@@ -84,6 +84,18 @@ fn a_handler_panic_closes_that_connection_with_1011_and_the_worker_serves_on() {
     common::assert_echo(srv.addr);
 }
 
+/// Opens a connection that must echo `tag` (its own bytes, nobody else's), then ends our side
+/// of the stream: the server closes its socket, and its FIN must come within 2 s.
+fn echo_then_half_close(addr: std::net::SocketAddr, tag: &str) {
+    let mut c = RawClient::open(addr);
+    c.send_frame(op::TEXT, true, tag.as_bytes());
+    let f = c.expect_frame();
+    assert_eq!(f.payload, tag.as_bytes(), "[{}] {tag}: another's echo", backend_name());
+    c.stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let end = c.wait_end(Duration::from_secs(2));
+    assert_ne!(end, common::End::TimedOut, "[{}] {tag}: never closed", backend_name());
+}
+
 /// A connection the server closes reaches its client as the end of the stream at once, and
 /// the connection that takes its place (its slot, and on io_uring its place in the ring's
 /// registered file table) gets its own echoes and nobody else's, while an older connection on
@@ -96,20 +108,7 @@ fn a_closed_connections_place_goes_to_the_next_one_and_nothing_crosses() {
     let srv = start_echo(|b| b.workers(1));
     let mut old = RawClient::open(srv.addr);
     for i in 0..60 {
-        let mut c = RawClient::open(srv.addr);
-        let mine = format!("conn {i}");
-        c.send_frame(op::TEXT, true, mine.as_bytes());
-        let f = c.expect_frame();
-        assert_eq!(
-            f.payload,
-            mine.as_bytes(),
-            "[{}] connection {i} got another's echo",
-            backend_name()
-        );
-        // Our end of the stream: the server closes its socket, and we see its FIN.
-        c.stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
-        let end = c.wait_end(Duration::from_secs(2));
-        assert_ne!(end, common::End::TimedOut, "[{}] connection {i} never closed", backend_name());
+        echo_then_half_close(srv.addr, &format!("conn {i}"));
         let theirs = format!("old {i}");
         old.send_frame(op::TEXT, true, theirs.as_bytes());
         let f = old.expect_frame();
@@ -136,24 +135,7 @@ fn closes_and_accepts_in_one_burst_keep_every_client_to_its_own_bytes() {
         .map(|t| {
             std::thread::spawn(move || {
                 for i in 0..20 {
-                    let mut c = RawClient::open(addr);
-                    let mine = format!("client {t} round {i}");
-                    c.send_frame(op::TEXT, true, mine.as_bytes());
-                    let f = c.expect_frame();
-                    assert_eq!(
-                        f.payload,
-                        mine.as_bytes(),
-                        "[{}] {mine}: another's echo",
-                        backend_name()
-                    );
-                    c.stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
-                    let end = c.wait_end(Duration::from_secs(2));
-                    assert_ne!(
-                        end,
-                        common::End::TimedOut,
-                        "[{}] {mine}: never closed",
-                        backend_name()
-                    );
+                    echo_then_half_close(addr, &format!("client {t} round {i}"));
                 }
             })
         })
