@@ -37,6 +37,12 @@ use crossbeam_channel::Receiver;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::Error;
+
+/// A turn that delivered published messages to this many subscribers first takes what other
+/// sockets received meanwhile (`gather` in each backend), so that those messages join the
+/// turn's writes: one system call, against at least this many writes it can fill further.
+/// An echo or a small room never pays it.
+pub(crate) const GATHER_MIN_DELIVERIES: usize = 64;
 use crate::server::api::Handler;
 use crate::server::config::{Backend, Config};
 use crate::server::core::Core;

@@ -538,6 +538,7 @@ impl Prep {
             rearm: Vec::new(),
             parked: HashMap::new(),
             outstanding: 0,
+            turn_deliveries: 0,
             fixed_files,
             fixed: Vec::new(),
             ring_index,
@@ -681,6 +682,8 @@ struct Loop<H: Handler> {
     parked: HashMap<u32, VecDeque<Vec<u8>>>,
     /// Operations submitted and not completed (teardown waits for them).
     outstanding: usize,
+    /// The core's delivery count when this turn's completions were first handled.
+    turn_deliveries: usize,
     /// Slots in the ring's registered file table (0: the kernel gave none). A connection
     /// whose key is below it has its socket there, at its key, from its accept until it
     /// closes; `fixed` has its bit set.
@@ -881,11 +884,12 @@ impl<H: Handler> Loop<H> {
         self.conns[key].recv_armed = true;
     }
 
-    /// Submits everything queued and waits for one completion (or until `args`' timeout), as
-    /// `submit_and_wait(1)` / `submit_with_args(1, ..)` do, on the registered ring index.
+    /// Submits everything queued and waits for `min` completions (or until `args`' timeout),
+    /// as `submit_and_wait` / `submit_with_args` do, on the registered ring index.
     fn enter_registered(
         &mut self,
         index: u32,
+        min: u32,
         args: Option<&types::SubmitArgs>,
     ) -> io::Result<usize> {
         debug_assert_eq!(
@@ -911,7 +915,7 @@ impl<H: Handler> Loop<H> {
         // EXT_ARG, the getevents argument and the timespec it points to, both alive for the
         // call.
         let r = unsafe {
-            libc::syscall(libc::SYS_io_uring_enter, index, to_submit, 1u32, flags, arg, size)
+            libc::syscall(libc::SYS_io_uring_enter, index, to_submit, min, flags, arg, size)
         };
         if r < 0 {
             return Err(io::Error::last_os_error());
@@ -929,12 +933,12 @@ impl<H: Handler> Loop<H> {
                 let ts = types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
                 let args = types::SubmitArgs::new().timespec(&ts);
                 match self.ring_index {
-                    Some(i) => self.enter_registered(i, Some(&args)),
+                    Some(i) => self.enter_registered(i, 1, Some(&args)),
                     None => self.ring.submitter().submit_with_args(1, &args),
                 }
             }
             None => match self.ring_index {
-                Some(i) => self.enter_registered(i, None),
+                Some(i) => self.enter_registered(i, 1, None),
                 None => self.ring.submitter().submit_and_wait(1),
             },
         };
@@ -945,6 +949,49 @@ impl<H: Handler> Loop<H> {
             }
         }
         self.w.core.set_now(Instant::now());
+        self.turn_deliveries = self.w.core.deliveries();
+        self.handle_completions();
+        Ok(())
+    }
+
+    /// Before a fan-out's sends go out, runs the deferred task work that is already pending
+    /// (receives other sockets got meanwhile) and handles what it completes, so that their
+    /// messages join this turn's sends instead of costing every subscriber another send in
+    /// the next turn. A wait runs only as much task work after its wake-up as it needs for
+    /// one completion (one connection's receive), where `epoll_wait` would report every
+    /// socket ready by then. One non-blocking enter, made only when this turn delivered to at
+    /// least [`super::GATHER_MIN_DELIVERIES`] subscribers.
+    fn gather(&mut self) {
+        if self.w.core.deliveries() - self.turn_deliveries < super::GATHER_MIN_DELIVERIES {
+            return;
+        }
+        self.turn_deliveries = self.w.core.deliveries();
+        let res = match self.ring_index {
+            Some(i) => self.enter_registered(i, 0, None),
+            None => {
+                let queued = self.ring.submission().len() as u32;
+                // SAFETY: io_uring_enter with no argument; the kernel reads the queued
+                // entries, whose memory the `push` contract keeps alive.
+                unsafe {
+                    self.ring.submitter().enter::<libc::sigset_t>(
+                        queued,
+                        0,
+                        IORING_ENTER_GETEVENTS,
+                        None,
+                    )
+                }
+            }
+        };
+        if let Err(e) = res {
+            if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
+                log::warn!("io_uring enter: {e}");
+            }
+        }
+        self.handle_completions();
+    }
+
+    /// Reaps the ready completions and handles every one.
+    fn handle_completions(&mut self) {
         self.reap();
         // Handling a completion may push, and a push that finds the SQ full reaps more
         // completions onto this queue: take them one at a time until none is left, so
@@ -959,7 +1006,6 @@ impl<H: Handler> Loop<H> {
             }
             self.complete(ud, res, flags);
         }
-        Ok(())
     }
 
     fn complete(&mut self, ud: u64, res: i32, flags: u32) {
@@ -1241,6 +1287,7 @@ impl<H: Handler> Loop<H> {
     }
 
     fn settle(&mut self) {
+        self.gather();
         loop {
             let mut work = std::mem::take(&mut self.work);
             let mut progress = false;
@@ -1554,6 +1601,46 @@ mod tests {
             "(buffer, offset, given back) per receive"
         );
         assert_eq!(br.lent, 1, "the full buffer is ours, the other one the kernel's");
+        br.unregister(&ring);
+    }
+
+    /// What `Loop::gather` relies on: on a ring with deferred task work (as the worker's), a
+    /// receive whose bytes arrived is not run until the ring is entered for completions;
+    /// a non-blocking enter for none (`min_complete` 0) runs every one that is pending.
+    #[test]
+    fn a_non_blocking_enter_runs_the_receives_already_pending() {
+        if let Err(e) = probe() {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        let Ok(mut ring) = IoUring::<squeue::Entry, cqueue::Entry>::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(8)
+        else {
+            eprintln!("skipped: no deferred task work (kernel 6.1)");
+            return;
+        };
+        let br = BufRing::new(&ring, 4, 4096).expect("buffer ring");
+        let pairs: Vec<_> = (0..3).map(|_| UnixStream::pair().expect("socketpair")).collect();
+        for (i, (_, rx)) in pairs.iter().enumerate() {
+            let sqe =
+                opcode::RecvMulti::new(types::Fd(rx.as_raw_fd()), BGID).build().user_data(i as u64);
+            // SAFETY: the sockets and the buffer ring outlive every completion reaped here.
+            unsafe { ring.submission().push(&sqe) }.expect("push");
+        }
+        ring.submit().expect("submit");
+        for (tx, _) in &pairs {
+            (&*tx).write_all(b"ping").expect("write");
+        }
+        ring.submit().expect("submit");
+        assert_eq!(ring.completion().count(), 0, "deferred receives ran without an enter for them");
+        // SAFETY: io_uring_enter with no argument and nothing queued.
+        unsafe { ring.submitter().enter::<libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None) }
+            .expect("enter");
+        let mut got: Vec<_> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        got.sort();
+        assert_eq!(got, [(0, 4), (1, 4), (2, 4)], "every pending receive completed at once");
         br.unregister(&ring);
     }
 

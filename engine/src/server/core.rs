@@ -1541,6 +1541,11 @@ impl<H: Handler> Core<H> {
         self.on_hangup(key);
     }
 
+    /// Deliveries of published messages so far (a running count).
+    pub(crate) fn deliveries(&self) -> usize {
+        self.state.counts.deliveries
+    }
+
     /// Takes the keys with bytes to write.
     pub(crate) fn take_dirty(&mut self, into: &mut Vec<u32>) {
         for &k in &self.state.dirty {
