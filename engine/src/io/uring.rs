@@ -962,7 +962,9 @@ impl<H: Handler> Loop<H> {
     /// socket ready by then. One non-blocking enter, made only when this turn delivered to at
     /// least [`super::GATHER_MIN_DELIVERIES`] subscribers.
     fn gather(&mut self) {
-        if self.w.core.deliveries() - self.turn_deliveries < super::GATHER_MIN_DELIVERIES {
+        if self.w.core.deliveries().wrapping_sub(self.turn_deliveries)
+            < super::GATHER_MIN_DELIVERIES
+        {
             return;
         }
         self.turn_deliveries = self.w.core.deliveries();
