@@ -65,6 +65,16 @@ impl Prep {
         cfg: &Config,
         stats: Arc<WorkerStats>,
     ) -> io::Result<()> {
+        let mut l = self.into_loop(core, cfg, stats)?;
+        worker::run(&mut l)
+    }
+
+    fn into_loop<H: Handler>(
+        self,
+        core: Core<H>,
+        cfg: &Config,
+        stats: Arc<WorkerStats>,
+    ) -> io::Result<Loop<H>> {
         let mut listeners = Vec::with_capacity(self.listeners.len());
         for (i, (l, secure)) in self.listeners.into_iter().enumerate() {
             let mut sock = TcpListener::from_std(l);
@@ -75,7 +85,7 @@ impl Prep {
             )?;
             listeners.push(Listening { sock: Some(sock), secure, registered: true });
         }
-        let mut l = Loop {
+        Ok(Loop {
             poll: self.poll,
             events: Events::with_capacity(1024),
             listeners,
@@ -84,8 +94,9 @@ impl Prep {
             w: Worker::new(core, self.rx, stats, cfg.shutdown_timeout),
             scratch: Vec::new(),
             turn_deliveries: 0,
-        };
-        worker::run(&mut l)
+            woken: false,
+            rewake: false,
+        })
     }
 }
 
@@ -109,6 +120,11 @@ struct Loop<H: Handler> {
     scratch: Vec<u32>,
     /// The core's delivery count when this turn's events were first handled.
     turn_deliveries: usize,
+    /// A wake-up event was handled (reset by `gather` to see whether it took one).
+    woken: bool,
+    /// The gather took a wake-up: the next wait must not block (the commands it announced
+    /// are read after the wait).
+    rewake: bool,
 }
 
 impl<H: Handler> Driver for Loop<H> {
@@ -119,6 +135,7 @@ impl<H: Handler> Driver for Loop<H> {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let timeout = if std::mem::take(&mut self.rewake) { Some(Duration::ZERO) } else { timeout };
         if let Err(e) = self.poll.poll(&mut self.events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
@@ -165,14 +182,18 @@ impl<H: Handler> Loop<H> {
             }
             return;
         }
+        self.woken = false;
         self.handle_events();
+        self.rewake |= self.woken;
     }
 
     fn handle_events(&mut self) {
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for ev in events.iter() {
             match ev.token() {
-                WAKER => {}
+                // Commands were read before this turn's gather: a wake-up it took must not
+                // leave one waiting for the next wait (`rewake`).
+                WAKER => self.woken = true,
                 Token(t) if t < FIRST_CONN => self.accept_all(t - FIRST_LISTENER),
                 Token(t) => {
                     let key = t - FIRST_CONN;
@@ -359,5 +380,51 @@ impl<H: Handler> Loop<H> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nop;
+    impl Handler for Nop {
+        type Data = ();
+        fn on_message(&mut self, _: &mut crate::Conn<'_, ()>, _: crate::Message<'_>) {}
+    }
+
+    /// A wake-up (another thread queued a command) that the gather of a fan-out turn takes,
+    /// after the turn read its commands, still ends the next wait at once; edge-triggered,
+    /// the waker reports no second event, so the command would wait for unrelated I/O.
+    #[test]
+    fn a_wake_up_the_gather_takes_still_ends_the_next_wait() {
+        let server = crate::Server::builder()
+            .listen("127.0.0.1:0")
+            .workers(1)
+            .handler(|| Nop)
+            .build()
+            .expect("server");
+        let cfg = Arc::new(Config::default());
+        let core = Core::new(
+            Instant::now(),
+            0,
+            Arc::clone(&cfg),
+            server.handle(),
+            Nop,
+            super::super::sys::write_now,
+        );
+        let (_tx, rx) = crossbeam_channel::unbounded();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let prep = Prep::new(vec![(listener, false)], rx).expect("prep");
+        let waker = prep.waker();
+        let mut l = prep.into_loop(core, &cfg, Arc::new(WorkerStats::default())).expect("loop");
+        // This turn fanned out to enough subscribers to gather.
+        l.turn_deliveries = l.w.core.deliveries().wrapping_sub(crate::io::GATHER_MIN_DELIVERIES);
+        waker.wake().expect("wake");
+        Driver::settle(&mut l);
+        assert!(l.rewake, "the gather did not take the wake-up: the test proves nothing");
+        let t = Instant::now();
+        Driver::wait(&mut l, Some(Duration::from_secs(2))).expect("wait");
+        assert!(t.elapsed() < Duration::from_secs(1), "the wait slept over a wake-up");
     }
 }

@@ -539,6 +539,9 @@ impl Prep {
             parked: HashMap::new(),
             outstanding: 0,
             turn_deliveries: 0,
+            gathering: true,
+            woken: false,
+            rewake: false,
             fixed_files,
             fixed: Vec::new(),
             ring_index,
@@ -684,6 +687,13 @@ struct Loop<H: Handler> {
     outstanding: usize,
     /// The core's delivery count when this turn's completions were first handled.
     turn_deliveries: usize,
+    /// Fan-out turns gather (off after an enter for it failed).
+    gathering: bool,
+    /// A wake-up completion was handled (reset by `gather` to see whether it took one).
+    woken: bool,
+    /// The gather took a wake-up: the next wait must not block (the commands it announced
+    /// are read after the wait).
+    rewake: bool,
     /// Slots in the ring's registered file table (0: the kernel gave none). A connection
     /// whose key is below it has its socket there, at its key, from its accept until it
     /// closes; `fixed` has its bit set.
@@ -927,8 +937,9 @@ impl<H: Handler> Loop<H> {
     /// every completion.
     fn wait_and_complete(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let res = match timeout {
-            // Completions reaped by a push since the loop handled them: do not wait.
-            _ if !self.cqes.is_empty() => self.ring.submit(),
+            // Completions reaped by a push since the loop handled them, or a wake-up the
+            // gather took after this turn read its commands: do not wait.
+            _ if !self.cqes.is_empty() || std::mem::take(&mut self.rewake) => self.ring.submit(),
             Some(d) => {
                 let ts = types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
                 let args = types::SubmitArgs::new().timespec(&ts);
@@ -955,7 +966,8 @@ impl<H: Handler> Loop<H> {
     }
 
     /// Before a fan-out's sends go out, runs the deferred task work that is already pending
-    /// (receives other sockets got meanwhile) and handles what it completes, so that their
+    /// (receives other sockets got meanwhile; the kernel runs it in batches, of 20 items
+    /// from 6.13) and handles what it completes, so that their
     /// messages join this turn's sends instead of costing every subscriber another send in
     /// the next turn. A wait runs only as much task work after its wake-up as it needs for
     /// one completion (one connection's receive), where `epoll_wait` would report every
@@ -968,6 +980,9 @@ impl<H: Handler> Loop<H> {
             return;
         }
         self.turn_deliveries = self.w.core.deliveries();
+        if !self.gathering {
+            return;
+        }
         let res = match self.ring_index {
             Some(i) => self.enter_registered(i, 0, None),
             None => {
@@ -986,10 +1001,14 @@ impl<H: Handler> Loop<H> {
         };
         if let Err(e) = res {
             if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
-                log::warn!("io_uring enter: {e}");
+                // Once: the turn goes on without gathering, as before there was a gather.
+                log::warn!("io_uring enter for pending completions: {e}; not gathering again");
+                self.gathering = false;
             }
         }
+        self.woken = false;
         self.handle_completions();
+        self.rewake |= self.woken;
     }
 
     /// Reaps the ready completions and handles every one.
@@ -1018,6 +1037,9 @@ impl<H: Handler> Loop<H> {
                 if res > 0 {
                     self.clear_wake();
                 }
+                // Commands were read before this turn's gather: a wake-up it took must not
+                // leave one waiting for the next wait.
+                self.woken = true;
                 if !cqueue::more(flags) {
                     self.wake_armed = false;
                     self.arm_wake();
@@ -1608,7 +1630,8 @@ mod tests {
 
     /// What `Loop::gather` relies on: on a ring with deferred task work (as the worker's), a
     /// receive whose bytes arrived is not run until the ring is entered for completions;
-    /// a non-blocking enter for none (`min_complete` 0) runs every one that is pending.
+    /// a non-blocking enter for none (`min_complete` 0) runs those that are pending (in
+    /// batches of 20 from 6.13: all three here).
     #[test]
     fn a_non_blocking_enter_runs_the_receives_already_pending() {
         if let Err(e) = probe() {
@@ -1644,6 +1667,30 @@ mod tests {
         got.sort();
         assert_eq!(got, [(0, 4), (1, 4), (2, 4)], "every pending receive completed at once");
         br.unregister(&ring);
+    }
+
+    /// A wake-up (another thread queued a command) that the gather of a fan-out turn takes,
+    /// after the turn read its commands, still ends the next wait at once (else the command
+    /// would wait for unrelated I/O).
+    #[test]
+    fn a_wake_up_the_gather_takes_still_ends_the_next_wait() {
+        if let Err(e) = probe() {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        let mut l = new_loop();
+        Driver::start(&mut l);
+        // Submits the accept and the eventfd poll (nothing completes).
+        l.wait_and_complete(Some(Duration::from_millis(20))).expect("wait");
+        // This turn fanned out to enough subscribers to gather.
+        l.turn_deliveries = l.w.core.deliveries().wrapping_sub(super::super::GATHER_MIN_DELIVERIES);
+        l.efd.wake().expect("wake");
+        Driver::settle(&mut l);
+        assert!(l.rewake, "the gather did not take the wake-up: the test proves nothing");
+        let t = Instant::now();
+        l.wait_and_complete(Some(Duration::from_secs(2))).expect("wait");
+        assert!(t.elapsed() < Duration::from_secs(1), "the wait slept over a wake-up");
+        l.teardown();
     }
 
     /// `uring_buffers` and `uring_buffer_size` 0 pick the ring the kernel's mode calls for:
