@@ -387,32 +387,14 @@ impl<H: Handler> Loop<H> {
 mod tests {
     use super::*;
 
-    struct Nop;
-    impl Handler for Nop {
-        type Data = ();
-        fn on_message(&mut self, _: &mut crate::Conn<'_, ()>, _: crate::Message<'_>) {}
-    }
+    use crate::io::test_support::core;
 
     /// A wake-up (another thread queued a command) that the gather of a fan-out turn takes,
     /// after the turn read its commands, still ends the next wait at once; edge-triggered,
     /// the waker reports no second event, so the command would wait for unrelated I/O.
     #[test]
     fn a_wake_up_the_gather_takes_still_ends_the_next_wait() {
-        let server = crate::Server::builder()
-            .listen("127.0.0.1:0")
-            .workers(1)
-            .handler(|| Nop)
-            .build()
-            .expect("server");
-        let cfg = Arc::new(Config::default());
-        let core = Core::new(
-            Instant::now(),
-            0,
-            Arc::clone(&cfg),
-            server.handle(),
-            Nop,
-            super::super::sys::write_now,
-        );
+        let (core, cfg) = core();
         let (_tx, rx) = crossbeam_channel::unbounded();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let prep = Prep::new(vec![(listener, false)], rx).expect("prep");

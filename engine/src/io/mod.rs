@@ -166,3 +166,40 @@ impl WorkerPrep {
         }
     }
 }
+
+/// What the backends' loop tests share: a handler that does nothing, and a worker core for it.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use crate::server::api::Handler;
+    use crate::server::config::Config;
+    use crate::server::core::Core;
+
+    pub(crate) struct Nop;
+    impl Handler for Nop {
+        type Data = ();
+        fn on_message(&mut self, _: &mut crate::Conn<'_, ()>, _: crate::Message<'_>) {}
+    }
+
+    /// Worker 0's core of a one-worker server with the default configuration.
+    pub(crate) fn core() -> (Core<Nop>, Arc<Config>) {
+        let server = crate::Server::builder()
+            .listen("127.0.0.1:0")
+            .workers(1)
+            .handler(|| Nop)
+            .build()
+            .expect("server");
+        let cfg = Arc::new(Config::default());
+        let core = Core::new(
+            Instant::now(),
+            0,
+            Arc::clone(&cfg),
+            server.handle(),
+            Nop,
+            super::sys::write_now,
+        );
+        (core, cfg)
+    }
+}

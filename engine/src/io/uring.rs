@@ -936,10 +936,11 @@ impl<H: Handler> Loop<H> {
     /// Submits everything queued and waits for a completion (or the timeout), then handles
     /// every completion.
     fn wait_and_complete(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let rewake = std::mem::take(&mut self.rewake);
         let res = match timeout {
             // Completions reaped by a push since the loop handled them, or a wake-up the
             // gather took after this turn read its commands: do not wait.
-            _ if !self.cqes.is_empty() || std::mem::take(&mut self.rewake) => self.ring.submit(),
+            _ if !self.cqes.is_empty() || rewake => self.ring.submit(),
             Some(d) => {
                 let ts = types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
                 let args = types::SubmitArgs::new().timespec(&ts);
@@ -1500,29 +1501,11 @@ mod tests {
     use std::os::unix::net::UnixStream;
     use std::panic::{catch_unwind, AssertUnwindSafe};
 
-    struct Nop;
-    impl Handler for Nop {
-        type Data = ();
-        fn on_message(&mut self, _: &mut crate::Conn<'_, ()>, _: crate::Message<'_>) {}
-    }
+    use crate::io::test_support::{core, Nop};
 
     /// A loop on this thread, as a worker makes it (one listener).
     fn new_loop() -> Loop<Nop> {
-        let server = crate::Server::builder()
-            .listen("127.0.0.1:0")
-            .workers(1)
-            .handler(|| Nop)
-            .build()
-            .expect("server");
-        let cfg = Arc::new(Config::default());
-        let core = Core::new(
-            Instant::now(),
-            0,
-            Arc::clone(&cfg),
-            server.handle(),
-            Nop,
-            super::super::sys::write_now,
-        );
+        let (core, cfg) = core();
         let (_tx, rx) = crossbeam_channel::unbounded();
         let prep = Prep::new(vec![(TcpListener::bind("127.0.0.1:0").expect("bind"), false)], rx)
             .expect("prep");
